@@ -1,0 +1,40 @@
+"""`python -m pipeline recipe=NAME [key=value ...]`: run a recipe (add -m to sweep)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from pipeline.errors import PipelineError
+
+
+@hydra.main(version_base="1.3", config_path="pkg://recipes", config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Run one recipe; returns the final accuracy (what Hydra sweepers optimise)."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from pipeline.runner import RunInfo, run
+
+    hydra_cfg = HydraConfig.get()
+    info = RunInfo(
+        run_dir=Path(hydra_cfg.runtime.output_dir),
+        recipe=hydra_cfg.runtime.choices.get("recipe") or "custom",
+        overrides=tuple(hydra_cfg.overrides.task),
+    )
+    try:
+        result = run(cfg, info)
+    except PipelineError as error:
+        if os.environ.get("PIPELINE_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    return result.rows[-1].metrics["accuracy"]
+
+
+if __name__ == "__main__":
+    main()

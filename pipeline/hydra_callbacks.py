@@ -1,0 +1,66 @@
+"""Hydra callbacks that check recipes before Hydra creates any run directory.
+
+Hydra makes the job's output directory before the task function starts, so a check inside the
+task would leave an empty run behind. `on_run_start` and `on_multirun_start` run before that.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.errors import PipelineError
+from pipeline.recipe import build_plan
+
+
+def fail(error: PipelineError) -> None:
+    """Report a user mistake as one line and exit non-zero, without a traceback."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+class ValidateBeforeRun(Callback):
+    """Check the recipe (every sweep value too) before any job starts."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            build_plan(config)
+        except PipelineError as error:
+            fail(error)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            for variant in sweep_variants(config):
+                build_plan(variant)
+        except PipelineError as error:
+            fail(error)
+
+
+def sweep_variants(config: DictConfig) -> Iterator[DictConfig]:
+    """The base config, then one copy per value of each swept (non-group) key.
+
+    Values are checked one key at a time rather than as a full cartesian product: parameter
+    checks are per key, and this stays fast for large sweeps. Group sweeps (`recipe=a,b`) are
+    checked when each job composes its config.
+    """
+    yield config
+    groups = set(config.hydra.runtime.choices.keys())
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    for override in parsed:
+        key = override.key_or_group
+        if not override.is_sweep_override() or key in groups:
+            continue
+        try:
+            values = list(override.sweep_iterator())
+        except Exception:  # interval() and other sweeps that only a sweeper can expand
+            continue
+        for value in values:
+            variant = config.copy()
+            OmegaConf.set_struct(variant, False)
+            OmegaConf.update(variant, key, value, merge=True)
+            yield variant

@@ -1,0 +1,100 @@
+"""The runner's measurements of an artifact, the same for every stage.
+
+Size and gzip size of the file as shipped, parameter count and actual sparsity (zeros among
+weight matrices and kernels, the tensors pruning acts on), test accuracy, and batch-1 latency
+(median and p90 after warm-up). TFLite files are run through the LiteRT interpreter.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import litert
+from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.data import Dataset
+from pipeline.recipe import MeasureParams
+
+METRICS = ("size_bytes", "gzip_bytes", "params", "sparsity", "accuracy", "latency_p50_ms", "latency_p90_ms")
+
+
+def measure(artifact: ModelArtifact, data: Dataset, params: MeasureParams) -> dict[str, float]:
+    """All of METRICS for `artifact`, evaluated on the test split."""
+    size, gzipped = file_sizes(artifact.path)
+    if artifact.format is ModelFormat.TFLITE:
+        model_metrics = measure_tflite(artifact.path, data, params)
+    else:
+        model_metrics = measure_keras(artifact, data, params)
+    return {"size_bytes": size, "gzip_bytes": gzipped, **model_metrics}
+
+
+def file_sizes(path: Path) -> tuple[int, int]:
+    """Bytes on disk and bytes after gzip -9; a directory counts as a tar of its files."""
+    if path.is_dir():
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            archive.add(path, arcname=path.name)
+        payload = buffer.getvalue()
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    else:
+        payload = path.read_bytes()
+        size = len(payload)
+    return size, len(gzip.compress(payload, compresslevel=9, mtime=0))
+
+
+def sparsity_of(tensors: list[tuple[tuple[int, ...], int, int | None]]) -> float:
+    """Share of zeros among tensors of rank >= 2 (kernels and weight matrices)."""
+    weights = [(count, zeros) for shape, count, zeros in tensors if len(shape) >= 2 and zeros is not None]
+    total = sum(count for count, _ in weights)
+    return sum(zeros for _, zeros in weights) / total if total else 0.0
+
+
+def percentiles(timings_ms: np.ndarray) -> dict[str, float]:
+    """Median and 90th percentile of per-run milliseconds."""
+    return {
+        "latency_p50_ms": float(np.percentile(timings_ms, 50)),
+        "latency_p90_ms": float(np.percentile(timings_ms, 90)),
+    }
+
+
+def measure_tflite(path: Path, data: Dataset, params: MeasureParams) -> dict[str, float]:
+    """Parameters, sparsity, accuracy and latency of a .tflite file through LiteRT."""
+    tensors = litert.constant_tensors(path)
+    logits = litert.predict(path, data.x_test, params.threads)
+    timings = litert.latency_ms(path, data.x_test[0], params.latency_runs, params.warmup_runs, params.threads)
+    return {
+        "params": float(sum(count for _, count, _ in tensors)),
+        "sparsity": sparsity_of(tensors),
+        "accuracy": float(np.mean(np.argmax(logits, axis=-1) == data.y_test)),
+        **percentiles(timings),
+    }
+
+
+def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams) -> dict[str, float]:
+    """Parameters, sparsity, accuracy and latency of a Keras model or SavedModel."""
+    import tensorflow as tf
+
+    model = artifact.load_keras()
+    tensors = [(w.shape, w.size, w.size - int(np.count_nonzero(w))) for w in model.get_weights()]
+    logits = model.predict(data.x_test, batch_size=256, verbose=0)
+
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    sample = tf.constant(data.x_test[:1])
+    for _ in range(max(1, params.warmup_runs)):  # the first call traces the graph
+        forward(sample)
+    timings = np.empty(params.latency_runs)
+    for i in range(params.latency_runs):
+        start = time.perf_counter()
+        forward(sample).numpy()
+        timings[i] = (time.perf_counter() - start) * 1000
+    return {
+        "params": float(model.count_params()),
+        "sparsity": sparsity_of(tensors),
+        "accuracy": float(np.mean(np.argmax(logits, axis=-1) == data.y_test)),
+        **percentiles(timings),
+    }

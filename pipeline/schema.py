@@ -1,0 +1,76 @@
+"""Typed parameter schemas: the single source of defaults, validation and documentation.
+
+Every stage, data source and model declares its parameters as a `Params` subclass. Unknown keys
+and wrong types are errors (never silently ignored), and errors become one line that names the
+dotted key, what was given and what is expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pipeline.errors import PipelineError
+
+P = TypeVar("P", bound="Params")
+
+
+class Params(BaseModel):
+    """Base of every typed config: strict types, no unknown keys, immutable once parsed."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def parse(schema: type[P], values: Mapping[str, Any] | None, where: str) -> P:
+    """Validate `values` against `schema`; raise a one-line PipelineError naming `where.key`."""
+    try:
+        return schema.model_validate(dict(values or {}))
+    except ValidationError as error:
+        raise PipelineError(describe_error(error, schema, where)) from None
+
+
+def describe_error(error: ValidationError, schema: type[Params], where: str) -> str:
+    """Turn pydantic's first error into `where.key: problem (got X); key: its description`."""
+    first = error.errors()[0]
+    location = [str(part) for part in first["loc"]]
+    key = ".".join([where, *location]) if location else where
+    field_name = location[0] if location else ""
+    if first["type"] == "extra_forbidden":
+        return f"{key}: unknown key{suggest(field_name, list(schema.model_fields))}"
+    if first["type"] == "missing":
+        return f"{key}: missing required key; {help_of(schema, field_name)}"
+    message = first["msg"].replace("Input should be", "expected")
+    if first["type"].startswith("value_error"):
+        message = message.removeprefix("Value error, ")
+    got = f" (got {first['input']!r})" if "input" in first and field_name else ""
+    described = help_of(schema, field_name)
+    return f"{key}: {message}{got}" + (f"; {described}" if described else "")
+
+
+def suggest(name: str, valid: list[str]) -> str:
+    """`; did you mean 'x'? valid: a, b` for a mistyped name."""
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{hint} (valid: {', '.join(sorted(valid))})"
+
+
+def help_of(schema: type[Params], field_name: str) -> str:
+    """`name: description [default: x]` for one field, or '' when it has none."""
+    field = schema.model_fields.get(field_name)
+    if field is None or not field.description:
+        return ""
+    return f"{field_name}: {field.description}"
+
+
+def describe_schema(schema: type[Params]) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, description) rows for documentation and `--help` listings."""
+    rows = []
+    for name, field in schema.model_fields.items():
+        annotation = getattr(field.annotation, "__name__", None) or str(field.annotation)
+        annotation = annotation.replace("typing.", "")
+        default = "required" if field.is_required() else repr(field.get_default())
+        rows.append((name, annotation, default, field.description or ""))
+    return rows

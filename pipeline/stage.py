@@ -1,0 +1,59 @@
+"""The stage plugin contract: a typed config, the formats it accepts, and one `run` method."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.schema import Params
+
+if TYPE_CHECKING:
+    from pipeline.data import Dataset
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a running stage may use besides its input model.
+
+    `workdir` is this stage's own folder; `run_dir` holds the run's shared outputs (export/).
+    `build_model` makes a fresh model of the configured architecture for the data's input shape
+    and class count (a stage that starts from nothing, such as train, calls it).
+    """
+
+    name: str
+    index: int
+    workdir: Path
+    run_dir: Path
+    seed: int
+    data: Dataset
+    build_model: Callable[[], Any]
+    log: logging.Logger
+
+
+class Stage:
+    """Base class of stage plugins.
+
+    Subclasses set `Config` (a `Params` schema), `accepts` (input formats; `None` in it means the
+    stage can start without a model) and implement `run`. Import TensorFlow inside `run`, never at
+    module level, so that listing and validating recipes stays fast.
+    """
+
+    Config: ClassVar[type[Params]] = Params
+    accepts: ClassVar[frozenset[ModelFormat | None]] = frozenset({ModelFormat.KERAS})
+    produces: ClassVar[ModelFormat] = ModelFormat.KERAS
+
+    def __init__(self, config: Params):
+        self.config = config
+
+    def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
+        """Make this stage's output artifact under `ctx.workdir` from `model`."""
+        raise NotImplementedError
+
+    @classmethod
+    def output_format(cls, input_format: ModelFormat | None) -> ModelFormat:
+        """The format this stage hands on given its input's; export-like stages override it."""
+        return cls.produces

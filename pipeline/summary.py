@@ -1,0 +1,70 @@
+"""The end-of-run table: one row per stage, the numbers a person compares."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """What the runner measured after one stage."""
+
+    stage: str
+    format: str
+    seconds: float
+    metrics: dict[str, float]
+
+
+COLUMNS = (
+    ("stage", "stage"),
+    ("format", "format"),
+    ("size", "size_bytes"),
+    ("gzip", "gzip_bytes"),
+    ("params", "params"),
+    ("sparsity", "sparsity"),
+    ("accuracy", "accuracy"),
+    ("p50 ms", "latency_p50_ms"),
+    ("p90 ms", "latency_p90_ms"),
+    ("time s", "seconds"),
+)
+
+
+def human_bytes(count: float) -> str:
+    """1234567 -> '1.18 MiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def cells(row: StageRow) -> list[str]:
+    """Formatted cells of one row, in COLUMNS order."""
+    m = row.metrics
+    return [
+        row.stage,
+        row.format,
+        human_bytes(m["size_bytes"]),
+        human_bytes(m["gzip_bytes"]),
+        f"{m['params']:,.0f}",
+        f"{m['sparsity']:.1%}",
+        f"{m['accuracy']:.4f}",
+        f"{m['latency_p50_ms']:.3g}",
+        f"{m['latency_p90_ms']:.3g}",
+        f"{row.seconds:.1f}",
+    ]
+
+
+def table(rows: Sequence[StageRow]) -> str:
+    """A Markdown table (readable as plain text too) of every stage's measurements."""
+    header = [title for title, _ in COLUMNS]
+    body = [cells(row) for row in rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def line(values: list[str]) -> str:
+        padded = [v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), rule, *(line(b) for b in body)])

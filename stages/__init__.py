@@ -1,0 +1,1 @@
+"""Built-in stage plugins, registered in the `pipeline.stages` entry-point group."""

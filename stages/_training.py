@@ -1,0 +1,82 @@
+"""Keras training shared by every stage that fits a model (train, prune fine-tuning, ...)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import Field
+
+from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.errors import PipelineError
+from pipeline.schema import Params
+from pipeline.stage import StageContext
+
+
+class FitParams(Params):
+    """How a stage fits its model; stages subclass this to change defaults or add parameters."""
+
+    epochs: int = Field(10, ge=1, le=10_000, description="Passes over the training split.")
+    batch_size: int = Field(32, ge=1, description="Examples per training step.")
+    learning_rate: float = Field(1e-3, gt=0, le=10, description="Optimizer step size.")
+    optimizer: Literal["adam", "sgd", "rmsprop"] = Field("adam", description="Optimizer.")
+
+
+def steps_per_epoch(ctx: StageContext, params: FitParams) -> int:
+    """Training steps in one epoch (the last batch may be partial)."""
+    return math.ceil(len(ctx.data.x_train) / params.batch_size)
+
+
+def compile_model(model: Any, params: FitParams) -> None:
+    """Compile for integer labels and logit outputs."""
+    import tf_keras as keras
+
+    optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
+    model.compile(
+        optimizer=optimizers[params.optimizer](learning_rate=params.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def fit(model: Any, ctx: StageContext, params: FitParams, callbacks: list[Any] | None = None) -> Any:
+    """Seeded fit on the training split with per-epoch progress; fails clearly on a NaN loss."""
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(ctx.seed + ctx.index)
+    data = ctx.data
+    validation = (data.x_val, data.y_val) if len(data.x_val) else None
+    history = model.fit(
+        data.x_train,
+        data.y_train,
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        validation_data=validation,
+        verbose=0,
+        callbacks=[*(callbacks or []), keras.callbacks.TerminateOnNaN(), epoch_logger(ctx, params.epochs)],
+    )
+    losses = history.history.get("loss", [])
+    if losses and not math.isfinite(losses[-1]):
+        raise PipelineError(
+            f"stages.{ctx.name}: training loss became {losses[-1]}; lower stages.{ctx.name}.learning_rate"
+        )
+    return history
+
+
+def save_keras(model: Any, ctx: StageContext, parent: ModelArtifact | None, **metadata: Any) -> ModelArtifact:
+    """Save `model` as `<workdir>/model.keras` and describe it as this stage's artifact."""
+    path = ctx.workdir / "model.keras"
+    model.save(path, include_optimizer=False)  # optimizer state is not part of the model shipped
+    return ModelArtifact(path, ModelFormat.KERAS, ctx.name, parent, metadata)
+
+
+def epoch_logger(ctx: StageContext, epochs: int) -> Any:
+    """A Keras callback logging one line per epoch, so long fits show progress."""
+    import tf_keras as keras
+
+    class _EpochLog(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
+            ctx.log.info("    %s epoch %d/%d: %s", ctx.name, epoch + 1, epochs, shown)
+
+    return _EpochLog()

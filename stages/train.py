@@ -1,0 +1,30 @@
+"""train: fit the configured model (or continue training the incoming one) on the training split."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.stage import Stage, StageContext
+from stages._training import FitParams, compile_model, fit, save_keras
+
+
+class TrainParams(FitParams):
+    """Parameters of the train stage."""
+
+    epochs: int = Field(20, ge=1, le=10_000, description="Passes over the training split.")
+
+
+class TrainStage(Stage):
+    """Train from scratch (first stage) or keep training an incoming Keras model."""
+
+    Config: ClassVar = TrainParams
+    accepts: ClassVar = frozenset({None, ModelFormat.KERAS})
+
+    def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
+        keras_model = ctx.build_model() if model is None else model.load_keras()
+        compile_model(keras_model, self.config)
+        fit(keras_model, ctx, self.config)
+        return save_keras(keras_model, ctx, model)
