@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, report
 
 
 @hydra.main(version_base="1.3", config_path="pkg://recipes", config_name="config")
@@ -29,12 +28,20 @@ def main(cfg: DictConfig) -> float:
     try:
         result = run(cfg, info)
     except PipelineError as error:
-        if os.environ.get("PIPELINE_DEBUG"):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        report(error)
     return result.rows[-1].metrics["accuracy"]
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Entry point: check what Hydra would report verbosely, then hand over to Hydra."""
+    from pipeline.cli import prepare
+
+    try:
+        sys.argv[1:] = prepare(sys.argv[1:])
+    except PipelineError as error:
+        report(error)
     main()
+
+
+if __name__ == "__main__":
+    cli()

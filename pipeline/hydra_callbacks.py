@@ -6,7 +6,6 @@ task would leave an empty run behind. `on_run_start` and `on_multirun_start` run
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,14 +13,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, report
 from pipeline.recipe import build_plan
-
-
-def fail(error: PipelineError) -> None:
-    """Report a user mistake as one line and exit non-zero, without a traceback."""
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
 
 
 class ValidateBeforeRun(Callback):
@@ -31,14 +24,14 @@ class ValidateBeforeRun(Callback):
         try:
             build_plan(config)
         except PipelineError as error:
-            fail(error)
+            report(error)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             for variant in sweep_variants(config):
                 build_plan(variant)
         except PipelineError as error:
-            fail(error)
+            report(error)
 
 
 def sweep_variants(config: DictConfig) -> Iterator[DictConfig]:

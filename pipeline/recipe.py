@@ -73,7 +73,7 @@ class Plan:
 def build_plan(cfg: DictConfig | Mapping[str, Any]) -> Plan:
     """Check the whole composed config; raise PipelineError on the first problem found."""
     config = to_plain(cfg)
-    settings = parse(RunSettings, config, "config")
+    settings = parse(RunSettings, config, "")
     data_source = configure(registry.DATA, settings.data, "data")
     model_builder = configure(registry.MODELS, settings.model, "model")
     stages = [plan_stage(name, values) for name, values in settings.stages.items()]

@@ -17,6 +17,7 @@ from pipeline.schema import suggest
 STAGES = "pipeline.stages"
 DATA = "pipeline.data"
 MODELS = "pipeline.models"
+KINDS = {STAGES: "stage", DATA: "data source", MODELS: "model"}
 
 
 def available(group: str) -> dict[str, EntryPoint]:
@@ -28,8 +29,7 @@ def load(group: str, name: str, where: str) -> Any:
     """The plugin class registered as `name` in `group`, or a PipelineError naming `where`."""
     found = available(group)
     if name not in found:
-        kind = group.rsplit(".", 1)[-1]
-        raise PipelineError(f"{where}: unknown {kind} type '{name}'{suggest(name, list(found))}")
+        raise PipelineError(f"{where}: unknown {KINDS.get(group, group)} '{name}'{suggest(name, list(found))}")
     try:
         return found[name].load()
     except Exception as error:  # a broken third-party plugin must not look like a user typo

@@ -33,10 +33,15 @@ def parse(schema: type[P], values: Mapping[str, Any] | None, where: str) -> P:
 
 
 def describe_error(error: ValidationError, schema: type[Params], where: str) -> str:
-    """Turn pydantic's first error into `where.key: problem (got X); key: its description`."""
-    first = error.errors()[0]
+    """Turn pydantic's error into `where.key: problem (got X); key: its description`.
+
+    An unknown key is reported before anything else: a mistyped key also makes the intended
+    one look missing, and the typo is the thing to fix.
+    """
+    errors = error.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     location = [str(part) for part in first["loc"]]
-    key = ".".join([where, *location]) if location else where
+    key = ".".join(part for part in [where, *location] if part) or "config"
     field_name = location[0] if location else ""
     if first["type"] == "extra_forbidden":
         return f"{key}: unknown key{suggest(field_name, list(schema.model_fields))}"

@@ -55,19 +55,48 @@ def fit(model: Any, ctx: StageContext, params: FitParams, callbacks: list[Any] |
         verbose=0,
         callbacks=[*(callbacks or []), keras.callbacks.TerminateOnNaN(), epoch_logger(ctx, params.epochs)],
     )
-    losses = history.history.get("loss", [])
-    if losses and not math.isfinite(losses[-1]):
-        raise PipelineError(
-            f"stages.{ctx.name}: training loss became {losses[-1]}; lower stages.{ctx.name}.learning_rate"
-        )
+    check_finite(model, history, ctx)
     return history
+
+
+def check_finite(model: Any, history: Any, ctx: StageContext) -> None:
+    """Fail the stage when training diverged: a NaN/inf loss or any non-finite weight.
+
+    Diverged weights otherwise surface much later as an opaque TFLite converter or runtime error.
+    """
+    import numpy as np
+
+    losses = history.history.get("loss", [])
+    diverged = bool(losses) and not math.isfinite(losses[-1])
+    if diverged or not all(np.isfinite(w).all() for w in model.get_weights()):
+        final = losses[-1] if losses else float("nan")
+        raise PipelineError(
+            f"stages.{ctx.name}: training diverged (final loss {final:.4g}, non-finite weights or loss); "
+            f"lower stages.{ctx.name}.learning_rate or check the data for extreme values"
+        )
 
 
 def save_keras(model: Any, ctx: StageContext, parent: ModelArtifact | None, **metadata: Any) -> ModelArtifact:
     """Save `model` as `<workdir>/model.keras` and describe it as this stage's artifact."""
     path = ctx.workdir / "model.keras"
-    model.save(path, include_optimizer=False)  # optimizer state is not part of the model shipped
+    without_training_state(model).save(path)
     return ModelArtifact(path, ModelFormat.KERAS, ctx.name, parent, metadata)
+
+
+def without_training_state(model: Any) -> Any:
+    """A copy of `model` with its weights but no optimizer or metric state.
+
+    The native .keras format has no `include_optimizer=False`; an Adam state would triple the
+    file and make every size measurement of a trained model misleading.
+    """
+    import tf_keras as keras
+
+    try:
+        clone = keras.models.clone_model(model)
+    except (ValueError, TypeError):  # subclassed models cannot be cloned from their config
+        return model
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def epoch_logger(ctx: StageContext, epochs: int) -> Any:

@@ -1,0 +1,64 @@
+"""Command-line conveniences applied before Hydra sees the arguments.
+
+- A config-group choice that does not exist (`recipe=mobile_in8`) is reported in one line with
+  the closest name, instead of Hydra's multi-line search-path dump.
+- Stage parameters can be set without Hydra's `+` prefix (`stages.prune.frequency=10`) even when
+  the recipe leaves them at their schema default: the recipe's schema, not the YAML file, defines
+  which keys exist, and a mistyped key still fails validation with a suggestion.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+from pipeline.schema import suggest
+
+CHECKED_GROUPS = ("recipe", "data", "model")
+
+
+def prepare(argv: list[str]) -> list[str]:
+    """Check group choices and return the arguments to hand to Hydra."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:  # let Hydra report its own usage errors
+        return argv
+    if any(o.startswith("hydra.searchpath") for o in args.overrides):
+        return argv  # recipes may come from anywhere: Hydra reports what it cannot find
+    search = [Path(args.config_dir)] if args.config_dir else []
+    for override in args.overrides:
+        check_choice(override, search)
+    return [with_stage_prefix(a) if a in args.overrides else a for a in argv]
+
+
+def check_choice(override: str, extra_dirs: list[Path]) -> None:
+    """Raise PipelineError if `override` picks a missing option of a checked group."""
+    key, _, value = override.partition("=")
+    if key not in CHECKED_GROUPS or not value:
+        return
+    known = options(key, extra_dirs)
+    for choice in value.split(","):
+        if choice.strip() not in known:
+            raise PipelineError(
+                f"{key}={choice.strip()}: no such {key}{suggest(choice.strip(), sorted(known))}; "
+                f"add your own as DIR/{key}/NAME.yaml and pass --config-dir DIR"
+            )
+
+
+def options(group: str, extra_dirs: list[Path]) -> set[str]:
+    """Names of the YAML files in `group` of the packaged recipes and of `extra_dirs`."""
+    packaged = files("recipes") / group
+    names = {entry.name for entry in packaged.iterdir()} if packaged.is_dir() else set()
+    for folder in extra_dirs:
+        names |= {p.name for p in (folder / group).glob("*.yaml")}
+    return {name.removesuffix(".yaml") for name in names if name.endswith(".yaml")}
+
+
+def with_stage_prefix(override: str) -> str:
+    """`stages.x.y=v` -> `++stages.x.y=v` (set whether or not the recipe mentions the key)."""
+    if override.startswith("stages.") and "=" in override:
+        return f"++{override}"
+    return override

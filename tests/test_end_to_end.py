@@ -1,0 +1,80 @@
+"""mobile_int8 end to end with real TensorFlow, TFMOT, the TFLite converter, LiteRT and MLflow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from pipeline import litert
+from pipeline.runner import RunInfo, run
+from tests.conftest import TINY, compose_config, run_cli
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("e2e")
+    cfg = compose_config(tmp_path, *TINY, "stages.train.epochs=8", "stages.prune.epochs=3")
+    result = run(cfg, RunInfo(run_dir=tmp_path / "run", recipe="mobile_int8"))
+    return cfg, result
+
+
+def test_every_stage_is_measured(finished):
+    _, result = finished
+    assert [row.stage for row in result.rows] == ["train", "prune", "quantize", "export"]
+    assert [row.format for row in result.rows] == ["keras", "keras", "tflite", "tflite"]
+    for row in result.rows:
+        m = row.metrics
+        assert m["size_bytes"] > m["gzip_bytes"] > 0
+        assert 0 < m["latency_p50_ms"] <= m["latency_p90_ms"]
+        assert m["params"] > 30_000
+    assert result.rows[0].metrics["accuracy"] > 0.85  # digits with a small CNN, 8 epochs
+
+
+def test_pruned_model_reaches_target_sparsity_and_compresses(finished):
+    _, result = finished
+    train, prune, quantize, _ = (row.metrics for row in result.rows)
+    assert abs(prune["sparsity"] - 0.5) <= 0.02
+    assert prune["gzip_bytes"] < 0.7 * train["gzip_bytes"]
+    assert abs(quantize["sparsity"] - 0.5) <= 0.02  # int8 weights keep the zeros
+    assert quantize["accuracy"] >= prune["accuracy"] - 0.03
+
+
+def test_exports_full_integer_tflite_and_keras(finished):
+    _, result = finished
+    exported = {p.suffix: p for p in result.exports}
+    assert set(exported) == {".tflite", ".keras"}
+    assert all(p.parent == result.run_dir / "export" and p.stat().st_size > 0 for p in result.exports)
+    interpreter = litert.interpreter(exported[".tflite"], threads=1)
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+    assert (result.run_dir / "summary.md").read_text().count("\n") == 6
+
+
+def test_mlflow_run_holds_params_metrics_and_artifacts(finished):
+    cfg, result = finished
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    mlrun = client.get_run(result.run_id)
+    assert mlrun.info.status == "FINISHED"
+    assert mlrun.data.params["stages.prune.final_sparsity"] == "0.5"
+    assert mlrun.data.params["stages.prune.ramp_fraction"] == "0.7"  # schema default, logged too
+    assert mlrun.data.tags["recipe"] == "mobile_int8"
+    metrics = mlrun.data.metrics
+    assert metrics["accuracy"] == pytest.approx(result.rows[-1].metrics["accuracy"])
+    assert metrics["prune.sparsity"] == pytest.approx(result.rows[1].metrics["sparsity"])
+    history = client.get_metric_history(result.run_id, "gzip_bytes")
+    assert sorted(m.step for m in history) == [0, 1, 2, 3]
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"recipe.yaml", "summary.md", "model"} <= artifacts
+    models = {a.path for a in client.list_artifacts(result.run_id, "model")}
+    assert models == {"model/model.tflite", "model/model.keras"}
+
+
+@pytest.mark.slow
+def test_readme_command_runs_the_default_recipe(tmp_path):
+    done = run_cli("recipe=mobile_int8", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| export   | tflite |" in done.stdout
+    assert (tmp_path / "outputs" / "mlflow.db").exists()
+    exports = list((tmp_path / "outputs" / "runs").glob("*_mobile_int8/export/model.tflite"))
+    assert len(exports) == 1
