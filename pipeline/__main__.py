@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> float:
     info = RunInfo(
         run_dir=Path(hydra_cfg.runtime.output_dir),
         recipe=hydra_cfg.runtime.choices.get("recipe") or "custom",
-        overrides=tuple(hydra_cfg.overrides.task),
+        overrides=tuple(o.lstrip("+") for o in hydra_cfg.overrides.task),
     )
     try:
         result = run(cfg, info)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
@@ -42,7 +43,10 @@ class QuantizeStage(Stage):
         params: QuantizeParams = self.config
         converter = configure_converter(model.load_keras(), params, calibration_set(ctx, params))
         path = ctx.workdir / "model.tflite"
-        path.write_bytes(converter.convert())
+        with warnings.catch_warnings():
+            # Emitted for every calibrated conversion from Keras; it asks for nothing we can supply.
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+            path.write_bytes(converter.convert())
         return ModelArtifact(path, ModelFormat.TFLITE, ctx.name, model, {"quantization": params.mode})
 
 
