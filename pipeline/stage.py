@@ -45,6 +45,9 @@ class Stage:
     Config: ClassVar[type[Params]] = Params
     accepts: ClassVar[frozenset[ModelFormat | None]] = frozenset({ModelFormat.KERAS})
     produces: ClassVar[ModelFormat] = ModelFormat.KERAS
+    # Whether the runner may reuse this stage's output from the stage cache. A stage whose work
+    # lies outside its workdir (export writes to the run's export/ folder) must say False.
+    cacheable: ClassVar[bool] = True
 
     def __init__(self, config: Params):
         self.config = config

@@ -43,6 +43,7 @@ class ExportStage(Stage):
 
     Config: ClassVar = ExportParams
     accepts: ClassVar = frozenset(ModelFormat)
+    cacheable: ClassVar = False  # cheap, and its files belong to this run's export/ folder
 
     @classmethod
     def output_format(cls, input_format: ModelFormat | None) -> ModelFormat:
