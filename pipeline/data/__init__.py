@@ -1,0 +1,21 @@
+"""Data sources: where the train, validation and test splits come from.
+
+A source is a plugin in the `pipeline.data` entry-point group: a class with a `Config` schema and
+`load(seed) -> Dataset`. The splits are deterministic for a given seed. Built-in sources live in
+one module per family (digits, idx, arrays, images, downloads); none imports TensorFlow at
+module level, so that recipes validate quickly.
+"""
+
+from pipeline.data.dataset import Dataset, SplitParams, as_images, as_labels, normalize, split, with_validation
+from pipeline.data.digits import DigitsSource
+
+__all__ = [
+    "Dataset",
+    "DigitsSource",
+    "SplitParams",
+    "as_images",
+    "as_labels",
+    "normalize",
+    "split",
+    "with_validation",
+]
