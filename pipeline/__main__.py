@@ -16,6 +16,7 @@ def main(cfg: DictConfig) -> float:
     from pathlib import Path
 
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from pipeline.runner import RunInfo, run
 
@@ -24,6 +25,7 @@ def main(cfg: DictConfig) -> float:
         run_dir=Path(hydra_cfg.runtime.output_dir),
         recipe=hydra_cfg.runtime.choices.get("recipe") or "custom",
         overrides=tuple(o.lstrip("+") for o in hydra_cfg.overrides.task),
+        sweep=Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None,
     )
     try:
         result = run(cfg, info)

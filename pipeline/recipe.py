@@ -41,7 +41,8 @@ class RunSettings(Params):
     """Top level of a composed config; `data`, `model` and `stages` are checked by their plugins."""
 
     seed: int = Field(42, ge=0, description="Seed for data splits, weight initialisation and shuffling.")
-    outputs: str = Field("outputs", description="Folder for run directories and the local MLflow store.")
+    outputs: str = Field("outputs", description="Folder for run directories, the stage cache and the local MLflow store.")
+    cache: bool = Field(True, description="Reuse stage outputs whose inputs and settings are unchanged.")
     description: str = Field("", description="One line saying what the recipe does.")
     measure: MeasureParams = Field(default_factory=MeasureParams)
     tracking: TrackingParams

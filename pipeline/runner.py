@@ -11,16 +11,19 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 import pipeline
 from pipeline.artifact import ModelArtifact
-from pipeline.errors import PipelineError
-from pipeline.recipe import Plan, build_plan
+from pipeline.cache import StageCache, cache_key
+from pipeline.recipe import Plan, PlannedStage, build_plan
 from pipeline.stage import StageContext
 from pipeline.summary import StageRow, table
+
+if TYPE_CHECKING:
+    from pipeline.data import Dataset
 
 log = logging.getLogger("pipeline")
 
@@ -32,6 +35,7 @@ class RunInfo:
     run_dir: Path
     recipe: str = "custom"
     overrides: tuple[str, ...] = ()
+    sweep: str | None = None  # shared by every job of one Hydra multirun
 
 
 @dataclass
@@ -45,6 +49,16 @@ class RunResult:
     exports: list[Path] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class StageOutcome:
+    """One stage's output, its measurements, and whether it came from the cache."""
+
+    artifact: ModelArtifact
+    metrics: dict[str, float]
+    seconds: float
+    cached: bool
+
+
 def run(cfg: Any, info: RunInfo) -> RunResult:
     """Check the composed config, then execute it. Raises PipelineError on user mistakes."""
     return execute(build_plan(cfg), info)
@@ -52,50 +66,32 @@ def run(cfg: Any, info: RunInfo) -> RunResult:
 
 def execute(plan: Plan, info: RunInfo) -> RunResult:
     """Run every stage of a checked plan in order, measuring and tracking after each."""
-    from pipeline.measure import measure
     from pipeline.tracking import Tracker, flatten
 
     settings = plan.settings
-    log.info("loading data '%s'", settings.data["name"])
-    data = plan.data_source.load(settings.seed)
-    log.info(
-        "data: %d train, %d validation, %d test examples of shape %s, %d classes",
-        len(data.x_train), len(data.x_val), len(data.x_test), data.input_shape, data.num_classes,
-    )
+    data = load_data(plan)
     info.run_dir.mkdir(parents=True, exist_ok=True)
+    cache = StageCache(Path(settings.outputs) / "cache") if settings.cache else None
     tracker = Tracker(settings.tracking, Path(settings.outputs))
-    run_name = " ".join([info.recipe, *info.overrides])
-    tags = run_tags(plan, info, data.fingerprint())
-
     rows: list[StageRow] = []
     exports: list[Path] = []
     artifact: ModelArtifact | None = None
-    with tracker.start(run_name, tags):
+    input_key = "start"
+    with tracker.start(" ".join([info.recipe, *info.overrides]), run_tags(plan, info, data)):
         log.info("MLflow run %s in %s (experiment '%s')", tracker.run_id, settings.tracking.uri, settings.tracking.experiment)
         tracker.log_params(flatten(resolved_config(plan)))
         tracker.log_text(yaml.safe_dump(plan.config, sort_keys=False), "recipe.yaml")
         for index, planned in enumerate(plan.stages):
             log.info("[%d/%d] %s (%s)", index + 1, len(plan.stages), planned.name, planned.type)
-            ctx = StageContext(
-                name=planned.name,
-                index=index,
-                workdir=info.run_dir / "stages" / f"{index}_{planned.name}",
-                run_dir=info.run_dir,
-                seed=settings.seed,
-                data=data,
-                build_model=lambda: plan.model_builder.build(data.input_shape, data.num_classes),
-                log=log,
-            )
-            ctx.workdir.mkdir(parents=True, exist_ok=True)
-            started = time.perf_counter()
-            artifact = planned.stage.run(artifact, ctx)
-            seconds = time.perf_counter() - started
-            metrics = measure(artifact, data, settings.measure)
-            rows.append(StageRow(planned.name, artifact.format.value, seconds, metrics))
-            tracker.log_stage(index, planned.name, {**metrics, "seconds": seconds})
-            log.info("    %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            ctx = stage_context(plan, planned, index, info, data)
+            input_key = stage_key(plan, planned, input_key, data)
+            outcome = run_stage(planned, artifact, ctx, input_key, cache, data, plan)
+            artifact = outcome.artifact
+            rows.append(StageRow(planned.name, artifact.format.value, outcome.seconds, outcome.metrics, outcome.cached))
+            tracker.log_stage(index, planned.name, {**outcome.metrics, "seconds": outcome.seconds})
+            log.info("    %s", ", ".join(f"{k}={v:.4g}" for k, v in outcome.metrics.items()))
             exports += [Path(p) for p in artifact.metadata.get("exports", [])]
-
+        tracker.set_tag("cached_stages", ",".join(row.stage for row in rows if row.cached) or "none")
         summary = table(rows)
         (info.run_dir / "summary.md").write_text(summary + "\n")
         (info.run_dir / "metrics.json").write_text(json.dumps([row.__dict__ for row in rows], indent=2))
@@ -110,11 +106,84 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
     return RunResult(rows, artifact, tracker.run_id, info.run_dir, exports)
 
 
+def load_data(plan: Plan) -> Dataset:
+    """Load the configured data source, logging the split sizes."""
+    log.info("loading data '%s'", plan.settings.data["name"])
+    data = plan.data_source.load(plan.settings.seed)
+    log.info(
+        "data: %d train, %d validation, %d test examples of shape %s, %d classes",
+        len(data.x_train), len(data.x_val), len(data.x_test), data.input_shape, data.num_classes,
+    )
+    return data
+
+
+def stage_context(plan: Plan, planned: PlannedStage, index: int, info: RunInfo, data: Dataset) -> StageContext:
+    """The context one stage runs in, with its own work folder."""
+    workdir = info.run_dir / "stages" / f"{index}_{planned.name}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    return StageContext(
+        name=planned.name,
+        index=index,
+        workdir=workdir,
+        run_dir=info.run_dir,
+        seed=plan.settings.seed,
+        data=data,
+        build_model=lambda: plan.model_builder.build(data.input_shape, data.num_classes),
+        log=log,
+    )
+
+
+def stage_key(plan: Plan, planned: PlannedStage, input_key: str, data: Dataset) -> str:
+    """The cache key of a stage's output: everything that determines it, its input's key included."""
+    return cache_key(
+        stage=planned.type,
+        plugin=f"{type(planned.stage).__module__}.{type(planned.stage).__qualname__}",
+        config=planned.stage.config.model_dump(mode="json"),
+        input=input_key,
+        data=data.fingerprint(),
+        model=plan.model_builder.config.model_dump(mode="json"),
+        seed=plan.settings.seed,
+    )
+
+
+def run_stage(
+    planned: PlannedStage, model: ModelArtifact | None, ctx: StageContext,
+    key: str, cache: StageCache | None, data: Dataset, plan: Plan,
+) -> StageOutcome:
+    """Reuse the stage's cached output when present, else run and measure it (and store it)."""
+    from pipeline.measure import measure
+
+    measure_id = json.dumps(plan.settings.measure.model_dump(), sort_keys=True)
+    if cache is None or not type(planned.stage).cacheable:
+        return compute(planned, model, ctx, data, plan)
+    with cache.lock(key):
+        entry = cache.get(key)
+        if entry is not None:
+            artifact = cache.restore(entry, ctx.workdir, ctx.name, model)
+            metrics = entry.record["measurements"].get(measure_id) or measure(artifact, data, plan.settings.measure)
+            log.info("    reused from the stage cache (%s)", key[:12])
+            return StageOutcome(artifact, metrics, 0.0, cached=True)
+        outcome = compute(planned, model, ctx, data, plan)
+        cache.put(key, planned.type, outcome.artifact, ctx.workdir, {measure_id: outcome.metrics})
+        return outcome
+
+
+def compute(planned: PlannedStage, model: ModelArtifact | None, ctx: StageContext, data: Dataset, plan: Plan) -> StageOutcome:
+    """Run the stage, then measure its output."""
+    from pipeline.measure import measure
+
+    started = time.perf_counter()
+    artifact = planned.stage.run(model, ctx)
+    seconds = time.perf_counter() - started
+    return StageOutcome(artifact, measure(artifact, data, plan.settings.measure), seconds, cached=False)
+
+
 def resolved_config(plan: Plan) -> dict[str, Any]:
     """The config with every default filled in: what the run actually used."""
     stages = {p.name: {"type": p.type, **p.stage.config.model_dump(mode="json")} for p in plan.stages}
     return {
         "seed": plan.settings.seed,
+        "cache": plan.settings.cache,
         "data": plan.data_source.config.model_dump(mode="json"),
         "model": plan.model_builder.config.model_dump(mode="json"),
         "measure": plan.settings.measure.model_dump(mode="json"),
@@ -122,18 +191,21 @@ def resolved_config(plan: Plan) -> dict[str, Any]:
     }
 
 
-def run_tags(plan: Plan, info: RunInfo, data_fingerprint: str) -> dict[str, str]:
+def run_tags(plan: Plan, info: RunInfo, data: Dataset) -> dict[str, str]:
     """Tags to filter and group runs by in the MLflow UI."""
-    return {
+    tags = {
         "recipe": info.recipe,
         "stages": " -> ".join(p.name for p in plan.stages),
         "data": plan.settings.data["name"],
-        "data_fingerprint": data_fingerprint,
+        "data_fingerprint": data.fingerprint(),
         "model": plan.settings.model["name"],
         "device": device_kind(),
         "pipeline_version": pipeline.__version__,
         "mlflow.note.content": plan.settings.description,
     }
+    if info.sweep:
+        tags["sweep"] = info.sweep
+    return tags
 
 
 def device_kind() -> str:

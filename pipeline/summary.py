@@ -14,6 +14,7 @@ class StageRow:
     format: str
     seconds: float
     metrics: dict[str, float]
+    cached: bool = False
 
 
 COLUMNS = (
@@ -43,7 +44,7 @@ def cells(row: StageRow) -> list[str]:
     """Formatted cells of one row, in COLUMNS order."""
     m = row.metrics
     return [
-        row.stage,
+        f"{row.stage} (cached)" if row.cached else row.stage,
         row.format,
         human_bytes(m["size_bytes"]),
         human_bytes(m["gzip_bytes"]),

@@ -97,6 +97,10 @@ class Tracker:
         batch += [Metric(key, float(value), now, index) for key, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    def set_tag(self, key: str, value: str) -> None:
+        """A tag decided during the run (e.g. which stages came from the cache)."""
+        self.client.set_tag(self.run_id, key, value)
+
     def log_text(self, text: str, artifact_file: str) -> None:
         """A text artifact, such as the resolved recipe."""
         self.client.log_text(self.run_id, text, artifact_file)
