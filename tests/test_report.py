@@ -1,0 +1,56 @@
+"""`python -m pipeline.report` on a real MLflow store: comparison table and Pareto plots."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.errors import PipelineError
+from pipeline.report import pareto_front, run_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    #          small+bad   big+good    dominated   tie on size, better
+    points = [(10, 0.80), (40, 0.99), (30, 0.81), (10, 0.82)]
+    assert pareto_front(points) == [3, 1]
+
+
+def log_sweep(uri: str, sweep: str, sparsities: list[float]) -> list[str]:
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("pipeline")
+    ids = []
+    for sparsity in sparsities:
+        run = client.create_run(experiment, run_name=f"mobile_int8 sparsity={sparsity}", tags={"sweep": sweep})
+        client.log_param(run.info.run_id, "stages.prune.final_sparsity", sparsity)
+        client.log_param(run.info.run_id, "seed", 42)
+        for key, value in {"size_bytes": 45000, "gzip_bytes": 40000 * (1 - sparsity), "accuracy": 0.99 - sparsity / 10,
+                           "latency_p50_ms": 0.004}.items():
+            client.log_metric(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id)
+        ids.append(run.info.run_id)
+    return ids
+
+
+def test_report_prints_the_sweep_and_logs_plots(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ids = log_sweep(uri, "sweep-1", [0.25, 0.5, 0.75])
+    plots = run_report(uri, "pipeline", "latest", tmp_path / "reports")
+    out = capsys.readouterr().out
+    assert "stages.prune.final_sparsity" in out and "seed" not in out  # only what varies
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "accuracy" not in line]
+    assert len(rows) == 3 and "| 0.25 " in rows[0] and "0.9650" in rows[0]
+    assert [p.name for p in plots] == ["pareto_size_accuracy.png", "pareto_latency_accuracy.png"]
+    assert all(p.read_bytes().startswith(PNG_MAGIC) and p.parent.name == "sweep-1" for p in plots)
+    logged = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(ids[0], "report")}
+    assert logged == {"report/pareto_size_accuracy.png", "report/pareto_latency_accuracy.png"}
+
+
+def test_report_names_what_is_missing(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(PipelineError, match="--experiment: no experiment 'pipeline'"):
+        run_report(uri, "pipeline", None, tmp_path)
+    log_sweep(uri, "sweep-1", [0.5])
+    with pytest.raises(PipelineError, match="--sweep other: no finished runs"):
+        run_report(uri, "pipeline", "other", tmp_path)
