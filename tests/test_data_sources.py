@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from pipeline.data import Dataset, DigitsSource, SplitParams
+from pipeline.data.arrays import CsvParams, CsvSource, NpzParams, NpzSource
+from pipeline.data.downloads import KerasParams, KerasSource
 from pipeline.data.idx import IdxParams, IdxSource
+from pipeline.data.images import ImageFolderParams, ImageFolderSource
 from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
 from tests.conftest import compose_config
@@ -143,3 +146,186 @@ def test_idx_reads_real_mnist():
     assert_well_formed(data, (28, 28, 1), 10)
     assert len(data.x_train) + len(data.x_val) + len(data.x_test) == 10_000
     assert data.x_train.max() == 1.0 and data.x_train.min() == 0.0
+
+
+# --- npz ------------------------------------------------------------------------------------------
+
+
+def labelled_images(count=60, classes=3, shape=(6, 5)) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images whose brightness encodes their class."""
+    rng = np.random.default_rng(1)
+    labels = np.arange(count) % classes
+    images = labels.reshape(-1, *[1] * len(shape)) * 80 + rng.integers(0, 40, (count, *shape))
+    return images.astype(np.uint8), labels
+
+
+def test_npz_x_and_y_are_split_and_scaled(tmp_path):
+    x, y = labelled_images()
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    data = NpzSource(NpzParams(name="npz", path=str(tmp_path / "d.npz"))).load(seed=0)
+    assert_well_formed(data, (6, 5, 1), 3)
+    assert data.x_train.max() <= 1 and data.x_train.max() > 0.7  # uint8 / 255
+
+
+def test_npz_ready_made_splits_and_text_labels(tmp_path):
+    x, y = labelled_images(shape=(4, 4, 3))
+    names = np.array(["cat", "dog", "owl"])[y]
+    np.savez(tmp_path / "d.npz", x_train=x[:45], y_train=names[:45], x_test=x[45:], y_test=names[45:])
+    data = NpzSource(NpzParams(name="npz", path=str(tmp_path / "d.npz"), val_fraction=0.2)).load(seed=0)
+    assert_well_formed(data, (4, 4, 3), 3)
+    assert len(data.x_test) == 15 and len(data.x_val) == 9
+    assert data.class_names == ("cat", "dog", "owl")
+    assert np.array_equal(data.y_test, y[45:])
+
+
+def test_npz_standard_normalisation_uses_training_statistics(tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.normal(50, 10, (90, 4))
+    np.savez(tmp_path / "t.npz", x=x, y=np.arange(90) % 3)
+    data = NpzSource(NpzParams(name="npz", path=str(tmp_path / "t.npz"), normalize="standard")).load(seed=0)
+    assert np.allclose(data.x_train.mean(axis=0), 0, atol=1e-5)
+    assert np.allclose(data.x_train.std(axis=0), 1, atol=1e-4)
+    assert not np.allclose(data.x_test.mean(axis=0), 0, atol=1e-5)  # the test split is not refitted
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"images": np.zeros((4, 2, 2))}, "save arrays named x and y"),
+        ({"x": np.zeros((4, 2, 2)), "y": np.zeros(3)}, "4 examples in x but 3 labels in y"),
+        ({"x": np.array([{"a": 1}] * 4, dtype=object), "y": np.zeros(4)}, "pickled objects"),
+    ],
+)
+def test_npz_problems_name_the_file(tmp_path, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(PipelineError, match=message):
+        NpzSource(NpzParams(name="npz", path=str(tmp_path / "bad.npz"))).load(seed=0)
+
+
+def test_npz_path_must_be_a_file(tmp_path):
+    with pytest.raises(PipelineError, match="data.path: is a folder; point it at a file"):
+        build_plan(compose_config(tmp_path, "data=npz", f"data.path={tmp_path}"))
+
+
+# --- csv ------------------------------------------------------------------------------------------
+
+
+def write_csv(path: Path, count=90) -> Path:
+    """Two informative features, one constant, a text label column in the middle."""
+    rng = np.random.default_rng(3)
+    lines = ["length,species,width,constant"]
+    for i in range(count):
+        k = i % 3
+        lines.append(f"{10 * k + rng.normal():.3f},{['setosa', 'versicolor', 'virginica'][k]},{rng.normal():.3f},7")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_csv_reads_features_and_text_labels(tmp_path):
+    path = write_csv(tmp_path / "iris.csv")
+    data = CsvSource(CsvParams(name="csv", path=str(path), label="species")).load(seed=0)
+    assert_well_formed(data, (3,), 3)
+    assert data.class_names == ("setosa", "versicolor", "virginica")
+    assert np.allclose(data.x_train[:, 0].mean(), 0, atol=1e-5)  # standardised by default
+    assert np.all(data.x_train[:, 2] == 0)  # a constant column stays finite
+    # the first feature separates the classes
+    assert data.x_test[data.y_test == 2, 0].min() > data.x_test[data.y_test == 0, 0].max()
+
+
+def test_csv_feature_selection_and_errors(tmp_path):
+    path = write_csv(tmp_path / "iris.csv")
+    chosen = CsvSource(CsvParams(name="csv", path=str(path), label="species", features=["width"])).load(seed=0)
+    assert chosen.input_shape == (1,)
+    with pytest.raises(PipelineError, match=r"data.label: no column 'label' in the CSV file \(columns: length, species"):
+        CsvSource(CsvParams(name="csv", path=str(path))).load(seed=0)
+    with pytest.raises(PipelineError, match="data.features: column 'species' line 2 holds 'setosa', not a number"):
+        CsvSource(CsvParams(name="csv", path=str(path), label="width", features=["species"])).load(seed=0)
+    path.write_text(path.read_text() + "1,setosa\n")
+    with pytest.raises(PipelineError, match="line 92 has 2 fields but the header has 4"):
+        CsvSource(CsvParams(name="csv", path=str(path), label="species")).load(seed=0)
+
+
+def test_csv_is_configured_from_the_command_line(tmp_path):
+    path = write_csv(tmp_path / "iris.csv")
+    plan = build_plan(compose_config(tmp_path, "data=csv", f"data.path={path}", "data.label=species", "data.features=[length,width]"))
+    assert plan.data_source.load(seed=0).input_shape == (2,)
+
+
+# --- image_folder ---------------------------------------------------------------------------------
+
+
+def image_tree(root: Path, sizes=((12, 10), (9, 14)), per_class=10) -> Path:
+    """PNG and JPEG files in three class folders; class k is coloured in channel k."""
+    import tensorflow as tf
+
+    for k, name in enumerate(["red", "green", "blue"]):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            height, width = sizes[i % len(sizes)]
+            pixels = np.full((height, width, 3), 30, np.uint8)
+            pixels[..., k] = 220
+            encoded = tf.io.encode_png(pixels) if i % 2 else tf.io.encode_jpeg(pixels, quality=95)
+            (root / name / f"{i}.{'png' if i % 2 else 'jpg'}").write_bytes(encoded.numpy())
+    (root / "notes.txt").write_text("not a class")
+    return root
+
+
+def test_image_folder_resizes_every_image(tmp_path):
+    root = image_tree(tmp_path / "photos")
+    data = ImageFolderSource(ImageFolderParams(name="image_folder", path=str(root), image_size=[16, 16])).load(seed=0)
+    assert_well_formed(data, (16, 16, 3), 3)
+    assert data.class_names == ("blue", "green", "red")
+    red = data.x_train[data.y_train == 2]
+    assert red[..., 0].mean() > 0.8 and red[..., 2].mean() < 0.2
+
+
+def test_image_folder_grayscale_takes_the_first_size_by_default(tmp_path):
+    root = image_tree(tmp_path / "photos")
+    data = ImageFolderSource(ImageFolderParams(name="image_folder", path=str(root), color_mode="grayscale")).load(seed=0)
+    assert_well_formed(data, (12, 10, 1), 3)
+
+
+def test_image_folder_problems(tmp_path):
+    root = image_tree(tmp_path / "photos")
+    (root / "red" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(PipelineError, match="cannot decode image .*broken.png"):
+        ImageFolderSource(ImageFolderParams(name="image_folder", path=str(root))).load(seed=0)
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(PipelineError, match="needs at least two class subfolders"):
+        build_plan(compose_config(tmp_path, "data=image_folder", f"data.path={tmp_path / 'flat'}"))
+    with pytest.raises(PipelineError, match="data.image_size.0: expected greater than or equal to 8 \(got 2\)"):
+        build_plan(compose_config(tmp_path, "data=image_folder", f"data.path={root}", "data.image_size=[2,2]"))
+
+
+# --- Keras built-ins and TensorFlow Datasets ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])
+def test_keras_builtins_offline_name_the_local_alternatives(tmp_path, monkeypatch, name):
+    # A proxy on a closed local port makes the download fail at once, as it does without a network.
+    for variable in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    for variable in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    plan = build_plan(compose_config(tmp_path, f"data={name}", f"data.cache_dir={tmp_path / 'keras'}"))
+    assert isinstance(plan.data_source, KerasSource)
+    with pytest.raises(PipelineError) as error:
+        plan.data_source.load(seed=0)
+    message = str(error.value)
+    assert message.startswith(f"data.name={name}: download failed")
+    assert "data=idx data.path=DIR" in message and "data=npz data.path=FILE" in message
+    assert "\n" not in message
+
+
+def test_keras_source_name_is_checked():
+    with pytest.raises(Exception, match="mnist"):
+        KerasParams(name="emnist")
+
+
+def test_tfds_without_the_package_says_how_to_install_it(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow_datasets") is not None:
+        pytest.skip("tensorflow-datasets is installed; this checks the message shown without it")
+    with pytest.raises(PipelineError, match=r"^data: tensorflow-datasets is not installed; pip install tensorflow-datasets"):
+        build_plan(compose_config(tmp_path, "data=tfds", "data.dataset=mnist"))

@@ -8,6 +8,7 @@ any statistics used for scaling come from the training split only.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -72,10 +73,11 @@ def split(x: np.ndarray, y: np.ndarray, params: SplitParams, seed: int, class_na
     """Stratified, seeded train/validation/test split of `x` and `y`."""
     x, y = subsample(x, y, params.max_examples, seed)
     x_rest, x_test, y_rest, y_test = holdout(x, y, params.test_fraction, seed)
-    return with_validation(x_rest, y_rest, x_test, y_test, params, seed, class_names)
+    val_share = params.val_fraction / (1 - params.test_fraction)  # of what remains after the test split
+    return with_validation(x_rest, y_rest, x_test, y_test, val_share, seed, class_names)
 
 
-def with_validation(
+def given_split(
     x_train: np.ndarray,
     y_train: np.ndarray,
     x_test: np.ndarray,
@@ -84,8 +86,21 @@ def with_validation(
     seed: int,
     class_names: tuple[str, ...] = (),
 ) -> Dataset:
-    """A Dataset from given train and test splits, validation carved out of the training split."""
-    val_share = params.val_fraction / (1 - params.test_fraction)
+    """A source's own train/test split kept as is; `max_examples` limits the training split."""
+    x_train, y_train = subsample(x_train, y_train, params.max_examples, seed)
+    return with_validation(x_train, y_train, x_test, y_test, params.val_fraction, seed, class_names)
+
+
+def with_validation(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    val_share: float,
+    seed: int,
+    class_names: tuple[str, ...] = (),
+) -> Dataset:
+    """A Dataset from train and test splits, with the share `val_share` of training examples held out for validation."""
     if val_share > 0:
         x_train, x_val, y_train, y_val = holdout(x_train, y_train, val_share, seed)
     else:
@@ -100,7 +115,7 @@ def holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[n
 
     counts = np.bincount(y)
     present = counts[counts > 0]
-    if present.min() < 2 or round(fraction * len(y)) < len(present):
+    if present.min() < 2 or math.ceil(fraction * len(y)) < len(present):  # as scikit-learn counts
         raise PipelineError(
             f"data: cannot split {len(y)} examples of {len(present)} classes (the smallest class has "
             f"{present.min()}) so that every split holds every class; add examples or change "

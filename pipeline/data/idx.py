@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field, field_validator
 
-from pipeline.data.dataset import Dataset, SplitParams, as_images, as_labels, split, subsample, with_validation
+from pipeline.data.dataset import Dataset, SplitParams, as_images, as_labels, given_split, split
 from pipeline.errors import PipelineError
 from pipeline.fields import ExistingFolder
 
@@ -53,8 +53,7 @@ class IdxSource:
         if tests and trains:
             x_train, y_train = concat(parts, trains)
             x_test, y_test = concat(parts, tests)
-            x_train, y_train = subsample(x_train, y_train, self.config.max_examples, seed)
-            return with_validation(as_images(x_train), y_train, as_images(x_test), y_test, self.config, seed)
+            return given_split(as_images(x_train), y_train, as_images(x_test), y_test, self.config, seed)
         x, y = concat(parts, list(parts))
         return split(as_images(x), y, self.config, seed)
 

@@ -1,0 +1,158 @@
+"""Arrays a user already has: NumPy `.npz` archives and CSV tables.
+
+Both are read without pickle (no code in a data file can run). Scaling uses statistics of the
+training split only, so the test split stays unseen.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from pipeline.data.dataset import (
+    NORMALIZE_HELP,
+    Dataset,
+    Normalize,
+    SplitParams,
+    as_labels,
+    given_split,
+    normalize,
+    split,
+)
+from pipeline.errors import PipelineError
+from pipeline.fields import ExistingFile
+
+SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+class NpzParams(SplitParams):
+    """An .npz archive holding `x` and `y`, or ready-made `x_train, y_train, x_test, y_test`."""
+
+    path: ExistingFile = Field(description="The .npz file: arrays x and y, or x_train, y_train, x_test, y_test.")
+    normalize: Normalize = Field("unit", description=NORMALIZE_HELP)
+
+
+class NpzSource:
+    """Examples from NumPy arrays: (N, H, W[, C]) images or (N, features) tables, integer or text labels."""
+
+    Config: ClassVar = NpzParams
+
+    def __init__(self, config: NpzParams):
+        self.config = config
+
+    def load(self, seed: int) -> Dataset:
+        """The archive's own train/test split when it has one, else a split of `x` and `y`."""
+        arrays = read_npz(Path(self.config.path))
+        if set(SPLIT_KEYS) <= set(arrays):
+            y_train, names = as_labels(arrays["y_train"], "data.path: y_train")
+            y_test, _ = as_labels(arrays["y_test"], "data.path: y_test")
+            if names:  # text labels: number both splits with one vocabulary
+                y_all, names = as_labels(np.concatenate([arrays["y_train"], arrays["y_test"]]), "data.path")
+                y_train, y_test = y_all[: len(y_train)], y_all[len(y_train) :]
+            data = given_split(
+                with_channel(arrays["x_train"]), y_train, with_channel(arrays["x_test"]), y_test, self.config, seed, names
+            )
+        elif {"x", "y"} <= set(arrays):
+            y, names = as_labels(arrays["y"], "data.path: y")
+            data = split(with_channel(arrays["x"]), y, self.config, seed, names)
+        else:
+            raise PipelineError(
+                f"data.path: {self.config.path} holds arrays {sorted(arrays)}; "
+                "save arrays named x and y, or x_train, y_train, x_test and y_test"
+            )
+        return normalize(data, self.config.normalize)
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz file, refusing pickled objects."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except ValueError as error:  # object arrays need pickle, which could run code
+        raise PipelineError(f"data.path: {path} holds pickled objects ({error}); save plain numeric arrays") from None
+    except (OSError, EOFError) as error:
+        raise PipelineError(f"data.path: cannot read {path} as .npz ({error}); save it with numpy.savez") from None
+    for key in ("x", "x_train", "x_test"):
+        if key in arrays and (arrays[key].ndim < 2 or arrays[key].dtype.kind not in "iufb"):
+            raise PipelineError(
+                f"data.path: array {key} in {path} has shape {arrays[key].shape} and type {arrays[key].dtype}; "
+                "expected numbers shaped (examples, ...)"
+            )
+    for x_key, y_key in (("x", "y"), ("x_train", "y_train"), ("x_test", "y_test")):
+        if x_key in arrays and y_key in arrays and len(arrays[x_key]) != len(arrays[y_key]):
+            raise PipelineError(
+                f"data.path: {path} has {len(arrays[x_key])} examples in {x_key} but {len(arrays[y_key])} labels in {y_key}"
+            )
+    return arrays
+
+
+def with_channel(x: np.ndarray) -> np.ndarray:
+    """(N, H, W) grayscale images get a channel axis; tables (N, F) and (N, H, W, C) stay."""
+    return x[..., np.newaxis] if x.ndim == 3 else x
+
+
+class CsvParams(SplitParams):
+    """A CSV table with a header row: numeric feature columns and one label column."""
+
+    path: ExistingFile = Field(description="The .csv file; its first row names the columns.")
+    label: str = Field("label", min_length=1, description="Column holding the class (ids or names).")
+    features: list[str] | None = Field(None, description="Feature columns to use (null: every other column).")
+    delimiter: str = Field(",", min_length=1, max_length=1, description="Character between fields.")
+    normalize: Normalize = Field("standard", description=NORMALIZE_HELP)
+
+
+class CsvSource:
+    """Tabular examples (N, features) for models such as `mlp`."""
+
+    Config: ClassVar = CsvParams
+
+    def __init__(self, config: CsvParams):
+        self.config = config
+
+    def load(self, seed: int) -> Dataset:
+        """Features as float32, labels as ids (text labels numbered in sorted order)."""
+        header, rows = read_csv(Path(self.config.path), self.config.delimiter)
+        label_at = column(header, self.config.label, "data.label")
+        wanted = self.config.features or [name for name in header if name != self.config.label]
+        columns = [column(header, name, "data.features") for name in wanted]
+        x = np.array([[number(row, at, header, line) for at in columns] for line, row in rows], dtype=np.float64)
+        y, names = as_labels(np.array([row[label_at] for _, row in rows]), f"data.label: column '{self.config.label}'")
+        return normalize(split(x, y, self.config, seed, names), self.config.normalize)
+
+
+def read_csv(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and the non-empty rows with their line numbers; every row as long as the header."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        lines = [(number, row) for number, row in enumerate(csv.reader(handle, delimiter=delimiter), 1) if row]
+    if len(lines) < 2:
+        raise PipelineError(f"data.path: {path} needs a header row and at least one data row")
+    header = [name.strip() for name in lines[0][1]]
+    for number, row in lines[1:]:
+        if len(row) != len(header):
+            raise PipelineError(
+                f"data.path: {path} line {number} has {len(row)} fields but the header has {len(header)}; "
+                f"fix the row or set data.delimiter"
+            )
+    return header, lines[1:]
+
+
+def column(header: list[str], name: str, key: str) -> int:
+    """Index of column `name`, or an error listing the columns there are."""
+    if name not in header:
+        raise PipelineError(f"{key}: no column '{name}' in the CSV file (columns: {', '.join(header)})")
+    return header.index(name)
+
+
+def number(row: list[str], at: int, header: list[str], line: int) -> float:
+    """One feature value; a non-number names its line and column."""
+    try:
+        return float(row[at])
+    except ValueError:
+        raise PipelineError(
+            f"data.features: column '{header[at]}' line {line} holds {row[at]!r}, not a number; "
+            "list only numeric columns in data.features"
+        ) from None
