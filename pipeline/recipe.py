@@ -127,7 +127,7 @@ def check_order(stages: list[PlannedStage]) -> None:
     """Each stage must accept the format its predecessor hands on (or start from nothing)."""
     current: ModelFormat | None = None
     made_by = "the start of the recipe"
-    for planned in stages:
+    for index, planned in enumerate(stages):
         accepts = type(planned.stage).accepts
         if current not in accepts:
             wanted = " or ".join(sorted(f.value for f in accepts if f is not None))
@@ -136,5 +136,6 @@ def check_order(stages: list[PlannedStage]) -> None:
                 f"stages.{planned.name}: needs a {wanted} model but gets {have}; "
                 f"reorder the stages so that a stage producing {wanted} comes first"
             )
+        planned.stage.check_input(current, [p.stage for p in stages[:index]], f"stages.{planned.name}")
         current = type(planned.stage).output_format(current)
         made_by = f"stages.{planned.name}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -55,6 +55,14 @@ class Stage:
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         """Make this stage's output artifact under `ctx.workdir` from `model`."""
         raise NotImplementedError
+
+    def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
+        """Raise PipelineError if this stage cannot follow `earlier` (the stages before it, in order).
+
+        Called at validation time after `accepts` has passed, for rules a set of formats cannot
+        express: a stage that needs a teacher file when no model precedes it, or one that cannot
+        take a model wrapped for quantization-aware training. `where` is `stages.NAME`.
+        """
 
     @classmethod
     def output_format(cls, input_format: ModelFormat | None) -> ModelFormat:

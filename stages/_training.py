@@ -20,6 +20,9 @@ class FitParams(Params):
     batch_size: int = Field(32, ge=1, description="Examples per training step.")
     learning_rate: float = Field(1e-3, gt=0, le=10, description="Optimizer step size.")
     optimizer: Literal["adam", "sgd", "rmsprop"] = Field("adam", description="Optimizer.")
+    lr_decay: Literal["none", "cosine"] = Field(
+        "none", description="none keeps learning_rate; cosine lowers it towards zero by the last epoch."
+    )
 
 
 def steps_per_epoch(ctx: StageContext, params: FitParams) -> int:
@@ -27,36 +30,57 @@ def steps_per_epoch(ctx: StageContext, params: FitParams) -> int:
     return math.ceil(len(ctx.data.x_train) / params.batch_size)
 
 
-def compile_model(model: Any, params: FitParams) -> None:
-    """Compile for integer labels and logit outputs."""
+def compile_model(model: Any, params: FitParams, loss: Any = None, metrics: list[Any] | None = None) -> None:
+    """Compile for integer labels and logit outputs, unless a stage brings its own loss and metrics."""
     import tf_keras as keras
 
     optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
     model.compile(
         optimizer=optimizers[params.optimizer](learning_rate=params.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+        loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=metrics or ["accuracy"],
     )
 
 
-def fit(model: Any, ctx: StageContext, params: FitParams, callbacks: list[Any] | None = None) -> Any:
-    """Seeded fit on the training split with per-epoch progress; fails clearly on a NaN loss."""
+def fit(
+    model: Any, ctx: StageContext, params: FitParams, callbacks: list[Any] | None = None,
+    targets: tuple[Any, Any] | None = None,
+) -> Any:
+    """Seeded fit on the training split with per-epoch progress; fails clearly on a NaN loss.
+
+    `targets` replaces the (train, validation) labels, for losses that need more than the class
+    id (distillation packs the teacher's logits beside it).
+    """
     import tf_keras as keras
 
     keras.utils.set_random_seed(ctx.seed + ctx.index)
     data = ctx.data
-    validation = (data.x_val, data.y_val) if len(data.x_val) else None
+    y_train, y_val = targets or (data.y_train, data.y_val)
+    validation = (data.x_val, y_val) if len(data.x_val) else None
     history = model.fit(
         data.x_train,
-        data.y_train,
+        y_train,
         epochs=params.epochs,
         batch_size=params.batch_size,
         validation_data=validation,
         verbose=0,
-        callbacks=[*(callbacks or []), keras.callbacks.TerminateOnNaN(), epoch_logger(ctx, params.epochs)],
+        callbacks=[*(callbacks or []), *lr_callbacks(params), keras.callbacks.TerminateOnNaN(), epoch_logger(ctx, params.epochs)],
     )
     check_finite(model, history, ctx)
     return history
+
+
+def lr_callbacks(params: FitParams) -> list[Any]:
+    """Per-epoch learning-rate decay; a late low rate recovers accuracy after pruning or clustering."""
+    import tf_keras as keras
+
+    if params.lr_decay == "none":
+        return []
+
+    def cosine(epoch: int, _: float) -> float:
+        return params.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / params.epochs))
+
+    return [keras.callbacks.LearningRateScheduler(cosine)]
 
 
 def check_finite(model: Any, history: Any, ctx: StageContext) -> None:
@@ -76,10 +100,17 @@ def check_finite(model: Any, history: Any, ctx: StageContext) -> None:
         )
 
 
-def save_keras(model: Any, ctx: StageContext, parent: ModelArtifact | None, **metadata: Any) -> ModelArtifact:
-    """Save `model` as `<workdir>/model.keras` and describe it as this stage's artifact."""
-    path = ctx.workdir / "model.keras"
+def save_keras(
+    model: Any, ctx: StageContext, parent: ModelArtifact | None, filename: str = "model.keras", **metadata: Any
+) -> ModelArtifact:
+    """Save `model` as `<workdir>/<filename>` and describe it as this stage's artifact.
+
+    Metadata of earlier stages is carried over (a later stage learns that the model was pruned
+    or clustered), then updated with this stage's facts.
+    """
+    path = ctx.workdir / filename
     without_training_state(model).save(path)
+    metadata = {**(parent.metadata if parent is not None else {}), **metadata}
     return ModelArtifact(path, ModelFormat.KERAS, ctx.name, parent, metadata)
 
 

@@ -32,6 +32,9 @@ class ExportParams(Params):
         description="Files to write: tflite, keras (.keras), h5, saved_model.",
     )
     name: str = Field("model", pattern=r"^[\w.-]+$", description="Base name of the exported files.")
+    metadata: bool = Field(
+        True, description="Also write NAME.json: recipe, metrics, input/output details, quantization, lineage."
+    )
 
 
 class ExportStage(Stage):
@@ -62,21 +65,34 @@ class ExportStage(Stage):
                     f"stages.{ctx.name}.formats: no {SOURCE_FORMAT[target].value} model to export as '{target}'; "
                     f"remove '{target}' or add a stage that produces one"
                 )
-            written[target] = write(source, target, folder / params.name)
+            written[target] = write(source, target, folder / params.name, f"stages.{ctx.name}.formats")
             ctx.log.info("    wrote %s", written[target])
+        if params.metadata:
+            from stages import _metadata
+
+            meta = _metadata.write(model, written, ctx, folder / f"{params.name}.json")
+            ctx.log.info("    wrote %s", meta)
         handed_on = written.get(model.format.value, model.path)
         return ModelArtifact(
             handed_on, model.format, ctx.name, model, {**model.metadata, "exports": [str(p) for p in written.values()]}
         )
 
 
-def write(source: ModelArtifact, target: str, stem: Path) -> Path:
+def write(source: ModelArtifact, target: str, stem: Path, where: str) -> Path:
     """Write `source` as `target` next to `stem`; returns the written path."""
     if target == "tflite":
         return Path(shutil.copyfile(source.path, stem.with_suffix(".tflite")))
-    if target == "keras":
+    if target == "keras" and source.metadata.get("quantize_aware"):
+        raise PipelineError(
+            f"{where}: a quantization-aware Keras model does not reload from the .keras format; export it as 'h5'"
+        )
+    if target == "keras" and source.path.suffix == ".keras":
         return Path(shutil.copyfile(source.path, stem.with_suffix(".keras")))
     keras_model = source.load_keras()
+    if target == "keras":
+        path = stem.with_suffix(".keras")
+        keras_model.save(path)
+        return path
     if target == "h5":
         path = stem.with_suffix(".h5")
         keras_model.save(path, save_format="h5")

@@ -1,28 +1,34 @@
-"""prune: TFMOT magnitude pruning with fine-tuning, stripped before hand-off."""
+"""prune: TFMOT magnitude pruning (unstructured or m:n structured) with fine-tuning, stripped before hand-off."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.artifact import ModelArtifact
+from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
+from stages._layers import LayerChoice, wrap_chosen
 from stages._training import FitParams, compile_model, fit, save_keras, steps_per_epoch
 
 # Measured sparsity may differ from the target by rounding within each layer.
 SPARSITY_TOLERANCE = 0.02
 
 
-class PruneParams(FitParams):
+class PruneParams(FitParams, LayerChoice):
     """Parameters of the prune stage."""
 
     final_sparsity: float = Field(0.5, ge=0, lt=1, description="Share of each pruned layer's weights set to zero.")
     initial_sparsity: float = Field(0.0, ge=0, lt=1, description="Sparsity at the start of a polynomial schedule.")
     schedule: Literal["polynomial", "constant"] = Field(
         "polynomial", description="polynomial ramps sparsity up; constant prunes to the target at once."
+    )
+    m_by_n: list[int] | None = Field(
+        None, min_length=2, max_length=2,
+        description="[m, n]: m zeros in every n consecutive input weights (e.g. [2, 4]); sets final_sparsity to m/n.",
     )
     epochs: int = Field(4, ge=1, le=10_000, description="Fine-tuning passes over the training split.")
     learning_rate: float = Field(5e-4, gt=0, le=10, description="Fine-tuning optimizer step size.")
@@ -33,6 +39,18 @@ class PruneParams(FitParams):
     frequency: int | None = Field(
         None, ge=1, description="Steps between mask updates; default: about 10 updates over the ramp."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _m_by_n_sets_the_target(cls, values: Any) -> Any:
+        pattern = values.get("m_by_n") if isinstance(values, dict) else None
+        if isinstance(pattern, list) and len(pattern) == 2 and all(isinstance(v, int) and v > 0 for v in pattern):
+            if pattern[0] >= pattern[1]:
+                raise ValueError("m_by_n: m must be smaller than n, e.g. [2, 4]")
+            values = {**values, "final_sparsity": values.get("final_sparsity", pattern[0] / pattern[1])}
+            if abs(values["final_sparsity"] - pattern[0] / pattern[1]) > 1e-9:
+                raise ValueError(f"final_sparsity must be {pattern[0] / pattern[1]} with m_by_n {pattern}; leave it out")
+        return values
 
     @model_validator(mode="after")
     def _ramps_up(self) -> PruneParams:
@@ -54,41 +72,103 @@ def mask_schedule(params: PruneParams, total_steps: int) -> tuple[int, int]:
     return (ramp // frequency) * frequency, frequency
 
 
+def after_quantize_aware(stage: Stage, earlier: Sequence[Stage], where: str) -> None:
+    """Refuse a model wrapped for quantization-aware training: TFMOT cannot prune or cluster it."""
+    from stages.qat import QuantizeAwareStage
+
+    if any(isinstance(s, QuantizeAwareStage) for s in earlier):
+        raise PipelineError(
+            f"{where}: cannot follow quantization-aware training (TFMOT cannot re-wrap its layers); "
+            f"move {where} before the qat stage"
+        )
+
+
 class PruneStage(Stage):
-    """Magnitude pruning to `final_sparsity` with a polynomial or constant schedule."""
+    """Magnitude pruning to `final_sparsity` (or m:n structured) with a polynomial or constant schedule."""
 
     Config: ClassVar = PruneParams
+
+    def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
+        after_quantize_aware(self, earlier, where)
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         import tensorflow_model_optimization as tfmot
 
         assert model is not None  # guaranteed by `accepts`
         params: PruneParams = self.config
-        end_step, frequency = mask_schedule(params, params.epochs * steps_per_epoch(ctx, params))
         sparsity = tfmot.sparsity.keras
-        if params.schedule == "polynomial":
-            schedule = sparsity.PolynomialDecay(
-                params.initial_sparsity, params.final_sparsity, 0, end_step, frequency=frequency
-            )
-        else:
-            schedule = sparsity.ConstantSparsity(params.final_sparsity, 0, end_step, frequency=frequency)
-        ctx.log.info("    pruning to %.0f%% by step %d, mask update every %d steps", 100 * params.final_sparsity, end_step, frequency)
+        schedule = pruning_schedule(params, params.epochs * steps_per_epoch(ctx, params), ctx)
+        pattern = tuple(params.m_by_n) if params.m_by_n else None
 
-        pruned = sparsity.prune_low_magnitude(model.load_keras(), pruning_schedule=schedule)
+        def supported(layer: Any) -> bool:
+            if not isinstance(layer, sparsity.PrunableLayer) and not prunable(layer):
+                return False
+            # m:n groups run along the input channels; a layer with fewer cannot hold the pattern.
+            return pattern is None or layer.get_weights()[0].shape[-2] % pattern[1] == 0
+
+        def wrap(layer: Any) -> Any:
+            return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule, sparsity_m_by_n=pattern)
+
+        pruned, names = wrap_chosen(model.load_keras(), params, supported, wrap, f"stages.{ctx.name}")
+        ctx.log.info("    pruning %s", ", ".join(names))
         compile_model(pruned, params)
         fit(pruned, ctx, params, callbacks=[sparsity.UpdatePruningStep()])
         stripped = sparsity.strip_pruning(pruned)
-        achieved = pruned_sparsity(stripped)
-        if abs(achieved - params.final_sparsity) > SPARSITY_TOLERANCE:
+        check_sparsity(stripped, names, params, ctx.name)
+        return save_keras(
+            stripped, ctx, model, pruned=True, target_sparsity=params.final_sparsity,
+            m_by_n=list(pattern) if pattern else None, pruned_layers=names,
+        )
+
+
+def prunable(layer: Any) -> bool:
+    """Whether TFMOT's registry knows how to prune `layer` (Dense, Conv, ...) and it has weights."""
+    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+
+    return PruneRegistry.supports(layer) and bool(PruneRegistry._weight_names(layer))
+
+
+def pruning_schedule(params: PruneParams, total_steps: int, ctx: StageContext) -> Any:
+    """TFMOT's schedule object for `params`, with mask updates that reach the target in time."""
+    import tensorflow_model_optimization as tfmot
+
+    sparsity = tfmot.sparsity.keras
+    end_step, frequency = mask_schedule(params, total_steps)
+    ctx.log.info("    pruning to %.0f%% by step %d, mask update every %d steps", 100 * params.final_sparsity, end_step, frequency)
+    if params.schedule == "polynomial":
+        return sparsity.PolynomialDecay(params.initial_sparsity, params.final_sparsity, 0, end_step, frequency=frequency)
+    return sparsity.ConstantSparsity(params.final_sparsity, 0, end_step, frequency=frequency)
+
+
+def check_sparsity(model: Any, names: list[str], params: PruneParams, stage: str) -> None:
+    """Fail unless the pruned layers reached the target (and the m:n pattern, when asked for)."""
+    achieved = pruned_sparsity(model, names)
+    if abs(achieved - params.final_sparsity) > SPARSITY_TOLERANCE:
+        raise PipelineError(
+            f"stages.{stage}: reached {achieved:.1%} sparsity instead of {params.final_sparsity:.1%}; "
+            f"raise stages.{stage}.epochs or lower stages.{stage}.frequency"
+        )
+    if params.m_by_n:
+        broken = [n for n in names if not follows_m_by_n(model.get_layer(n).get_weights()[0], params.m_by_n)]
+        if broken:
             raise PipelineError(
-                f"stages.{ctx.name}: reached {achieved:.1%} sparsity instead of {params.final_sparsity:.1%}; "
-                f"raise stages.{ctx.name}.epochs or lower stages.{ctx.name}.frequency"
+                f"stages.{stage}: layers {', '.join(broken)} miss the {params.m_by_n[0]}:{params.m_by_n[1]} pattern; "
+                f"raise stages.{stage}.epochs or lower stages.{stage}.frequency"
             )
-        return save_keras(stripped, ctx, model, pruned=True, target_sparsity=params.final_sparsity)
 
 
-def pruned_sparsity(model: Any) -> float:
-    """Share of zeros in the kernels of layers TFMOT prunes by default (Dense, Conv)."""
-    kernels = [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
+def follows_m_by_n(kernel: np.ndarray, m_by_n: list[int]) -> bool:
+    """Whether every group of n consecutive input-channel weights holds at least m zeros."""
+    m, n = m_by_n
+    groups = np.moveaxis(kernel, -2, -1).reshape(-1, n)
+    return bool(((groups == 0).sum(axis=1) >= m).all())
+
+
+def pruned_sparsity(model: Any, names: list[str] | None = None) -> float:
+    """Share of zeros in the kernels of the named layers (default: every layer with a kernel)."""
+    kernels = [
+        layer.kernel.numpy() for layer in model.layers
+        if hasattr(layer, "kernel") and (names is None or layer.name in names)
+    ]
     total = sum(k.size for k in kernels)
     return float(sum(k.size - np.count_nonzero(k) for k in kernels) / total) if total else 0.0

@@ -1,15 +1,17 @@
-"""quantize: convert a Keras model to TFLite, with post-training quantization."""
+"""quantize: convert a Keras model to TFLite, with post-training quantization and ship gates."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.errors import PipelineError
 from pipeline.schema import Params
 from pipeline.stage import Stage, StageContext
 
@@ -30,6 +32,26 @@ class QuantizeParams(Params):
     calibration_samples: int = Field(
         200, ge=1, le=100_000, description="Training examples used to calibrate int8/int16x8 ranges."
     )
+    keep_sparsity: Literal["auto", "true", "false"] = Field(
+        "auto",
+        description=(
+            "Store pruned weights sparse-encoded (Optimize.EXPERIMENTAL_SPARSITY); auto: after pruning, "
+            "only when the file gets smaller and still runs in LiteRT."
+        ),
+    )
+    accuracy_tolerance: float | None = Field(
+        None, ge=-1, le=1,
+        description="Fail when TFLite test accuracy is more than this below the Keras model's (0.01 = 1 point); unset: no check.",
+    )
+    require_integer: Literal["auto", "true", "false"] = Field(
+        "auto", description="Fail unless every op is integer with int8 input and output; auto: for mode int8."
+    )
+
+    @model_validator(mode="after")
+    def _integer_needs_int8(self) -> QuantizeParams:
+        if self.require_integer == "true" and self.mode != "int8":
+            raise ValueError("require_integer=true needs mode=int8 (int8 input, output and operators)")
+        return self
 
 
 class QuantizeStage(Stage):
@@ -38,16 +60,74 @@ class QuantizeStage(Stage):
     Config: ClassVar = QuantizeParams
     produces: ClassVar = ModelFormat.TFLITE
 
+    def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
+        from stages.qat import QuantizeAwareStage
+
+        if self.config.mode != "int8" and any(isinstance(s, QuantizeAwareStage) for s in earlier):
+            raise PipelineError(
+                f"{where}.mode: a quantization-aware model converts to int8 only (got '{self.config.mode}'); "
+                f"set {where}.mode=int8 or remove the qat stage"
+            )
+
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         assert model is not None  # guaranteed by `accepts`
         params: QuantizeParams = self.config
-        converter = configure_converter(model.load_keras(), params, calibration_set(ctx, params))
+        where = f"stages.{ctx.name}"
+        keras_model = model.load_keras()
+        calibration = calibration_set(ctx, params)
         path = ctx.workdir / "model.tflite"
-        with warnings.catch_warnings():
-            # Emitted for every calibrated conversion from Keras; it asks for nothing we can supply.
-            warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
-            path.write_bytes(converter.convert())
-        return ModelArtifact(path, ModelFormat.TFLITE, ctx.name, model, {"quantization": params.mode})
+        path.write_bytes(convert(keras_model, params, calibration, sparse=False))
+        sparse = self.sparse_encoding(keras_model, model, calibration, path, ctx)
+        metadata: dict[str, Any] = {
+            **model.metadata, "quantization": params.mode, "sparse_encoding": sparse,
+            "calibration_samples": len(calibration) if params.mode in CALIBRATED else 0,
+        }
+        metadata.pop("exports", None)
+        if params.require_integer == "true" or (params.require_integer == "auto" and params.mode == "int8"):
+            from stages._gates import integer_gate
+
+            integer_gate(path, where)
+            metadata["fully_integer"] = True
+        if params.accuracy_tolerance is not None:
+            from stages._gates import accuracy_gate
+
+            metadata["gate"] = accuracy_gate(keras_model, path, ctx.data, params.accuracy_tolerance, where)
+        return ModelArtifact(path, ModelFormat.TFLITE, ctx.name, model, metadata)
+
+    def sparse_encoding(
+        self, keras_model: Any, model: ModelArtifact, calibration: np.ndarray, path: Path, ctx: StageContext
+    ) -> bool:
+        """Rewrite `path` sparse-encoded when asked to, or (auto) when that helps; True if it did."""
+        choice = self.config.keep_sparsity
+        if choice == "false" or (choice == "auto" and not model.metadata.get("pruned")):
+            return False
+        candidate = ctx.workdir / "sparse.tflite"
+        candidate.write_bytes(convert(keras_model, self.config, calibration, sparse=True))
+        runs, smaller = loads_in_litert(candidate), candidate.stat().st_size < path.stat().st_size
+        if choice == "true" and not runs:
+            raise PipelineError(
+                f"stages.{ctx.name}.keep_sparsity: LiteRT cannot run the sparse-encoded {self.config.mode} model; "
+                f"set stages.{ctx.name}.keep_sparsity=auto or false"
+            )
+        if choice == "true" or (runs and smaller):
+            candidate.replace(path)
+            return True
+        ctx.log.info("    sparse encoding kept dense (%s)", "larger" if runs else "not runnable in LiteRT")
+        candidate.unlink()
+        return False
+
+
+def loads_in_litert(path: Path) -> bool:
+    """Whether LiteRT can allocate and invoke the model (some sparse kernels are float-only)."""
+    from pipeline import litert
+
+    runner = litert.interpreter(path, threads=1)
+    try:
+        runner.allocate_tensors()
+        runner.invoke()
+    except RuntimeError:
+        return False
+    return True
 
 
 def calibration_set(ctx: StageContext, params: QuantizeParams) -> np.ndarray:
@@ -55,6 +135,19 @@ def calibration_set(ctx: StageContext, params: QuantizeParams) -> np.ndarray:
     rng = np.random.default_rng(ctx.seed)
     count = min(params.calibration_samples, len(ctx.data.x_train))
     return ctx.data.x_train[rng.choice(len(ctx.data.x_train), size=count, replace=False)]
+
+
+def convert(keras_model: Any, params: QuantizeParams, calibration: np.ndarray, sparse: bool) -> bytes:
+    """The TFLite flatbuffer for `params.mode`."""
+    converter = configure_converter(keras_model, params, calibration)
+    if sparse:
+        import tensorflow as tf
+
+        converter.optimizations = [*converter.optimizations, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    with warnings.catch_warnings():
+        # Emitted for every calibrated conversion from Keras; it asks for nothing we can supply.
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        return converter.convert()
 
 
 def configure_converter(keras_model: Any, params: QuantizeParams, calibration: np.ndarray) -> Any:

@@ -1,0 +1,95 @@
+"""qat: quantization-aware training, plain or collaborative (keeping sparsity and clusters)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.errors import PipelineError
+from pipeline.stage import Stage, StageContext
+from stages._training import FitParams, compile_model, fit, save_keras
+
+# What each collaborative scheme needs an earlier stage to have done.
+NEEDS = {"default": (), "pqat": ("pruned",), "cqat": ("clustered",), "pcqat": ("pruned", "clustered")}
+
+
+class QuantizeAwareParams(FitParams):
+    """Parameters of the qat stage."""
+
+    scheme: Literal["auto", "default", "pqat", "cqat", "pcqat"] = Field(
+        "auto",
+        description=(
+            "default: plain QAT; pqat keeps sparsity, cqat keeps clusters, pcqat keeps both; "
+            "auto picks from what earlier stages did."
+        ),
+    )
+    epochs: int = Field(2, ge=1, le=10_000, description="Fine-tuning passes with simulated int8 quantization.")
+    learning_rate: float = Field(1e-4, gt=0, le=10, description="Fine-tuning optimizer step size.")
+
+
+def chosen_scheme(requested: str, metadata: dict[str, Any]) -> str:
+    """The scheme to apply: `requested`, or for auto the one that keeps what earlier stages made."""
+    if requested != "auto":
+        return requested
+    pruned, clustered = bool(metadata.get("pruned")), bool(metadata.get("clustered"))
+    if pruned and clustered:
+        return "pcqat"
+    return "pqat" if pruned else "cqat" if clustered else "default"
+
+
+class QuantizeAwareStage(Stage):
+    """Wrap the model for int8 quantization-aware training and fine-tune it; the quantize stage converts it."""
+
+    Config: ClassVar = QuantizeAwareParams
+
+    def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
+        from stages.cluster import ClusterStage
+        from stages.prune import PruneStage
+
+        did = {"pruned": any(isinstance(s, PruneStage) for s in earlier),
+               "clustered": any(isinstance(s, ClusterStage) for s in earlier)}
+        if any(isinstance(s, QuantizeAwareStage) for s in earlier):
+            raise PipelineError(f"{where}: the model is already quantization-aware; remove one qat stage")
+        missing = [need for need in NEEDS.get(self.config.scheme, ()) if not did[need]]
+        if missing:
+            raise PipelineError(
+                f"{where}.scheme: '{self.config.scheme}' keeps what an earlier stage made, but no earlier stage "
+                f"{' or '.join(missing)} the model; use scheme=auto or add the stage first"
+            )
+
+    def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
+        assert model is not None  # guaranteed by `accepts`
+        params: QuantizeAwareParams = self.config
+        scheme = chosen_scheme(params.scheme, model.metadata)
+        missing = [need for need in NEEDS[scheme] if not model.metadata.get(need)]
+        if missing:  # e.g. a model file given to an earlier stage that did not record pruning
+            raise PipelineError(
+                f"stages.{ctx.name}.scheme: '{scheme}' needs a {' and '.join(missing)} model; use scheme=auto"
+            )
+        ctx.log.info("    quantization-aware training, scheme %s", scheme)
+        aware = quantize_aware(model.load_keras(), scheme)
+        compile_model(aware, params)
+        fit(aware, ctx, params)
+        # TFMOT's quantize wrappers do not reload from the native .keras format; HDF5 round-trips.
+        return save_keras(aware, ctx, model, filename="model.h5", quantize_aware=True, qat_scheme=scheme)
+
+
+def quantize_aware(keras_model: Any, scheme: str) -> Any:
+    """`keras_model` wrapped by TFMOT's quantize_apply with the scheme's quantization registry."""
+    import tensorflow_model_optimization as tfmot
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
+        default_8bit_cluster_preserve_quantize_scheme as cluster_preserve,
+    )
+
+    quantization = tfmot.quantization.keras
+    if scheme == "default":
+        return quantization.quantize_model(keras_model)
+    schemes = {
+        "pqat": lambda: tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme(),
+        "cqat": lambda: cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False),
+        "pcqat": lambda: cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True),
+    }
+    return quantization.quantize_apply(quantization.quantize_annotate_model(keras_model), schemes[scheme]())

@@ -1,0 +1,42 @@
+"""Tiny real models for stage tests: a digits CNN trained for a few epochs, and stage contexts."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline.data import DigitsSource, SplitParams
+from pipeline.models import SmallCNN, SmallCNNParams
+from pipeline.stage import StageContext
+
+
+def digits():
+    """The default digits splits (seed 0)."""
+    return DigitsSource(SplitParams(name="digits")).load(seed=0)
+
+
+def context(tmp_path: Path, name: str, index: int = 0, data=None, width: float = 1.0) -> StageContext:
+    """A StageContext for stage `name` under `tmp_path`, building a small CNN of `width`."""
+    data = data if data is not None else digits()
+    builder = SmallCNN(SmallCNNParams(name="small_cnn", width=width))
+    workdir = tmp_path / "stages" / f"{index}_{name}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    return StageContext(
+        name=name, index=index, workdir=workdir, run_dir=tmp_path, seed=0, data=data,
+        build_model=lambda: builder.build(data.input_shape, data.num_classes),
+        log=logging.getLogger("test"),
+    )
+
+
+def accuracy(artifact, data) -> float:
+    """Test accuracy of a Keras or TFLite artifact (no latency runs)."""
+    import numpy as np
+
+    from pipeline import litert
+    from pipeline.artifact import ModelFormat
+
+    if artifact.format is ModelFormat.TFLITE:
+        logits = litert.predict(artifact.path, data.x_test)
+    else:
+        logits = artifact.load_keras().predict(data.x_test, verbose=0)
+    return float(np.mean(np.argmax(logits, -1) == data.y_test))
