@@ -8,6 +8,7 @@ model's, is what run lists show).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -40,9 +41,10 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.params = params
-        self.client = MlflowClient(tracking_uri=params.uri)
         self.outputs = outputs
         self.run_id: str | None = None
+        with self.store_lock():  # the client creates (and migrates) a new store right away
+            self.client = MlflowClient(tracking_uri=params.uri)
 
     def experiment_id(self) -> str:
         """The configured experiment's id, created on first use.
@@ -50,6 +52,30 @@ class Tracker:
         A local store keeps artifacts under `outputs/mlartifacts` rather than MLflow's default
         `./mlruns` in whatever directory the user happens to be in.
         """
+        with self.store_lock():
+            return self.find_or_create_experiment()
+
+    @contextmanager
+    def store_lock(self) -> Iterator[None]:
+        """Serialise first use of a local SQLite store across processes.
+
+        MLflow creates and migrates the database on first access; two parallel sweep jobs doing
+        that at once fail with `duplicate column name`.
+        """
+        if not self.params.uri.startswith("sqlite:///"):
+            yield
+            return
+        database = Path(self.params.uri.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with open(database.with_name(database.name + ".lock"), "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def find_or_create_experiment(self) -> str:
+        """Look the experiment up, or create it (tolerating a concurrent creation)."""
         found = self.client.get_experiment_by_name(self.params.experiment)
         if found is not None:
             return found.experiment_id
