@@ -16,7 +16,7 @@ def _required(value: Any) -> Any:
     # Recipes list required paths as `null` so that `data.path=DIR` overrides work without `+`;
     # a path left at null must say how to set it rather than "expected a string".
     if value is None:
-        raise ValueError("required; set it to a path")
+        raise ValueError("required")
     return value
 
 
@@ -33,6 +33,9 @@ def _exists(kind: Literal["file", "folder", "any"]):
 
     return check
 
+
+Required = Annotated[str, BeforeValidator(_required)]
+"""A required text value a recipe lists as `null` until the user sets it."""
 
 ExistingFile = Annotated[str, BeforeValidator(_required), AfterValidator(_exists("file"))]
 """A required path to an existing file."""

@@ -1,0 +1,112 @@
+"""Built-in architectures sized by a `width` multiplier, so a narrower copy can be a distillation student.
+
+Each plugin has a `Config` schema, `check(input_shape, num_classes)` (what it needs from the data,
+checked before any training) and `build(input_shape, num_classes)` returning an uncompiled tf-keras
+model whose last layer outputs logits.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field
+
+from pipeline.errors import PipelineError
+from pipeline.schema import Params
+
+
+class ModelParams(Params):
+    """Parameters every built-in architecture has."""
+
+    name: str = Field(description="Registered model architecture.")
+    width: float = Field(1.0, gt=0, le=8, description="Multiplier on every layer's filters and units.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout rate before the classifier.")
+
+
+class Architecture:
+    """Base of the built-ins: keeps the config and scales layer sizes by `width`."""
+
+    Config: ClassVar[type[Params]] = ModelParams
+
+    def __init__(self, config: ModelParams):
+        self.config = config
+
+    def scaled(self, units: int) -> int:
+        """`units` times the width multiplier, at least 1."""
+        return max(1, round(units * self.config.width))
+
+    def check(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        """Raise PipelineError when this architecture cannot take such data; any shape by default."""
+
+
+def require_images(name: str, input_shape: tuple[int, ...]) -> None:
+    """Convolutional models need (height, width, channels) examples."""
+    if len(input_shape) != 3:
+        raise PipelineError(
+            f"model={name}: needs images shaped (height, width, channels) but the data gives examples "
+            f"of shape {input_shape}; use model=mlp for tabular data"
+        )
+
+
+class SmallCNN(Architecture):
+    """Two 3x3 convolutions, 2x2 max-pooling and a dense head: small enough for microcontrollers."""
+
+    def check(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        """Images of at least 2x2 pixels (one max-pooling step)."""
+        require_images("small_cnn", input_shape)
+        if min(input_shape[:2]) < 2:
+            raise PipelineError(f"model=small_cnn: images of {input_shape[0]}x{input_shape[1]} pixels are too small to pool; use model=mlp")
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> Any:
+        """An uncompiled tf-keras model that outputs logits."""
+        import tf_keras as keras
+
+        layers = keras.layers
+        return keras.Sequential(
+            [
+                layers.Input(input_shape),
+                layers.Conv2D(self.scaled(16), 3, padding="same", activation="relu"),
+                layers.Conv2D(self.scaled(32), 3, padding="same", activation="relu"),
+                layers.MaxPooling2D(),
+                layers.Flatten(),
+                layers.Dropout(self.config.dropout),
+                layers.Dense(self.scaled(64), activation="relu"),
+                layers.Dense(num_classes),
+            ],
+            name="small_cnn",
+        )
+
+
+# Kept under its old name: the small CNN has exactly the shared parameters.
+SmallCNNParams = ModelParams
+
+Units = Annotated[int, Field(ge=1, le=65_536)]
+
+
+class MLPParams(ModelParams):
+    """Parameters of the multi-layer perceptron."""
+
+    hidden: list[Units] = Field([128, 64], min_length=1, max_length=16, description="Units of each hidden layer (before width).")
+
+
+class MLP(Architecture):
+    """Dense layers with ReLU on flattened input: for tabular features, also takes images."""
+
+    Config: ClassVar = MLPParams
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> Any:
+        """An uncompiled tf-keras model that outputs logits."""
+        import tf_keras as keras
+
+        layers = keras.layers
+        hidden = [layers.Dense(self.scaled(units), activation="relu") for units in self.config.hidden]
+        return keras.Sequential(
+            [
+                layers.Input(input_shape),
+                layers.Flatten(),
+                *hidden,
+                layers.Dropout(self.config.dropout),
+                layers.Dense(num_classes),
+            ],
+            name="mlp",
+        )

@@ -1,0 +1,58 @@
+"""Does the configured model fit the data? Answered before any training, in one line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.errors import PipelineError
+
+
+def check_compatible(builder: Any, data: Any) -> None:
+    """Raise PipelineError when the model cannot take `data`'s examples or predict its classes.
+
+    Built-in architectures state their needs in `check` (no model is built for that); every model
+    is then built once and its actual input and output shapes compared with the data, which
+    covers user files and builders that ignore the shape they are given.
+    """
+    origin = describe(builder)
+    if data.num_classes < 2:
+        raise PipelineError(f"data: only {data.num_classes} class found; classification needs at least two")
+    check = getattr(builder, "check", None)
+    if check is not None:
+        check(data.input_shape, data.num_classes)
+    model = builder.build(data.input_shape, data.num_classes)
+    expected = tuple(model.input_shape[1:]) if isinstance(model.input_shape, tuple) else None
+    if expected is None or not shapes_match(expected, data.input_shape):
+        raise PipelineError(
+            f"{origin} takes inputs of shape {plain(expected or model.input_shape)} but the data gives "
+            f"{plain(data.input_shape)}; use data of that shape (data.image_size, data.color_mode for "
+            "image_folder) or a model for this data"
+        )
+    outputs = model.output_shape
+    if not isinstance(outputs, tuple) or len(outputs) != 2 or outputs[-1] != data.num_classes:
+        raise PipelineError(
+            f"{origin} outputs {plain(outputs)} but the data has {data.num_classes} classes; "
+            f"give the model a final Dense({data.num_classes}) layer with no activation (logits)"
+        )
+
+
+def shapes_match(model_shape: tuple, data_shape: tuple[int, ...]) -> bool:
+    """Same rank, and every fixed size of the model equals the data's (None takes any)."""
+    return len(model_shape) == len(data_shape) and all(m in (None, d) for m, d in zip(model_shape, data_shape))
+
+
+def describe(builder: Any) -> str:
+    """The config key a user would change: model.path, model.target or the architecture name."""
+    config = builder.config
+    if getattr(config, "path", None):
+        return f"model.path: {config.path}"
+    if getattr(config, "target", None):
+        return f"model.target: {config.target}"
+    return f"model={config.name}"
+
+
+def plain(shape: Any) -> str:
+    """(None, 28, 28, 1) -> (28, 28, 1) without the batch axis when there is one."""
+    if isinstance(shape, tuple) and shape and shape[0] is None:
+        shape = shape[1:]
+    return str(tuple(shape)) if isinstance(shape, tuple) else str(shape)

@@ -1,0 +1,143 @@
+"""A user's own model: a saved file, or a function that builds one.
+
+`file` loads a .keras, .h5 or SavedModel in Keras safe mode: a file that would run Python code
+on loading (a serialised lambda) is refused unless `safe_mode: false` says the file is trusted.
+`custom` imports `target` (`package.module:function`) only when the model is built and calls it
+with `input_shape`, `num_classes` and `kwargs`. Both import arbitrary code paths a user names;
+a deployment may restrict `custom` targets by policy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator
+
+from pipeline.errors import PipelineError
+from pipeline.fields import ExistingPath, Required
+from pipeline.schema import Params
+
+MODEL_FILES = (".keras", ".h5", ".hdf5")
+TARGET = re.compile(r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")
+
+
+class FileModelParams(Params):
+    """A model saved with tf-keras; its input shape and class count come from the file."""
+
+    name: str = Field(description="Registered model kind (file).")
+    path: ExistingPath = Field(description="A .keras or .h5 file, or a SavedModel folder, saved with tf-keras.")
+    safe_mode: bool = Field(
+        True, description="Refuse files that run Python code when loaded; false only for files you trust."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _is_a_model(cls, path: str) -> str:
+        location = Path(path)
+        if location.is_dir() and not (location / "saved_model.pb").exists():
+            raise ValueError("is a folder without saved_model.pb; point it at a .keras/.h5 file or a SavedModel folder")
+        if location.is_file() and location.suffix.lower() not in MODEL_FILES:
+            raise ValueError(f"expected a {', '.join(MODEL_FILES)} file or a SavedModel folder")
+        return path
+
+
+class FileModel:
+    """Start from a saved model (trained or not); `build` ignores the data and loads the file."""
+
+    Config: ClassVar = FileModelParams
+
+    def __init__(self, config: FileModelParams):
+        self.config = config
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> Any:
+        """The saved model, uncompiled; check_compatible compares it with the data."""
+        import tf_keras as keras
+        # Keras applies safe mode to .keras files only; the scope extends it to the legacy
+        # .h5/SavedModel loaders, which otherwise rebuild Lambda layers from raw bytecode.
+        from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+        path = self.config.path
+        try:
+            with SafeModeScope(self.config.safe_mode):
+                model = keras.models.load_model(path, compile=False, safe_mode=self.config.safe_mode)
+        except Exception as error:  # noqa: BLE001 - loaders raise anything from ValueError to OSError
+            raise PipelineError(load_failure(path, error)) from None
+        if not isinstance(model, keras.Model):
+            raise PipelineError(f"model.path: {path} is not a Keras model; save it with tf_keras model.save()")
+        return model
+
+
+def load_failure(path: str, error: Exception) -> str:
+    """One line saying why `path` did not load and what to do."""
+    reason = " ".join(str(error).split())
+    if "safe_mode" in reason or "arbitrary code" in reason:
+        return (
+            f"model.path: {path} runs Python code (a lambda) when loaded, refused in safe mode; "
+            "if you trust the file, set model.safe_mode=false"
+        )
+    return f"model.path: cannot load {path} ({reason[:200]}); save the model with tf_keras (model.save('model.keras'))"
+
+
+class CustomModelParams(Params):
+    """A function of the user's that builds the model."""
+
+    name: str = Field(description="Registered model kind (custom).")
+    target: Required = Field(
+        description="The builder as package.module:function; called with input_shape, num_classes and kwargs."
+    )
+    kwargs: dict[str, Any] = Field({}, description="Extra keyword arguments for the builder.")
+
+    @field_validator("target")
+    @classmethod
+    def _importable(cls, target: str) -> str:
+        if not TARGET.match(target):
+            raise ValueError("expected package.module:function")
+        # find_spec on the top-level package locates it without running any of its code.
+        top = target.split(":")[0].split(".")[0]
+        if importlib.util.find_spec(top) is None:
+            raise ValueError(f"no module named '{top}' on the Python path; install it or add its folder to PYTHONPATH")
+        return target
+
+
+class CustomModel:
+    """Calls the user's builder: `function(input_shape=..., num_classes=..., **kwargs)`."""
+
+    Config: ClassVar = CustomModelParams
+
+    def __init__(self, config: CustomModelParams):
+        self.config = config
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> Any:
+        """Whatever the builder returns, provided it is a tf-keras model."""
+        import tf_keras as keras
+
+        builder = resolve(self.config.target)
+        try:
+            model = builder(input_shape=tuple(input_shape), num_classes=num_classes, **self.config.kwargs)
+        except TypeError as error:
+            raise PipelineError(
+                f"model.target: {self.config.target} cannot be called as (input_shape, num_classes, **model.kwargs): {error}"
+            ) from None
+        if not isinstance(model, keras.Model):
+            raise PipelineError(
+                f"model.target: {self.config.target} returned {type(model).__name__}, not a tf_keras model; "
+                "build it with `import tf_keras as keras` (TFMOT needs Keras 2)"
+            )
+        return model
+
+
+def resolve(target: str) -> Any:
+    """The callable named `package.module:function` (or `package.module.function`)."""
+    module_name, _, attribute = target.rpartition(":") if ":" in target else target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise PipelineError(f"model.target: cannot import {module_name} ({error}); check the module path") from None
+    builder = getattr(module, attribute, None)
+    if not callable(builder):
+        raise PipelineError(f"model.target: {module_name} has no function '{attribute}'")
+    return builder
