@@ -24,7 +24,7 @@ def main(cfg: DictConfig) -> float:
     info = RunInfo(
         run_dir=Path(hydra_cfg.runtime.output_dir),
         recipe=hydra_cfg.runtime.choices.get("recipe") or "custom",
-        overrides=tuple(o.lstrip("+") for o in hydra_cfg.overrides.task),
+        overrides=model_overrides(hydra_cfg.overrides.task),
         sweep=Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None,
     )
     try:
@@ -32,6 +32,13 @@ def main(cfg: DictConfig) -> float:
     except PipelineError as error:
         report(error)
     return result.rows[-1].metrics["accuracy"]
+
+
+def model_overrides(overrides: list[str]) -> tuple[str, ...]:
+    """The overrides that shape the model (what a run name should show): no recipe, paths or servers."""
+    shaping = ("stages.", "data", "model", "seed")
+    cleaned = (o.lstrip("+") for o in overrides)
+    return tuple(o for o in cleaned if o.startswith(shaping))
 
 
 def cli() -> None:
