@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from mlflow import MlflowClient
 
@@ -17,9 +19,9 @@ def test_pareto_front_keeps_only_undominated_points():
     assert pareto_front(points) == [3, 1]
 
 
-def log_sweep(uri: str, sweep: str, sparsities: list[float]) -> list[str]:
+def log_sweep(uri: str, sweep: str, sparsities: list[float], artifacts: Path) -> list[str]:
     client = MlflowClient(tracking_uri=uri)
-    experiment = client.create_experiment("pipeline")
+    experiment = client.create_experiment("pipeline", artifact_location=artifacts.as_uri())
     ids = []
     for sparsity in sparsities:
         run = client.create_run(experiment, run_name=f"mobile_int8 sparsity={sparsity}", tags={"sweep": sweep})
@@ -35,7 +37,7 @@ def log_sweep(uri: str, sweep: str, sparsities: list[float]) -> list[str]:
 
 def test_report_prints_the_sweep_and_logs_plots(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    ids = log_sweep(uri, "sweep-1", [0.25, 0.5, 0.75])
+    ids = log_sweep(uri, "sweep-1", [0.25, 0.5, 0.75], tmp_path / "artifacts")
     plots = run_report(uri, "pipeline", "latest", tmp_path / "reports")
     out = capsys.readouterr().out
     assert "stages.prune.final_sparsity" in out and "seed" not in out  # only what varies
@@ -51,6 +53,6 @@ def test_report_names_what_is_missing(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with pytest.raises(PipelineError, match="--experiment: no experiment 'pipeline'"):
         run_report(uri, "pipeline", None, tmp_path)
-    log_sweep(uri, "sweep-1", [0.5])
+    log_sweep(uri, "sweep-1", [0.5], tmp_path / "artifacts")
     with pytest.raises(PipelineError, match="--sweep other: no finished runs"):
         run_report(uri, "pipeline", "other", tmp_path)
