@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -16,31 +14,8 @@ from pipeline.data.idx import IdxParams, IdxSource
 from pipeline.data.images import ImageFolderParams, ImageFolderSource
 from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
+from tests._data_files import MNIST10K, idx_folder, write_csv, write_idx
 from tests.conftest import compose_config
-
-MNIST10K = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist10k"
-
-
-def write_idx(path: Path, array: np.ndarray, compress: bool) -> Path:
-    """An IDX file: magic (0, 0, 0x08 = unsigned byte, rank), big-endian sizes, then the bytes."""
-    payload = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
-    if compress:
-        path = path.with_name(path.name + ".gz")
-        payload = gzip.compress(payload)
-    path.write_bytes(payload)
-    return path
-
-
-def idx_folder(folder: Path, prefixes=("data",), count=60, classes=3, compress=True) -> Path:
-    """A folder of IDX pairs whose images encode their label (class k is brighter), so models can learn them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for prefix in prefixes:
-        labels = np.arange(count) % classes
-        images = (labels[:, None, None] * 80 + rng.integers(0, 40, (count, 6, 5))).astype(np.uint8)
-        write_idx(folder / f"{prefix}-images-idx3-ubyte", images, compress)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, compress)
-    return folder
 
 
 def load_idx(folder: Path, seed=0, **params) -> Dataset:
@@ -208,17 +183,6 @@ def test_npz_path_must_be_a_file(tmp_path):
 
 
 # --- csv ------------------------------------------------------------------------------------------
-
-
-def write_csv(path: Path, count=90) -> Path:
-    """Two informative features, one constant, a text label column in the middle."""
-    rng = np.random.default_rng(3)
-    lines = ["length,species,width,constant"]
-    for i in range(count):
-        k = i % 3
-        lines.append(f"{10 * k + rng.normal():.3f},{['setosa', 'versicolor', 'virginica'][k]},{rng.normal():.3f},7")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def test_csv_reads_features_and_text_labels(tmp_path):
