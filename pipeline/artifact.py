@@ -49,10 +49,4 @@ class ModelArtifact:
 
         if self.format is ModelFormat.TFLITE:
             raise ValueError(f"{self.path} is a TFLite file, not a Keras model")
-        if not self.metadata.get("quantize_aware"):
-            return keras.models.load_model(self.path, compile=False)
-        # A quantization-aware model holds TFMOT's wrapper layers, known only inside its scope.
-        import tensorflow_model_optimization as tfmot
-
-        with tfmot.quantization.keras.quantize_scope():
-            return keras.models.load_model(self.path, compile=False)
+        return keras.models.load_model(self.path, compile=False)

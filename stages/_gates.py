@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from pipeline.errors import PipelineError
+from pipeline.schema import Params
 
 # TFLite schema TensorType ids of floating-point tensors.
 FLOAT_TYPES = {0: "float32", 1: "float16", 10: "float64"}
+
+
+class GateParams(Params):
+    """Checks on the converted model; mixed into the parameters of stages that write TFLite."""
+
+    accuracy_tolerance: float | None = Field(
+        None, ge=-1, le=1,
+        description="Fail when TFLite test accuracy is more than this below the Keras model's (0.01 = 1 point); unset: no check.",
+    )
+    require_integer: Literal["auto", "true", "false"] = Field(
+        "auto", description="Fail unless every op is integer with int8 input and output; auto: for int8 output."
+    )
+
+
+def apply_gates(params: GateParams, int8: bool, keras_model: Any, path: Path, data: Any, where: str) -> dict[str, Any]:
+    """Run the gates `params` asks for on the TFLite file at `path`; their findings as metadata."""
+    facts: dict[str, Any] = {}
+    if params.require_integer == "true" or (params.require_integer == "auto" and int8):
+        integer_gate(path, where)
+        facts["fully_integer"] = True
+    if params.accuracy_tolerance is not None:
+        facts["gate"] = accuracy_gate(keras_model, path, data, params.accuracy_tolerance, where)
+    return facts
 
 
 def accuracy_gate(keras_model: Any, tflite_path: Path, data: Any, tolerance: float, where: str) -> dict[str, float]:

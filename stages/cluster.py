@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import ModelArtifact
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
 from stages._layers import LayerChoice, wrap_chosen
 from stages._training import FitParams, compile_model, fit, save_keras
-from stages.prune import SPARSITY_TOLERANCE, after_quantize_aware, pruned_sparsity
+from stages.prune import SPARSITY_TOLERANCE, pruned_sparsity
 
 
 class ClusterParams(FitParams, LayerChoice):
@@ -35,9 +34,6 @@ class ClusterStage(Stage):
     """Weight clustering to `number_of_clusters` values per kernel, fine-tuned and stripped."""
 
     Config: ClassVar = ClusterParams
-
-    def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
-        after_quantize_aware(self, earlier, where)
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         import tensorflow_model_optimization as tfmot
@@ -67,11 +63,16 @@ class ClusterStage(Stage):
         fit(clustered, ctx, params)
         stripped = tfmot.clustering.keras.strip_clustering(clustered)
         check_clusters(stripped, names, params, ctx.name)
-        if preserve and model.metadata.get("pruned"):
-            check_kept_sparsity(stripped, model.metadata, ctx.name)
+        facts: dict[str, Any] = {}
+        if model.metadata.get("pruned"):
+            if preserve:
+                check_kept_sparsity(stripped, model.metadata, ctx.name)
+            else:  # asked for: later stages must not treat the model as sparse any more
+                ctx.log.warning("    preserve_sparsity=false: clustering gives up the pruned zeros")
+                facts = {"pruned": False, "target_sparsity": 0.0}
         return save_keras(
             stripped, ctx, model, clustered=True, number_of_clusters=params.number_of_clusters,
-            clustered_layers=names, sparsity_preserved=preserve,
+            clustered_layers=names, sparsity_preserved=preserve, **facts,
         )
 
 

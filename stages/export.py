@@ -65,7 +65,7 @@ class ExportStage(Stage):
                     f"stages.{ctx.name}.formats: no {SOURCE_FORMAT[target].value} model to export as '{target}'; "
                     f"remove '{target}' or add a stage that produces one"
                 )
-            written[target] = write(source, target, folder / params.name, f"stages.{ctx.name}.formats")
+            written[target] = write(source, target, folder / params.name)
             ctx.log.info("    wrote %s", written[target])
         if params.metadata:
             from stages import _metadata
@@ -78,14 +78,10 @@ class ExportStage(Stage):
         )
 
 
-def write(source: ModelArtifact, target: str, stem: Path, where: str) -> Path:
+def write(source: ModelArtifact, target: str, stem: Path) -> Path:
     """Write `source` as `target` next to `stem`; returns the written path."""
     if target == "tflite":
         return Path(shutil.copyfile(source.path, stem.with_suffix(".tflite")))
-    if target == "keras" and source.metadata.get("quantize_aware"):
-        raise PipelineError(
-            f"{where}: a quantization-aware Keras model does not reload from the .keras format; export it as 'h5'"
-        )
     if target == "keras" and source.path.suffix == ".keras":
         return Path(shutil.copyfile(source.path, stem.with_suffix(".keras")))
     keras_model = source.load_keras()

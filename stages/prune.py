@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import ModelArtifact
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
 from stages._layers import LayerChoice, wrap_chosen
@@ -72,24 +71,10 @@ def mask_schedule(params: PruneParams, total_steps: int) -> tuple[int, int]:
     return (ramp // frequency) * frequency, frequency
 
 
-def after_quantize_aware(stage: Stage, earlier: Sequence[Stage], where: str) -> None:
-    """Refuse a model wrapped for quantization-aware training: TFMOT cannot prune or cluster it."""
-    from stages.qat import QuantizeAwareStage
-
-    if any(isinstance(s, QuantizeAwareStage) for s in earlier):
-        raise PipelineError(
-            f"{where}: cannot follow quantization-aware training (TFMOT cannot re-wrap its layers); "
-            f"move {where} before the qat stage"
-        )
-
-
 class PruneStage(Stage):
     """Magnitude pruning to `final_sparsity` (or m:n structured) with a polynomial or constant schedule."""
 
     Config: ClassVar = PruneParams
-
-    def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
-        after_quantize_aware(self, earlier, where)
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         import tensorflow_model_optimization as tfmot

@@ -1,4 +1,4 @@
-"""qat: quantization-aware training, plain or collaborative (keeping sparsity and clusters)."""
+"""qat: quantization-aware fine-tuning, plain or collaborative (keeping sparsity and clusters), to int8 TFLite."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from pydantic import Field
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
-from stages._training import FitParams, compile_model, fit, save_keras
+from stages._gates import GateParams, apply_gates
+from stages._training import FitParams, compile_model, fit
 
 # What each collaborative scheme needs an earlier stage to have done.
 NEEDS = {"default": (), "pqat": ("pruned",), "cqat": ("clustered",), "pcqat": ("pruned", "clustered")}
 
 
-class QuantizeAwareParams(FitParams):
+class QuantizeAwareParams(FitParams, GateParams):
     """Parameters of the qat stage."""
 
     scheme: Literal["auto", "default", "pqat", "cqat", "pcqat"] = Field(
@@ -28,6 +29,9 @@ class QuantizeAwareParams(FitParams):
     )
     epochs: int = Field(2, ge=1, le=10_000, description="Fine-tuning passes with simulated int8 quantization.")
     learning_rate: float = Field(1e-4, gt=0, le=10, description="Fine-tuning optimizer step size.")
+    calibration_samples: int = Field(
+        200, ge=1, le=100_000, description="Training examples the converter sees (QAT has learnt the ranges)."
+    )
 
 
 def chosen_scheme(requested: str, metadata: dict[str, Any]) -> str:
@@ -41,9 +45,14 @@ def chosen_scheme(requested: str, metadata: dict[str, Any]) -> str:
 
 
 class QuantizeAwareStage(Stage):
-    """Wrap the model for int8 quantization-aware training and fine-tune it; the quantize stage converts it."""
+    """Fine-tune with simulated int8 quantization, then convert to a full-integer int8 TFLite file.
+
+    TFMOT's quantize wrappers (the cluster-preserving ones in particular) do not reload from a
+    saved file, so training and conversion happen in one stage and the hand-off is the TFLite file.
+    """
 
     Config: ClassVar = QuantizeAwareParams
+    produces: ClassVar = ModelFormat.TFLITE
 
     def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
         from stages.cluster import ClusterStage
@@ -51,8 +60,6 @@ class QuantizeAwareStage(Stage):
 
         did = {"pruned": any(isinstance(s, PruneStage) for s in earlier),
                "clustered": any(isinstance(s, ClusterStage) for s in earlier)}
-        if any(isinstance(s, QuantizeAwareStage) for s in earlier):
-            raise PipelineError(f"{where}: the model is already quantization-aware; remove one qat stage")
         missing = [need for need in NEEDS.get(self.config.scheme, ()) if not did[need]]
         if missing:
             raise PipelineError(
@@ -61,20 +68,28 @@ class QuantizeAwareStage(Stage):
             )
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
+        from stages.quantize import QuantizeParams, calibration_set, convert
+
         assert model is not None  # guaranteed by `accepts`
         params: QuantizeAwareParams = self.config
+        where = f"stages.{ctx.name}"
         scheme = chosen_scheme(params.scheme, model.metadata)
         missing = [need for need in NEEDS[scheme] if not model.metadata.get(need)]
         if missing:  # e.g. a model file given to an earlier stage that did not record pruning
-            raise PipelineError(
-                f"stages.{ctx.name}.scheme: '{scheme}' needs a {' and '.join(missing)} model; use scheme=auto"
-            )
+            raise PipelineError(f"{where}.scheme: '{scheme}' needs a {' and '.join(missing)} model; use scheme=auto")
         ctx.log.info("    quantization-aware training, scheme %s", scheme)
         aware = quantize_aware(model.load_keras(), scheme)
         compile_model(aware, params)
         fit(aware, ctx, params)
-        # TFMOT's quantize wrappers do not reload from the native .keras format; HDF5 round-trips.
-        return save_keras(aware, ctx, model, filename="model.h5", quantize_aware=True, qat_scheme=scheme)
+        conversion = QuantizeParams(mode="int8", calibration_samples=params.calibration_samples, keep_sparsity="false")
+        path = ctx.workdir / "model.tflite"
+        path.write_bytes(convert(aware, conversion, calibration_set(ctx, conversion), sparse=False))
+        metadata: dict[str, Any] = {
+            **model.metadata, "quantization": "int8", "quantize_aware": True, "qat_scheme": scheme,
+            "calibration_samples": params.calibration_samples,
+        }
+        metadata.update(apply_gates(params, True, aware, path, ctx.data, where))
+        return ModelArtifact(path, ModelFormat.TFLITE, ctx.name, model, metadata)
 
 
 def quantize_aware(keras_model: Any, scheme: str) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -12,14 +12,14 @@ from pydantic import Field, model_validator
 
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
-from pipeline.schema import Params
 from pipeline.stage import Stage, StageContext
+from stages._gates import GateParams, apply_gates
 
 # Modes that calibrate activation ranges on a representative dataset.
 CALIBRATED = {"int8", "int16x8"}
 
 
-class QuantizeParams(Params):
+class QuantizeParams(GateParams):
     """Parameters of the quantize stage."""
 
     mode: Literal["none", "dynamic", "float16", "int8", "int16x8"] = Field(
@@ -39,13 +39,6 @@ class QuantizeParams(Params):
             "only when the file gets smaller and still runs in LiteRT."
         ),
     )
-    accuracy_tolerance: float | None = Field(
-        None, ge=-1, le=1,
-        description="Fail when TFLite test accuracy is more than this below the Keras model's (0.01 = 1 point); unset: no check.",
-    )
-    require_integer: Literal["auto", "true", "false"] = Field(
-        "auto", description="Fail unless every op is integer with int8 input and output; auto: for mode int8."
-    )
 
     @model_validator(mode="after")
     def _integer_needs_int8(self) -> QuantizeParams:
@@ -59,15 +52,6 @@ class QuantizeStage(Stage):
 
     Config: ClassVar = QuantizeParams
     produces: ClassVar = ModelFormat.TFLITE
-
-    def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
-        from stages.qat import QuantizeAwareStage
-
-        if self.config.mode != "int8" and any(isinstance(s, QuantizeAwareStage) for s in earlier):
-            raise PipelineError(
-                f"{where}.mode: a quantization-aware model converts to int8 only (got '{self.config.mode}'); "
-                f"set {where}.mode=int8 or remove the qat stage"
-            )
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         assert model is not None  # guaranteed by `accepts`
@@ -83,15 +67,7 @@ class QuantizeStage(Stage):
             "calibration_samples": len(calibration) if params.mode in CALIBRATED else 0,
         }
         metadata.pop("exports", None)
-        if params.require_integer == "true" or (params.require_integer == "auto" and params.mode == "int8"):
-            from stages._gates import integer_gate
-
-            integer_gate(path, where)
-            metadata["fully_integer"] = True
-        if params.accuracy_tolerance is not None:
-            from stages._gates import accuracy_gate
-
-            metadata["gate"] = accuracy_gate(keras_model, path, ctx.data, params.accuracy_tolerance, where)
+        metadata.update(apply_gates(params, params.mode == "int8", keras_model, path, ctx.data, where))
         return ModelArtifact(path, ModelFormat.TFLITE, ctx.name, model, metadata)
 
     def sparse_encoding(

@@ -5,20 +5,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.data import DigitsSource, SplitParams
-from pipeline.models import SmallCNN, SmallCNNParams
+from pipeline import registry
+from pipeline.recipe import configure
 from pipeline.stage import StageContext
 
 
 def digits():
     """The default digits splits (seed 0)."""
-    return DigitsSource(SplitParams(name="digits")).load(seed=0)
+    return configure(registry.DATA, {"name": "digits"}, "data").load(seed=0)
 
 
 def context(tmp_path: Path, name: str, index: int = 0, data=None, width: float = 1.0) -> StageContext:
     """A StageContext for stage `name` under `tmp_path`, building a small CNN of `width`."""
     data = data if data is not None else digits()
-    builder = SmallCNN(SmallCNNParams(name="small_cnn", width=width))
+    builder = configure(registry.MODELS, {"name": "small_cnn", "width": width}, "model")
     workdir = tmp_path / "stages" / f"{index}_{name}"
     workdir.mkdir(parents=True, exist_ok=True)
     return StageContext(

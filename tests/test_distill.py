@@ -1,0 +1,87 @@
+"""Distillation: the loss against a hand computation, teacher sources, student config, order rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.recipe import build_plan
+from stages.distill import DistillParams, DistillStage, distillation_loss, pack
+from stages.train import TrainParams, TrainStage
+from tests._tiny import accuracy, context
+from tests.conftest import compose_config
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["kl", "mse"])
+def test_loss_matches_a_hand_computation(kind):
+    rng = np.random.default_rng(0)
+    teacher, student = rng.normal(size=(5, 10)) * 3, rng.normal(size=(5, 10)) * 3
+    labels = rng.integers(0, 10, size=5)
+    alpha, t = 0.3, 2.5
+    ce = -np.log(softmax(student)[np.arange(5), labels])
+    if kind == "kl":
+        p, q = softmax(teacher / t), softmax(student / t)
+        soft = t**2 * (p * (np.log(p) - np.log(q))).sum(axis=-1)
+    else:
+        soft = ((teacher - student) ** 2).mean(axis=-1)
+    expected = alpha * soft + (1 - alpha) * ce
+    got = distillation_loss(kind, alpha, t)(pack(labels, teacher.astype(np.float32)), student.astype(np.float32))
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4)
+
+
+def test_alpha_one_ignores_labels_and_zero_ignores_teacher():
+    teacher = np.array([[5.0, 0.0, 0.0]], np.float32)
+    student = np.array([[0.0, 5.0, 0.0]], np.float32)
+    label_is_student_pick = pack(np.array([1]), teacher)
+    assert float(distillation_loss("kl", 0.0, 3.0)(label_is_student_pick, student)[0]) < 0.02
+    assert float(distillation_loss("kl", 1.0, 3.0)(label_is_student_pick, student)[0]) > 1.0
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("teacher")
+    return TrainStage(TrainParams(epochs=6)).run(None, context(tmp_path, "train"))
+
+
+def test_student_learns_from_the_preceding_model(tmp_path, teacher):
+    params = DistillParams(student={"name": "small_cnn", "width": 0.25}, epochs=8)
+    out = DistillStage(params).run(teacher, context(tmp_path, "distill", 1))
+    student = out.load_keras()
+    assert student.count_params() < teacher.load_keras().count_params() / 4
+    facts = out.metadata["metrics"]
+    assert facts["teacher_params"] == teacher.load_keras().count_params()
+    assert 0.8 < facts["teacher_accuracy"] <= 1
+    assert out.parent is teacher and out.metadata["distilled"] is True
+    assert accuracy(out, context(tmp_path, "x").data) > 0.8
+
+
+def test_teacher_from_a_file_without_a_preceding_stage(tmp_path, teacher):
+    params = DistillParams(teacher=str(teacher.path), student={"name": "small_cnn", "width": 0.25}, epochs=1, loss="mse")
+    out = DistillStage(params).run(None, context(tmp_path, "distill", 0))
+    assert out.metadata["teacher"] == str(teacher.path) and out.parent is None
+
+
+def test_distill_with_no_teacher_fails_at_validation(tmp_path):
+    cfg = compose_config(tmp_path)
+    cfg.stages = {"distill": {}, "quantize": {}}
+    with pytest.raises(PipelineError, match=r"stages.distill.teacher: no teacher: .* set stages.distill.teacher=PATH"):
+        build_plan(cfg)
+
+
+def test_missing_teacher_file_and_bad_student_are_named(tmp_path):
+    cfg = compose_config(tmp_path)
+    cfg.stages = {"distill": {"teacher": str(tmp_path / "nope.keras")}}
+    with pytest.raises(PipelineError, match=r"stages.distill.teacher: no such file"):
+        build_plan(cfg)
+    cfg.stages = {"train": {}, "distill": {"student": {"name": "small_cnn", "widht": 0.5}}}
+    with pytest.raises(PipelineError, match=r"stages.distill.student.widht: unknown key; did you mean 'width'"):
+        build_plan(cfg)
+    cfg.stages = {"train": {}, "distill": {"student": {"name": "tiny_net"}}}
+    with pytest.raises(PipelineError, match=r"stages.distill.student.name: unknown model 'tiny_net'"):
+        build_plan(cfg)

@@ -1,0 +1,112 @@
+"""Quantization-aware training, plain and collaborative (PQAT, CQAT, PCQAT), converted to int8."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import litert
+from pipeline.errors import PipelineError
+from pipeline.measure import sparsity_of
+from pipeline.recipe import build_plan
+from stages.cluster import ClusterParams, ClusterStage
+from stages.prune import PruneParams, PruneStage
+from stages.qat import QuantizeAwareParams, QuantizeAwareStage, chosen_scheme
+from stages.train import TrainParams, TrainStage
+from tests._tiny import accuracy, context
+from tests.conftest import compose_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("trained")
+    return TrainStage(TrainParams(epochs=4)).run(None, context(tmp_path, "train"))
+
+
+@pytest.fixture(scope="module")
+def pruned(trained, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("pruned")
+    return PruneStage(PruneParams(final_sparsity=0.6, epochs=2)).run(trained, context(tmp_path, "prune", 1))
+
+
+def qat(model, tmp_path, index=2, **params):
+    return QuantizeAwareStage(QuantizeAwareParams(epochs=1, **params)).run(model, context(tmp_path, "qat", index))
+
+
+def test_auto_scheme_follows_earlier_stages():
+    assert chosen_scheme("auto", {}) == "default"
+    assert chosen_scheme("auto", {"pruned": True}) == "pqat"
+    assert chosen_scheme("auto", {"clustered": True}) == "cqat"
+    assert chosen_scheme("auto", {"pruned": True, "clustered": True}) == "pcqat"
+    assert chosen_scheme("default", {"pruned": True}) == "default"
+
+
+def test_plain_qat_converts_to_full_integer(tmp_path, trained):
+    out = qat(trained, tmp_path, 1)
+    assert out.metadata["quantize_aware"] is True and out.metadata["qat_scheme"] == "default"
+    assert out.path.suffix == ".tflite" and out.metadata["fully_integer"] is True
+    data = context(tmp_path, "x").data
+    assert accuracy(out, data) >= accuracy(trained, data) - 0.05
+
+
+def test_pqat_keeps_the_target_sparsity_in_the_int8_file(tmp_path, pruned):
+    out = qat(pruned, tmp_path)
+    assert out.metadata["qat_scheme"] == "pqat"
+    kernels = [t for t in litert.constant_tensors(out.path) if len(t[0]) >= 2]
+    assert sparsity_of(kernels) >= 0.6 - 0.02
+
+
+def test_plain_qat_after_pruning_loses_sparsity_pqat_keeps(tmp_path, pruned):
+    lost = sparsity_of(litert.constant_tensors(qat(pruned, tmp_path / "p", scheme="default").path))
+    kept = sparsity_of(litert.constant_tensors(qat(pruned, tmp_path / "k", scheme="pqat").path))
+    assert kept > lost + 0.1, (kept, lost)
+
+
+def test_pcqat_keeps_clusters_and_zeros(tmp_path, pruned):
+    clustered = ClusterStage(ClusterParams(number_of_clusters=8, epochs=1)).run(pruned, context(tmp_path, "cluster", 2))
+    out = qat(clustered, tmp_path, 3)
+    assert out.metadata["qat_scheme"] == "pcqat"
+    tensors = litert.constant_tensors(out.path)
+    assert sparsity_of(tensors) >= 0.55
+    assert len(np.unique(int8_kernel_values(out.path, [64, 512]))) <= 8 + 1  # the clusters, and zero
+
+
+def int8_kernel_values(path, shape):
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    tensor = next(t for t in model.subgraphs[0].tensors if t.shape is not None and list(t.shape) == shape)
+    return np.frombuffer(np.asarray(model.buffers[tensor.buffer].data, np.uint8).tobytes(), np.int8)
+
+
+def test_cqat_keeps_clusters_where_plain_qat_does_not(tmp_path, trained):
+    clustered = ClusterStage(ClusterParams(number_of_clusters=4, epochs=1)).run(trained, context(tmp_path, "cluster", 1))
+    kept = qat(clustered, tmp_path / "c")
+    assert kept.metadata["qat_scheme"] == "cqat"
+    assert len(np.unique(int8_kernel_values(kept.path, [64, 512]))) <= 4
+    spread = qat(clustered, tmp_path / "d", scheme="default")
+    assert len(np.unique(int8_kernel_values(spread.path, [64, 512]))) > 4
+
+
+def test_accuracy_gate_fails_when_nothing_can_pass(tmp_path, trained):
+    with pytest.raises(PipelineError, match=r"stages.qat.accuracy_tolerance: TFLite accuracy .* more than the allowed -0.5"):
+        qat(trained, tmp_path, 1, accuracy_tolerance=-0.5)
+
+
+def test_explicit_scheme_without_its_stage_fails_at_validation(tmp_path):
+    cfg = compose_config(tmp_path)
+    cfg.stages = {"train": {}, "qat": {"scheme": "pqat"}, "export": {}}
+    with pytest.raises(PipelineError, match=r"stages.qat.scheme: 'pqat' .* no earlier stage pruned"):
+        build_plan(cfg)
+
+
+def test_nothing_compresses_after_qat(tmp_path):
+    cfg = compose_config(tmp_path)
+    cfg.stages = {"train": {}, "qat": {}, "prune": {}}
+    with pytest.raises(PipelineError, match=r"stages.prune: needs a keras model but gets a tflite model from stages.qat"):
+        build_plan(cfg)
+
+
+def test_explicit_pqat_on_an_unpruned_model_fails_at_run(tmp_path, trained):
+    with pytest.raises(PipelineError, match=r"stages.qat.scheme: 'pqat' needs a pruned model"):
+        qat(trained, tmp_path, 1, scheme="pqat")
