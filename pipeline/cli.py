@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 from pipeline.schema import suggest
 
-CHECKED_GROUPS = ("recipe", "data", "model")
+CHECKED_GROUPS = ("recipe", "data", "model", "device")
 
 
 def prepare(argv: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ from pydantic import Field
 
 from pipeline import registry
 from pipeline.artifact import ModelFormat
+from pipeline.devices import DeviceParams, DeviceSetup
 from pipeline.errors import PipelineError
 from pipeline.schema import Params, parse
 from pipeline.stage import Stage
@@ -48,6 +49,7 @@ class RunSettings(Params):
     tracking: TrackingParams
     data: dict[str, Any] = Field(description="Data source config (config group `data`).")
     model: dict[str, Any] = Field(description="Model config (config group `model`).")
+    device: dict[str, Any] = Field(default_factory=dict, description="Device, strategy and precision (config group `device`).")
     stages: dict[str, Any] = Field(description="Ordered mapping of stage name to parameters.")
 
 
@@ -69,6 +71,7 @@ class Plan:
     data_source: Any
     model_builder: Any
     stages: list[PlannedStage]
+    device: DeviceSetup
 
 
 def build_plan(cfg: DictConfig | Mapping[str, Any]) -> Plan:
@@ -81,7 +84,8 @@ def build_plan(cfg: DictConfig | Mapping[str, Any]) -> Plan:
     if not stages:
         raise PipelineError("stages: the recipe has no stages; pick one with recipe=NAME or add a `stages:` mapping")
     check_order(stages)
-    return Plan(settings, config, data_source, model_builder, stages)
+    device = DeviceSetup(parse(DeviceParams, settings.device, "device"))
+    return Plan(settings, config, data_source, model_builder, stages, device)
 
 
 def to_plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:

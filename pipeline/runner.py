@@ -6,8 +6,12 @@ same way. `run(cfg, info)` is what `python -m pipeline` calls and what tests cal
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import json
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,13 +70,15 @@ def run(cfg: Any, info: RunInfo) -> RunResult:
 
 def execute(plan: Plan, info: RunInfo) -> RunResult:
     """Run every stage of a checked plan in order, measuring and tracking after each."""
-    from pipeline.tracking import Tracker, flatten
+    from pipeline.tracking import NoTracking, Tracker, flatten
 
     settings = plan.settings
+    info = for_this_worker(plan, info)
     data = load_data(plan)
     info.run_dir.mkdir(parents=True, exist_ok=True)
-    cache = StageCache(Path(settings.outputs) / "cache") if settings.cache else None
-    tracker = Tracker(settings.tracking, Path(settings.outputs))
+    chief = plan.device.role.is_chief  # only the chief writes the cache and the MLflow run
+    cache = StageCache(Path(settings.outputs) / "cache") if settings.cache and chief else None
+    tracker = Tracker(settings.tracking, Path(settings.outputs)) if chief else NoTracking()
     rows: list[StageRow] = []
     exports: list[Path] = []
     artifact: ModelArtifact | None = None
@@ -128,8 +134,9 @@ def stage_context(plan: Plan, planned: PlannedStage, index: int, info: RunInfo, 
         run_dir=info.run_dir,
         seed=plan.settings.seed,
         data=data,
-        build_model=lambda: plan.model_builder.build(data.input_shape, data.num_classes),
+        build_model=lambda: plan.device.prepare(plan.model_builder.build(data.input_shape, data.num_classes)),
         log=log,
+        device=plan.device,
     )
 
 
@@ -143,6 +150,7 @@ def stage_key(plan: Plan, planned: PlannedStage, input_key: str, data: Dataset) 
         data=data.fingerprint(),
         model=plan.model_builder.config.model_dump(mode="json"),
         seed=plan.settings.seed,
+        device=plan.device.numerics(),
     )
 
 
@@ -157,7 +165,8 @@ def run_stage(
     if cache is None or not type(planned.stage).cacheable:
         return compute(planned, model, ctx, data, plan)
     with cache.lock(key):
-        entry = cache.get(key)
+        # Every worker of a multi-worker run must train every stage together: the cache is only written.
+        entry = None if plan.device.multi_worker else cache.get(key)
         if entry is not None:
             artifact = cache.restore(entry, ctx.workdir, ctx.name, model)
             metrics = entry.record["measurements"].get(measure_id) or measure(artifact, data, plan.settings.measure)
@@ -173,9 +182,21 @@ def compute(planned: PlannedStage, model: ModelArtifact | None, ctx: StageContex
     from pipeline.measure import measure
 
     started = time.perf_counter()
-    artifact = planned.stage.run(model, ctx)
+    with ctx.device.scope():  # models a stage makes or loads live on the configured devices
+        artifact = planned.stage.run(model, ctx)
     seconds = time.perf_counter() - started
     return StageOutcome(artifact, measure(artifact, data, plan.settings.measure), seconds, cached=False)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow before a stage builds or trains anything.
+
+    Seeding per stage (not once per run) keeps a stage's result independent of whether the stages
+    before it ran or came from the cache.
+    """
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(seed)
 
 
 def resolved_config(plan: Plan) -> dict[str, Any]:
@@ -199,7 +220,8 @@ def run_tags(plan: Plan, info: RunInfo, data: Dataset) -> dict[str, str]:
         "data": plan.settings.data["name"],
         "data_fingerprint": data.fingerprint(),
         "model": plan.settings.model["name"],
-        "device": device_kind(),
+        "device": plan.device.resolve().kind,
+        "strategy": plan.device.resolve().strategy,
         "pipeline_version": pipeline.__version__,
         "mlflow.note.content": plan.settings.description,
     }
@@ -208,11 +230,17 @@ def run_tags(plan: Plan, info: RunInfo, data: Dataset) -> dict[str, str]:
     return tags
 
 
-def device_kind() -> str:
-    """'gpu', 'tpu' or 'cpu': the best accelerator TensorFlow sees."""
-    import tensorflow as tf
+def for_this_worker(plan: Plan, info: RunInfo) -> RunInfo:
+    """Resolve the device (logged once) and give a non-chief worker a temporary run folder.
 
-    for kind in ("TPU", "GPU"):
-        if tf.config.list_logical_devices(kind):
-            return kind.lower()
-    return "cpu"
+    Resolving first matters: multi-worker training must configure TensorFlow before it runs any
+    op. Other workers run every stage too (training is collective) but keep nothing.
+    """
+    log.info("device: %s", plan.device.resolve().describe())
+    if plan.device.role.is_chief:
+        return info
+    role = plan.device.role
+    folder = Path(tempfile.mkdtemp(prefix=f"pipeline-worker{role.index}-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    log.info("worker %d of %d: outputs go to %s and are not kept", role.index, role.workers, folder)
+    return dataclasses.replace(info, run_dir=folder)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.devices import DeviceParams, DeviceSetup
 from pipeline.schema import Params
 
 if TYPE_CHECKING:
@@ -22,6 +23,8 @@ class StageContext:
     `workdir` is this stage's own folder; `run_dir` holds the run's shared outputs (export/).
     `build_model` makes a fresh model of the configured architecture for the data's input shape
     and class count (a stage that starts from nothing, such as train, calls it).
+    `device` is where training runs: the runner enters `device.scope()` around the stage, and
+    the shared training helpers take batch sizes, XLA and input pipelines from it.
     """
 
     name: str
@@ -32,6 +35,7 @@ class StageContext:
     data: Dataset
     build_model: Callable[[], Any]
     log: logging.Logger
+    device: DeviceSetup = field(default_factory=lambda: DeviceSetup(DeviceParams()))
 
 
 class Stage:

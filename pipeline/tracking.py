@@ -137,3 +137,18 @@ class Tracker:
             self.client.log_artifacts(self.run_id, str(path), artifact_path)
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+class NoTracking:
+    """Stands in for `Tracker` on the non-chief workers of a multi-worker run: records nothing."""
+
+    run_id = ""
+
+    @contextmanager
+    def start(self, run_name: str, tags: Mapping[str, str]) -> Iterator[NoTracking]:
+        """No MLflow run; the chief records the run for every worker."""
+        yield self
+
+    def __getattr__(self, name: str) -> Any:
+        # log_params, log_stage, set_tag, log_text, log_file: accepted and dropped.
+        return lambda *args, **kwargs: None

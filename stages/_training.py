@@ -9,6 +9,7 @@ from pydantic import Field
 
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
+from pipeline.precision import float32_copy, is_mixed
 from pipeline.schema import Params
 from pipeline.stage import StageContext
 
@@ -26,8 +27,8 @@ class FitParams(Params):
 
 
 def steps_per_epoch(ctx: StageContext, params: FitParams) -> int:
-    """Training steps in one epoch (the last batch may be partial)."""
-    return math.ceil(len(ctx.data.x_train) / params.batch_size)
+    """Training steps in one epoch, as the device's batching makes them (global batch, drop_remainder)."""
+    return ctx.device.steps(len(ctx.data.x_train), params.batch_size)
 
 
 def compile_model(model: Any, params: FitParams, loss: Any = None, metrics: list[Any] | None = None) -> None:
@@ -54,20 +55,55 @@ def fit(
     import tf_keras as keras
 
     keras.utils.set_random_seed(ctx.seed + ctx.index)
-    data = ctx.data
+    data, device = ctx.data, ctx.device
     y_train, y_val = targets or (data.y_train, data.y_val)
-    validation = (data.x_val, y_val) if len(data.x_val) else None
+    train = device.dataset(data.x_train, y_train, params.batch_size, seed=ctx.seed + ctx.index, cache=device.params.cache)
+    if device.resolve().jit_compile:
+        model.jit_compile = True  # resets the compiled train function, so it applies to an already compiled model
+    warn_if_not_mixed(model, ctx)
     history = model.fit(
-        data.x_train,
-        y_train,
+        train,
         epochs=params.epochs,
-        batch_size=params.batch_size,
-        validation_data=validation,
+        validation_data=validation_set(ctx, data.x_val, y_val, params.batch_size),
         verbose=0,
         callbacks=[*(callbacks or []), *lr_callbacks(params), keras.callbacks.TerminateOnNaN(), epoch_logger(ctx, params.epochs)],
     )
     check_finite(model, history, ctx)
+    if device.multi_worker:  # the workers' logs show that they ended with the same weights
+        ctx.log.info("    %s: worker %d weights %s", ctx.name, device.role.index, weights_digest(model))
     return history
+
+
+def weights_digest(model: Any) -> str:
+    """A short hash of every weight value, to compare models across processes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(weights.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def validation_set(ctx: StageContext, x: Any, y: Any, batch_size: int) -> Any:
+    """The validation split as a dataset, or None when it is empty or makes no full fixed-shape batch."""
+    device = ctx.device
+    if not len(x):
+        return None
+    if device.resolve().drop_remainder and len(x) < device.global_batch(batch_size):
+        ctx.log.warning("    %s: %d validation examples make no full batch; validation is skipped", ctx.name, len(x))
+        return None
+    return device.dataset(x, y, batch_size)
+
+
+def warn_if_not_mixed(model: Any, ctx: StageContext) -> None:
+    """Say so when a mixed precision was asked for but this model computes in float32.
+
+    Models are stored in float32; a stage that fine-tunes an incoming model (TFMOT's wrappers
+    included) trains it as stored, and only models a stage builds follow the mixed policy.
+    """
+    precision = ctx.device.resolve().precision
+    if precision != "float32" and not is_mixed(model):
+        ctx.log.warning("    %s: trains in float32: device.precision=%s applies to models a stage builds", ctx.name, precision)
 
 
 def lr_callbacks(params: FitParams) -> list[Any]:
@@ -109,7 +145,7 @@ def save_keras(
     or clustered), then updated with this stage's facts.
     """
     path = ctx.workdir / filename
-    without_training_state(model).save(path)
+    without_training_state(float32_copy(model)).save(path)
     metadata = {**(parent.metadata if parent is not None else {}), **metadata}
     return ModelArtifact(path, ModelFormat.KERAS, ctx.name, parent, metadata)
 
