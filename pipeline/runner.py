@@ -182,6 +182,7 @@ def compute(planned: PlannedStage, model: ModelArtifact | None, ctx: StageContex
     from pipeline.measure import measure
 
     started = time.perf_counter()
+    seed_everything(ctx.seed + ctx.index)
     with ctx.device.scope():  # models a stage makes or loads live on the configured devices
         artifact = planned.stage.run(model, ctx)
     seconds = time.perf_counter() - started
