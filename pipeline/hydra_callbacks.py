@@ -14,6 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import PipelineError, report
+from pipeline.preflight import check_environment
 from pipeline.recipe import build_plan
 
 
@@ -22,7 +23,7 @@ class ValidateBeforeRun(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            build_plan(config)
+            check_environment(build_plan(config).settings)
         except PipelineError as error:
             report(error)
 
@@ -30,6 +31,7 @@ class ValidateBeforeRun(Callback):
         try:
             for variant in sweep_variants(config):
                 build_plan(variant)
+            check_environment(build_plan(config).settings)
         except PipelineError as error:
             report(error)
 

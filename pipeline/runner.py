@@ -22,6 +22,7 @@ import yaml
 import pipeline
 from pipeline.artifact import ModelArtifact
 from pipeline.cache import StageCache, cache_key
+from pipeline.preflight import check_environment
 from pipeline.recipe import Plan, PlannedStage, build_plan
 from pipeline.stage import StageContext
 from pipeline.summary import StageRow, table
@@ -73,6 +74,7 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
     from pipeline.tracking import NoTracking, Tracker, flatten
 
     settings = plan.settings
+    check_environment(settings)
     info = for_this_worker(plan, info)
     data = load_data(plan)
     info.run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,80 @@
+"""Faults cost no results: clear errors before work, resumable runs, reproducible models."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.preflight import check_environment
+from pipeline.recipe import build_plan
+from pipeline.runner import RunInfo, run
+from tests.conftest import TINY, compose_config, run_cli
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("tracking.uri=http://127.0.0.1:9", "tracking.uri: no MLflow server answers at http://127.0.0.1:9"),
+        ("outputs=/proc/forbidden", "outputs: cannot write to /proc/forbidden"),
+    ],
+)
+def test_environment_problems_fail_before_any_work(tmp_path, override, expected):
+    started = time.monotonic()
+    done = run_cli(override, cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], done.stderr
+    assert time.monotonic() - started < 30  # not MLflow's minutes of connection retries
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_outputs_path_through_a_file_is_refused(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    settings = build_plan(compose_config(tmp_path, f"outputs={blocker / 'out'}")).settings
+    with pytest.raises(PipelineError, match="outputs: cannot write to"):
+        check_environment(settings)
+
+
+def test_same_recipe_and_seed_give_a_byte_identical_tflite(tmp_path):
+    digests = []
+    for attempt in ("a", "b"):
+        cfg = compose_config(tmp_path / attempt, *TINY, "cache=false")
+        result = run(cfg, RunInfo(run_dir=tmp_path / attempt / "run"))
+        digests.append(hashlib.sha256(result.artifact.path.read_bytes()).hexdigest())
+        accuracy = result.rows[-1].metrics["accuracy"]
+    assert digests[0] == digests[1]
+    cfg = compose_config(tmp_path / "c", *TINY, "cache=false", "seed=7")
+    other = run(cfg, RunInfo(run_dir=tmp_path / "c" / "run"))
+    assert hashlib.sha256(other.artifact.path.read_bytes()).hexdigest() != digests[0]
+    assert 0 < accuracy <= 1
+
+
+def test_a_killed_run_resumes_from_its_last_finished_stage(tmp_path):
+    args = ["recipe=mobile_int8", "stages.train.epochs=3", "stages.prune.epochs=40", "measure.latency_runs=3"]
+    root = Path(__file__).resolve().parents[1]
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args], cwd=tmp_path, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(root)},
+        start_new_session=True,
+    )
+    for line in victim.stdout:  # wait until training is done and pruning has begun
+        if "prune epoch 1/" in line:
+            break
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert victim.returncode == -signal.SIGKILL
+
+    done = run_cli(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| train (cached)" in done.stdout  # the finished stage was kept
+    assert "| prune    " in done.stdout or "| prune " in done.stdout
+    assert not list((tmp_path / "outputs" / "cache").glob("*/entry.json.tmp"))
