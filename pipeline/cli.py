@@ -58,7 +58,10 @@ def options(group: str, extra_dirs: list[Path]) -> set[str]:
 
 
 def with_stage_prefix(override: str) -> str:
-    """`stages.x.y=v` -> `++stages.x.y=v` (set whether or not the recipe mentions the key)."""
-    if override.startswith("stages.") and "=" in override:
+    """`stages.x.y=v` -> `++stages.x.y=v` (set whether or not the recipe mentions the key).
+
+    `device.x=v` likewise, so that a mistyped device key reaches the schema's did-you-mean check.
+    """
+    if override.startswith(("stages.", "device.")) and "=" in override:
         return f"++{override}"
     return override

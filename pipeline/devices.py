@@ -38,7 +38,7 @@ class DeviceParams(Params):
         ),
     )
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = Field(
-        "auto", description="Keras dtype policy for models a stage builds; auto: mixed_bfloat16 on TPU, float32 elsewhere."
+        "auto", description="Dtype policy of models a stage builds (output layers stay float32); auto: mixed_bfloat16 on TPU, float32 elsewhere."
     )
     jit_compile: bool | Literal["auto"] = Field(
         "auto", description="Compile training steps with XLA; auto: on TPU only (it always compiles)."
@@ -154,17 +154,13 @@ class DeviceSetup:
 
     @contextmanager
     def scope(self) -> Iterator[None]:
-        """Models, optimizers and compiles made inside use the strategy's devices and the dtype policy."""
-        import tf_keras as keras
+        """Models, optimizers and compiles made inside live on the strategy's devices.
 
-        resolution = self.resolve()
-        previous = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy(resolution.precision)
-        try:
-            with self.strategy.scope():
-                yield
-        finally:
-            keras.mixed_precision.set_global_policy(previous)
+        The global Keras dtype policy stays float32: TFMOT's wrappers break under a mixed
+        global policy (float16 inputs meet float32 masks), so `prepare` sets policies per layer.
+        """
+        with self.strategy.scope():
+            yield
 
     def numerics(self) -> dict[str, Any]:
         """The resolved settings that change what training computes, for the stage cache key."""
@@ -214,11 +210,12 @@ class DeviceSetup:
         return data.with_options(options).prefetch(tf.data.AUTOTUNE)
 
     def prepare(self, model: Any) -> Any:
-        """A freshly built model whose output layers compute in float32 under a mixed policy.
+        """A freshly built model under the configured precision: a mixed copy with float32 output layers.
 
         Softmax and the loss lose accuracy in float16; the mixed-precision guide keeps the
         last layer in float32. Under float32 the model is returned as it is.
         """
-        if self.resolve().precision not in MIXED:
+        precision = self.resolve().precision
+        if precision not in MIXED:
             return model
-        return with_dtypes(model, hidden=None, outputs="float32")
+        return with_dtypes(model, hidden=precision, outputs="float32")

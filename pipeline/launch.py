@@ -106,13 +106,13 @@ def parse(argv: list[str]) -> tuple[int, list[str]]:
         description="Run one recipe as N multi-worker training processes on 127.0.0.1 (TF_CONFIG per process).",
     )
     parser.add_argument("--workers", type=int, default=2, help="worker processes to start (default 2)")
-    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides, as for python -m pipeline")
-    args = parser.parse_args(argv)
+    parser.epilog = "Every other argument (Hydra overrides, --config-dir) goes to each worker's python -m pipeline."
+    args, overrides = parser.parse_known_args(argv)
     if args.workers < 1:
         raise PipelineError(f"--workers={args.workers}: needs at least 1 worker")
-    if any(o in ("-m", "--multirun") for o in args.overrides):
+    if any(o in ("-m", "--multirun") for o in overrides):
         raise PipelineError("-m: a sweep cannot run under the launcher; launch one run per parameter value")
-    return args.workers, args.overrides
+    return args.workers, overrides
 
 
 def main(argv: list[str] | None = None) -> int:

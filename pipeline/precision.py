@@ -13,9 +13,9 @@ from typing import Any
 MIXED = ("mixed_float16", "mixed_bfloat16")
 
 
-def is_mixed(model: Any) -> bool:
-    """Whether any layer of `model` (nested models included) computes under a mixed policy."""
-    return any(getattr(layer.dtype_policy, "name", "") in MIXED for layer in all_layers(model))
+def is_mixed(model: Any, policies: tuple[str, ...] = MIXED) -> bool:
+    """Whether any layer of `model` (nested models included) computes under one of `policies`."""
+    return any(getattr(layer.dtype_policy, "name", "") in policies for layer in all_layers(model))
 
 
 def all_layers(model: Any) -> list[Any]:

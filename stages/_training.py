@@ -36,8 +36,11 @@ def compile_model(model: Any, params: FitParams, loss: Any = None, metrics: list
     import tf_keras as keras
 
     optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
+    optimizer = optimizers[params.optimizer](learning_rate=params.learning_rate)
+    if is_mixed(model, ("mixed_float16",)):  # float16 gradients underflow without loss scaling
+        optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
     model.compile(
-        optimizer=optimizers[params.optimizer](learning_rate=params.learning_rate),
+        optimizer=optimizer,
         loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=metrics or ["accuracy"],
     )
@@ -103,7 +106,10 @@ def warn_if_not_mixed(model: Any, ctx: StageContext) -> None:
     """
     precision = ctx.device.resolve().precision
     if precision != "float32" and not is_mixed(model):
-        ctx.log.warning("    %s: trains in float32: device.precision=%s applies to models a stage builds", ctx.name, precision)
+        ctx.log.warning(
+            "    %s: trains in float32; device.precision=%s applies to newly built models, not to fine-tuned "
+            "or TFMOT-wrapped ones", ctx.name, precision,
+        )
 
 
 def lr_callbacks(params: FitParams) -> list[Any]:
