@@ -195,10 +195,13 @@ def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and TensorFlow before a stage builds or trains anything.
 
     Seeding per stage (not once per run) keeps a stage's result independent of whether the stages
-    before it ran or came from the cache.
+    before it ran or came from the cache. Clearing the Keras session resets layer-name counters,
+    which end up in TFLite tensor names: without it a second run in one process (a sweep) would
+    export different bytes for the same model.
     """
     import tf_keras as keras
 
+    keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
 
 
