@@ -60,8 +60,9 @@ def options(group: str, extra_dirs: list[Path]) -> set[str]:
 def with_stage_prefix(override: str) -> str:
     """`stages.x.y=v` -> `++stages.x.y=v` (set whether or not the recipe mentions the key).
 
-    `device.x=v` likewise, so that a mistyped device key reaches the schema's did-you-mean check.
+    `device.x=v`, `data.x=v` and `model.x=v` likewise, so that a mistyped key reaches the
+    schema's did-you-mean check and parameters a config file leaves out can still be set.
     """
-    if override.startswith(("stages.", "device.")) and "=" in override:
+    if override.startswith(("stages.", "device.", "data.", "model.")) and "=" in override:
         return f"++{override}"
     return override

@@ -209,6 +209,12 @@ def test_csv_feature_selection_and_errors(tmp_path):
         CsvSource(CsvParams(name="csv", path=str(path), label="species")).load(seed=0)
 
 
+def test_mistyped_data_key_is_one_line_with_a_suggestion(tmp_path):
+    path = write_csv(tmp_path / "iris.csv")
+    with pytest.raises(PipelineError, match=r"^data.lable: unknown key; did you mean 'label'\?"):
+        build_plan(compose_config(tmp_path, "data=csv", f"data.path={path}", "data.lable=species"))
+
+
 def test_csv_is_configured_from_the_command_line(tmp_path):
     path = write_csv(tmp_path / "iris.csv")
     plan = build_plan(compose_config(tmp_path, "data=csv", f"data.path={path}", "data.label=species", "data.features=[length,width]"))

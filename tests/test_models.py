@@ -173,7 +173,7 @@ def user_module(tmp_path, monkeypatch):
 
 
 def test_builder_function_gets_the_data_shape_and_kwargs(tmp_path, user_module):
-    plan = build_plan(compose_config(tmp_path, "model=custom", f"model.target={user_module}:dense", "+model.kwargs.units=9"))
+    plan = build_plan(compose_config(tmp_path, "model=custom", f"model.target={user_module}:dense", "model.kwargs.units=9"))
     model = plan.model_builder.build((5,), 3)
     check_compatible(plan.model_builder, TABLE)
     assert model.layers[1].units == 9 and model.output_shape == (None, 3)
