@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -72,10 +72,19 @@ def help_of(schema: type[Params], field_name: str) -> str:
 
 def describe_schema(schema: type[Params]) -> list[tuple[str, str, str, str]]:
     """(name, type, default, description) rows for documentation and `--help` listings."""
-    rows = []
-    for name, field in schema.model_fields.items():
-        annotation = getattr(field.annotation, "__name__", None) or str(field.annotation)
-        annotation = annotation.replace("typing.", "")
-        default = "required" if field.is_required() else repr(field.get_default())
-        rows.append((name, annotation, default, field.description or ""))
-    return rows
+    return [
+        (
+            name,
+            type_name(field.annotation),
+            "required" if field.is_required() else repr(field.get_default(call_default_factory=True)),
+            field.description or "",
+        )
+        for name, field in schema.model_fields.items()
+    ]
+
+
+def type_name(annotation: Any) -> str:
+    """`Literal['a', 'b']` -> 'a|b'; other types by their short name."""
+    if get_origin(annotation) is Literal:
+        return "|".join(str(choice) for choice in get_args(annotation))
+    return (getattr(annotation, "__name__", None) or str(annotation)).replace("typing.", "")
