@@ -79,6 +79,7 @@ class QuantizeAwareStage(Stage):
             raise PipelineError(f"{where}.scheme: '{scheme}' needs a {' and '.join(missing)} model; use scheme=auto")
         ctx.log.info("    quantization-aware training, scheme %s", scheme)
         aware = quantize_aware(model.load_keras(), scheme)
+        settle_ranges(aware, calibration_set(ctx, QuantizeParams(calibration_samples=params.calibration_samples)))
         compile_model(aware, params)
         fit(aware, ctx, params)
         conversion = QuantizeParams(mode="int8", calibration_samples=params.calibration_samples, keep_sparsity="false")
@@ -90,6 +91,31 @@ class QuantizeAwareStage(Stage):
         }
         metadata.update(apply_gates(params, True, aware, path, ctx.data, where))
         return ModelArtifact(path, ModelFormat.TFLITE, ctx.name, model, metadata)
+
+
+def settle_ranges(aware: Any, calibration: Any, rounds: int = 3) -> None:
+    """Start the activation ranges at the calibration data's, not at TFMOT's [-6, 6].
+
+    TFMOT moves each activation range towards the batch's by 0.1% per training step (an EMA
+    with decay 0.999, no bias correction), so a fine-tune of a few hundred steps converts with
+    ranges still near their start and loses accuracy to coarse steps. One training-mode pass
+    over a calibration batch updates each moving range as `new = 0.999 * old + 0.001 * batch`;
+    solving for `batch` and assigning it sets the range at once. Weight ranges (last-value
+    quantizers) are assigned directly by every pass and recognised by not changing on a repeat.
+    """
+    import numpy as np
+
+    ranges = [v for v in aware.non_trainable_variables if v.name.endswith(("_min:0", "_max:0"))]
+    aware(calibration, training=True)  # weight ranges take their values
+    moving = None
+    for _ in range(rounds):  # later layers see better-quantized inputs each round
+        before = [v.numpy() for v in ranges]
+        aware(calibration, training=True)
+        after = [v.numpy() for v in ranges]
+        if moving is None:
+            moving = [i for i, (b, a) in enumerate(zip(before, after)) if not np.array_equal(a, b)]
+        for i in moving:
+            ranges[i].assign((after[i] - 0.999 * before[i]) / 0.001)
 
 
 def quantize_aware(keras_model: Any, scheme: str) -> Any:

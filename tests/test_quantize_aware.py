@@ -110,3 +110,22 @@ def test_nothing_compresses_after_qat(tmp_path):
 def test_explicit_pqat_on_an_unpruned_model_fails_at_run(tmp_path, trained):
     with pytest.raises(PipelineError, match=r"stages.qat.scheme: 'pqat' needs a pruned model"):
         qat(trained, tmp_path, 1, scheme="pqat")
+
+
+def test_activation_ranges_start_at_the_data_not_at_tfmot_defaults(trained):
+    import tf_keras as keras
+
+    from stages.qat import quantize_aware, settle_ranges
+    from tests._tiny import digits
+
+    x = digits().x_train[:256]
+    model = trained.load_keras()
+    hidden = keras.Model(model.inputs, model.layers[-2].output)(x).numpy()  # the ReLU dense layer's outputs
+    aware = quantize_aware(model, "default")
+    low, high = (next(v for v in aware.non_trainable_variables if v.name.endswith(f"{model.layers[-2].name}/post_activation_{end}:0"))
+                 for end in ("min", "max"))
+    aware(x, training=True)  # a training step moves TFMOT's [-6, 6] start by only 0.1%
+    assert float(low.numpy()) < -5.9 and float(high.numpy()) > 5.9
+    settle_ranges(aware, x)
+    assert float(low.numpy()) == pytest.approx(0.0, abs=1e-2)
+    assert float(high.numpy()) == pytest.approx(float(hidden.max()), rel=0.05)
