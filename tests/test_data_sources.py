@@ -50,6 +50,11 @@ def test_max_examples_takes_a_stratified_subset():
     assert_well_formed(data, (8, 8, 1), 10)
 
 
+def test_too_few_examples_per_class_is_one_clear_line():
+    with pytest.raises(PipelineError, match=r"^data: cannot split 12 examples of 10 classes .*data.max_examples$"):
+        DigitsSource(SplitParams(name="digits", max_examples=12)).load(seed=0)
+
+
 # --- idx ------------------------------------------------------------------------------------------
 
 

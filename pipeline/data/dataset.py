@@ -113,14 +113,7 @@ def holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[n
     """`x_rest, x_held, y_rest, y_held`: a stratified, seeded share `fraction` held out."""
     from sklearn.model_selection import train_test_split
 
-    counts = np.bincount(y)
-    present = counts[counts > 0]
-    if present.min() < 2 or math.ceil(fraction * len(y)) < len(present):  # as scikit-learn counts
-        raise PipelineError(
-            f"data: cannot split {len(y)} examples of {len(present)} classes (the smallest class has "
-            f"{present.min()}) so that every split holds every class; add examples or change "
-            f"data.test_fraction/data.val_fraction"
-        )
+    check_stratifiable(y, math.ceil(fraction * len(y)))  # scikit-learn rounds the held-out count up
     return tuple(train_test_split(x, y, test_size=fraction, random_state=seed, stratify=y))
 
 
@@ -130,8 +123,21 @@ def subsample(x: np.ndarray, y: np.ndarray, count: int | None, seed: int) -> tup
         return x, y
     from sklearn.model_selection import train_test_split
 
+    check_stratifiable(y, count)
     _, x_kept, _, y_kept = train_test_split(x, y, test_size=count, random_state=seed, stratify=y)
     return x_kept, y_kept
+
+
+def check_stratifiable(y: np.ndarray, held: int) -> None:
+    """A stratified draw of `held` examples needs two of every class and room for each class on both sides."""
+    counts = np.bincount(y)
+    present = counts[counts > 0]
+    if present.min() < 2 or held < len(present) or len(y) - held < len(present):
+        raise PipelineError(
+            f"data: cannot split {len(y)} examples of {len(present)} classes (the smallest class has "
+            f"{present.min()}) so that every split holds every class; add examples or change "
+            "data.test_fraction, data.val_fraction or data.max_examples"
+        )
 
 
 def as_images(x: np.ndarray) -> np.ndarray:
