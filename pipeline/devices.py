@@ -138,6 +138,12 @@ class DeviceSetup:
             self._resolution = _device_probe.resolve(self.params, self.role)
         return self._resolution
 
+    def start(self) -> Resolution:
+        """Resolve, and create a multi-worker strategy at once: it must exist before TensorFlow runs any op."""
+        if self.resolve().strategy == "multi_worker":
+            self.strategy  # noqa: B018  (created for its side effect on TensorFlow's runtime)
+        return self.resolve()
+
     @property
     def strategy(self) -> Any:
         """The tf.distribute strategy, created once (multi-worker needs it before other TF work)."""

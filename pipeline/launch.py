@@ -89,14 +89,27 @@ def stop(workers: list[subprocess.Popen]) -> None:
     """Terminate the workers still running (their whole process groups), then kill stragglers."""
     running = [w for w in workers if w.poll() is None]
     for worker in running:
-        os.killpg(worker.pid, signal.SIGTERM)
+        signal_group(worker, signal.SIGTERM)
     deadline = time.monotonic() + GRACE_SECONDS
     for worker in running:
         try:
             worker.wait(max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+            signal_group(worker, signal.SIGKILL)
             worker.wait()
+
+
+def signal_group(worker: subprocess.Popen, signum: int) -> None:
+    """Send `signum` to the worker's process group; it may have exited in the meantime."""
+    try:
+        os.killpg(worker.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def interrupted(signum: int, frame: object) -> None:
+    """SIGTERM handler: stop like Ctrl-C, so that the workers are stopped too."""
+    raise KeyboardInterrupt
 
 
 def parse(argv: list[str]) -> tuple[int, list[str]]:
@@ -121,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         count, overrides = parse(sys.argv[1:] if argv is None else argv)
     except PipelineError as error:
         report(error)
+    signal.signal(signal.SIGTERM, interrupted)  # a cancelled launcher must not leave workers behind
     with tempfile.TemporaryDirectory(prefix="pipeline-launch-") as scratch:
         workers, relays = start_workers(count, overrides, scratch)
         try:

@@ -242,7 +242,7 @@ def for_this_worker(plan: Plan, info: RunInfo) -> RunInfo:
     Resolving first matters: multi-worker training must configure TensorFlow before it runs any
     op. Other workers run every stage too (training is collective) but keep nothing.
     """
-    log.info("device: %s", plan.device.resolve().describe())
+    log.info("device: %s", plan.device.start().describe())
     if plan.device.role.is_chief:
         return info
     role = plan.device.role

@@ -142,7 +142,7 @@ class Tracker:
 class NoTracking:
     """Stands in for `Tracker` on the non-chief workers of a multi-worker run: records nothing."""
 
-    run_id = ""
+    run_id = "(recorded by the chief)"
 
     @contextmanager
     def start(self, run_name: str, tags: Mapping[str, str]) -> Iterator[NoTracking]:

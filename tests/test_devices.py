@@ -187,3 +187,24 @@ def test_doctor_prints_versions_devices_and_the_auto_choice():
     assert "CPU:0" in done.stdout
     expected = "gpu" if gpu_present() else "cpu"
     assert f"resolves to: device {expected} (" in done.stdout
+
+
+def test_multi_worker_without_tf_config_says_how_to_start_workers(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(PipelineError) as raised:
+        DeviceSetup(DeviceParams(strategy="multi_worker")).resolve()
+    assert str(raised.value).startswith("device.strategy=multi_worker: TF_CONFIG is not set; start local workers with")
+
+
+def test_tfmot_fine_tuning_under_mixed_precision_warns_and_trains_in_float32(tmp_path, caplog):
+    from stages.prune import PruneParams, PruneStage
+    from stages.train import TrainParams, TrainStage
+
+    data = digits()
+    trained = TrainStage(TrainParams(epochs=1)).run(None, context(tmp_path, "train", data=data))
+    device = DeviceSetup(DeviceParams(precision="mixed_float16"))
+    ctx = dataclasses.replace(context(tmp_path, "prune", 1, data=data), device=device)
+    with caplog.at_level("WARNING"), device.scope():
+        pruned = PruneStage(PruneParams(epochs=1, final_sparsity=0.5)).run(trained, ctx)
+    assert "prune: trains in float32; device.precision=mixed_float16 applies to newly built models" in caplog.text
+    assert pruned.metadata["pruned"] and {layer.dtype_policy.name for layer in pruned.load_keras().layers} == {"float32"}
