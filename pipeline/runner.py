@@ -22,6 +22,7 @@ import yaml
 import pipeline
 from pipeline.artifact import ModelArtifact
 from pipeline.cache import StageCache, cache_key
+from pipeline.models import check_compatible
 from pipeline.preflight import check_environment
 from pipeline.recipe import Plan, PlannedStage, build_plan
 from pipeline.stage import StageContext
@@ -115,13 +116,14 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
 
 
 def load_data(plan: Plan) -> Dataset:
-    """Load the configured data source, logging the split sizes."""
+    """Load the configured data source, logging the split sizes; fail fast if the model cannot take it."""
     log.info("loading data '%s'", plan.settings.data["name"])
     data = plan.data_source.load(plan.settings.seed)
     log.info(
         "data: %d train, %d validation, %d test examples of shape %s, %d classes",
         len(data.x_train), len(data.x_val), len(data.x_test), data.input_shape, data.num_classes,
     )
+    check_compatible(plan.model_builder, data)  # a data/model mismatch fails here, before any training
     return data
 
 
