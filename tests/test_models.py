@@ -169,6 +169,7 @@ def not_a_model(input_shape, num_classes):
 def user_module(tmp_path, monkeypatch):
     (tmp_path / "my_models.py").write_text(textwrap.dedent(BUILDERS))
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PIPELINE_ALLOWED_MODULES", "my_models")
     return "my_models"
 
 

@@ -3,8 +3,8 @@
 `file` loads a .keras, .h5 or SavedModel in Keras safe mode: a file that would run Python code
 on loading (a serialised lambda) is refused unless `safe_mode: false` says the file is trusted.
 `custom` imports `target` (`package.module:function`) only when the model is built and calls it
-with `input_shape`, `num_classes` and `kwargs`. Both import arbitrary code paths a user names;
-a deployment may restrict `custom` targets by policy.
+with `input_shape`, `num_classes` and `kwargs`; which modules a recipe may name is decided by
+the user's environment, not the recipe (pipeline.security).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 from pipeline.errors import PipelineError
 from pipeline.fields import ExistingPath, Required
 from pipeline.schema import Params
+from pipeline.security import check_target
 
 MODEL_FILES = (".keras", ".h5", ".hdf5")
 TARGET = re.compile(r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")
@@ -96,6 +97,7 @@ class CustomModelParams(Params):
     def _importable(cls, target: str) -> str:
         if not TARGET.match(target):
             raise ValueError("expected package.module:function")
+        check_target(target, "model.target")
         # find_spec on the top-level package locates it without running any of its code.
         top = target.split(":")[0].split(".")[0]
         if importlib.util.find_spec(top) is None:

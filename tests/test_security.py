@@ -1,0 +1,47 @@
+"""Recipes are data: they may not make the pipeline import code the user has not allowed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.recipe import build_plan
+from tests.conftest import compose_config, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_recipe_cannot_name_arbitrary_code(tmp_path):
+    done = run_cli("model=custom", "model.target=os:system", cwd=tmp_path)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert "model.target: os:system is outside the modules a recipe may import" in line
+    assert "export PIPELINE_ALLOWED_MODULES=os" in line
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_the_user_allows_modules_from_the_environment(tmp_path, monkeypatch):
+    (tmp_path / "team_models.py").write_text("def tiny(input_shape, num_classes):\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    override = ("model=custom", "model.target=team_models:tiny")
+    with pytest.raises(PipelineError, match="outside the modules"):
+        build_plan(compose_config(tmp_path, *override))
+    monkeypatch.setenv("PIPELINE_ALLOWED_MODULES", "other, team_models")
+    assert build_plan(compose_config(tmp_path, *override)).model_builder.config.target == "team_models:tiny"
+    monkeypatch.setenv("PIPELINE_ALLOWED_MODULES", "team")  # a prefix of the name is not its package
+    with pytest.raises(PipelineError, match="outside the modules"):
+        build_plan(compose_config(tmp_path, *override))
+    monkeypatch.setenv("PIPELINE_ALLOW_ANY_TARGET", "1")
+    assert build_plan(compose_config(tmp_path, *override)).model_builder.config.target == "team_models:tiny"
+
+
+def test_servers_in_the_readme_bind_to_loopback():
+    readme = (ROOT / "README.md").read_text()
+    servers = re.findall(r"^(?:mlflow (?:server|ui)|python -m pipeline\.launch)[^\n]*", readme, flags=re.M)
+    assert servers
+    for command in servers:
+        assert "--host 0.0.0.0" not in command
+        assert command.startswith("mlflow ui") or "127.0.0.1" in command or "pipeline.launch" in command, command
