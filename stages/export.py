@@ -67,15 +67,14 @@ class ExportStage(Stage):
                 )
             written[target] = write(source, target, folder / params.name)
             ctx.log.info("    wrote %s", written[target])
+        facts = {**model.metadata, "exports": [str(p) for p in written.values()]}
         if params.metadata:
             from stages import _metadata
 
-            meta = _metadata.write(model, written, ctx, folder / f"{params.name}.json")
-            ctx.log.info("    wrote %s", meta)
+            facts["metadata_file"] = str(_metadata.write(model, written, ctx, folder / f"{params.name}.json"))
+            ctx.log.info("    wrote %s", facts["metadata_file"])
         handed_on = written.get(model.format.value, model.path)
-        return ModelArtifact(
-            handed_on, model.format, ctx.name, model, {**model.metadata, "exports": [str(p) for p in written.values()]}
-        )
+        return ModelArtifact(handed_on, model.format, ctx.name, model, facts)
 
 
 def write(source: ModelArtifact, target: str, stem: Path) -> Path:

@@ -57,7 +57,8 @@ def test_require_integer_needs_int8():
 def test_metadata_json_describes_the_shipped_model(tmp_path, trained):
     pruned = PruneStage(PruneParams(final_sparsity=0.5, epochs=1)).run(trained, context(tmp_path, "prune", 1))
     tflite = QuantizeStage(QuantizeParams(mode="int8")).run(pruned, context(tmp_path, "quantize", 2))
-    ExportStage(ExportParams(formats=["tflite", "keras"], name="digits")).run(tflite, context(tmp_path, "export", 3))
+    out = ExportStage(ExportParams(formats=["tflite", "keras"], name="digits")).run(tflite, context(tmp_path, "export", 3))
+    assert out.metadata["metadata_file"] == str(tmp_path / "export" / "digits.json")
     meta = json.loads((tmp_path / "export" / "digits.json").read_text())
     assert meta["files"] == {"tflite": "digits.tflite", "keras": "digits.keras"}
     assert meta["quantization"]["quantization"] == "int8" and meta["quantization"]["fully_integer"] is True

@@ -57,9 +57,10 @@ def test_pqat_keeps_the_target_sparsity_in_the_int8_file(tmp_path, pruned):
 
 
 def test_plain_qat_after_pruning_loses_sparsity_pqat_keeps(tmp_path, pruned):
-    lost = sparsity_of(litert.constant_tensors(qat(pruned, tmp_path / "p", scheme="default").path))
-    kept = sparsity_of(litert.constant_tensors(qat(pruned, tmp_path / "k", scheme="pqat").path))
-    assert kept > lost + 0.1, (kept, lost)
+    # A fine-tune brisk enough to move zeros past int8 rounding: plain QAT lets them grow back.
+    lost = sparsity_of(litert.constant_tensors(qat(pruned, tmp_path / "p", scheme="default", learning_rate=3e-3).path))
+    kept = sparsity_of(litert.constant_tensors(qat(pruned, tmp_path / "k", scheme="pqat", learning_rate=3e-3).path))
+    assert kept >= 0.6 - 0.02 and lost < kept - 0.05, (kept, lost)
 
 
 def test_pcqat_keeps_clusters_and_zeros(tmp_path, pruned):
