@@ -7,6 +7,7 @@ training split only, so the test split stays unseen.
 from __future__ import annotations
 
 import csv
+import zipfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -74,7 +75,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
             arrays = {key: archive[key] for key in archive.files}
     except ValueError as error:  # object arrays need pickle, which could run code
         raise PipelineError(f"data.path: {path} holds pickled objects ({error}); save plain numeric arrays") from None
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zipfile.BadZipFile) as error:  # truncated or not an .npz at all
         raise PipelineError(f"data.path: cannot read {path} as .npz ({error}); save it with numpy.savez") from None
     for key in ("x", "x_train", "x_test"):
         if key in arrays and (arrays[key].ndim < 2 or arrays[key].dtype.kind not in "iufb"):
