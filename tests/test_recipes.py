@@ -27,7 +27,7 @@ def test_shipped_recipe_validates(tmp_path, recipe):
 TINY_EPOCHS = {
     "cluster_int8": ["stages.train.epochs=3", "stages.prune.epochs=1", "stages.cluster.epochs=1", "stages.qat.epochs=1",
                      "stages.qat.accuracy_tolerance=0.2"],
-    "distill_prune_int8": ["stages.train.epochs=3", "stages.distill.epochs=2", "stages.prune.epochs=1",
+    "distill_prune_int8": ["stages.train.epochs=4", "stages.distill.epochs=10", "stages.prune.epochs=2",
                            "stages.quantize.accuracy_tolerance=0.2"],
 }
 
