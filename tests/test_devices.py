@@ -145,7 +145,7 @@ def test_mixed_precision_keeps_float32_outputs_and_converts_to_tflite(tmp_path):
 
     ctx = dataclasses.replace(base, device=device, build_model=build)
     with device.scope():
-        artifact = TrainStage(TrainParams(epochs=3)).run(None, ctx)
+        artifact = TrainStage(TrainParams(epochs=2)).run(None, ctx)
     trained = built[0]
     assert trained.layers[0].dtype_policy.name == "mixed_float16"
     assert trained.layers[-1].dtype_policy.name == "float32" and trained.output.dtype.name == "float32"

@@ -32,6 +32,8 @@ def launch(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedP
 
 
 def test_two_workers_end_with_identical_weights_and_one_export(tmp_path):
+    from mlflow import MlflowClient
+
     recipes = tmp_path / "recipes" / "recipe"
     recipes.mkdir(parents=True)
     (recipes / "two_workers.yaml").write_text(TINY_RECIPE)
@@ -51,6 +53,9 @@ def test_two_workers_end_with_identical_weights_and_one_export(tmp_path):
     assert len(list((outputs / "runs").iterdir())) == 1
     scratch = re.findall(r"outputs go to (\S+) and are not kept", log)
     assert scratch and not any(Path(folder).exists() for folder in scratch)
+    client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].data.tags["strategy"] == "multi_worker"  # the chief's run only
 
 
 def test_a_failing_worker_stops_the_others():
