@@ -11,7 +11,7 @@ import logging
 import os
 from typing import Any
 
-from pipeline.devices import DeviceParams, Kind, Resolution, WorkerRole
+from pipeline.devices import DeviceParams, Kind, Resolution, WorkerRole, tpu_needs_tpu_strategy
 from pipeline.errors import PipelineError
 
 log = logging.getLogger("pipeline")
@@ -77,6 +77,8 @@ def choose_strategy(params: DeviceParams, role: WorkerRole, kind: Kind, devices:
         if role.workers > 1:
             return "multi_worker"
         return "mirrored" if len(devices) > 1 else "one_device"
+    if kind == "tpu" and params.strategy != "tpu":
+        raise tpu_needs_tpu_strategy(params.strategy)
     if params.strategy == "tpu" and kind != "tpu":
         raise PipelineError(f"device.strategy=tpu: no TPU found (device is {kind}); use device=tpu on a TPU host or device.strategy=auto")
     if params.strategy == "multi_worker" and not os.environ.get("TF_CONFIG"):

@@ -61,10 +61,15 @@ class DeviceParams(Params):
         if self.strategy == "tpu" and self.name in ("cpu", "gpu"):
             raise PipelineError(f"device.strategy=tpu: needs a TPU but device.name={self.name}; use device=tpu")
         if self.name == "tpu" and self.strategy in ("one_device", "mirrored", "multi_worker"):
-            raise PipelineError(f"device.strategy={self.strategy}: a TPU trains under strategy=tpu; use device.strategy=auto")
+            raise tpu_needs_tpu_strategy(self.strategy)
         if self.cpu_devices > 1 and self.name in ("gpu", "tpu"):
             raise PipelineError(f"device.cpu_devices={self.cpu_devices}: splits the CPU only; use device=cpu or remove it")
         return self
+
+
+def tpu_needs_tpu_strategy(strategy: str) -> PipelineError:
+    """The error for a GPU/CPU strategy asked of a TPU."""
+    return PipelineError(f"device.strategy={strategy}: a TPU trains under strategy=tpu; use device.strategy=auto")
 
 
 @dataclass(frozen=True)
