@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.launch import free_ports, stop, wait_for
+from pipeline.devices import worker_role
+from pipeline.launch import free_ports, stop, tf_config, wait_for
 from tests.conftest import ROOT
 
 TINY_RECIPE = """# @package _global_
@@ -67,9 +68,12 @@ def test_a_failing_worker_stops_the_others():
     stop([sleeper, failing])  # nothing left running: a no-op
 
 
-def test_free_ports_are_distinct():
+def test_free_ports_are_distinct_and_each_worker_gets_its_role():
     ports = free_ports(4)
     assert len(set(ports)) == 4 and all(1024 <= p < 65536 for p in ports)
+    addresses = [f"127.0.0.1:{port}" for port in ports]
+    roles = [worker_role({"TF_CONFIG": tf_config(addresses, index)}) for index in range(4)]
+    assert [(r.workers, r.index, r.is_chief) for r in roles] == [(4, 0, True), (4, 1, False), (4, 2, False), (4, 3, False)]
 
 
 @pytest.mark.parametrize(
