@@ -142,15 +142,13 @@ def check_finite(model: Any, history: Any, ctx: StageContext) -> None:
         )
 
 
-def save_keras(
-    model: Any, ctx: StageContext, parent: ModelArtifact | None, filename: str = "model.keras", **metadata: Any
-) -> ModelArtifact:
-    """Save `model` as `<workdir>/<filename>` and describe it as this stage's artifact.
+def save_keras(model: Any, ctx: StageContext, parent: ModelArtifact | None, **metadata: Any) -> ModelArtifact:
+    """Save `model` as `<workdir>/model.keras` and describe it as this stage's artifact.
 
     Metadata of earlier stages is carried over (a later stage learns that the model was pruned
     or clustered), then updated with this stage's facts.
     """
-    path = ctx.workdir / filename
+    path = ctx.workdir / "model.keras"
     without_training_state(float32_copy(model)).save(path)
     metadata = {**(parent.metadata if parent is not None else {}), **metadata}
     return ModelArtifact(path, ModelFormat.KERAS, ctx.name, parent, metadata)
