@@ -69,7 +69,7 @@ def fit(
         epochs=params.epochs,
         validation_data=validation_set(ctx, data.x_val, y_val, params.batch_size),
         verbose=0,
-        callbacks=[*(callbacks or []), *lr_callbacks(params), keras.callbacks.TerminateOnNaN(), epoch_logger(ctx, params.epochs)],
+        callbacks=[*(callbacks or []), *lr_callbacks(params), epoch_logger(ctx, params.epochs)],
     )
     check_finite(model, history, ctx)
     if device.multi_worker:  # the workers' logs show that they ended with the same weights
@@ -171,12 +171,19 @@ def without_training_state(model: Any) -> Any:
 
 
 def epoch_logger(ctx: StageContext, epochs: int) -> Any:
-    """A Keras callback logging one line per epoch, so long fits show progress."""
+    """A Keras callback logging one line per epoch, and stopping training once the loss is NaN.
+
+    It acts at epoch ends only: a per-batch hook (Keras' TerminateOnNaN) reads the loss back
+    from TensorFlow after every step, which costs more than a small model's step itself.
+    """
     import tf_keras as keras
 
     class _EpochLog(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            shown = ", ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
+            logs = logs or {}
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in logs.items())
             ctx.log.info("    %s epoch %d/%d: %s", ctx.name, epoch + 1, epochs, shown)
+            if not math.isfinite(logs.get("loss", 0.0)):
+                self.model.stop_training = True  # check_finite then reports it
 
     return _EpochLog()

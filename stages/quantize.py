@@ -17,6 +17,8 @@ from stages._gates import GateParams, apply_gates
 
 # Modes that calibrate activation ranges on a representative dataset.
 CALIBRATED = {"int8", "int16x8"}
+# Modes whose weights stay floating point.
+FLOAT_MODES = {"none", "float16"}
 
 
 class QuantizeParams(GateParams):
@@ -35,8 +37,8 @@ class QuantizeParams(GateParams):
     keep_sparsity: Literal["auto", "true", "false"] = Field(
         "auto",
         description=(
-            "Store pruned weights sparse-encoded (Optimize.EXPERIMENTAL_SPARSITY); auto: after pruning, "
-            "only when the file gets smaller and still runs in LiteRT."
+            "Store pruned weights sparse-encoded (Optimize.EXPERIMENTAL_SPARSITY); auto: after pruning, for "
+            "float32/float16 models, only when the file gets smaller and still runs in LiteRT."
         ),
     )
 
@@ -75,7 +77,10 @@ class QuantizeStage(Stage):
     ) -> bool:
         """Rewrite `path` sparse-encoded when asked to, or (auto) when that helps; True if it did."""
         choice = self.config.keep_sparsity
-        if choice == "false" or (choice == "auto" and not model.metadata.get("pruned")):
+        # XNNPACK's sparse kernels are floating-point only: a sparse-encoded integer model came out
+        # larger and did not run, so `auto` does not spend a second conversion finding that out.
+        worth_trying = model.metadata.get("pruned") and self.config.mode in FLOAT_MODES
+        if choice == "false" or (choice == "auto" and not worth_trying):
             return False
         candidate = ctx.workdir / "sparse.tflite"
         candidate.write_bytes(convert(keras_model, self.config, calibration, sparse=True))
