@@ -90,14 +90,17 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
         log.info("MLflow run %s in %s (experiment '%s')", tracker.run_id, settings.tracking.uri, settings.tracking.experiment)
         tracker.log_params(flatten(resolved_config(plan)))
         tracker.log_text(yaml.safe_dump(plan.config, sort_keys=False), "recipe.yaml")
+        measured: dict[str, dict[str, float]] = {}
         for index, planned in enumerate(plan.stages):
             log.info("[%d/%d] %s (%s)", index + 1, len(plan.stages), planned.name, planned.type)
-            ctx = stage_context(plan, planned, index, info, data)
+            ctx = stage_context(plan, planned, index, info, data, measured)
             input_key = stage_key(plan, planned, input_key, data)
             outcome = run_stage(planned, artifact, ctx, input_key, cache, data, plan)
             artifact = outcome.artifact
+            measured[planned.name] = outcome.metrics
             rows.append(StageRow(planned.name, artifact.format.value, outcome.seconds, outcome.metrics, outcome.cached))
             tracker.log_stage(index, planned.name, {**outcome.metrics, "seconds": outcome.seconds})
+            tracker.log_metrics({f"{planned.name}.{k}": v for k, v in reported_metrics(artifact).items()})
             log.info("    %s", ", ".join(f"{k}={v:.4g}" for k, v in outcome.metrics.items()))
             exports += [Path(p) for p in artifact.metadata.get("exports", [])]
         tracker.set_tag("cached_stages", ",".join(row.stage for row in rows if row.cached) or "none")
@@ -127,8 +130,10 @@ def load_data(plan: Plan) -> Dataset:
     return data
 
 
-def stage_context(plan: Plan, planned: PlannedStage, index: int, info: RunInfo, data: Dataset) -> StageContext:
-    """The context one stage runs in, with its own work folder."""
+def stage_context(
+    plan: Plan, planned: PlannedStage, index: int, info: RunInfo, data: Dataset, measured: dict[str, dict[str, float]]
+) -> StageContext:
+    """The context one stage runs in, with its own work folder and what earlier stages measured."""
     workdir = info.run_dir / "stages" / f"{index}_{planned.name}"
     workdir.mkdir(parents=True, exist_ok=True)
     return StageContext(
@@ -141,6 +146,8 @@ def stage_context(plan: Plan, planned: PlannedStage, index: int, info: RunInfo, 
         build_model=lambda: plan.device.prepare(plan.model_builder.build(data.input_shape, data.num_classes)),
         log=log,
         device=plan.device,
+        config=resolved_config(plan),
+        measurements=dict(measured),
     )
 
 
@@ -190,7 +197,31 @@ def compute(planned: PlannedStage, model: ModelArtifact | None, ctx: StageContex
     with ctx.device.scope():  # models a stage makes or loads live on the configured devices
         artifact = planned.stage.run(model, ctx)
     seconds = time.perf_counter() - started
-    return StageOutcome(artifact, measure(artifact, data, plan.settings.measure), seconds, cached=False)
+    if model is not None and model.stage in ctx.measurements and same_file(artifact.path, model.path):
+        metrics = ctx.measurements[model.stage]  # handed on unchanged (export copies its input)
+    else:
+        metrics = measure(artifact, data, plan.settings.measure)
+    return StageOutcome(artifact, metrics, seconds, cached=False)
+
+
+def same_file(first: Path, second: Path) -> bool:
+    """Whether two paths hold the same bytes (directories never count as the same)."""
+    if not (first.is_file() and second.is_file()) or first.stat().st_size != second.stat().st_size:
+        return False
+    return first.read_bytes() == second.read_bytes()
+
+
+def reported_metrics(artifact: ModelArtifact) -> dict[str, float]:
+    """Numbers a stage reports about its own work: `metadata["metrics"]` (e.g. distill's teacher)
+    and `metadata["gate"]` (the accuracies a gate compared), new in this stage rather than inherited.
+    """
+
+    def numbers(metadata: dict[str, Any]) -> dict[str, float]:
+        found = {**metadata.get("metrics", {}), **{f"gate_{k}": v for k, v in metadata.get("gate", {}).items()}}
+        return {k: float(v) for k, v in found.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    inherited = numbers(artifact.parent.metadata) if artifact.parent else {}
+    return {k: v for k, v in numbers(artifact.metadata).items() if inherited.get(k) != v}
 
 
 def seed_everything(seed: int) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -25,6 +25,8 @@ class StageContext:
     and class count (a stage that starts from nothing, such as train, calls it).
     `device` is where training runs: the runner enters `device.scope()` around the stage, and
     the shared training helpers take batch sizes, XLA and input pipelines from it.
+    `config` is the run's resolved configuration (every default filled in) and `measurements`
+    what the runner measured after each earlier stage, by stage name.
     """
 
     name: str
@@ -36,6 +38,8 @@ class StageContext:
     build_model: Callable[[], Any]
     log: logging.Logger
     device: DeviceSetup = field(default_factory=lambda: DeviceSetup(DeviceParams()))
+    config: Mapping[str, Any] = field(default_factory=dict)
+    measurements: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 class Stage:

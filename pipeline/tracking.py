@@ -123,6 +123,15 @@ class Tracker:
         batch += [Metric(key, float(value), now, index) for key, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Plain metrics, no step (numbers a stage reports about its own work)."""
+        if metrics:
+            from mlflow.entities import Metric
+            from mlflow.utils.time import get_current_time_millis
+
+            now = get_current_time_millis()
+            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
     def set_tag(self, key: str, value: str) -> None:
         """A tag decided during the run (e.g. which stages came from the cache)."""
         self.client.set_tag(self.run_id, key, value)

@@ -18,10 +18,12 @@ def describe(model: ModelArtifact, exports: dict[str, Path], ctx: StageContext) 
     from pipeline.recipe import MeasureParams
 
     shipped = ModelArtifact(exports.get(model.format.value, model.path), model.format, ctx.name, model, model.metadata)
+    # The shipped file is a copy of the incoming model, which the runner has measured already.
+    metrics = ctx.measurements.get(model.stage) or measure(shipped, ctx.data, MeasureParams(latency_runs=10, warmup_runs=2))
     return {
-        "recipe": recipe_of(ctx.run_dir),
+        "recipe": dict(ctx.config) or None,
         "files": {target: path.name for target, path in exports.items()},
-        "metrics": measure(shipped, ctx.data, MeasureParams(latency_runs=10, warmup_runs=2)),
+        "metrics": dict(metrics),
         "metrics_split": "test",
         "io": io_details(shipped),
         "quantization": {key: model.metadata.get(key) for key in ("quantization", "calibration_samples", "sparse_encoding", "fully_integer")},
@@ -30,14 +32,6 @@ def describe(model: ModelArtifact, exports: dict[str, Path], ctx: StageContext) 
             for a in reversed(model.lineage())
         ],
     }
-
-
-def recipe_of(run_dir: Path) -> Any:
-    """The composed recipe Hydra saved for this run, when the run came from the command line."""
-    import yaml
-
-    saved = run_dir / ".hydra" / "config.yaml"
-    return yaml.safe_load(saved.read_text()) if saved.exists() else None
 
 
 def io_details(model: ModelArtifact) -> dict[str, Any]:

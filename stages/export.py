@@ -72,6 +72,7 @@ class ExportStage(Stage):
             from stages import _metadata
 
             facts["metadata_file"] = str(_metadata.write(model, written, ctx, folder / f"{params.name}.json"))
+            facts["exports"].append(facts["metadata_file"])
             ctx.log.info("    wrote %s", facts["metadata_file"])
         handed_on = written.get(model.format.value, model.path)
         return ModelArtifact(handed_on, model.format, ctx.name, model, facts)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -14,7 +16,7 @@ from tests.conftest import TINY, compose_config, run_cli
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("e2e")
-    cfg = compose_config(tmp_path, *TINY, "stages.train.epochs=8", "stages.prune.epochs=3")
+    cfg = compose_config(tmp_path, *TINY, "stages.train.epochs=8", "stages.prune.epochs=3", "stages.quantize.accuracy_tolerance=0.5")
     result = run(cfg, RunInfo(run_dir=tmp_path / "run", recipe="mobile_int8"))
     return cfg, result
 
@@ -43,12 +45,15 @@ def test_pruned_model_reaches_target_sparsity_and_compresses(finished):
 def test_exports_full_integer_tflite_and_keras(finished):
     _, result = finished
     exported = {p.suffix: p for p in result.exports}
-    assert set(exported) == {".tflite", ".keras"}
+    assert set(exported) == {".tflite", ".keras", ".json"}
     assert all(p.parent == result.run_dir / "export" and p.stat().st_size > 0 for p in result.exports)
     interpreter = litert.interpreter(exported[".tflite"], threads=1)
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
     assert interpreter.get_output_details()[0]["dtype"] == np.int8
     assert (result.run_dir / "summary.md").read_text().count("\n") == 6
+    described = json.loads(exported[".json"].read_text())
+    assert described["recipe"]["stages"]["prune"]["final_sparsity"] == 0.5
+    assert described["metrics"] == result.rows[2].metrics  # the quantize output, measured once
 
 
 def test_mlflow_run_holds_params_metrics_and_artifacts(finished):
@@ -62,12 +67,14 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(finished):
     metrics = mlrun.data.metrics
     assert metrics["accuracy"] == pytest.approx(result.rows[-1].metrics["accuracy"])
     assert metrics["prune.sparsity"] == pytest.approx(result.rows[1].metrics["sparsity"])
+    assert metrics["quantize.gate_tflite_accuracy"] == pytest.approx(result.rows[2].metrics["accuracy"])
+    assert "export.gate_tflite_accuracy" not in metrics  # inherited facts are not logged again
     history = client.get_metric_history(result.run_id, "gzip_bytes")
     assert sorted(m.step for m in history) == [0, 1, 2, 3]
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"recipe.yaml", "summary.md", "model"} <= artifacts
     models = {a.path for a in client.list_artifacts(result.run_id, "model")}
-    assert models == {"model/model.tflite", "model/model.keras"}
+    assert models == {"model/model.tflite", "model/model.keras", "model/model.json"}
 
 
 @pytest.mark.slow
