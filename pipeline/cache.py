@@ -40,6 +40,25 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def referenced_files(tree: Any) -> dict[str, Any]:
+    """Size and hash of every existing file (or folder's files) a config names, by path.
+
+    A teacher or model file named by path can be replaced in place; its contents, not its name,
+    must decide whether cached outputs built from it still hold.
+    """
+    found: dict[str, Any] = {}
+    if isinstance(tree, Mapping):
+        tree = list(tree.values())
+    if isinstance(tree, list):
+        for item in tree:
+            found.update(referenced_files(item))
+    elif isinstance(tree, str) and tree and os.path.exists(tree):
+        path = Path(tree)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        found[tree] = [describe(f) for f in files]
+    return found
+
+
 @dataclass(frozen=True)
 class Entry:
     """A stored stage output: its artifact description and the measurements taken of it."""

@@ -21,7 +21,7 @@ import yaml
 
 import pipeline
 from pipeline.artifact import ModelArtifact
-from pipeline.cache import StageCache, cache_key
+from pipeline.cache import StageCache, cache_key, referenced_files
 from pipeline.models import check_compatible
 from pipeline.preflight import check_environment
 from pipeline.recipe import Plan, PlannedStage, build_plan
@@ -153,13 +153,16 @@ def stage_context(
 
 def stage_key(plan: Plan, planned: PlannedStage, input_key: str, data: Dataset) -> str:
     """The cache key of a stage's output: everything that determines it, its input's key included."""
+    config = planned.stage.config.model_dump(mode="json")
+    model = plan.model_builder.config.model_dump(mode="json")
     return cache_key(
         stage=planned.type,
         plugin=f"{type(planned.stage).__module__}.{type(planned.stage).__qualname__}",
-        config=planned.stage.config.model_dump(mode="json"),
+        config=config,
         input=input_key,
         data=data.fingerprint(),
-        model=plan.model_builder.config.model_dump(mode="json"),
+        model=model,
+        files=referenced_files([config, model]),
         seed=plan.settings.seed,
         device=plan.device.numerics(),
     )

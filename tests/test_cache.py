@@ -104,3 +104,16 @@ def test_rerun_and_late_change_reuse_the_prefix(tmp_path, capsys):
     assert "4 entries" in capsys.readouterr().out  # train, prune, quantize int8, quantize dynamic
     cache_cli(["clear", "--outputs", str(tmp_path / "outputs")])
     assert "removed 4 cache entries" in capsys.readouterr().out
+
+
+def test_a_replaced_model_file_invalidates_its_entries(tmp_path):
+    from pipeline.cache import referenced_files
+
+    teacher = tmp_path / "teacher.keras"
+    teacher.write_text("v1")
+    config = {"teacher": str(teacher), "student": {"name": "small_cnn"}, "epochs": 3}
+    before = cache_key(stage="distill", files=referenced_files(config))
+    assert cache_key(stage="distill", files=referenced_files(config)) == before
+    teacher.write_text("v2")
+    assert cache_key(stage="distill", files=referenced_files(config)) != before
+    assert referenced_files({"optimizer": "adam", "layers": []}) == {}
