@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 SWEEP = ["-m", "recipe=mobile_int8", "stages.prune.final_sparsity=0.25,0.5,0.75"]
 

@@ -9,7 +9,6 @@ folder, so those cases also leave no outputs folder at all.
 from __future__ import annotations
 
 import sqlite3
-import textwrap
 from pathlib import Path
 
 import numpy as np
