@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 
@@ -11,27 +9,14 @@ from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.data import DigitsSource, SplitParams
 from pipeline.errors import PipelineError
 from pipeline.measure import file_sizes, measure
-from pipeline.models import SmallCNN, SmallCNNParams
 from pipeline.recipe import MeasureParams
-from pipeline.stage import StageContext
 from stages.export import ExportParams, ExportStage
 from stages.prune import PruneParams, mask_schedule
 from stages.quantize import QuantizeParams, QuantizeStage
 from stages.train import TrainParams, TrainStage
+from tests._tiny import context
 
 QUICK = MeasureParams(latency_runs=3, warmup_runs=1)
-
-
-def context(tmp_path, name, index=0, data=None):
-    data = data or DigitsSource(SplitParams(name="digits")).load(seed=0)
-    builder = SmallCNN(SmallCNNParams(name="small_cnn"))
-    workdir = tmp_path / "stages" / f"{index}_{name}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    return StageContext(
-        name=name, index=index, workdir=workdir, run_dir=tmp_path, seed=0, data=data,
-        build_model=lambda: builder.build(data.input_shape, data.num_classes),
-        log=logging.getLogger("test"),
-    )
 
 
 @pytest.fixture(scope="module")
