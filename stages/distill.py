@@ -67,7 +67,7 @@ class DistillStage(Stage):
             assert model is not None  # guaranteed by check_input
             teacher = model.load_keras()
         builder = configure(registry.MODELS, params.student, f"stages.{ctx.name}.student")
-        student = builder.build(ctx.data.input_shape, ctx.data.num_classes)
+        student = ctx.device.prepare(builder.build(ctx.data.input_shape, ctx.data.num_classes))
         data = ctx.data
         targets = (pack(data.y_train, predict(teacher, data.x_train)), pack(data.y_val, predict(teacher, data.x_val)))
         teacher_accuracy = float(np.mean(np.argmax(predict(teacher, data.x_test), -1) == data.y_test))

@@ -208,3 +208,17 @@ def test_tfmot_fine_tuning_under_mixed_precision_warns_and_trains_in_float32(tmp
         pruned = PruneStage(PruneParams(epochs=1, final_sparsity=0.5)).run(trained, ctx)
     assert "prune: trains in float32; device.precision=mixed_float16 applies to newly built models" in caplog.text
     assert pruned.metadata["pruned"] and {layer.dtype_policy.name for layer in pruned.load_keras().layers} == {"float32"}
+
+
+def test_distillation_student_follows_mixed_precision(tmp_path, caplog):
+    from stages.distill import DistillParams, DistillStage
+    from stages.train import TrainParams, TrainStage
+
+    data = digits()
+    teacher = TrainStage(TrainParams(epochs=1)).run(None, context(tmp_path, "train", data=data))
+    device = DeviceSetup(DeviceParams(precision="mixed_float16"))
+    ctx = dataclasses.replace(context(tmp_path, "distill", 1, data=data), device=device)
+    with caplog.at_level("WARNING"), device.scope():
+        student = DistillStage(DistillParams(epochs=1)).run(teacher, ctx)
+    assert "trains in float32" not in caplog.text  # the student was built mixed, not left in float32
+    assert {layer.dtype_policy.name for layer in student.load_keras().layers} == {"float32"}  # stored float32
