@@ -31,8 +31,8 @@ def synthetic_npz(folder: Path, size: int) -> Path:
     path = folder / f"images{size}.npz"
     np.savez(
         path,
-        x_train=rng.integers(0, 256, (64, size, size, 3), dtype=np.uint8), y_train=rng.integers(0, 10, 64),
-        x_test=rng.integers(0, 256, (16, size, size, 3), dtype=np.uint8), y_test=rng.integers(0, 10, 16),
+        x_train=rng.integers(0, 256, (64, size, size, 3), dtype=np.uint8), y_train=np.arange(64) % 10,
+        x_test=rng.integers(0, 256, (16, size, size, 3), dtype=np.uint8), y_test=np.arange(16) % 10,
     )
     return path
 
@@ -54,7 +54,8 @@ def pipeline_exports(folder: Path, alpha: float, size: int) -> dict[str, Path]:
         for name, stages in variants.items():
             cfg = compose("config", overrides=[
                 f"outputs={folder / 'outputs'}", "data=npz", f"data.path={data}",
-                "model=mobilenet_v2", f"model.width={alpha}", "measure.latency_runs=3", "measure.warmup_runs=1",
+                "data.val_fraction=0", "model=mobilenet_v2", f"model.width={alpha}",
+                "measure.latency_runs=3", "measure.warmup_runs=1",
             ])
             cfg.stages = stages
             result = run(cfg, RunInfo(run_dir=folder / "runs" / f"{alpha}-{size}-{len(files)}", recipe="latency"))
