@@ -52,7 +52,8 @@ def can_create_files(folder: Path) -> bool:
 def check_server(url: str) -> None:
     """An MLflow server answers `GET /health` at `url`."""
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=HEALTH_TIMEOUT_S) as answer:
+        # A fresh opener reads the proxy settings now; urlopen's shared one keeps the first it saw.
+        with urllib.request.build_opener().open(f"{url}/health", timeout=HEALTH_TIMEOUT_S) as answer:
             if answer.status == 200:
                 return
             reason = f"HTTP {answer.status}"

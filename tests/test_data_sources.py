@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 from pathlib import Path
 
 import numpy as np
@@ -282,6 +284,8 @@ def test_keras_builtins_offline_name_the_local_alternatives(tmp_path, monkeypatc
         monkeypatch.setenv(variable, "http://127.0.0.1:9")
     for variable in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(variable, raising=False)
+    # urlopen keeps the first opener it builds, proxy included: let this test's opener go with it.
+    monkeypatch.setattr(urllib.request, "_opener", None)
     plan = build_plan(compose_config(tmp_path, f"data={name}", f"data.cache_dir={tmp_path / 'keras'}"))
     assert isinstance(plan.data_source, KerasSource)
     with pytest.raises(PipelineError) as error:

@@ -36,7 +36,7 @@ def mlflow_server(tmp_path_factory):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+            with urllib.request.build_opener().open(f"{url}/health", timeout=2) as answer:
                 if answer.status == 200:
                     break
         except OSError:
