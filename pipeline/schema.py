@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -22,6 +22,16 @@ class Params(BaseModel):
     """Base of every typed config: strict types, no unknown keys, immutable once parsed."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Plugin:
+    """Base of every plugin (stage, data source, model): a `Config` schema, and the config parsed
+    from it that the plugin was made with."""
+
+    Config: ClassVar[type[Params]] = Params
+
+    def __init__(self, config: Params):
+        self.config = config
 
 
 def parse(schema: type[P], values: Mapping[str, Any] | None, where: str) -> P:

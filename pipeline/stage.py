@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.devices import DeviceParams, DeviceSetup
-from pipeline.schema import Params
+from pipeline.schema import Params, Plugin
 
 if TYPE_CHECKING:
     from pipeline.data import Dataset
@@ -42,7 +42,7 @@ class StageContext:
     measurements: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
-class Stage:
+class Stage(Plugin):
     """Base class of stage plugins.
 
     Subclasses set `Config` (a `Params` schema), `accepts` (input formats; `None` in it means the
@@ -56,9 +56,6 @@ class Stage:
     # Whether the runner may reuse this stage's output from the stage cache. A stage whose work
     # lies outside its workdir (export writes to the run's export/ folder) must say False.
     cacheable: ClassVar[bool] = True
-
-    def __init__(self, config: Params):
-        self.config = config
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         """Make this stage's output artifact under `ctx.workdir` from `model`."""

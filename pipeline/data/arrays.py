@@ -26,6 +26,7 @@ from pipeline.data.dataset import (
 )
 from pipeline.errors import PipelineError
 from pipeline.fields import ExistingFile
+from pipeline.schema import Plugin
 
 SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -37,13 +38,10 @@ class NpzParams(SplitParams):
     normalize: Normalize = Field("unit", description=NORMALIZE_HELP)
 
 
-class NpzSource:
+class NpzSource(Plugin):
     """Examples from NumPy arrays: (N, H, W[, C]) images or (N, features) tables, integer or text labels."""
 
     Config: ClassVar = NpzParams
-
-    def __init__(self, config: NpzParams):
-        self.config = config
 
     def load(self, seed: int) -> Dataset:
         """The archive's own train/test split when it has one, else a split of `x` and `y`."""
@@ -106,13 +104,10 @@ class CsvParams(SplitParams):
     normalize: Normalize = Field("standard", description=NORMALIZE_HELP)
 
 
-class CsvSource:
+class CsvSource(Plugin):
     """Tabular examples (N, features) for models such as `mlp`."""
 
     Config: ClassVar = CsvParams
-
-    def __init__(self, config: CsvParams):
-        self.config = config
 
     def load(self, seed: int) -> Dataset:
         """Features as float32, labels as ids (text labels numbered in sorted order)."""

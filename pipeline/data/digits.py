@@ -7,16 +7,13 @@ from typing import ClassVar
 import numpy as np
 
 from pipeline.data.dataset import Dataset, SplitParams, split
-from pipeline.schema import Params
+from pipeline.schema import Params, Plugin
 
 
-class DigitsSource:
+class DigitsSource(Plugin):
     """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), shipped with the package."""
 
     Config: ClassVar[type[Params]] = SplitParams
-
-    def __init__(self, config: SplitParams):
-        self.config = config
 
     def load(self, seed: int) -> Dataset:
         """Images scaled to [0, 1] with a channel axis: shape (8, 8, 1)."""

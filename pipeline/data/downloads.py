@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from pipeline.data.dataset import Dataset, SplitParams, as_images, as_labels, given_split, split
 from pipeline.errors import PipelineError
+from pipeline.schema import Plugin
 
 TFDS_MISSING = "tensorflow-datasets is not installed; pip install tensorflow-datasets, or use data=idx, npz or image_folder"
 OFFLINE = (
@@ -29,13 +30,10 @@ class KerasParams(SplitParams):
     cache_dir: str | None = Field(None, description="Folder for the downloaded file (null: ~/.keras).")
 
 
-class KerasSource:
+class KerasSource(Plugin):
     """MNIST, Fashion-MNIST (28x28x1) or CIFAR-10 (32x32x3), with their own 10,000-image test split."""
 
     Config: ClassVar = KerasParams
-
-    def __init__(self, config: KerasParams):
-        self.config = config
 
     def load(self, seed: int) -> Dataset:
         """Download once (Keras caches the file), then scale to [0, 1] with a channel axis."""
@@ -68,14 +66,10 @@ class TfdsParams(SplitParams):
         return self
 
 
-
-class TfdsSource:
+class TfdsSource(Plugin):
     """Any TFDS data set of same-sized examples, loaded whole into memory."""
 
     Config: ClassVar = TfdsParams
-
-    def __init__(self, config: TfdsParams):
-        self.config = config
 
     def load(self, seed: int) -> Dataset:
         """Images (uint8) scaled to [0, 1]; other features as float32."""

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 from pipeline.data.dataset import Dataset, SplitParams, as_images, as_labels, given_split, split
 from pipeline.errors import PipelineError
 from pipeline.fields import ExistingFolder
+from pipeline.schema import Plugin
 
 # IDX type byte -> numpy dtype (big-endian, as the format stores it).
 DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -37,13 +38,10 @@ class IdxParams(SplitParams):
         return path
 
 
-class IdxSource:
+class IdxSource(Plugin):
     """Grayscale images and labels from IDX files (MNIST, Fashion-MNIST, EMNIST, ...)."""
 
     Config: ClassVar = IdxParams
-
-    def __init__(self, config: IdxParams):
-        self.config = config
 
     def load(self, seed: int) -> Dataset:
         """Images (H, W, 1) in [0, 1]; the files' own train/test split when the folder has both."""

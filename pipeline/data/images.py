@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from pipeline.data.dataset import Dataset, SplitParams, split
 from pipeline.errors import PipelineError
 from pipeline.fields import ExistingFolder
+from pipeline.schema import Plugin
 
 # What tf.io.decode_image reads.
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -35,13 +36,10 @@ class ImageFolderParams(SplitParams):
         return path
 
 
-class ImageFolderSource:
+class ImageFolderSource(Plugin):
     """Images decoded and resized with TensorFlow; classes numbered by sorted folder name."""
 
     Config: ClassVar = ImageFolderParams
-
-    def __init__(self, config: ImageFolderParams):
-        self.config = config
 
     def load(self, seed: int) -> Dataset:
         """Images (H, W, C) in [0, 1]; class names are the folder names."""

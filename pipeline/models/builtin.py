@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field
 
 from pipeline.errors import PipelineError
-from pipeline.schema import Params
+from pipeline.schema import Params, Plugin
 
 
 class ModelParams(Params):
@@ -23,13 +23,10 @@ class ModelParams(Params):
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout rate before the classifier.")
 
 
-class Architecture:
+class Architecture(Plugin):
     """Base of the built-ins: keeps the config and scales layer sizes by `width`."""
 
     Config: ClassVar[type[Params]] = ModelParams
-
-    def __init__(self, config: ModelParams):
-        self.config = config
 
     def scaled(self, units: int) -> int:
         """`units` times the width multiplier, at least 1."""

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 
 from pipeline.errors import PipelineError
 from pipeline.fields import ExistingPath, Required
-from pipeline.schema import Params
+from pipeline.schema import Params, Plugin
 from pipeline.security import check_target
 
 MODEL_FILES = (".keras", ".h5", ".hdf5")
@@ -46,13 +46,10 @@ class FileModelParams(Params):
         return path
 
 
-class FileModel:
+class FileModel(Plugin):
     """Start from a saved model (trained or not); `build` ignores the data and loads the file."""
 
     Config: ClassVar = FileModelParams
-
-    def __init__(self, config: FileModelParams):
-        self.config = config
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> Any:
         """The saved model, uncompiled; check_compatible compares it with the data."""
@@ -105,13 +102,10 @@ class CustomModelParams(Params):
         return target
 
 
-class CustomModel:
+class CustomModel(Plugin):
     """Calls the user's builder: `function(input_shape=..., num_classes=..., **kwargs)`."""
 
     Config: ClassVar = CustomModelParams
-
-    def __init__(self, config: CustomModelParams):
-        self.config = config
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> Any:
         """Whatever the builder returns, provided it is a tf-keras model."""
