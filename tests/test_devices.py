@@ -196,15 +196,21 @@ def test_multi_worker_without_tf_config_says_how_to_start_workers(monkeypatch):
     assert str(raised.value).startswith("device.strategy=multi_worker: TF_CONFIG is not set; start local workers with")
 
 
-def test_tfmot_fine_tuning_under_mixed_precision_warns_and_trains_in_float32(tmp_path, caplog):
-    from stages.prune import PruneParams, PruneStage
+def trained_and_mixed_context(tmp_path, stage_name):
+    """A float32 model trained one epoch, and a context for the next stage under mixed_float16."""
     from stages.train import TrainParams, TrainStage
 
     data = digits()
     trained = TrainStage(TrainParams(epochs=1)).run(None, context(tmp_path, "train", data=data))
     device = DeviceSetup(DeviceParams(precision="mixed_float16"))
-    ctx = dataclasses.replace(context(tmp_path, "prune", 1, data=data), device=device)
-    with caplog.at_level("WARNING"), device.scope():
+    return trained, dataclasses.replace(context(tmp_path, stage_name, 1, data=data), device=device)
+
+
+def test_tfmot_fine_tuning_under_mixed_precision_warns_and_trains_in_float32(tmp_path, caplog):
+    from stages.prune import PruneParams, PruneStage
+
+    trained, ctx = trained_and_mixed_context(tmp_path, "prune")
+    with caplog.at_level("WARNING"), ctx.device.scope():
         pruned = PruneStage(PruneParams(epochs=1, final_sparsity=0.5)).run(trained, ctx)
     assert "prune: trains in float32; device.precision=mixed_float16 applies to newly built models" in caplog.text
     assert pruned.metadata["pruned"] and {layer.dtype_policy.name for layer in pruned.load_keras().layers} == {"float32"}
@@ -212,13 +218,9 @@ def test_tfmot_fine_tuning_under_mixed_precision_warns_and_trains_in_float32(tmp
 
 def test_distillation_student_follows_mixed_precision(tmp_path, caplog):
     from stages.distill import DistillParams, DistillStage
-    from stages.train import TrainParams, TrainStage
 
-    data = digits()
-    teacher = TrainStage(TrainParams(epochs=1)).run(None, context(tmp_path, "train", data=data))
-    device = DeviceSetup(DeviceParams(precision="mixed_float16"))
-    ctx = dataclasses.replace(context(tmp_path, "distill", 1, data=data), device=device)
-    with caplog.at_level("WARNING"), device.scope():
+    teacher, ctx = trained_and_mixed_context(tmp_path, "distill")
+    with caplog.at_level("WARNING"), ctx.device.scope():
         student = DistillStage(DistillParams(epochs=1)).run(teacher, ctx)
     assert "trains in float32" not in caplog.text  # the student was built mixed, not left in float32
     assert {layer.dtype_policy.name for layer in student.load_keras().layers} == {"float32"}  # stored float32
