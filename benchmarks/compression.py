@@ -1,24 +1,28 @@
-"""Compression benchmark: the pipeline's techniques on MNIST, checked against four targets.
+"""Compression benchmark: every technique of the pipeline on MNIST, one table, four targets.
 
-    python benchmarks/compression.py --mnist /path/to/mnist10k [--quick]
+    python benchmarks/compression.py --mnist /path/to/mnist10k [--quick] [--only VARIANT ...]
 
 The folder must hold the MNIST test set as IDX files (t10k-images-idx3-ubyte.gz and
 t10k-labels-idx1-ubyte.gz). The first 8,000 images train, the last 2,000 evaluate: the script
 writes them as an IDX train/test pair and runs every variant through the pipeline's own `idx`
 data source and runner, so the numbers are those `python -m pipeline` would print. The stage
-cache lets the variants share one trained float model. One table compares the variants with
-the targets:
+cache lets the variants share one trained float model and one pruned model per sparsity.
 
-- int8 TFLite at most 0.27x the float32 TFLite's size, accuracy within 0.5 point of float;
-- 80% pruned + int8: gzip at least 10x smaller than the float Keras model's, at most 1 point less accurate;
-- QAT int8 at least as accurate as post-training int8;
-- a distilled student with at most a quarter of the teacher's parameters within 1 point of the
-  teacher, and more accurate than the same student trained on labels alone.
+It prints (and writes to the outputs folder as compression.md and compression.png):
+- the compression table: size, gzip size, accuracy and p50 latency at batch 1 on one thread of
+  float Keras, float TFLite, dynamic range, float16, int8, QAT int8, 50%/80% pruned, clustered,
+  2:4 sparse and distilled models, with and without int8;
+- the targets: int8 TFLite at most 0.27x the float32 TFLite's size, accuracy within 0.5 point of
+  float; 80% pruned + int8 gzip at least 10x smaller than the float Keras model's, at most 1 point
+  less accurate; QAT int8 at least as accurate as post-training int8; a distilled student with at
+  most a quarter of the teacher's parameters within 1 point of the teacher, and more accurate than
+  the same student trained on labels alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import os
 import sys
@@ -33,29 +37,71 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TRAIN, TEST = 8000, 2000
 
-# Training settings shared by every variant, so that the stage cache trains the teacher once.
+# Training settings shared by every variant, so that the stage cache trains the float model once.
 TRAIN_STAGE = {"epochs": 12, "batch_size": 64, "learning_rate": 0.001, "lr_decay": "cosine"}
-STUDENT = {"name": "small_cnn", "width": 0.48}
+FINE_TUNE = {"batch_size": 64, "learning_rate": 0.0005, "lr_decay": "cosine"}
+PRUNE = {**FINE_TUNE, "epochs": 10, "ramp_fraction": 0.5}
+SPARSE_24 = {**FINE_TUNE, "epochs": 10, "m_by_n": [2, 4], "schedule": "constant"}
+CLUSTER = {"number_of_clusters": 16, "epochs": 3, "batch_size": 64}
+FLOAT, INT8 = {"mode": "none"}, {"mode": "int8", "calibration_samples": 500}
+STUDENT_WIDTH = 0.48
+DISTILL = {**FINE_TUNE, "learning_rate": 0.001, "epochs": 40, "temperature": 4.0, "alpha": 0.9,
+           "student": {"name": "small_cnn", "width": STUDENT_WIDTH}}
 # A student's accuracy moves by a few tenths of a point with its initialisation, about as much as
 # distillation gains: the student comparisons are means over these seeds (one teacher each).
 SEEDS = (42, 1, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One pipeline run: its stages, changes to the model config, and the seeds it runs with."""
+
+    stages: dict
+    model: dict = dataclasses.field(default_factory=dict)
+    seeds: tuple[int, ...] = SEEDS[:1]
+
+
 VARIANTS = {
-    "float": {"train": TRAIN_STAGE, "quantize": {"mode": "none"}},
-    "ptq_int8": {"train": TRAIN_STAGE, "quantize": {"mode": "int8", "calibration_samples": 500}},
-    "pruned80_int8": {
-        "train": TRAIN_STAGE,
-        "prune": {"final_sparsity": 0.8, "epochs": 10, "learning_rate": 0.0005, "lr_decay": "cosine",
-                  "ramp_fraction": 0.5, "batch_size": 64},
-        "quantize": {"mode": "int8", "calibration_samples": 500},
-    },
-    "qat_int8": {"train": TRAIN_STAGE, "qat": {"epochs": 2, "learning_rate": 0.0001, "batch_size": 64}},
-    "distilled": {
-        "train": TRAIN_STAGE,
-        "distill": {"student": STUDENT, "epochs": 20, "batch_size": 64, "lr_decay": "cosine",
-                    "temperature": 10.0, "alpha": 0.9},
-    },
-    "student_labels_only": {"train": {**TRAIN_STAGE, "epochs": 20}},
+    "float": Variant({"train": TRAIN_STAGE, "quantize": FLOAT}),
+    "dynamic": Variant({"train": TRAIN_STAGE, "quantize": {"mode": "dynamic"}}),
+    "float16": Variant({"train": TRAIN_STAGE, "quantize": {"mode": "float16"}}),
+    "ptq_int8": Variant({"train": TRAIN_STAGE, "quantize": INT8}),
+    "qat_int8": Variant({"train": TRAIN_STAGE, "qat": {"epochs": 2, "learning_rate": 0.0001, "batch_size": 64}}),
+    "pruned50": Variant({"train": TRAIN_STAGE, "prune": {**PRUNE, "final_sparsity": 0.5}, "quantize": FLOAT}),
+    "pruned50_int8": Variant({"train": TRAIN_STAGE, "prune": {**PRUNE, "final_sparsity": 0.5}, "quantize": INT8}),
+    "pruned80": Variant({"train": TRAIN_STAGE, "prune": {**PRUNE, "final_sparsity": 0.8}, "quantize": FLOAT}),
+    "pruned80_int8": Variant({"train": TRAIN_STAGE, "prune": {**PRUNE, "final_sparsity": 0.8}, "quantize": INT8}),
+    "clustered": Variant({"train": TRAIN_STAGE, "cluster": CLUSTER, "quantize": FLOAT}),
+    "clustered_int8": Variant({"train": TRAIN_STAGE, "cluster": CLUSTER, "quantize": INT8}),
+    "sparse24": Variant({"train": TRAIN_STAGE, "prune": SPARSE_24, "quantize": FLOAT}),
+    "sparse24_int8": Variant({"train": TRAIN_STAGE, "prune": SPARSE_24, "quantize": INT8}),
+    # Soft targets carry more than the labels only from a teacher that has not memorised the
+    # training split: the teacher trains with dropout, the student (as its labels-only twin) without.
+    "distilled": Variant({"train": TRAIN_STAGE, "distill": DISTILL, "quantize": INT8}, {"dropout": 0.5}, SEEDS),
+    "student_labels_only": Variant(
+        {"train": {**TRAIN_STAGE, "epochs": DISTILL["epochs"]}}, {"width": STUDENT_WIDTH}, SEEDS
+    ),
 }
+# (row label, variant, stage) of the compression table.
+ROWS = [
+    ("float32 Keras", "float", "train"),
+    ("float32 TFLite", "float", "quantize"),
+    ("dynamic range", "dynamic", "quantize"),
+    ("float16", "float16", "quantize"),
+    ("int8 post-training", "ptq_int8", "quantize"),
+    ("int8 quantization-aware", "qat_int8", "qat"),
+    ("50% pruned", "pruned50", "quantize"),
+    ("50% pruned + int8", "pruned50_int8", "quantize"),
+    ("80% pruned", "pruned80", "quantize"),
+    ("80% pruned + int8", "pruned80_int8", "quantize"),
+    ("clustered, 16 values", "clustered", "quantize"),
+    ("clustered + int8", "clustered_int8", "quantize"),
+    ("2:4 sparse", "sparse24", "quantize"),
+    ("2:4 sparse + int8", "sparse24_int8", "quantize"),
+    ("distilled student, Keras", "distilled", "distill"),
+    ("distilled student + int8", "distilled", "quantize"),
+    ("student on labels alone, Keras", "student_labels_only", "train"),
+]
 QUICK = {"epochs": 1}
 
 
@@ -79,19 +125,20 @@ def split_folder(mnist: Path, folder: Path) -> Path:
     return folder
 
 
-def run_variant(name: str, stages: dict, data: Path, outputs: Path, quick: bool, seed: int = 42) -> dict[str, dict[str, float]]:
+Metrics = dict[str, dict[str, float]]  # stage name -> its measured metrics
+
+
+def run_variant(name: str, variant: Variant, seed: int, data: Path, outputs: Path, quick: bool) -> Metrics:
     """Run one variant through the pipeline; each stage's measured metrics by stage name."""
     from hydra import compose, initialize_config_module
 
     from pipeline.runner import RunInfo, run
 
-    overrides = [f"outputs={outputs}", "data=idx", f"data.path={data}", "data.val_fraction=0.1",
-                 "measure.latency_runs=20", "measure.warmup_runs=3", f"seed={seed}"]
-    if name == "student_labels_only":
-        overrides += [f"model.width={STUDENT['width']}"]
+    overrides = [f"outputs={outputs}", "data=idx", f"data.path={data}", "data.val_fraction=0.1", f"seed={seed}"]
+    overrides += [f"++model.{key}={value}" for key, value in variant.model.items()]
     with initialize_config_module(config_module="recipes", version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    cfg.stages = {key: {**value, **(QUICK if quick and "epochs" in value else {})} for key, value in stages.items()}
+    cfg.stages = {stage: {**params, **(QUICK if quick and "epochs" in params else {})} for stage, params in variant.stages.items()}
     cfg.description = f"benchmark variant {name}"
     started = time.perf_counter()
     result = run(cfg, RunInfo(run_dir=outputs / "runs" / f"{name}_{seed}", recipe=f"benchmark_{name}"))
@@ -100,12 +147,46 @@ def run_variant(name: str, stages: dict, data: Path, outputs: Path, quick: bool,
     return {row.stage: row.metrics for row in result.rows}
 
 
-def mean(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+def mean(runs: list[Metrics]) -> Metrics:
     """Each stage's metrics averaged over several runs of one variant."""
     return {stage: {k: float(np.mean([r[stage][k] for r in runs])) for k in runs[0][stage]} for stage in runs[0]}
 
 
-def targets(m: dict[str, dict[str, dict[str, float]]]) -> list[tuple[str, str, str, bool]]:
+def markdown(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """A Markdown table, columns padded to their widest cell."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    line = lambda row: "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def compression_table(m: dict[str, Metrics]) -> str:
+    """Every variant's size, gzip size, accuracy and latency, next to the float Keras model's."""
+    keras = m["float"]["train"]
+    rows = []
+    for label, variant, stage in ROWS:
+        if variant in m:
+            x = m[variant][stage]
+            seeds = f" (mean of {len(VARIANTS[variant].seeds)} seeds)" if len(VARIANTS[variant].seeds) > 1 else ""
+            rows.append((
+                label + seeds, f"{x['params']:,.0f}", f"{x['size_bytes'] / 1024:.0f}", f"{x['gzip_bytes'] / 1024:.0f}",
+                f"{keras['gzip_bytes'] / x['gzip_bytes']:.1f}x", f"{x['sparsity']:.0%}", f"{x['accuracy']:.4f}",
+                f"{100 * (x['accuracy'] - keras['accuracy']):+.2f}", f"{x['latency_p50_ms']:.3f}",
+            ))
+    header = ("model", "params", "size KiB", "gzip KiB", "gzip smaller", "sparsity", "accuracy", "vs float pt", "p50 ms")
+    return markdown(header, rows)
+
+
+def tutorial_comparison(m: dict[str, Metrics]) -> str:
+    """The TFMOT pruning tutorial's headline next to what the pipeline reached on this split."""
+    keras, pruned, pruned_int8 = m["float"]["train"], m["pruned80"]["quantize"], m["pruned80_int8"]["quantize"]
+    factor = lambda x: keras["gzip_bytes"] / x["gzip_bytes"]  # noqa: E731
+    drop = lambda x: 100 * (x["accuracy"] - keras["accuracy"])  # noqa: E731
+    return (f"TFMOT pruning tutorial: 3x smaller (gzip) from pruning, 10x with pruning + int8, accuracy kept. "
+            f"Here, 80% pruning: {factor(pruned):.1f}x ({drop(pruned):+.2f} pt), "
+            f"with int8: {factor(pruned_int8):.1f}x ({drop(pruned_int8):+.2f} pt).")
+
+
+def targets(m: dict[str, Metrics]) -> list[tuple[str, str, str, bool]]:
     """(target, measured, threshold, passed) for the four targets."""
     keras, float_tflite = m["float"]["train"], m["float"]["quantize"]
     int8, pruned = m["ptq_int8"]["quantize"], m["pruned80_int8"]["quantize"]
@@ -142,13 +223,12 @@ def targets(m: dict[str, dict[str, dict[str, float]]]) -> list[tuple[str, str, s
     ]
 
 
-def table(rows: list[tuple[str, str, str, bool]]) -> str:
-    """A Markdown table of the targets."""
-    header = ("target", "measured", "threshold", "result")
-    cells = [header] + [(t, m, th, "PASS" if ok else "FAIL") for t, m, th, ok in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(4)]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells[1:])])
+def plot(m: dict[str, Metrics], path: Path) -> Path:
+    """Accuracy against gzip size of every table row, with the Pareto front."""
+    from pipeline.report import RunPoint, plot as pareto_plot
+
+    points = [RunPoint(label, label, {}, m[variant][stage]) for label, variant, stage in ROWS if variant in m]
+    return pareto_plot(points, "gzip_bytes", "gzip size (bytes)", path)
 
 
 def main() -> int:
@@ -156,24 +236,30 @@ def main() -> int:
     parser.add_argument("--mnist", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/mnist10k")
     parser.add_argument("--outputs", type=Path, default=None, help="run folder (default: a temporary one)")
     parser.add_argument("--quick", action="store_true", help="one epoch per stage: checks the script, not the targets")
-    parser.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
+    parser.add_argument("--only", nargs="*", choices=sorted(VARIANTS), default=None, help="variants to run (default: all)")
     args = parser.parse_args()
     outputs = (args.outputs or Path(tempfile.mkdtemp(prefix="compression-"))).resolve()
     data = split_folder(args.mnist, outputs / "data")
     print(f"MNIST: first {TRAIN} train, last {TEST} test; outputs in {outputs}", flush=True)
     started = time.perf_counter()
-    measured = {}
-    for name, stages in VARIANTS.items():
-        if args.only is None or name in args.only:
-            seeds = SEEDS if name in ("distilled", "student_labels_only") else SEEDS[:1]
-            measured[name] = mean([run_variant(name, stages, data, outputs, args.quick, seed) for seed in seeds])
+    measured = {
+        name: mean([run_variant(name, variant, seed, data, outputs, args.quick) for seed in variant.seeds])
+        for name, variant in VARIANTS.items() if args.only is None or name in args.only
+    }
     if args.only is not None:
         for name, stages in measured.items():
-            print(name, {s: {k: round(v, 4) for k, v in m.items()} for s, m in stages.items()})
+            print(name, {s: {k: round(v, 4) for k, v in x.items()} for s, x in stages.items()})
         return 0
     rows = targets(measured)
-    print(f"\nCompression targets on MNIST ({TRAIN} train / {TEST} test), {time.perf_counter() - started:.0f} s in all:\n")
-    print(table(rows))
+    report = "\n\n".join([
+        f"Compression on MNIST ({TRAIN} train / {TEST} test), {time.perf_counter() - started:.0f} s in all; "
+        "p50 latency at batch 1: LiteRT on one thread for TFLite, a traced Keras call on TensorFlow's own threads for Keras.",
+        compression_table(measured), tutorial_comparison(measured), "Targets:",
+        markdown(("target", "measured", "threshold", "result"), [(t, x, th, "PASS" if ok else "FAIL") for t, x, th, ok in rows]),
+    ])
+    print("\n" + report)
+    (outputs / "compression.md").write_text(report + "\n")
+    print(f"\nwrote {outputs / 'compression.md'} and {plot(measured, outputs / 'compression.png')}")
     return 0 if all(ok for *_, ok in rows) else 1
 
 
