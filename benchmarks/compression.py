@@ -227,8 +227,11 @@ def plot(m: dict[str, Metrics], path: Path) -> Path:
     """Accuracy against gzip size of every table row, with the Pareto front."""
     from pipeline.report import RunPoint, plot as pareto_plot
 
-    points = [RunPoint(label, label, {}, m[variant][stage]) for label, variant, stage in ROWS if variant in m]
-    return pareto_plot(points, "gzip_bytes", "gzip size (bytes)", path)
+    points = [
+        RunPoint(label, label, {}, {**m[variant][stage], "gzip_kib": m[variant][stage]["gzip_bytes"] / 1024})
+        for label, variant, stage in ROWS if variant in m
+    ]
+    return pareto_plot(points, "gzip_kib", "gzip size (KiB)", path)
 
 
 def main() -> int:

@@ -23,7 +23,9 @@ def check_environment(settings: RunSettings) -> None:
     check_writable(Path(settings.outputs), "outputs")
     uri = settings.tracking.uri
     if uri.startswith("sqlite:///"):
-        check_writable(Path(uri.removeprefix("sqlite:///")).parent, "tracking.uri")
+        database = Path(uri.removeprefix("sqlite:///"))
+        check_writable(database.parent, "tracking.uri")
+        check_database(database)
     elif uri.startswith(("http://", "https://")):
         check_server(uri.rstrip("/"))
 
@@ -47,6 +49,21 @@ def can_create_files(folder: Path) -> bool:
             return True
     except OSError:
         return False
+
+
+def check_database(path: Path) -> None:
+    """`path` is absent, empty (MLflow creates the store) or an SQLite database."""
+    if path.is_dir() or (path.is_file() and path.stat().st_size and not is_sqlite(path)):
+        raise PipelineError(
+            f"tracking.uri: {path} is not an SQLite database; point tracking.uri at the MLflow store "
+            "or at a new file, e.g. tracking.uri=sqlite:///outputs/mlflow.db"
+        )
+
+
+def is_sqlite(path: Path) -> bool:
+    """Whether the file starts with SQLite's header."""
+    with open(path, "rb") as handle:
+        return handle.read(16) == b"SQLite format 3\x00"
 
 
 def check_server(url: str) -> None:

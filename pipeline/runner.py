@@ -72,7 +72,7 @@ def run(cfg: Any, info: RunInfo) -> RunResult:
 
 def execute(plan: Plan, info: RunInfo) -> RunResult:
     """Run every stage of a checked plan in order, measuring and tracking after each."""
-    from pipeline.tracking import NoTracking, Tracker, flatten
+    from pipeline.tracking import BackgroundTracker, NoTracking, flatten
 
     settings = plan.settings
     check_environment(settings)
@@ -81,13 +81,12 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
     info.run_dir.mkdir(parents=True, exist_ok=True)
     chief = plan.device.role.is_chief  # only the chief writes the cache and the MLflow run
     cache = StageCache(Path(settings.outputs) / "cache") if settings.cache and chief else None
-    tracker = Tracker(settings.tracking, Path(settings.outputs)) if chief else NoTracking()
+    tracker = BackgroundTracker(settings.tracking, Path(settings.outputs)) if chief else NoTracking()
     rows: list[StageRow] = []
     exports: list[Path] = []
     artifact: ModelArtifact | None = None
     input_key = "start"
     with tracker.start(" ".join([info.recipe, *info.overrides]), run_tags(plan, info, data)):
-        log.info("MLflow run %s in %s (experiment '%s')", tracker.run_id, settings.tracking.uri, settings.tracking.experiment)
         tracker.log_params(flatten(resolved_config(plan)))
         tracker.log_text(yaml.safe_dump(plan.config, sort_keys=False), "recipe.yaml")
         measured: dict[str, dict[str, float]] = {}
@@ -112,6 +111,7 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
         for path in exports:
             tracker.log_file(path, "model")
     log.info("summary of %s:\n%s", info.recipe, summary)
+    log.info("MLflow run %s in %s (experiment '%s')", tracker.run_id, settings.tracking.uri, settings.tracking.experiment)
     if exports:
         log.info("exported: %s", ", ".join(str(p) for p in exports))
     assert artifact is not None  # build_plan guarantees at least one stage

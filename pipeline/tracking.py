@@ -1,20 +1,31 @@
-"""MLflow tracking: one run per pipeline execution.
+"""MLflow tracking: one run per pipeline execution, written by a helper process.
 
 The flattened recipe goes in as parameters; every stage's measurements go in twice, as
 `<stage>.<metric>` (side by side in the compare view) and as `<metric>` with the stage index as
 step (so the run's charts follow the model through the pipeline, and the latest value, the final
 model's, is what run lists show).
+
+Importing MLflow and opening its store takes about two seconds, as long as a short training
+stage. `BackgroundTracker` hands the writing to a child process (`python -m pipeline.tracking`),
+so that cost overlaps TensorFlow's start-up and the stages instead of adding to them. The child
+also closes the run as KILLED when the pipeline process dies without saying how the run ended.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import PipelineError
 from pipeline.recipe import TrackingParams
 
 log = logging.getLogger(__name__)
@@ -34,7 +45,35 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-class Tracker:
+class Recorder:
+    """Opens and closes one MLflow run; `start` wraps the two around the pipeline's work."""
+
+    def begin(self, run_name: str, tags: Mapping[str, str]) -> None:
+        raise NotImplementedError
+
+    def end(self, status: str) -> None:
+        raise NotImplementedError
+
+    @contextmanager
+    def start(self, run_name: str, tags: Mapping[str, str]) -> Iterator[Any]:
+        """An MLflow run that ends FINISHED, FAILED on an error, or KILLED on Ctrl-C."""
+        self.begin(run_name, tags)
+        status = "FAILED"
+        try:
+            yield self
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            if status == "FINISHED":
+                self.end(status)
+            else:
+                with suppress(PipelineError):  # the error that stopped the run is the one to report
+                    self.end(status)
+
+
+class Tracker(Recorder):
     """Writes one pipeline execution to an MLflow tracking store."""
 
     def __init__(self, params: TrackingParams, outputs: Path):
@@ -90,20 +129,13 @@ class Tracker:
                 raise
             return found.experiment_id
 
-    @contextmanager
-    def start(self, run_name: str, tags: Mapping[str, str]) -> Iterator[Tracker]:
-        """An MLflow run that ends FINISHED, FAILED on an error, or KILLED on Ctrl-C."""
-        run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=dict(tags))
-        self.run_id = run.info.run_id
-        status = "FAILED"
-        try:
-            yield self
-            status = "FINISHED"
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            self.client.set_terminated(self.run_id, status)
+    def begin(self, run_name: str, tags: Mapping[str, str]) -> None:
+        """Create the run."""
+        self.run_id = self.client.create_run(self.experiment_id(), run_name=run_name, tags=dict(tags)).info.run_id
+
+    def end(self, status: str) -> None:
+        """Mark the run FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(self.run_id, status)
 
     def log_params(self, params: Mapping[str, str]) -> None:
         """Log parameters in batches that MLflow accepts."""
@@ -140,12 +172,97 @@ class Tracker:
         """A text artifact, such as the resolved recipe."""
         self.client.log_text(self.run_id, text, artifact_file)
 
-    def log_file(self, path: Path, artifact_path: str | None = None) -> None:
+    def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         """A file or directory as run artifacts."""
-        if path.is_dir():
+        if Path(path).is_dir():
             self.client.log_artifacts(self.run_id, str(path), artifact_path)
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+class BackgroundTracker(Recorder):
+    """`Tracker`'s interface; a child process does the writing, in the order of the calls.
+
+    Calls return at once. `end` waits for the child to finish and reports a failure of the
+    tracking store as a PipelineError, after the run's own files are written.
+    """
+
+    def __init__(self, params: TrackingParams, outputs: Path):
+        self.uri = params.uri
+        self.run_id: str | None = None
+        # The child imports this package from where the parent did, installed or not.
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.tracking"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        self.send("open", params.model_dump(), str(outputs))
+
+    def send(self, call: str, *args: Any) -> None:
+        """Queue one call for the child; a child that already failed says why in `end`."""
+        try:
+            self.process.stdin.write(json.dumps([call, *args], default=str) + "\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    def begin(self, run_name: str, tags: Mapping[str, str]) -> None:
+        """Queue the run's creation."""
+        self.send("begin", run_name, dict(tags))
+
+    def end(self, status: str) -> None:
+        """Close the run and wait for every queued call to be written."""
+        self.send("end", status)
+        with suppress(BrokenPipeError):
+            self.process.stdin.close()
+        reply = self.process.stdout.readline()
+        self.process.stdout.close()
+        self.process.wait()
+        outcome = json.loads(reply) if reply.strip() else {"error": "its writer stopped"}
+        self.run_id = outcome.get("run_id")
+        if "error" in outcome:
+            raise PipelineError(
+                f"tracking.uri={self.uri}: MLflow could not record the run ({outcome['error']}); "
+                "the run's files are in its run folder; check the store or the server and rerun"
+            )
+
+    def __getattr__(self, call: str) -> Any:
+        # log_params, log_stage, log_metrics, set_tag, log_text, log_file: forwarded as they are.
+        if call.startswith("log_") or call == "set_tag":
+            return lambda *args: self.send(call, *args)
+        raise AttributeError(call)
+
+
+def serve(calls: Iterator[str], reply: Any) -> None:
+    """The child's side: apply queued calls to a `Tracker`; answer with the run id or the error.
+
+    If the queue ends before `end` (the pipeline process died), the run is closed as KILLED.
+    """
+    tracker: Tracker | None = None
+    status = "KILLED"
+    try:
+        for line in calls:
+            call, *args = json.loads(line)
+            if call == "open":
+                tracker = Tracker(TrackingParams(**args[0]), Path(args[1]))
+            elif call == "end":
+                status = args[0]
+                break
+            else:
+                getattr(tracker, call)(*args)
+    except Exception as error:  # reported to the pipeline process, which fails the run with it
+        outcome: dict[str, str] = {"error": f"{type(error).__name__}: {error}".splitlines()[0]}
+        status = "FAILED"
+    else:
+        outcome = {}
+    if tracker is not None and tracker.run_id is not None:
+        try:
+            tracker.end(status)
+        except Exception as error:
+            outcome.setdefault("error", f"{type(error).__name__}: {error}".splitlines()[0])
+        outcome["run_id"] = tracker.run_id
+    reply.write(json.dumps(outcome) + "\n")
+    reply.flush()
 
 
 class NoTracking:
@@ -161,3 +278,14 @@ class NoTracking:
     def __getattr__(self, name: str) -> Any:
         # log_params, log_stage, set_tag, log_text, log_file: accepted and dropped.
         return lambda *args, **kwargs: None
+
+
+if __name__ == "__main__":
+    # Ctrl-C reaches the whole process group; the pipeline process decides how the run ends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reply = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything MLflow prints goes to stderr
+    serve(sys.stdin, reply)
+    # Everything is written and committed; the interpreter's teardown (half a second with MLflow
+    # and SQLAlchemy loaded) would only keep the pipeline waiting.
+    os._exit(0)

@@ -36,6 +36,18 @@ def test_environment_problems_fail_before_any_work(tmp_path, override, expected)
     assert not any(tmp_path.iterdir())
 
 
+def test_a_tracking_store_that_is_not_a_database_fails_before_any_work(tmp_path):
+    (tmp_path / "notes.db").write_text("meeting notes\n")
+    done = run_cli(f"tracking.uri=sqlite:///{tmp_path}/notes.db", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"error: tracking.uri: {tmp_path}/notes.db is not an SQLite database; point tracking.uri at the "
+        "MLflow store or at a new file, e.g. tracking.uri=sqlite:///outputs/mlflow.db"
+    )
+    assert (tmp_path / "notes.db").read_text() == "meeting notes\n"
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_an_outputs_path_through_a_file_is_refused(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -69,12 +81,28 @@ def test_a_killed_run_resumes_from_its_last_finished_stage(tmp_path):
     for line in victim.stdout:  # wait until training is done and pruning has begun
         if "prune epoch 1/" in line:
             break
-    os.killpg(victim.pid, signal.SIGKILL)
+    os.kill(victim.pid, signal.SIGKILL)  # the pipeline process only: its MLflow writer lives on
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL
+    assert wait_for_status(f"sqlite:///{tmp_path}/outputs/mlflow.db", "KILLED")  # the writer closed the run
 
     done = run_cli(*args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| train (cached)" in done.stdout  # the finished stage was kept
     assert "| prune    " in done.stdout or "| prune " in done.stdout
     assert not list((tmp_path / "outputs" / "cache").glob("*/entry.json.tmp"))
+
+
+def wait_for_status(uri: str, status: str, seconds: float = 60) -> bool:
+    """Whether the store's only run reaches `status` within `seconds`."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        experiment = client.get_experiment_by_name("pipeline")
+        runs = client.search_runs(experiment_ids=[experiment.experiment_id]) if experiment else []
+        if runs and runs[0].info.status == status:
+            return True
+        time.sleep(0.5)
+    return False
