@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -49,7 +50,13 @@ def cli() -> None:
         sys.argv[1:] = prepare(sys.argv[1:])
     except PipelineError as error:
         report(error)
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        if os.environ.get("PIPELINE_DEBUG"):
+            raise
+        print("interrupted: the MLflow run is marked KILLED; stages that finished stay in the cache", file=sys.stderr)
+        sys.exit(130)  # the shell's code for SIGINT
 
 
 if __name__ == "__main__":

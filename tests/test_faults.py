@@ -93,6 +93,22 @@ def test_a_killed_run_resumes_from_its_last_finished_stage(tmp_path):
     assert not list((tmp_path / "outputs" / "cache").glob("*/entry.json.tmp"))
 
 
+def test_ctrl_c_ends_the_run_killed_with_one_line(tmp_path):
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "recipe=mobile_int8", "stages.train.epochs=200"], cwd=tmp_path, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    for line in victim.stdout:
+        if "train epoch 1/" in line:
+            break
+    os.killpg(victim.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
+    _, stderr = victim.communicate(timeout=60)
+    assert victim.returncode == 130
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: the MLflow run is marked KILLED")
+    assert wait_for_status(f"sqlite:///{tmp_path}/outputs/mlflow.db", "KILLED", seconds=5)
+
+
 def wait_for_status(uri: str, status: str, seconds: float = 60) -> bool:
     """Whether the store's only run reaches `status` within `seconds`."""
     from mlflow import MlflowClient
