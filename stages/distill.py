@@ -12,6 +12,7 @@ from pydantic import Field
 
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
+from pipeline.models.compat import without_softmax
 from pipeline.stage import Stage, StageContext
 from stages._training import FitParams, compile_model, fit, save_keras
 
@@ -62,7 +63,9 @@ class DistillStage(Stage):
 
         params: DistillParams = self.config
         if params.teacher is not None:
-            teacher = keras.models.load_model(params.teacher, compile=False)
+            teacher = without_softmax(keras.models.load_model(params.teacher, compile=False))
+            if getattr(teacher, "softmax_removed", False):
+                ctx.log.warning("    stages.%s.teacher: %s ends in a softmax; distilling from the logits before it", ctx.name, params.teacher)
         else:
             assert model is not None  # guaranteed by check_input
             teacher = model.load_keras()

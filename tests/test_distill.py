@@ -67,6 +67,23 @@ def test_teacher_from_a_file_without_a_preceding_stage(tmp_path, teacher):
     assert out.metadata["teacher"] == str(teacher.path) and out.parent is None
 
 
+def test_a_teacher_file_ending_in_softmax_is_distilled_from_its_logits(tmp_path, teacher, caplog):
+    import tf_keras as keras
+
+    logits_model = teacher.load_keras()
+    inputs = keras.Input(logits_model.input_shape[1:])
+    keras.Model(inputs, keras.layers.Softmax()(logits_model(inputs))).save(tmp_path / "probabilities.keras")
+    # alpha=1: the student learns from the teacher alone, and probabilities taken for logits
+    # would soften into nearly uniform targets.
+    params = DistillParams(
+        teacher=str(tmp_path / "probabilities.keras"), student={"name": "small_cnn", "width": 0.25}, epochs=8, alpha=1.0
+    )
+    with caplog.at_level("WARNING", logger="pipeline"):
+        out = DistillStage(params).run(None, context(tmp_path, "distill", 0))
+    assert "probabilities.keras ends in a softmax; distilling from the logits before it" in caplog.text
+    assert accuracy(out, context(tmp_path, "x").data) > 0.8
+
+
 def test_distill_with_no_teacher_fails_at_validation(tmp_path):
     cfg = compose_config(tmp_path)
     cfg.stages = {"distill": {}, "quantize": {}}

@@ -192,3 +192,39 @@ def test_builder_function_problems(user_module):
         custom(f"{user_module}.dense", depth=2).build((5,), 3)
     with pytest.raises(PipelineError, match="model.target: my_models has no function 'missing'"):
         custom(f"{user_module}:missing").build((5,), 3)
+
+
+# --- models that end in a softmax ------------------------------------------------------------------
+
+
+def softmax_models(classes=3):
+    """The three ways a Keras model ends in probabilities instead of logits."""
+    import tf_keras as keras
+
+    body = [keras.Input((5,)), keras.layers.Dense(8, activation="relu")]
+    return {
+        "dense activation": keras.Sequential([*body, keras.layers.Dense(classes, activation="softmax")]),
+        "Softmax layer": keras.Sequential([*body, keras.layers.Dense(classes), keras.layers.Softmax()]),
+        "Activation layer": keras.Sequential([*body, keras.layers.Dense(classes), keras.layers.Activation("softmax")]),
+    }
+
+
+@pytest.mark.parametrize("kind", ["dense activation", "Softmax layer", "Activation layer"])
+def test_a_final_softmax_is_removed_so_stages_get_logits(tmp_path, kind, caplog):
+    model = softmax_models()[kind]
+    path = tmp_path / "probabilities.keras"
+    model.save(path)
+    builder = FileModel(FileModelParams(name="file", path=str(path)))
+    with caplog.at_level("WARNING", logger="pipeline"):
+        check_compatible(builder, TABLE)
+    assert "probabilities.keras ends in a softmax; the stages train on the logits before it" in caplog.text
+    logits = builder.build((5,), 3).predict(TABLE.x_test, verbose=0)
+    probabilities = model.predict(TABLE.x_test, verbose=0)
+    assert not np.allclose(logits.sum(axis=1), 1.0)  # no longer probabilities...
+    assert np.allclose(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True), probabilities, atol=1e-5)  # ...their logits
+
+
+def test_logits_models_are_left_alone(caplog):
+    with caplog.at_level("WARNING", logger="pipeline"):
+        check_compatible(MLP(MLPParams(name="mlp", hidden=[4])), TABLE)
+    assert "softmax" not in caplog.text

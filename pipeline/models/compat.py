@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pipeline.errors import PipelineError
+
+log = logging.getLogger("pipeline")
 
 
 def check_compatible(builder: Any, data: Any) -> None:
@@ -34,6 +37,35 @@ def check_compatible(builder: Any, data: Any) -> None:
             f"{origin} outputs {plain(outputs)} but the data has {data.num_classes} classes; "
             f"give the model a final Dense({data.num_classes}) layer with no activation (logits)"
         )
+    if getattr(model, "softmax_removed", False):
+        log.warning(
+            "%s ends in a softmax; the stages train on the logits before it, and the exported model "
+            "outputs those logits (the same top class)", origin,
+        )
+
+
+def without_softmax(model: Any) -> Any:
+    """`model` with a final softmax removed, marked `softmax_removed`; other models unchanged.
+
+    Every loss here (cross-entropy from logits, distillation's softened outputs) takes logits;
+    probabilities in their place train badly and distil to nearly uniform targets. Softmax keeps
+    the order of the outputs, so the predicted class and the accuracy stay the same.
+    """
+    import tf_keras as keras
+
+    if not model.layers or not (isinstance(model, keras.Sequential) or model._is_graph_network):
+        return model  # a subclassed model's last layer need not be its last step
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Softmax) or (
+        isinstance(last, keras.layers.Activation) and last.activation is keras.activations.softmax
+    ):
+        model = keras.Model(model.inputs, last.input, name=model.name)
+    elif getattr(last, "activation", None) is keras.activations.softmax:
+        last.activation = keras.activations.linear
+    else:
+        return model
+    model.softmax_removed = True
+    return model
 
 
 def shapes_match(model_shape: tuple, data_shape: tuple[int, ...]) -> bool:

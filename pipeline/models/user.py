@@ -19,6 +19,7 @@ from pydantic import Field, field_validator
 
 from pipeline.errors import PipelineError
 from pipeline.fields import ExistingPath, Required
+from pipeline.models.compat import without_softmax
 from pipeline.schema import Params, Plugin
 from pipeline.security import check_target
 
@@ -66,7 +67,7 @@ class FileModel(Plugin):
             raise PipelineError(load_failure(path, error)) from None
         if not isinstance(model, keras.Model):
             raise PipelineError(f"model.path: {path} is not a Keras model; save it with tf_keras model.save()")
-        return model
+        return without_softmax(model)
 
 
 def load_failure(path: str, error: Exception) -> str:
@@ -123,7 +124,7 @@ class CustomModel(Plugin):
                 f"model.target: {self.config.target} returned {type(model).__name__}, not a tf_keras model; "
                 "build it with `import tf_keras as keras` (TFMOT needs Keras 2)"
             )
-        return model
+        return without_softmax(model)
 
 
 def resolve(target: str) -> Any:
