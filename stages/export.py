@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -67,6 +68,12 @@ class ExportStage(Stage):
                 )
             written[target] = write(source, target, folder / params.name)
             ctx.log.info("    wrote %s", written[target])
+            if trained_past(model, source):
+                ctx.log.warning(
+                    "    %s is the model of stage '%s', from before quantization-aware training: TFMOT's "
+                    "quantization-aware Keras model cannot be exported; the .tflite holds its result",
+                    written[target].name, source.stage,
+                )
         facts = {**model.metadata, "exports": [str(p) for p in written.values()]}
         if params.metadata:
             from stages import _metadata
@@ -76,6 +83,12 @@ class ExportStage(Stage):
             ctx.log.info("    wrote %s", facts["metadata_file"])
         handed_on = written.get(model.format.value, model.path)
         return ModelArtifact(handed_on, model.format, ctx.name, model, facts)
+
+
+def trained_past(model: ModelArtifact, source: ModelArtifact) -> bool:
+    """Whether quantization-aware training happened between `source` and `model`."""
+    later = itertools.takewhile(lambda artifact: artifact is not source, model.lineage())
+    return any(artifact.metadata.get("quantize_aware") for artifact in later)
 
 
 def write(source: ModelArtifact, target: str, stem: Path) -> Path:

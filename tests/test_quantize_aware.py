@@ -10,6 +10,7 @@ from pipeline.errors import PipelineError
 from pipeline.measure import sparsity_of
 from pipeline.recipe import build_plan
 from stages.cluster import ClusterParams, ClusterStage
+from stages.export import ExportParams, ExportStage
 from stages.prune import PruneParams, PruneStage
 from stages.qat import QuantizeAwareParams, QuantizeAwareStage, chosen_scheme
 from stages.train import TrainParams, TrainStage
@@ -130,3 +131,11 @@ def test_activation_ranges_start_at_the_data_not_at_tfmot_defaults(trained):
     settle_ranges(aware, x)
     assert float(low.numpy()) == pytest.approx(0.0, abs=1e-2)
     assert float(high.numpy()) == pytest.approx(float(hidden.max()), rel=0.05)
+
+
+def test_a_keras_export_after_qat_says_which_model_it_holds(tmp_path, trained, caplog):
+    quantized = qat(trained, tmp_path, 1)
+    with caplog.at_level("WARNING"):
+        ExportStage(ExportParams(formats=["tflite", "keras"], metadata=False)).run(quantized, context(tmp_path, "export", 2))
+    assert "model.keras is the model of stage 'train', from before quantization-aware training" in caplog.text
+    assert "model.tflite is the model" not in caplog.text
