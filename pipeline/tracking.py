@@ -45,36 +45,8 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-class Recorder:
-    """Opens and closes one MLflow run; `start` wraps the two around the pipeline's work."""
-
-    def begin(self, run_name: str, tags: Mapping[str, str]) -> None:
-        raise NotImplementedError
-
-    def end(self, status: str) -> None:
-        raise NotImplementedError
-
-    @contextmanager
-    def start(self, run_name: str, tags: Mapping[str, str]) -> Iterator[Any]:
-        """An MLflow run that ends FINISHED, FAILED on an error, or KILLED on Ctrl-C."""
-        self.begin(run_name, tags)
-        status = "FAILED"
-        try:
-            yield self
-            status = "FINISHED"
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            if status == "FINISHED":
-                self.end(status)
-            else:
-                with suppress(PipelineError):  # the error that stopped the run is the one to report
-                    self.end(status)
-
-
-class Tracker(Recorder):
-    """Writes one pipeline execution to an MLflow tracking store."""
+class Tracker:
+    """Writes one pipeline execution to an MLflow tracking store (in the helper process)."""
 
     def __init__(self, params: TrackingParams, outputs: Path):
         from mlflow import MlflowClient
@@ -180,7 +152,7 @@ class Tracker(Recorder):
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
 
-class BackgroundTracker(Recorder):
+class BackgroundTracker:
     """`Tracker`'s interface; a child process does the writing, in the order of the calls.
 
     Calls return at once. `end` waits for the child to finish and reports a failure of the
@@ -200,15 +172,27 @@ class BackgroundTracker(Recorder):
 
     def send(self, call: str, *args: Any) -> None:
         """Queue one call for the child; a child that already failed says why in `end`."""
-        try:
+        with suppress(BrokenPipeError, ValueError):  # ValueError: the pipe is already closed
             self.process.stdin.write(json.dumps([call, *args], default=str) + "\n")
             self.process.stdin.flush()
-        except (BrokenPipeError, ValueError):
-            pass
 
-    def begin(self, run_name: str, tags: Mapping[str, str]) -> None:
-        """Queue the run's creation."""
+    @contextmanager
+    def start(self, run_name: str, tags: Mapping[str, str]) -> Iterator[BackgroundTracker]:
+        """An MLflow run that ends FINISHED, FAILED on an error, or KILLED on Ctrl-C."""
         self.send("begin", run_name, dict(tags))
+        status = "FAILED"
+        try:
+            yield self
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            if status == "FINISHED":
+                self.end(status)
+            else:
+                with suppress(PipelineError):  # the error that stopped the run is the one to report
+                    self.end(status)
 
     def end(self, status: str) -> None:
         """Close the run and wait for every queued call to be written."""
@@ -266,7 +250,7 @@ def serve(calls: Iterator[str], reply: Any) -> None:
 
 
 class NoTracking:
-    """Stands in for `Tracker` on the non-chief workers of a multi-worker run: records nothing."""
+    """Stands in for `BackgroundTracker` on the non-chief workers of a multi-worker run: records nothing."""
 
     run_id = "(recorded by the chief)"
 
