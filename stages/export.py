@@ -70,8 +70,8 @@ class ExportStage(Stage):
             ctx.log.info("    wrote %s", written[target])
             if trained_past(model, source):
                 ctx.log.warning(
-                    "    %s is the model of stage '%s', from before quantization-aware training: TFMOT's "
-                    "quantization-aware Keras model cannot be exported; the .tflite holds its result",
+                    "    %s is the model of stage '%s', from before quantization-aware training; "
+                    "the .tflite holds the quantization-aware result",
                     written[target].name, source.stage,
                 )
         facts = {**model.metadata, "exports": [str(p) for p in written.values()]}
