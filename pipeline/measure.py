@@ -8,10 +8,11 @@ weight matrices and kernels, the tensors pruning acts on), test accuracy, and ba
 from __future__ import annotations
 
 import gzip
-import time
 import io
+import time
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ METRICS = ("size_bytes", "gzip_bytes", "params", "sparsity", "accuracy", "latenc
 
 
 def measure(artifact: ModelArtifact, data: Dataset, params: MeasureParams) -> dict[str, float]:
-    """All of METRICS for `artifact`, evaluated on the test split."""
+    """All of METRICS for `artifact`, evaluated on the test split (reported, never chosen on)."""
     size, gzipped = file_sizes(artifact.path)
     if artifact.format is ModelFormat.TFLITE:
         model_metrics = measure_tflite(artifact.path, data, params)
@@ -62,17 +63,53 @@ def percentiles(timings_ms: np.ndarray) -> dict[str, float]:
     }
 
 
+def hits(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Share of examples whose highest output is the label."""
+    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+def validation_accuracy(artifact: ModelArtifact, data: Dataset) -> float:
+    """Accuracy on the validation split, the split every choice of the pipeline is made on."""
+    if artifact.format is ModelFormat.TFLITE:
+        return tflite_accuracy(artifact.path, data.x_val, data.y_val)
+    model = artifact.load_keras()
+    return hits(batched(keras_forward(model, data.x_val), data.x_val), data.y_val)
+
+
+def tflite_accuracy(path: Path, x: np.ndarray, y: np.ndarray, threads: int = 1) -> float:
+    """Accuracy of a .tflite file on `x`, `y` through LiteRT."""
+    return hits(litert.predict(path, x, threads), y)
+
+
 def measure_tflite(path: Path, data: Dataset, params: MeasureParams) -> dict[str, float]:
     """Parameters, sparsity, accuracy and latency of a .tflite file through LiteRT."""
     tensors = litert.constant_tensors(path)
-    logits = litert.predict(path, data.x_test, params.threads)
     timings = litert.latency_ms(path, data.x_test[0], params.latency_runs, params.warmup_runs, params.threads)
     return {
         "params": float(sum(count for _, count, _ in tensors)),
         "sparsity": sparsity_of(tensors),
-        "accuracy": float(np.mean(np.argmax(logits, axis=-1) == data.y_test)),
+        "accuracy": tflite_accuracy(path, data.x_test, data.y_test, params.threads),
         **percentiles(timings),
     }
+
+
+def keras_forward(model: Any, x: np.ndarray) -> Any:
+    """One traced graph of `model` for any batch size of examples shaped like `x`'s.
+
+    Tracing costs more than a whole test pass on small models, so accuracy and batch-1 timing
+    share it.
+    """
+    import tensorflow as tf
+
+    return tf.function(
+        lambda batch: model(batch, training=False),
+        input_signature=[tf.TensorSpec((None, *x.shape[1:]), tf.as_dtype(x.dtype))],
+    )
+
+
+def batched(forward: Any, x: np.ndarray, size: int = 256) -> np.ndarray:
+    """`forward` applied to `x` in batches of `size`, outputs concatenated."""
+    return np.concatenate([forward(x[start : start + size]).numpy() for start in range(0, len(x), size)])
 
 
 def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams) -> dict[str, float]:
@@ -81,16 +118,10 @@ def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams)
 
     model = artifact.load_keras()
     tensors = [(w.shape, w.size, w.size - int(np.count_nonzero(w))) for w in model.get_weights()]
-    # One graph for any batch size serves both the accuracy pass and the batch-1 timing: tracing
-    # costs more than the whole test pass on small models.
-    x = data.x_test
-    forward = tf.function(
-        lambda batch: model(batch, training=False),
-        input_signature=[tf.TensorSpec((None, *x.shape[1:]), tf.as_dtype(x.dtype))],
-    )
-    logits = np.concatenate([forward(x[start : start + 256]).numpy() for start in range(0, len(x), 256)])
+    forward = keras_forward(model, data.x_test)
+    logits = batched(forward, data.x_test)
 
-    sample = tf.constant(x[:1])
+    sample = tf.constant(data.x_test[:1])
     for _ in range(params.warmup_runs):
         forward(sample)
     timings = np.empty(params.latency_runs)
@@ -101,6 +132,6 @@ def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams)
     return {
         "params": float(model.count_params()),
         "sparsity": sparsity_of(tensors),
-        "accuracy": float(np.mean(np.argmax(logits, axis=-1) == data.y_test)),
+        "accuracy": hits(logits, data.y_test),
         **percentiles(timings),
     }

@@ -17,6 +17,7 @@ from pydantic import Field
 
 from pipeline import registry
 from pipeline.artifact import ModelFormat
+from pipeline.budget import BudgetParams
 from pipeline.devices import DeviceParams, DeviceSetup
 from pipeline.errors import PipelineError
 from pipeline.schema import Params, parse
@@ -46,6 +47,7 @@ class RunSettings(Params):
     cache: bool = Field(True, description="Reuse stage outputs whose inputs and settings are unchanged.")
     description: str = Field("", description="One line saying what the recipe does.")
     measure: MeasureParams = Field(default_factory=MeasureParams)
+    budget: BudgetParams = Field(default_factory=BudgetParams)
     tracking: TrackingParams
     data: dict[str, Any] = Field(description="Data source config (config group `data`).")
     model: dict[str, Any] = Field(description="Model config (config group `model`).")
@@ -84,6 +86,7 @@ def build_plan(cfg: DictConfig | Mapping[str, Any]) -> Plan:
     if not stages:
         raise PipelineError("stages: the recipe has no stages; pick one with recipe=NAME or add a `stages:` mapping")
     check_order(stages)
+    check_budget(settings, data_source, stages)
     device = DeviceSetup(parse(DeviceParams, settings.device, "device"))
     return Plan(settings, config, data_source, model_builder, stages, device)
 
@@ -125,6 +128,17 @@ def plan_stage(name: str, values: Any) -> PlannedStage:
     if not (isinstance(plugin, type) and issubclass(plugin, Stage)):
         raise PipelineError(f"{where}: plugin '{stage_type}' is not a pipeline.stage.Stage subclass")
     return PlannedStage(name, stage_type, plugin(parse(plugin.Config, params, where)))
+
+
+def check_budget(settings: RunSettings, data_source: Any, stages: list[PlannedStage]) -> None:
+    """A budget is measured on the validation split, so it needs one; stages check what they need of it."""
+    if settings.budget.accuracy_drop is not None and getattr(data_source.config, "val_fraction", None) == 0:
+        raise PipelineError(
+            "budget.accuracy_drop: the budget is measured on the validation split, which data.val_fraction=0 "
+            "leaves empty; set data.val_fraction (e.g. 0.1) or budget.accuracy_drop=null"
+        )
+    for planned in stages:
+        planned.stage.check_settings(settings, f"stages.{planned.name}")
 
 
 def check_order(stages: list[PlannedStage]) -> None:

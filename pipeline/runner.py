@@ -21,6 +21,7 @@ import yaml
 
 import pipeline
 from pipeline.artifact import ModelArtifact
+from pipeline.budget import Ledger
 from pipeline.cache import StageCache, cache_key, referenced_files
 from pipeline.models import check_compatible
 from pipeline.preflight import check_environment
@@ -86,15 +87,16 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
     exports: list[Path] = []
     artifact: ModelArtifact | None = None
     input_key = "start"
+    ledger = Ledger(settings.budget.accuracy_drop) if settings.budget.accuracy_drop is not None else None
     with tracker.start(" ".join([info.recipe, *info.overrides]), run_tags(plan, info, data)):
         tracker.log_params(flatten(resolved_config(plan)))
         tracker.log_text(yaml.safe_dump(plan.config, sort_keys=False), "recipe.yaml")
         measured: dict[str, dict[str, float]] = {}
         for index, planned in enumerate(plan.stages):
             log.info("[%d/%d] %s (%s)", index + 1, len(plan.stages), planned.name, planned.type)
-            ctx = stage_context(plan, planned, index, info, data, measured)
+            ctx = stage_context(plan, planned, index, info, data, measured, ledger)
             input_key = stage_key(plan, planned, input_key, data)
-            outcome = run_stage(planned, artifact, ctx, input_key, cache, data, plan)
+            outcome = account(ledger, planned.name, run_stage(planned, artifact, ctx, input_key, cache, data, plan), data)
             artifact = outcome.artifact
             measured[planned.name] = outcome.metrics
             rows.append(StageRow(planned.name, artifact.format.value, outcome.seconds, outcome.metrics, outcome.cached))
@@ -102,6 +104,8 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
             tracker.log_metrics({f"{planned.name}.{k}": v for k, v in reported_metrics(artifact).items()})
             log.info("    %s", ", ".join(f"{k}={v:.4g}" for k, v in outcome.metrics.items()))
             exports += [Path(p) for p in artifact.metadata.get("exports", [])]
+            for report in new_reports(artifact):
+                tracker.log_file(report, planned.name)
         tracker.set_tag("cached_stages", ",".join(row.stage for row in rows if row.cached) or "none")
         summary = table(rows)
         (info.run_dir / "summary.md").write_text(summary + "\n")
@@ -110,7 +114,13 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
         tracker.log_file(info.run_dir / "metrics.json")
         for path in exports:
             tracker.log_file(path, "model")
+        if ledger is not None:
+            (info.run_dir / "budget.md").write_text(ledger.table() + "\n")
+            tracker.log_file(info.run_dir / "budget.md")
+            tracker.log_metrics(ledger.totals())
     log.info("summary of %s:\n%s", info.recipe, summary)
+    if ledger is not None:
+        log.info("%s", ledger.table())
     log.info("MLflow run %s in %s (experiment '%s')", tracker.run_id, settings.tracking.uri, settings.tracking.experiment)
     if exports:
         log.info("exported: %s", ", ".join(str(p) for p in exports))
@@ -131,7 +141,8 @@ def load_data(plan: Plan) -> Dataset:
 
 
 def stage_context(
-    plan: Plan, planned: PlannedStage, index: int, info: RunInfo, data: Dataset, measured: dict[str, dict[str, float]]
+    plan: Plan, planned: PlannedStage, index: int, info: RunInfo, data: Dataset,
+    measured: dict[str, dict[str, float]], ledger: Ledger | None = None,
 ) -> StageContext:
     """The context one stage runs in, with its own work folder and what earlier stages measured."""
     workdir = info.run_dir / "stages" / f"{index}_{planned.name}"
@@ -148,6 +159,7 @@ def stage_context(
         device=plan.device,
         config=resolved_config(plan),
         measurements=dict(measured),
+        budget=ledger.budget() if ledger is not None else None,
     )
 
 
@@ -155,6 +167,8 @@ def stage_key(plan: Plan, planned: PlannedStage, input_key: str, data: Dataset) 
     """The cache key of a stage's output: everything that determines it, its input's key included."""
     config = planned.stage.config.model_dump(mode="json")
     model = plan.model_builder.config.model_dump(mode="json")
+    if planned.stage.uses_budget:  # its output is chosen within the budget
+        config = {**config, "budget": plan.settings.budget.model_dump(mode="json")}
     return cache_key(
         stage=planned.type,
         plugin=f"{type(planned.stage).__module__}.{type(planned.stage).__qualname__}",
@@ -205,6 +219,22 @@ def compute(planned: PlannedStage, model: ModelArtifact | None, ctx: StageContex
     else:
         metrics = measure(artifact, data, plan.settings.measure)
     return StageOutcome(artifact, metrics, seconds, cached=False)
+
+
+def account(ledger: Ledger | None, stage: str, outcome: StageOutcome, data: Dataset) -> StageOutcome:
+    """With a budget: the outcome with its validation accuracy and what the stage spent of the budget."""
+    if ledger is None:
+        return outcome
+    from pipeline.measure import validation_accuracy
+
+    spent = ledger.record(stage, validation_accuracy(outcome.artifact, data))
+    return dataclasses.replace(outcome, metrics={**outcome.metrics, **spent})
+
+
+def new_reports(artifact: ModelArtifact) -> list[Path]:
+    """Files a stage wrote about its own work (`metadata["reports"]`: tables, plots), for MLflow."""
+    inherited = set(artifact.parent.metadata.get("reports", [])) if artifact.parent else set()
+    return [Path(p) for p in artifact.metadata.get("reports", []) if p not in inherited and Path(p).is_file()]
 
 
 def same_file(first: Path, second: Path) -> bool:

@@ -13,7 +13,9 @@ from pipeline.devices import DeviceParams, DeviceSetup
 from pipeline.schema import Params, Plugin
 
 if TYPE_CHECKING:
+    from pipeline.budget import Budget
     from pipeline.data import Dataset
+    from pipeline.recipe import RunSettings
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,8 @@ class StageContext:
     `device` is where training runs: the runner enters `device.scope()` around the stage, and
     the shared training helpers take batch sizes, XLA and input pipelines from it.
     `config` is the run's resolved configuration (every default filled in) and `measurements`
-    what the runner measured after each earlier stage, by stage name.
+    what the runner measured after each earlier stage, by stage name. `budget` is the recipe's
+    accuracy budget as it stands before this stage (None without one, or in the first stage).
     """
 
     name: str
@@ -40,6 +43,7 @@ class StageContext:
     device: DeviceSetup = field(default_factory=lambda: DeviceSetup(DeviceParams()))
     config: Mapping[str, Any] = field(default_factory=dict)
     measurements: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    budget: Budget | None = None
 
 
 class Stage(Plugin):
@@ -57,6 +61,12 @@ class Stage(Plugin):
     # lies outside its workdir (export writes to the run's export/ folder) must say False.
     cacheable: ClassVar[bool] = True
 
+    @property
+    def uses_budget(self) -> bool:
+        """Whether this stage's output depends on the accuracy budget (it chooses within it), so
+        that a changed budget recomputes it rather than reusing a cached output."""
+        return False
+
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         """Make this stage's output artifact under `ctx.workdir` from `model`."""
         raise NotImplementedError
@@ -68,6 +78,10 @@ class Stage(Plugin):
         express: a stage that needs a teacher file when no model precedes it, or one that cannot
         take a model wrapped for quantization-aware training. `where` is `stages.NAME`.
         """
+
+    def check_settings(self, settings: RunSettings, where: str) -> None:
+        """Raise PipelineError if this stage cannot run under the run-level settings (e.g. it
+        chooses within an accuracy budget but the recipe sets none). Called at validation time."""
 
     @classmethod
     def output_format(cls, input_format: ModelFormat | None) -> ModelFormat:

@@ -40,10 +40,14 @@ def human_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
-def cells(row: StageRow) -> list[str]:
-    """Formatted cells of one row, in COLUMNS order."""
+# Shown when the run has an accuracy budget: the split its choices were made on.
+VALIDATION_COLUMN = ("val acc", "val_accuracy")
+
+
+def cells(row: StageRow, validation: bool = False) -> list[str]:
+    """Formatted cells of one row, in COLUMNS order (with the validation accuracy after the test one)."""
     m = row.metrics
-    return [
+    shown = [
         f"{row.stage} (cached)" if row.cached else row.stage,
         row.format,
         human_bytes(m["size_bytes"]),
@@ -55,12 +59,22 @@ def cells(row: StageRow) -> list[str]:
         f"{m['latency_p90_ms']:.3g}",
         f"{row.seconds:.1f}",
     ]
+    if validation:
+        shown.insert(7, f"{m['val_accuracy']:.4f}" if "val_accuracy" in m else "")
+    return shown
 
 
 def table(rows: Sequence[StageRow]) -> str:
-    """A Markdown table (readable as plain text too) of every stage's measurements."""
+    """A Markdown table (readable as plain text too) of every stage's measurements.
+
+    `accuracy` is on the test split; runs with an accuracy budget add `val acc`, the validation
+    accuracy the budget is kept on.
+    """
+    validation = any(VALIDATION_COLUMN[1] in row.metrics for row in rows)
     header = [title for title, _ in COLUMNS]
-    body = [cells(row) for row in rows]
+    if validation:
+        header.insert(7, VALIDATION_COLUMN[0])
+    body = [cells(row, validation) for row in rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def line(values: list[str]) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+import logging
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -20,38 +22,78 @@ class GateParams(Params):
 
     accuracy_tolerance: float | None = Field(
         None, ge=-1, le=1,
-        description="Fail when TFLite test accuracy is more than this below the Keras model's (0.01 = 1 point); unset: no check.",
+        description=(
+            "Fail when TFLite validation accuracy is more than this below the Keras model's (0.01 = 1 point); "
+            "unset: no check."
+        ),
     )
     require_integer: Literal["auto", "true", "false"] = Field(
-        "auto", description="Fail unless every op is integer with int8 input and output; auto: for int8 output."
+        "auto",
+        description=(
+            "Fail unless every op is integer with int8 input and output; auto: for int8 output, accepting "
+            "layers the accuracy fallback kept float."
+        ),
     )
 
+    def check_settings(self, settings: Any, where: str) -> None:
+        """The accuracy gate compares validation accuracies, so it needs a validation split."""
+        if self.accuracy_tolerance is not None and settings.data.get("val_fraction") == 0:
+            raise PipelineError(
+                f"{where}.accuracy_tolerance: the gate compares validation accuracies, but data.val_fraction=0 "
+                f"leaves no validation split; set data.val_fraction (e.g. 0.1) or remove the tolerance"
+            )
 
-def apply_gates(params: GateParams, int8: bool, keras_model: Any, path: Path, data: Any, where: str) -> dict[str, Any]:
-    """Run the gates `params` asks for on the TFLite file at `path`; their findings as metadata."""
+
+def apply_gates(
+    params: GateParams, int8: bool, keras_model: Any, path: Path, data: Any, where: str,
+    float_layers: Sequence[str] = (), log: logging.Logger | None = None,
+) -> dict[str, Any]:
+    """Run the gates `params` asks for on the TFLite file at `path`; their findings as metadata.
+
+    `float_layers` are layers the accuracy fallback kept float on purpose: `require_integer=auto`
+    accepts them (and says so), `true` fails naming them.
+    """
     facts: dict[str, Any] = {}
     if params.require_integer == "true" or (params.require_integer == "auto" and int8):
-        integer_gate(path, where)
-        facts["fully_integer"] = True
+        if float_layers and params.require_integer == "true":
+            raise PipelineError(
+                f"{where}.require_integer: layers {', '.join(float_layers)} stay float by the accuracy budget's choice "
+                f"(fallback=auto: fully integer missed the budget); set {where}.require_integer=auto to accept them, "
+                f"or give more budget (budget.accuracy_drop, {where}.accuracy_tolerance)"
+            )
+        integer_gate(path, where, allow_float_ops=bool(float_layers))
+        facts["fully_integer"] = not float_layers
+        if float_layers and log is not None:
+            log.info(
+                "    %s.require_integer: int8 input and output; layers %s stay float by the accuracy budget's choice",
+                where, ", ".join(float_layers),
+            )
     if params.accuracy_tolerance is not None:
         facts["gate"] = accuracy_gate(keras_model, path, data, params.accuracy_tolerance, where)
     return facts
 
 
-def accuracy_gate(keras_model: Any, tflite_path: Path, data: Any, tolerance: float, where: str) -> dict[str, float]:
-    """Test accuracy of both models; PipelineError if TFLite falls more than `tolerance` below Keras."""
-    from pipeline import litert
+def accuracy_gate(keras_model: Any, tflite_path: Path, data: Any, tolerance: float, where: str) -> dict[str, Any]:
+    """Validation accuracy of both models; PipelineError if TFLite falls more than `tolerance` below Keras.
 
-    keras_logits = keras_model.predict(data.x_test, batch_size=256, verbose=0)
-    keras_accuracy = float(np.mean(np.argmax(keras_logits, axis=-1) == data.y_test))
-    tflite_accuracy = float(np.mean(np.argmax(litert.predict(tflite_path, data.x_test), axis=-1) == data.y_test))
-    if tflite_accuracy < keras_accuracy - tolerance:
+    A gate decides whether the run ships, so it looks at the validation split: the test split is
+    measured once on what ships and never steers a decision.
+    """
+    from pipeline.measure import hits, tflite_accuracy
+
+    if not len(data.x_val):
         raise PipelineError(
-            f"{where}.accuracy_tolerance: TFLite accuracy {tflite_accuracy:.4f} is {keras_accuracy - tflite_accuracy:.4f} "
-            f"below the Keras model's {keras_accuracy:.4f}, more than the allowed {tolerance}; "
-            f"use quantization-aware training (a qat stage) or raise {where}.accuracy_tolerance"
+            f"{where}.accuracy_tolerance: the validation split is empty; set data.val_fraction (e.g. 0.1)"
         )
-    return {"keras_accuracy": keras_accuracy, "tflite_accuracy": tflite_accuracy, "tolerance": tolerance}
+    keras_accuracy = hits(keras_model.predict(data.x_val, batch_size=256, verbose=0), data.y_val)
+    converted = tflite_accuracy(tflite_path, data.x_val, data.y_val)
+    if converted < keras_accuracy - tolerance:
+        raise PipelineError(
+            f"{where}.accuracy_tolerance: TFLite validation accuracy {converted:.4f} is {keras_accuracy - converted:.4f} "
+            f"below the Keras model's {keras_accuracy:.4f}, more than the allowed {tolerance}; "
+            f"use quantization-aware training (a qat stage), fallback=auto, or raise {where}.accuracy_tolerance"
+        )
+    return {"split": "validation", "keras_accuracy": keras_accuracy, "tflite_accuracy": converted, "tolerance": tolerance}
 
 
 def float_operators(path: Path) -> list[str]:
@@ -71,14 +113,14 @@ def float_operators(path: Path) -> list[str]:
     return found
 
 
-def integer_gate(path: Path, where: str) -> None:
-    """PipelineError unless every operator is integer and the input and output are int8."""
+def integer_gate(path: Path, where: str, allow_float_ops: bool = False) -> None:
+    """PipelineError unless the input and output are int8 and (unless allowed) every operator is integer."""
     from pipeline import litert
 
     runner = litert.interpreter(path, threads=1)
     io = {"input": runner.get_input_details()[0]["dtype"], "output": runner.get_output_details()[0]["dtype"]}
     wrong = [f"{side} is {np.dtype(dtype).name}" for side, dtype in io.items() if dtype != np.int8]
-    floats = float_operators(path)
+    floats = [] if allow_float_ops else float_operators(path)
     if floats:
         wrong.append(f"float operators {', '.join(sorted(set(floats)))}")
     if wrong:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -10,6 +12,7 @@ from pydantic import Field
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
+from stages._fallback import FallbackParams, Outcome, accuracy_of, check_settings, fall_back, float_kept
 from stages._gates import GateParams, apply_gates
 from stages._training import FitParams, compile_model, fit
 
@@ -17,7 +20,7 @@ from stages._training import FitParams, compile_model, fit
 NEEDS = {"default": (), "pqat": ("pruned",), "cqat": ("clustered",), "pcqat": ("pruned", "clustered")}
 
 
-class QuantizeAwareParams(FitParams, GateParams):
+class QuantizeAwareParams(FitParams, GateParams, FallbackParams):
     """Parameters of the qat stage."""
 
     scheme: Literal["auto", "default", "pqat", "cqat", "pcqat"] = Field(
@@ -54,6 +57,14 @@ class QuantizeAwareStage(Stage):
     Config: ClassVar = QuantizeAwareParams
     produces: ClassVar = ModelFormat.TFLITE
 
+    @property
+    def uses_budget(self) -> bool:
+        return self.config.fallback == "auto"
+
+    def check_settings(self, settings: Any, where: str) -> None:
+        self.config.check_settings(settings, where)
+        check_settings(self.config.fallback, self.config.accuracy_tolerance, settings, where)
+
     def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
         from stages.cluster import ClusterStage
         from stages.prune import PruneStage
@@ -78,19 +89,45 @@ class QuantizeAwareStage(Stage):
         if missing:  # e.g. a model file given to an earlier stage that did not record pruning
             raise PipelineError(f"{where}.scheme: '{scheme}' needs a {' and '.join(missing)} model; use scheme=auto")
         ctx.log.info("    quantization-aware training, scheme %s", scheme)
-        aware = quantize_aware(model.load_keras(), scheme)
-        settle_ranges(aware, calibration_set(ctx, QuantizeParams(calibration_samples=params.calibration_samples)))
-        compile_model(aware, params)
-        fit(aware, ctx, params)
         conversion = QuantizeParams(mode="int8", calibration_samples=params.calibration_samples, keep_sparsity="false")
+        calibration = calibration_set(ctx, conversion)
+        aware = self.tuned(model, scheme, calibration, ctx)
         path = ctx.workdir / "model.tflite"
-        path.write_bytes(convert(aware, conversion, calibration_set(ctx, conversion), sparse=False))
+        path.write_bytes(convert(aware, conversion, calibration, sparse=False))
         metadata: dict[str, Any] = {
             **model.metadata, "quantization": "int8", "quantize_aware": True, "qat_scheme": scheme,
             "calibration_samples": params.calibration_samples,
         }
-        metadata.update(apply_gates(params, True, aware, path, ctx.data, where))
+        float_layers: list[str] = []
+        if params.fallback == "auto":
+            refine = functools.partial(self.retune, model, scheme, calibration, ctx)
+            metadata.update(fall_back(aware, calibration, path, model, params.accuracy_tolerance, ctx, refine))
+            float_layers = metadata["float_layers"]
+        metadata.update(apply_gates(params, True, aware, path, ctx.data, where, float_layers, ctx.log))
         return ModelArtifact(path, ModelFormat.TFLITE, ctx.name, model, metadata)
+
+    def tuned(self, model: ModelArtifact, scheme: str, calibration: Any, ctx: StageContext, keep_float: Sequence[str] = ()) -> Any:
+        """The incoming model wrapped for quantization-aware training (but `keep_float`) and fine-tuned."""
+        aware = quantize_aware(model.load_keras(), scheme, keep_float)
+        settle_ranges(aware, calibration)
+        compile_model(aware, self.config)
+        fit(aware, ctx, self.config)
+        return aware
+
+    def retune(
+        self, model: ModelArtifact, scheme: str, calibration: Any, ctx: StageContext, outcome: Outcome, floor: float
+    ) -> Outcome:
+        """Fine-tune again with the layers the search kept float left un-annotated, so that the quantized
+        layers adapt to them; ship that model if it is at least as accurate on validation as the one
+        the search found (which meets the floor), else the searched one."""
+        ctx.log.info("    fine-tuning again with %s left out of quantization", ", ".join(outcome.float_layers))
+        flatbuffer = float_kept(self.tuned(model, scheme, calibration, ctx, outcome.float_layers), calibration, outcome.float_layers)
+        accuracy = accuracy_of(flatbuffer, ctx.data)
+        if accuracy >= outcome.val_accuracy:
+            note = f"re-tuned with {', '.join(outcome.float_layers)} un-annotated: validation accuracy {accuracy:.4f} (shipped)"
+            return dataclasses.replace(outcome, flatbuffer=flatbuffer, val_accuracy=accuracy, note=note)
+        note = f"re-tuned with {', '.join(outcome.float_layers)} un-annotated: validation accuracy {accuracy:.4f} (not shipped)"
+        return dataclasses.replace(outcome, note=note)
 
 
 def settle_ranges(aware: Any, calibration: Any, rounds: int = 3) -> None:
@@ -118,19 +155,32 @@ def settle_ranges(aware: Any, calibration: Any, rounds: int = 3) -> None:
             ranges[i].assign((after[i] - 0.999 * before[i]) / 0.001)
 
 
-def quantize_aware(keras_model: Any, scheme: str) -> Any:
-    """`keras_model` wrapped by TFMOT's quantize_apply with the scheme's quantization registry."""
+def quantize_aware(keras_model: Any, scheme: str, keep_float: Sequence[str] = ()) -> Any:
+    """`keras_model` wrapped by TFMOT's quantize_apply with the scheme's quantization registry.
+
+    Layers named in `keep_float` are left un-annotated (TFMOT's "quantize some layers" pattern),
+    so they train and convert in float.
+    """
     import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
     from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
         default_8bit_cluster_preserve_quantize_scheme as cluster_preserve,
     )
 
     quantization = tfmot.quantization.keras
-    if scheme == "default":
+    if scheme == "default" and not keep_float:
         return quantization.quantize_model(keras_model)
     schemes = {
+        "default": lambda: quantization.default_8bit.Default8BitQuantizeScheme(),
         "pqat": lambda: tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme(),
         "cqat": lambda: cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False),
         "pcqat": lambda: cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True),
     }
-    return quantization.quantize_apply(quantization.quantize_annotate_model(keras_model), schemes[scheme]())
+    if keep_float:
+        annotated = keras.models.clone_model(
+            keras_model,
+            clone_function=lambda layer: layer if layer.name in keep_float else quantization.quantize_annotate_layer(layer),
+        )
+    else:
+        annotated = quantization.quantize_annotate_model(keras_model)
+    return quantization.quantize_apply(annotated, schemes[scheme]())

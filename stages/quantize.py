@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
+from stages._fallback import FallbackParams, check_settings, fall_back
 from stages._gates import GateParams, apply_gates
 
 # Modes that calibrate activation ranges on a representative dataset.
@@ -21,7 +22,7 @@ CALIBRATED = {"int8", "int16x8"}
 FLOAT_MODES = {"none", "float16"}
 
 
-class QuantizeParams(GateParams):
+class QuantizeParams(GateParams, FallbackParams):
     """Parameters of the quantize stage."""
 
     mode: Literal["none", "dynamic", "float16", "int8", "int16x8"] = Field(
@@ -46,6 +47,9 @@ class QuantizeParams(GateParams):
     def _integer_needs_int8(self) -> QuantizeParams:
         if self.require_integer == "true" and self.mode != "int8":
             raise ValueError("require_integer=true needs mode=int8 (int8 input, output and operators)")
+        if self.fallback == "auto" and self.mode != "int8":
+            # TF 2.21 quantizes int16 activations with a calibrator that cannot keep chosen layers float.
+            raise ValueError("fallback=auto needs mode=int8 (TFLite can keep chosen layers float only in int8 models)")
         return self
 
 
@@ -54,6 +58,14 @@ class QuantizeStage(Stage):
 
     Config: ClassVar = QuantizeParams
     produces: ClassVar = ModelFormat.TFLITE
+
+    @property
+    def uses_budget(self) -> bool:
+        return self.config.fallback == "auto"
+
+    def check_settings(self, settings: Any, where: str) -> None:
+        self.config.check_settings(settings, where)
+        check_settings(self.config.fallback, self.config.accuracy_tolerance, settings, where)
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         assert model is not None  # guaranteed by `accepts`
@@ -69,7 +81,10 @@ class QuantizeStage(Stage):
             "calibration_samples": len(calibration) if params.mode in CALIBRATED else 0,
         }
         metadata.pop("exports", None)
-        metadata.update(apply_gates(params, params.mode == "int8", keras_model, path, ctx.data, where))
+        if params.fallback == "auto":
+            metadata.update(fall_back(keras_model, calibration, path, model, params.accuracy_tolerance, ctx))
+        float_layers = metadata.get("float_layers", []) if params.fallback == "auto" else []
+        metadata.update(apply_gates(params, params.mode == "int8", keras_model, path, ctx.data, where, float_layers, ctx.log))
         return ModelArtifact(path, ModelFormat.TFLITE, ctx.name, model, metadata)
 
     def sparse_encoding(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
+from pipeline.measure import validation_accuracy
 from stages._gates import float_operators, integer_gate
 from stages.export import ExportParams, ExportStage
 from stages.prune import PruneParams, PruneStage
@@ -22,17 +23,18 @@ def trained(tmp_path_factory):
     return TrainStage(TrainParams(epochs=3)).run(None, context(tmp_path, "train"))
 
 
-def test_accuracy_gate_passes_and_records_both_accuracies(tmp_path, trained):
+def test_accuracy_gate_passes_and_records_both_validation_accuracies(tmp_path, trained):
     out = QuantizeStage(QuantizeParams(mode="int8", accuracy_tolerance=0.05)).run(trained, context(tmp_path, "quantize", 1))
     gate = out.metadata["gate"]
     data = context(tmp_path, "x").data
-    assert gate["tflite_accuracy"] == pytest.approx(accuracy(out, data))
-    assert gate["keras_accuracy"] == pytest.approx(accuracy(trained, data))
+    assert gate["split"] == "validation"  # a gate decides; decisions never look at the test split
+    assert gate["tflite_accuracy"] == pytest.approx(validation_accuracy(out, data))
+    assert gate["keras_accuracy"] == pytest.approx(validation_accuracy(trained, data))
     assert gate["tflite_accuracy"] >= gate["keras_accuracy"] - 0.05
 
 
 def test_accuracy_gate_fails_on_an_impossible_tolerance(tmp_path, trained):
-    with pytest.raises(PipelineError, match=r"^stages.quantize.accuracy_tolerance: TFLite accuracy .* allowed -0.2;"):
+    with pytest.raises(PipelineError, match=r"^stages.quantize.accuracy_tolerance: TFLite validation accuracy .* allowed -0.2;"):
         QuantizeStage(QuantizeParams(mode="dynamic", accuracy_tolerance=-0.2)).run(trained, context(tmp_path, "quantize", 1))
 
 

@@ -91,7 +91,7 @@ def test_cqat_keeps_clusters_where_plain_qat_does_not(tmp_path, trained):
 
 
 def test_accuracy_gate_fails_when_nothing_can_pass(tmp_path, trained):
-    with pytest.raises(PipelineError, match=r"stages.qat.accuracy_tolerance: TFLite accuracy .* more than the allowed -0.5"):
+    with pytest.raises(PipelineError, match=r"stages.qat.accuracy_tolerance: TFLite validation accuracy .* more than the allowed -0.5"):
         qat(trained, tmp_path, 1, accuracy_tolerance=-0.5)
 
 

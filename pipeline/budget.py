@@ -1,0 +1,124 @@
+"""One accuracy budget for the whole recipe: how much validation accuracy the pipeline may spend.
+
+`budget.accuracy_drop: 0.01` lets the finished model be at most one point less accurate, on the
+validation split, than the first stage's model (the reference). The runner keeps the books: after
+every stage it measures the model's validation accuracy and records what the stage spent; each
+stage gets the state of the budget in its context (`ctx.budget`) and the stages that choose by
+themselves (which layers stay float, how hard each layer is pruned) keep the model above the
+floor. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import Field
+
+from pipeline.schema import Params
+
+# Accuracies are shares of a finite split: a tie with the floor must count as meeting it.
+EPSILON = 1e-9
+
+
+class BudgetParams(Params):
+    """The recipe-level accuracy budget (config key `budget`)."""
+
+    accuracy_drop: float | None = Field(
+        None, ge=0, le=1,
+        description=(
+            "Most validation accuracy the whole pipeline may lose against the first stage's model "
+            "(0.01 = one point); the stages that choose (fallback, planned sparsity) stay within it; null: no budget."
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The budget as one stage sees it.
+
+    `reference` is the validation accuracy of the first stage's model, `available` that of this
+    stage's input; `spent` lists what each earlier stage lost (negative when it gained).
+    """
+
+    reference: float
+    reference_stage: str
+    allowed_drop: float
+    available: float
+    spent: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def floor(self) -> float:
+        """The lowest validation accuracy the pipeline may hand on."""
+        return self.reference - self.allowed_drop
+
+    @property
+    def remaining(self) -> float:
+        """How much accuracy this stage may still lose (negative once overspent)."""
+        return self.available - self.floor
+
+    def meets(self, accuracy: float) -> bool:
+        """Whether a model of this validation accuracy stays within the budget."""
+        return accuracy >= self.floor - EPSILON
+
+    def describe(self) -> dict[str, Any]:
+        """The budget as plain data, for the export metadata."""
+        return {
+            "split": "validation",
+            "reference_stage": self.reference_stage,
+            "reference_accuracy": self.reference,
+            "accuracy_drop": self.allowed_drop,
+            "floor": self.floor,
+            "spent": dict(self.spent),
+        }
+
+
+@dataclass
+class Ledger:
+    """The runner's books: each stage's validation accuracy and what it spent of the budget."""
+
+    allowed_drop: float
+    accuracies: dict[str, float] = field(default_factory=dict)
+
+    def record(self, stage: str, accuracy: float) -> dict[str, float]:
+        """Note `stage`'s validation accuracy; the numbers to log for it."""
+        previous = list(self.accuracies.values())[-1] if self.accuracies else accuracy
+        self.accuracies[stage] = accuracy
+        return {"val_accuracy": accuracy, "budget_spent": previous - accuracy}
+
+    def budget(self) -> Budget | None:
+        """The budget the next stage works under; None before the first model exists."""
+        if not self.accuracies:
+            return None
+        names, values = list(self.accuracies), list(self.accuracies.values())
+        spent = tuple((names[i], values[i - 1] - values[i]) for i in range(1, len(names)))
+        return Budget(values[0], names[0], self.allowed_drop, values[-1], spent)
+
+    def totals(self) -> dict[str, float]:
+        """Run-level numbers for MLflow: the reference, the allowance, what was spent and what is left."""
+        budget = self.budget()
+        if budget is None:
+            return {}
+        return {
+            "budget_reference_accuracy": budget.reference,
+            "budget_accuracy_drop": budget.allowed_drop,
+            "budget_spent": budget.reference - budget.available,
+            "budget_remaining": budget.remaining,
+        }
+
+    def table(self) -> str:
+        """What each stage spent, as a Markdown table."""
+        budget = self.budget()
+        if budget is None:
+            return ""
+        spent = dict(budget.spent)
+        lines = [
+            f"accuracy budget: {budget.allowed_drop:.4f} below {budget.reference:.4f} "
+            f"(validation accuracy of '{budget.reference_stage}'), floor {budget.floor:.4f}",
+            "",
+            "| stage | val accuracy | spent | left |",
+            "|---|---:|---:|---:|",
+        ]
+        for stage, accuracy in self.accuracies.items():
+            lines.append(f"| {stage} | {accuracy:.4f} | {spent.get(stage, 0.0):+.4f} | {accuracy - budget.floor:+.4f} |")
+        return "\n".join(lines)

@@ -1,0 +1,220 @@
+"""Float fallback: keep the fewest layers float that bring a full-integer model within the accuracy budget.
+
+When the int8 model misses the floor on the validation split, the search measures every
+still-quantized layer's int8 error (see `_quant_debug.layer_errors`), keeps the worst one float,
+converts, and measures again; one layer at a time, re-ranking after each, until the model meets
+the floor or every layer is float. Ranking after each step matters: once a layer is float, the
+error of the layers after it changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import Field
+
+from pipeline.budget import EPSILON, Budget
+from pipeline.errors import PipelineError
+from pipeline.schema import Params
+from pipeline.summary import human_bytes
+
+# Validation examples the int8 error of each layer is measured on: enough for a stable ranking,
+# few enough that the debug model runs in one batch.
+RANKING_EXAMPLES = 256
+
+
+class FallbackParams(Params):
+    """The float-fallback setting; mixed into the parameters of stages that write int8 TFLite."""
+
+    fallback: Literal["off", "auto"] = Field(
+        "off",
+        description=(
+            "auto: when the full-integer model misses the accuracy budget on the validation split "
+            "(budget.accuracy_drop, and accuracy_tolerance below the Keras model), keep the layers with the "
+            "largest int8 error float, fewest first, until it holds; off: never."
+        ),
+    )
+
+
+def check_settings(fallback: str, tolerance: float | None, settings: Any, where: str) -> None:
+    """fallback=auto needs something to keep: a recipe budget or the stage's tolerance."""
+    if fallback == "auto" and settings.budget.accuracy_drop is None and tolerance is None:
+        raise PipelineError(
+            f"{where}.fallback: auto keeps layers float until an accuracy budget holds, but none is set; "
+            f"set budget.accuracy_drop (e.g. 0.01) or {where}.accuracy_tolerance"
+        )
+
+
+def fall_back(
+    keras_model: Any, calibration: Any, path: Path, incoming: Any, tolerance: float | None, ctx: Any,
+    refine: Callable[[Outcome, float], Outcome] | None = None,
+) -> dict[str, Any]:
+    """Check the int8 file at `path` against the floor on the validation split; if it misses, replace it
+    with the model the search chooses (improved by `refine`, when given). Metadata for the artifact.
+
+    `keras_model` is the model that was converted, `incoming` the stage's input artifact (the
+    tolerance is measured from it).
+    """
+    from pipeline.measure import tflite_accuracy, validation_accuracy
+    from stages import _quant_debug as debug
+
+    where = f"stages.{ctx.name}"
+    keras_accuracy = validation_accuracy(incoming, ctx.data)
+    floor = accuracy_floor(ctx.budget, tolerance, keras_accuracy)
+    assert floor is not None  # guaranteed by check_settings
+    int8_size, int8_accuracy = path.stat().st_size, tflite_accuracy(path, ctx.data.x_val, ctx.data.y_val)
+    if int8_accuracy >= floor - EPSILON:
+        ctx.log.info("    int8 validation accuracy %.4f meets the floor %.4f: every layer stays int8", int8_accuracy, floor)
+        return facts(None, int8_size, int8_accuracy, floor, ctx, incoming)
+    if keras_accuracy < floor - EPSILON:
+        raise PipelineError(
+            f"{where}.fallback: the incoming model's validation accuracy {keras_accuracy:.4f} is already below the "
+            f"floor {floor:.4f}, so no int8 model can meet it; earlier stages spent the budget (see budget.md), "
+            f"give more budget (budget.accuracy_drop) or make them spend less"
+        )
+    ctx.log.info("    int8 validation accuracy %.4f misses the floor %.4f: choosing layers to keep float", int8_accuracy, floor)
+    outcome = search(debug.calibrate(keras_model, calibration), debug.keras_layer_names(keras_model), ctx.data, floor, where, ctx.log)
+    if refine is not None:
+        outcome = refine(outcome, floor)
+    path.write_bytes(outcome.flatbuffer)
+    return facts(outcome, int8_size, int8_accuracy, floor, ctx, incoming)
+
+
+def accuracy_floor(budget: Budget | None, tolerance: float | None, keras_accuracy: float) -> float | None:
+    """The validation accuracy the stage's output must reach: the stricter of the budget's floor and the tolerance."""
+    floors = [budget.floor] if budget is not None else []
+    if tolerance is not None:
+        floors.append(keras_accuracy - tolerance)
+    return max(floors) if floors else None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One model the search tried: the layer it added to the float ones, and what that cost and bought."""
+
+    layer: str
+    error: float
+    size_bytes: int
+    val_accuracy: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the search chose: the float layers (in the order added), every step, and the model bytes."""
+
+    float_layers: list[str]
+    steps: list[Step]
+    flatbuffer: bytes
+    val_accuracy: float
+    note: str = ""
+
+
+def search(
+    calibrated: bytes, layer_names: dict[str, str], data: Any, floor: float, where: str, log: logging.Logger
+) -> Outcome:
+    """Add float layers, worst int8 error first, until the validation accuracy reaches `floor`."""
+    from stages import _quant_debug as debug
+
+    nodes = debug.layer_nodes(debug.quantize(calibrated), layer_names)
+    ranking = data.x_val[:RANKING_EXAMPLES]
+    chosen: list[str] = []
+    steps: list[Step] = []
+    while True:
+        float_nodes = [node for layer in chosen for node in nodes[layer]]
+        errors = debug.layer_errors(calibrated, float_nodes, {k: v for k, v in nodes.items() if k not in chosen}, ranking)
+        if not errors:
+            break
+        worst = max(errors, key=lambda layer: errors[layer])
+        chosen.append(worst)
+        flatbuffer = debug.quantize(calibrated, [node for layer in chosen for node in nodes[layer]])
+        accuracy = accuracy_of(flatbuffer, data)
+        steps.append(Step(worst, errors[worst], len(flatbuffer), accuracy))
+        log.info(
+            "    fallback: %s float (int8 error %.3g) -> validation accuracy %.4f, %s",
+            worst, errors[worst], accuracy, human_bytes(len(flatbuffer)),
+        )
+        if accuracy >= floor - EPSILON:
+            return Outcome(chosen, steps, flatbuffer, accuracy)
+    best = steps[-1].val_accuracy if steps else float("nan")
+    raise PipelineError(
+        f"{where}.fallback: even with all {len(chosen)} quantized layers float the model reaches validation accuracy "
+        f"{best:.4f}, below the floor {floor:.4f} (the int8 input and output lose the rest); give more budget "
+        f"(budget.accuracy_drop, {where}.accuracy_tolerance) or keep the model float"
+    )
+
+
+def float_kept(keras_model: Any, calibration: Any, layers: list[str]) -> bytes:
+    """The full-integer model of `keras_model` with `layers` kept float."""
+    from stages import _quant_debug as debug
+
+    calibrated = debug.calibrate(keras_model, calibration)
+    nodes = debug.layer_nodes(debug.quantize(calibrated), debug.keras_layer_names(keras_model))
+    return debug.quantize(calibrated, [node for layer in layers for node in nodes.get(layer, [])])
+
+
+def accuracy_of(flatbuffer: bytes, data: Any) -> float:
+    """Validation accuracy of TFLite model bytes through LiteRT."""
+    import tempfile
+
+    from pipeline.measure import tflite_accuracy
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "candidate.tflite"
+        path.write_bytes(flatbuffer)
+        return tflite_accuracy(path, data.x_val, data.y_val)
+
+
+def table(outcome: Outcome, int8_size: int, int8_accuracy: float, floor: float) -> str:
+    """The search as a Markdown table: what each added float layer cost in size and bought in accuracy."""
+    lines = [
+        f"float fallback: floor {floor:.4f} (validation accuracy)",
+        "",
+        "| float layers | int8 error of the added layer | size | size cost | val accuracy | within budget |",
+        "|---|---:|---:|---:|---:|---|",
+        f"| (none: full integer) | - | {human_bytes(int8_size)} | - | {int8_accuracy:.4f} | no |",
+    ]
+    for count, step in enumerate(outcome.steps, 1):
+        layers = ", ".join(s.layer for s in outcome.steps[:count])
+        lines.append(
+            f"| {layers} | {step.error:.3g} | {human_bytes(step.size_bytes)} | "
+            f"{(step.size_bytes - int8_size) / int8_size:+.1%} | {step.val_accuracy:.4f} | "
+            f"{'yes' if step.val_accuracy >= floor - EPSILON else 'no'} |"
+        )
+    if outcome.note:
+        lines += ["", outcome.note]
+    return "\n".join(lines)
+
+
+def facts(
+    outcome: Outcome | None, int8_size: int, int8_accuracy: float, floor: float, ctx: Any, incoming: Any
+) -> dict[str, Any]:
+    """Metadata for the stage's artifact: the float layers, the search, its table (a report file for
+    MLflow) and numbers for MLflow. The table goes to the log and to `<workdir>/fallback.md`."""
+    chosen = outcome.float_layers if outcome else []
+    final_size = len(outcome.flatbuffer) if outcome else int8_size
+    final_accuracy = outcome.val_accuracy if outcome else int8_accuracy
+    reports = []
+    if outcome is not None:
+        report = ctx.workdir / "fallback.md"
+        report.write_text(table(outcome, int8_size, int8_accuracy, floor) + "\n")
+        ctx.log.info("    layers kept float: %s\n%s", ", ".join(chosen), report.read_text().rstrip())
+        reports.append(str(report))
+    return {
+        "float_layers": chosen,
+        "reports": reports,
+        "fallback": {
+            "split": "validation", "floor": floor, "int8_val_accuracy": int8_accuracy, "int8_size_bytes": int8_size,
+            "steps": [asdict(step) for step in outcome.steps] if outcome else [],
+        },
+        "metrics": {
+            **incoming.metadata.get("metrics", {}),
+            "int8_val_accuracy": int8_accuracy,
+            "fallback_float_layers": float(len(chosen)),
+            "fallback_val_accuracy": final_accuracy,
+            "fallback_size_cost_bytes": float(final_size - int8_size),
+        },
+    }
