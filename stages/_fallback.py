@@ -51,13 +51,14 @@ def check_settings(fallback: str, tolerance: float | None, settings: Any, where:
 
 def fall_back(
     keras_model: Any, calibration: Any, path: Path, incoming: Any, tolerance: float | None, ctx: Any,
-    refine: Callable[[Outcome, float], Outcome] | None = None,
+    candidate: Callable[[list[str]], bytes] | None = None,
 ) -> dict[str, Any]:
     """Check the int8 file at `path` against the floor on the validation split; if it misses, replace it
-    with the model the search chooses (improved by `refine`, when given). Metadata for the artifact.
+    with the model the search chooses. Metadata for the artifact.
 
-    `keras_model` is the model that was converted, `incoming` the stage's input artifact (the
-    tolerance is measured from it).
+    `keras_model` is the float model whose layers are ranked (and, without `candidate`, converted
+    with the chosen layers float); `candidate(float_layers)` makes the model to try instead (QAT
+    fine-tunes again). `incoming` is the stage's input artifact, which the tolerance is measured from.
     """
     from pipeline.measure import tflite_accuracy, validation_accuracy
     from stages import _quant_debug as debug
@@ -73,13 +74,12 @@ def fall_back(
     if keras_accuracy < floor - EPSILON:
         raise PipelineError(
             f"{where}.fallback: the incoming model's validation accuracy {keras_accuracy:.4f} is already below the "
-            f"floor {floor:.4f}, so no int8 model can meet it; earlier stages spent the budget (see budget.md), "
-            f"give more budget (budget.accuracy_drop) or make them spend less"
+            f"floor {floor:.4f}, so no int8 model can meet it; give more budget (budget.accuracy_drop, "
+            f"{where}.accuracy_tolerance) or make earlier stages spend less (see budget.md)"
         )
     ctx.log.info("    int8 validation accuracy %.4f misses the floor %.4f: choosing layers to keep float", int8_accuracy, floor)
-    outcome = search(debug.calibrate(keras_model, calibration), debug.keras_layer_names(keras_model), ctx.data, floor, where, ctx.log)
-    if refine is not None:
-        outcome = refine(outcome, floor)
+    calibrated = debug.calibrate(keras_model, calibration)
+    outcome = search(calibrated, debug.keras_layer_names(keras_model), ctx.data, floor, where, ctx.log, candidate)
     path.write_bytes(outcome.flatbuffer)
     return facts(outcome, int8_size, int8_accuracy, floor, ctx, incoming)
 
@@ -110,13 +110,17 @@ class Outcome:
     steps: list[Step]
     flatbuffer: bytes
     val_accuracy: float
-    note: str = ""
 
 
 def search(
-    calibrated: bytes, layer_names: dict[str, str], data: Any, floor: float, where: str, log: logging.Logger
+    calibrated: bytes, layer_names: dict[str, str], data: Any, floor: float, where: str, log: logging.Logger,
+    candidate: Callable[[list[str]], bytes] | None = None,
 ) -> Outcome:
-    """Add float layers, worst int8 error first, until the validation accuracy reaches `floor`."""
+    """Add float layers, worst int8 error first, until the validation accuracy reaches `floor`.
+
+    Each step's model is `candidate(float_layers)`, by default the calibrated model quantized with
+    those layers float.
+    """
     from stages import _quant_debug as debug
 
     nodes = debug.layer_nodes(debug.quantize(calibrated), layer_names)
@@ -130,7 +134,10 @@ def search(
             break
         worst = max(errors, key=lambda layer: errors[layer])
         chosen.append(worst)
-        flatbuffer = debug.quantize(calibrated, [node for layer in chosen for node in nodes[layer]])
+        if candidate is None:
+            flatbuffer = debug.quantize(calibrated, [node for layer in chosen for node in nodes[layer]])
+        else:
+            flatbuffer = candidate(list(chosen))
         accuracy = accuracy_of(flatbuffer, data)
         steps.append(Step(worst, errors[worst], len(flatbuffer), accuracy))
         log.info(
@@ -184,8 +191,6 @@ def table(outcome: Outcome, int8_size: int, int8_accuracy: float, floor: float) 
             f"{(step.size_bytes - int8_size) / int8_size:+.1%} | {step.val_accuracy:.4f} | "
             f"{'yes' if step.val_accuracy >= floor - EPSILON else 'no'} |"
         )
-    if outcome.note:
-        lines += ["", outcome.note]
     return "\n".join(lines)
 
 

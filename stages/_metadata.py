@@ -26,7 +26,13 @@ def describe(model: ModelArtifact, exports: dict[str, Path], ctx: StageContext) 
         "metrics": dict(metrics),
         "metrics_split": "test",
         "io": io_details(shipped),
-        "quantization": {key: model.metadata.get(key) for key in ("quantization", "calibration_samples", "sparse_encoding", "fully_integer")},
+        "quantization": {
+            key: model.metadata.get(key)
+            for key in ("quantization", "calibration_samples", "sparse_encoding", "fully_integer", "float_layers")
+        },
+        # Choices (fallback layers, planned sparsity, gates) were made on the validation split; the
+        # metrics above are the test split's, measured on what ships.
+        "budget": ctx.budget.describe() if ctx.budget is not None else None,
         "lineage": [
             {"stage": a.stage, "format": a.format.value, "file": a.path.name, "facts": plain(a.metadata)}
             for a in reversed(model.lineage())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
@@ -12,7 +11,7 @@ from pydantic import Field
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
-from stages._fallback import FallbackParams, Outcome, accuracy_of, check_settings, fall_back, float_kept
+from stages._fallback import FallbackParams, check_settings, fall_back, float_kept
 from stages._gates import GateParams, apply_gates
 from stages._training import FitParams, compile_model, fit
 
@@ -100,8 +99,11 @@ class QuantizeAwareStage(Stage):
         }
         float_layers: list[str] = []
         if params.fallback == "auto":
-            refine = functools.partial(self.retune, model, scheme, calibration, ctx)
-            metadata.update(fall_back(aware, calibration, path, model, params.accuracy_tolerance, ctx, refine))
+            # Layers are ranked by their int8 error in the incoming float model; each candidate is
+            # a fine-tune in which the chosen layers stay float, since a layer trained with fake
+            # quantization keeps it in the converted file.
+            candidate = functools.partial(self.candidate, model, scheme, calibration, ctx)
+            metadata.update(fall_back(model.load_keras(), calibration, path, model, params.accuracy_tolerance, ctx, candidate))
             float_layers = metadata["float_layers"]
         metadata.update(apply_gates(params, True, aware, path, ctx.data, where, float_layers, ctx.log))
         return ModelArtifact(path, ModelFormat.TFLITE, ctx.name, model, metadata)
@@ -114,20 +116,10 @@ class QuantizeAwareStage(Stage):
         fit(aware, ctx, self.config)
         return aware
 
-    def retune(
-        self, model: ModelArtifact, scheme: str, calibration: Any, ctx: StageContext, outcome: Outcome, floor: float
-    ) -> Outcome:
-        """Fine-tune again with the layers the search kept float left un-annotated, so that the quantized
-        layers adapt to them; ship that model if it is at least as accurate on validation as the one
-        the search found (which meets the floor), else the searched one."""
-        ctx.log.info("    fine-tuning again with %s left out of quantization", ", ".join(outcome.float_layers))
-        flatbuffer = float_kept(self.tuned(model, scheme, calibration, ctx, outcome.float_layers), calibration, outcome.float_layers)
-        accuracy = accuracy_of(flatbuffer, ctx.data)
-        if accuracy >= outcome.val_accuracy:
-            note = f"re-tuned with {', '.join(outcome.float_layers)} un-annotated: validation accuracy {accuracy:.4f} (shipped)"
-            return dataclasses.replace(outcome, flatbuffer=flatbuffer, val_accuracy=accuracy, note=note)
-        note = f"re-tuned with {', '.join(outcome.float_layers)} un-annotated: validation accuracy {accuracy:.4f} (not shipped)"
-        return dataclasses.replace(outcome, note=note)
+    def candidate(self, model: ModelArtifact, scheme: str, calibration: Any, ctx: StageContext, float_layers: list[str]) -> bytes:
+        """The int8 file of a fine-tune in which `float_layers` stay float, in training and in the file."""
+        ctx.log.info("    fine-tuning again with %s float", ", ".join(float_layers))
+        return float_kept(self.tuned(model, scheme, calibration, ctx, float_layers), calibration, float_layers)
 
 
 def settle_ranges(aware: Any, calibration: Any, rounds: int = 3) -> None:
@@ -158,8 +150,10 @@ def settle_ranges(aware: Any, calibration: Any, rounds: int = 3) -> None:
 def quantize_aware(keras_model: Any, scheme: str, keep_float: Sequence[str] = ()) -> Any:
     """`keras_model` wrapped by TFMOT's quantize_apply with the scheme's quantization registry.
 
-    Layers named in `keep_float` are left un-annotated (TFMOT's "quantize some layers" pattern),
-    so they train and convert in float.
+    Layers named in `keep_float` are annotated with a configuration that quantizes nothing (not
+    their weights, not their outputs), so they train in float; the converter must then be told to
+    keep them float too (`_fallback.float_kept`). Left un-annotated instead, TFMOT would still
+    fake-quantize the output of any that feeds a quantized layer, and the converter would follow.
     """
     import tensorflow_model_optimization as tfmot
     import tf_keras as keras
@@ -176,11 +170,46 @@ def quantize_aware(keras_model: Any, scheme: str, keep_float: Sequence[str] = ()
         "cqat": lambda: cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False),
         "pcqat": lambda: cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True),
     }
-    if keep_float:
-        annotated = keras.models.clone_model(
-            keras_model,
-            clone_function=lambda layer: layer if layer.name in keep_float else quantization.quantize_annotate_layer(layer),
-        )
-    else:
-        annotated = quantization.quantize_annotate_model(keras_model)
-    return quantization.quantize_apply(annotated, schemes[scheme]())
+    if not keep_float:
+        return quantization.quantize_apply(quantization.quantize_annotate_model(keras_model), schemes[scheme]())
+    float_config = unquantized_config()
+
+    def annotate(layer: Any) -> Any:
+        config = float_config() if layer.name in keep_float else None
+        return quantization.quantize_annotate_layer(layer, quantize_config=config)
+
+    annotated = keras.models.clone_model(keras_model, clone_function=annotate)
+    with quantization.quantize_scope({float_config.__name__: float_config}):
+        return quantization.quantize_apply(annotated, schemes[scheme]())
+
+
+@functools.cache
+def unquantized_config() -> type:
+    """A TFMOT QuantizeConfig that quantizes nothing: the layer trains and runs in float.
+
+    Made on first use so that TFMOT is imported only when quantization-aware training runs.
+    """
+    import tensorflow_model_optimization as tfmot
+
+    class KeepFloat(tfmot.quantization.keras.QuantizeConfig):
+        """No weight, activation or output quantizers."""
+
+        def get_weights_and_quantizers(self, layer: Any) -> list:
+            return []
+
+        def get_activations_and_quantizers(self, layer: Any) -> list:
+            return []
+
+        def set_quantize_weights(self, layer: Any, quantize_weights: list) -> None:
+            pass
+
+        def set_quantize_activations(self, layer: Any, quantize_activations: list) -> None:
+            pass
+
+        def get_output_quantizers(self, layer: Any) -> list:
+            return []
+
+        def get_config(self) -> dict:
+            return {}
+
+    return KeepFloat
