@@ -232,9 +232,11 @@ def account(ledger: Ledger | None, stage: str, outcome: StageOutcome, data: Data
 
 
 def new_reports(artifact: ModelArtifact) -> list[Path]:
-    """Files a stage wrote about its own work (`metadata["reports"]`: tables, plots), for MLflow."""
+    """Files a stage wrote about its own work, for MLflow: `metadata["reports"]` names tables and plots
+    beside the stage's model file (so they move with it into and out of the stage cache)."""
     inherited = set(artifact.parent.metadata.get("reports", [])) if artifact.parent else set()
-    return [Path(p) for p in artifact.metadata.get("reports", []) if p not in inherited and Path(p).is_file()]
+    found = [artifact.path.parent / name for name in artifact.metadata.get("reports", []) if name not in inherited]
+    return [path for path in found if path.is_file()]
 
 
 def same_file(first: Path, second: Path) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -94,7 +94,13 @@ def describe_schema(schema: type[Params]) -> list[tuple[str, str, str, str]]:
 
 
 def type_name(annotation: Any) -> str:
-    """`Literal['a', 'b']` -> 'a|b'; other types by their short name."""
-    if get_origin(annotation) is Literal:
+    """`Literal['a', 'b']` -> 'a|b'; `Union[float, dict[str, float]]` -> 'float | dict[str, float]';
+    other types by their short name."""
+    origin = get_origin(annotation)
+    if origin is Literal:
         return "|".join(str(choice) for choice in get_args(annotation))
+    if origin is Union:
+        return " | ".join(type_name(arg) for arg in get_args(annotation))
+    if origin is not None:  # dict[str, float], list[int], int | None
+        return str(annotation).replace("typing.", "")
     return (getattr(annotation, "__name__", None) or str(annotation)).replace("typing.", "")

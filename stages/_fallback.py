@@ -198,7 +198,8 @@ def facts(
     outcome: Outcome | None, int8_size: int, int8_accuracy: float, floor: float, ctx: Any, incoming: Any
 ) -> dict[str, Any]:
     """Metadata for the stage's artifact: the float layers, the search, its table (a report file for
-    MLflow) and numbers for MLflow. The table goes to the log and to `<workdir>/fallback.md`."""
+    MLflow, named relative to the model file) and numbers for MLflow. The table goes to the log and
+    to `<workdir>/fallback.md`."""
     chosen = outcome.float_layers if outcome else []
     final_size = len(outcome.flatbuffer) if outcome else int8_size
     final_accuracy = outcome.val_accuracy if outcome else int8_accuracy
@@ -207,7 +208,7 @@ def facts(
         report = ctx.workdir / "fallback.md"
         report.write_text(table(outcome, int8_size, int8_accuracy, floor) + "\n")
         ctx.log.info("    layers kept float: %s\n%s", ", ".join(chosen), report.read_text().rstrip())
-        reports.append(str(report))
+        reports.append(report.name)
     return {
         "float_layers": chosen,
         "reports": reports,

@@ -39,32 +39,35 @@ def check_names(model: Any, choice: LayerChoice, where: str) -> None:
                 )
 
 
-def wrap_chosen(
-    model: Any, choice: LayerChoice, supported: Callable[[Any], bool], wrap: Callable[[Any], Any], where: str
-) -> tuple[Any, list[str]]:
-    """A clone of `model` with `wrap` applied to each chosen, supported layer, and their names.
+def chosen_layers(model: Any, choice: LayerChoice, supported: Callable[[Any], bool], where: str) -> list[Any]:
+    """The layers of `model` that `choice` picks and `supported` accepts.
 
     Layers named explicitly in `layers` but not supported raise PipelineError instead of being
-    left alone silently.
+    left alone silently, and so does a choice that picks nothing.
     """
-    import tf_keras as keras
-
     check_names(model, choice, where)
-    wrapped: list[str] = []
-
-    # The clone reuses `model`'s layer objects (and so their trained weights); callers pass a
-    # model freshly loaded from its file, never one they still need unchanged.
-    def clone(layer: Any) -> Any:
+    picked = []
+    for layer in model.layers:
         if matches(layer, choice.skip_layers) or (choice.layers and not matches(layer, choice.layers)):
-            return layer
+            continue
         if not supported(layer):
             if layer.name in choice.layers:
                 raise PipelineError(f"{where}.layers: layer '{layer.name}' ({type(layer).__name__}) is not supported here; remove it")
-            return layer
-        wrapped.append(layer.name)
-        return wrap(layer)
-
-    cloned = keras.models.clone_model(model, clone_function=clone)
-    if not wrapped:
+            continue
+        picked.append(layer)
+    if not picked:
         raise PipelineError(f"{where}.layers: no supported layer chosen; list layer names or types such as Dense, Conv2D")
-    return cloned, wrapped
+    return picked
+
+
+def wrap_chosen(
+    model: Any, choice: LayerChoice, supported: Callable[[Any], bool], wrap: Callable[[Any], Any], where: str
+) -> tuple[Any, list[str]]:
+    """A clone of `model` with `wrap` applied to each chosen, supported layer, and their names."""
+    import tf_keras as keras
+
+    names = [layer.name for layer in chosen_layers(model, choice, supported, where)]
+    # The clone reuses `model`'s layer objects (and so their trained weights); callers pass a
+    # model freshly loaded from its file, never one they still need unchanged.
+    cloned = keras.models.clone_model(model, clone_function=lambda layer: wrap(layer) if layer.name in names else layer)
+    return cloned, names

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from pipeline.artifact import ModelArtifact
+from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
-from stages._layers import LayerChoice, wrap_chosen
+from stages._layer_targets import PLAN, SparsityTarget, check_target, lowest, overall, resolve
+from stages._layers import LayerChoice, chosen_layers, wrap_chosen
 from stages._training import FitParams, compile_model, fit, save_keras, steps_per_epoch
 
 # Measured sparsity may differ from the target by rounding within each layer.
@@ -20,7 +22,13 @@ SPARSITY_TOLERANCE = 0.02
 class PruneParams(FitParams, LayerChoice):
     """Parameters of the prune stage."""
 
-    final_sparsity: float = Field(0.5, ge=0, lt=1, description="Share of each pruned layer's weights set to zero.")
+    final_sparsity: SparsityTarget = Field(
+        0.5,
+        description=(
+            "Share of each pruned layer's weights set to zero: one number, a mapping by layer name or type "
+            "with a default (e.g. {default: 0.8, Conv2D: 0.5}), or plan: the per-layer plan of an earlier sensitivity stage."
+        ),
+    )
     initial_sparsity: float = Field(0.0, ge=0, lt=1, description="Sparsity at the start of a polynomial schedule.")
     schedule: Literal["polynomial", "constant"] = Field(
         "polynomial", description="polynomial ramps sparsity up; constant prunes to the target at once."
@@ -39,6 +47,8 @@ class PruneParams(FitParams, LayerChoice):
         None, ge=1, description="Steps between mask updates; default: about 10 updates over the ramp."
     )
 
+    _target_form = field_validator("final_sparsity", mode="before")(lambda cls, value: check_target(value))
+
     @model_validator(mode="before")
     @classmethod
     def _m_by_n_sets_the_target(cls, values: Any) -> Any:
@@ -47,14 +57,15 @@ class PruneParams(FitParams, LayerChoice):
             if pattern[0] >= pattern[1]:
                 raise ValueError("m_by_n: m must be smaller than n, e.g. [2, 4]")
             values = {**values, "final_sparsity": values.get("final_sparsity", pattern[0] / pattern[1])}
-            if abs(values["final_sparsity"] - pattern[0] / pattern[1]) > 1e-9:
+            target = values["final_sparsity"]
+            if not isinstance(target, (int, float)) or abs(target - pattern[0] / pattern[1]) > 1e-9:
                 raise ValueError(f"final_sparsity must be {pattern[0] / pattern[1]} with m_by_n {pattern}; leave it out")
         return values
 
     @model_validator(mode="after")
     def _ramps_up(self) -> PruneParams:
-        if self.initial_sparsity > self.final_sparsity:
-            raise ValueError("initial_sparsity must not exceed final_sparsity")
+        if self.initial_sparsity > lowest(self.final_sparsity):
+            raise ValueError("initial_sparsity must not exceed final_sparsity (any layer's)")
         return self
 
 
@@ -76,13 +87,28 @@ class PruneStage(Stage):
 
     Config: ClassVar = PruneParams
 
+    @property
+    def uses_budget(self) -> bool:
+        return self.config.final_sparsity == PLAN  # the pipeline chose the sparsities, within the budget
+
+    def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
+        from stages.sensitivity import SensitivityStage
+
+        if self.config.final_sparsity == PLAN and not any(isinstance(s, SensitivityStage) for s in earlier):
+            raise PipelineError(
+                f"{where}.final_sparsity: 'plan' takes the per-layer plan of a sensitivity stage, but none comes "
+                f"before this one; add `sensitivity: {{target_sparsity: 0.8}}` before it or give numbers"
+            )
+
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         import tensorflow_model_optimization as tfmot
 
         assert model is not None  # guaranteed by `accepts`
         params: PruneParams = self.config
+        where = f"stages.{ctx.name}"
         sparsity = tfmot.sparsity.keras
-        schedule = pruning_schedule(params, params.epochs * steps_per_epoch(ctx, params), ctx)
+        keras_model = model.load_keras()
+        end_step, frequency = mask_schedule(params, params.epochs * steps_per_epoch(ctx, params))
         pattern = tuple(params.m_by_n) if params.m_by_n else None
 
         def supported(layer: Any) -> bool:
@@ -92,17 +118,57 @@ class PruneStage(Stage):
             return pattern is None or layer.get_weights()[0].shape[-2] % pattern[1] == 0
 
         def wrap(layer: Any) -> Any:
+            schedule = pruning_schedule(params, targets[layer.name], end_step, frequency)
             return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule, sparsity_m_by_n=pattern)
 
-        pruned, names = wrap_chosen(model.load_keras(), params, supported, wrap, f"stages.{ctx.name}")
-        ctx.log.info("    pruning %s", ", ".join(names))
+        targets, sizes, choice = layer_targets(keras_model, params, supported, model.metadata.get("sparsity_plan"), where)
+        planned = overall(sizes, targets)
+        pruned, names = wrap_chosen(keras_model, choice, supported, wrap, where)
+        targets = {name: targets[name] for name in names}
+        ctx.log.info(
+            "    pruning %s: %.1f%% of their weights by step %d, mask update every %d steps",
+            ", ".join(f"{n} {100 * t:.0f}%" for n, t in targets.items()), 100 * planned, end_step, frequency,
+        )
         compile_model(pruned, params)
         fit(pruned, ctx, params, callbacks=[sparsity.UpdatePruningStep()])
         stripped = sparsity.strip_pruning(pruned)
-        check_sparsity(stripped, names, params, ctx.name)
+        check_sparsity(stripped, targets, params, ctx.name)
+        if params.final_sparsity == PLAN:
+            check_budget(stripped, ctx, planned, model.metadata.get("sparsity_plan_stage"))
+        pruned_sizes = {name: sizes.get(name, 0) for name in names}
         return save_keras(
-            stripped, ctx, model, pruned=True, target_sparsity=params.final_sparsity,
+            stripped, ctx, model, pruned=True, target_sparsity=overall(pruned_sizes, targets), layer_sparsity=targets,
             m_by_n=list(pattern) if pattern else None, pruned_layers=names,
+        )
+
+
+def layer_targets(
+    keras_model: Any, params: PruneParams, supported: Any, plan: dict[str, float] | None, where: str
+) -> tuple[dict[str, float], dict[str, int], PruneParams]:
+    """Each layer's target sparsity; the kernel sizes of the chosen layers (those a mapping or plan
+    leaves dense included, so that overall shares count them); and the choice of layers to wrap,
+    which skips the layers with nothing to prune."""
+    targets = resolve(keras_model.layers, params.final_sparsity, plan, where)
+    candidates = chosen_layers(keras_model, params, supported, where)
+    sizes = {layer.name: int(layer.kernel.shape.num_elements()) for layer in candidates if hasattr(layer, "kernel")}
+    choice = params.model_copy(update={"skip_layers": [*params.skip_layers, *(n for n, t in targets.items() if t == 0)]})
+    return targets, sizes, choice
+
+
+def check_budget(model: Any, ctx: StageContext, planned: float, planner: str | None) -> None:
+    """Fail when sparsity the pipeline planned leaves the model below the accuracy budget's floor."""
+    if ctx.budget is None:
+        return
+    from pipeline.measure import batched, hits, keras_forward
+
+    accuracy = hits(batched(keras_forward(model, ctx.data.x_val), ctx.data.x_val), ctx.data.y_val)
+    ctx.log.info("    planned sparsity: validation accuracy %.4f, budget floor %.4f", accuracy, ctx.budget.floor)
+    if not ctx.budget.meets(accuracy):
+        raise PipelineError(
+            f"stages.{ctx.name}.final_sparsity: the planned {planned:.1%} sparsity leaves validation accuracy "
+            f"{accuracy:.4f}, below the budget's floor {ctx.budget.floor:.4f}; lower "
+            f"stages.{planner or 'sensitivity'}.target_sparsity, raise stages.{ctx.name}.epochs or give more budget "
+            f"(budget.accuracy_drop)"
         )
 
 
@@ -113,27 +179,31 @@ def prunable(layer: Any) -> bool:
     return PruneRegistry.supports(layer) and bool(PruneRegistry._weight_names(layer))
 
 
-def pruning_schedule(params: PruneParams, total_steps: int, ctx: StageContext) -> Any:
-    """TFMOT's schedule object for `params`, with mask updates that reach the target in time."""
+def pruning_schedule(params: PruneParams, final: float, end_step: int, frequency: int) -> Any:
+    """TFMOT's schedule object reaching `final` sparsity at `end_step` (see `mask_schedule`)."""
     import tensorflow_model_optimization as tfmot
 
     sparsity = tfmot.sparsity.keras
-    end_step, frequency = mask_schedule(params, total_steps)
-    ctx.log.info("    pruning to %.0f%% by step %d, mask update every %d steps", 100 * params.final_sparsity, end_step, frequency)
     if params.schedule == "polynomial":
-        return sparsity.PolynomialDecay(params.initial_sparsity, params.final_sparsity, 0, end_step, frequency=frequency)
-    return sparsity.ConstantSparsity(params.final_sparsity, 0, end_step, frequency=frequency)
+        return sparsity.PolynomialDecay(min(params.initial_sparsity, final), final, 0, end_step, frequency=frequency)
+    return sparsity.ConstantSparsity(final, 0, end_step, frequency=frequency)
 
 
-def check_sparsity(model: Any, names: list[str], params: PruneParams, stage: str) -> None:
-    """Fail unless the pruned layers reached the target (and the m:n pattern, when asked for)."""
-    achieved = pruned_sparsity(model, names)
-    if abs(achieved - params.final_sparsity) > SPARSITY_TOLERANCE:
-        raise PipelineError(
-            f"stages.{stage}: reached {achieved:.1%} sparsity instead of {params.final_sparsity:.1%}; "
-            f"raise stages.{stage}.epochs or lower stages.{stage}.frequency"
-        )
+def check_sparsity(model: Any, targets: dict[str, float], params: PruneParams, stage: str) -> None:
+    """Fail unless each pruned layer reached its target (and the m:n pattern, when asked for)."""
+    for name, target in targets.items():
+        kernel = getattr(model.get_layer(name), "kernel", None)
+        if kernel is None:  # a custom PrunableLayer: its weights are not measured here
+            continue
+        achieved = pruned_sparsity(model, [name])
+        # A layer's zeros are a whole number: a tiny layer may land one weight off its share.
+        if abs(achieved - target) > max(SPARSITY_TOLERANCE, 1 / int(kernel.shape.num_elements())):
+            raise PipelineError(
+                f"stages.{stage}: layer {name} reached {achieved:.1%} sparsity instead of {target:.1%}; "
+                f"raise stages.{stage}.epochs or lower stages.{stage}.frequency"
+            )
     if params.m_by_n:
+        names = list(targets)
         broken = [n for n in names if not follows_m_by_n(model.get_layer(n).get_weights()[0], params.m_by_n)]
         if broken:
             raise PipelineError(

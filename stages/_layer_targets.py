@@ -1,0 +1,86 @@
+"""Per-layer sparsity targets: one number for every layer, a mapping by layer name or type, or a plan.
+
+`final_sparsity: 0.8` prunes every chosen layer to 80%; `{default: 0.8, Conv2D: 0.5, dense_1: 0.9}`
+sets a layer's target by its name first, else by its type, else `default` (layers matching
+nothing and no default stay dense); `plan` takes the per-layer plan an earlier `sensitivity`
+stage made. The form is checked when the recipe is validated, names against the model when the
+stage runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, Union
+
+from pipeline.errors import PipelineError
+
+DEFAULT = "default"
+PLAN = "plan"
+SparsityTarget = Union[float, dict[str, float], Literal["plan"]]
+"""The type of `final_sparsity`."""
+
+EXAMPLE = "give e.g. 0.8, {default: 0.8, Conv2D: 0.5} or plan"
+
+
+def check_target(value: Any) -> Any:
+    """Validate the form of a target before TensorFlow is imported (a pydantic before-validator)."""
+    if value == PLAN:
+        return value
+    if isinstance(value, Mapping):
+        if not value:
+            raise ValueError(f"an empty mapping prunes nothing; {EXAMPLE}")
+        for key, share in value.items():
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"mapping keys are layer names or types, or 'default', not {key!r}")
+            check_share(share, f"'{key}': ")
+        return dict(value)
+    check_share(value, "")
+    return value
+
+
+def check_share(value: Any, prefix: str) -> None:
+    """A sparsity is a number from 0 up to (not including) 1; messages as pydantic words them."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{prefix}expected a valid number")
+    if value < 0:
+        raise ValueError(f"{prefix}expected greater than or equal to 0")
+    if value >= 1:
+        raise ValueError(f"{prefix}expected less than 1")
+
+
+def highest(target: SparsityTarget) -> float:
+    """The largest sparsity a target names (a plan's is known only when the stage runs: 0)."""
+    if isinstance(target, dict):
+        return max(target.values())
+    return 0.0 if target == PLAN else float(target)
+
+
+def lowest(target: SparsityTarget) -> float:
+    """The smallest sparsity a target names (a plan's is known only when the stage runs: 1)."""
+    if isinstance(target, dict):
+        return min(target.values())
+    return 1.0 if target == PLAN else float(target)
+
+
+def resolve(layers: list[Any], target: SparsityTarget, plan: Mapping[str, float] | None, where: str) -> dict[str, float]:
+    """Layer name -> its target sparsity, for each of `layers` (0: leave it dense)."""
+    if target == PLAN:
+        if plan is None:
+            raise PipelineError(f"{where}.final_sparsity: 'plan' needs the plan of a sensitivity stage before this one; add one or give numbers")
+        return {layer.name: float(plan.get(layer.name, 0.0)) for layer in layers}
+    if not isinstance(target, dict):
+        return {layer.name: float(target) for layer in layers}
+    known = {layer.name for layer in layers} | {type(layer).__name__ for layer in layers}
+    unknown = sorted(key for key in target if key != DEFAULT and key not in known)
+    if unknown:
+        raise PipelineError(
+            f"{where}.final_sparsity: '{unknown[0]}' matches no layer name or type; the model has {', '.join(sorted(known))}"
+        )
+    default = float(target.get(DEFAULT, 0.0))
+    return {layer.name: float(target.get(layer.name, target.get(type(layer).__name__, default))) for layer in layers}
+
+
+def overall(sizes: Mapping[str, int], targets: Mapping[str, float]) -> float:
+    """The share of zeros the targets make among the weights of the layers in `sizes`."""
+    total = sum(sizes.values())
+    return sum(sizes[name] * targets.get(name, 0.0) for name in sizes) / total if total else 0.0

@@ -1,0 +1,145 @@
+"""sensitivity: how much each layer tolerates pruning (and int8), measured on the validation split, and a
+per-layer sparsity plan for `prune` (`final_sparsity: plan`).
+
+Each prunable layer is pruned alone, one-shot by weight magnitude, to each of a few sparsities,
+and the model's validation accuracy measured; no training, so the whole table costs one
+validation pass per layer and sparsity. The stage hands its input model on unchanged, with the
+plan in its metadata, and writes the table (sensitivity.md), a plot (sensitivity.png) and the
+plan (sparsity_plan.json) beside it; the runner logs them to MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.errors import PipelineError
+from pipeline.stage import Stage, StageContext
+from stages import _sparsity_plan as planning
+from stages._layers import LayerChoice, chosen_layers
+from stages.prune import prunable
+
+REPORTS = ("sensitivity.md", "sensitivity.png", "sparsity_plan.json")
+
+
+class SensitivityParams(LayerChoice):
+    """Parameters of the sensitivity stage."""
+
+    sparsities: list[float] = Field(
+        default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95], min_length=1,
+        description="Sparsities each layer is pruned to, alone and one-shot, to measure its validation accuracy.",
+    )
+    target_sparsity: float = Field(
+        0.8, gt=0, lt=1,
+        description="Overall share of zeros among the chosen layers' weights the plan reaches (prune takes it with final_sparsity: plan).",
+    )
+    int8_error: bool = Field(True, description="Also measure each layer's int8 error (noise-to-signal ratio of its quantized output).")
+    max_examples: int | None = Field(None, ge=10, description="Validation examples measured (null: the whole validation split).")
+
+    @model_validator(mode="after")
+    def _reachable(self) -> SensitivityParams:
+        if any(not 0 < s < 1 for s in self.sparsities):
+            raise ValueError("sparsities must lie between 0 and 1, e.g. [0.5, 0.8, 0.9]")
+        if self.target_sparsity > max(self.sparsities):
+            raise ValueError(f"target_sparsity {self.target_sparsity} is above the highest of sparsities; add a higher one")
+        return self
+
+
+class SensitivityStage(Stage):
+    """Per-layer pruning sensitivity and int8 error on the validation split, and a sparsity plan."""
+
+    Config: ClassVar = SensitivityParams
+
+    def check_settings(self, settings: Any, where: str) -> None:
+        if settings.data.get("val_fraction") == 0:
+            raise PipelineError(
+                f"{where}: sensitivities are measured on the validation split, which data.val_fraction=0 leaves "
+                f"empty; set data.val_fraction (e.g. 0.1)"
+            )
+
+    def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
+        assert model is not None  # guaranteed by `accepts`
+        params: SensitivityParams = self.config
+        where = f"stages.{ctx.name}"
+        x, y = ctx.data.x_val[: params.max_examples], ctx.data.y_val[: params.max_examples]
+        if not len(x):
+            raise PipelineError(f"{where}: the validation split is empty; set data.val_fraction (e.g. 0.1)")
+        keras_model = model.load_keras()
+        layers = chosen_layers(keras_model, params, lambda layer: prunable(layer) and hasattr(layer, "kernel"), where)
+        base, measured = measure_layers(keras_model, layers, sorted(set(params.sparsities)), x, y, ctx)
+        errors = int8_errors(keras_model, ctx) if params.int8_error else {}
+        measured = [dataclasses.replace(layer, int8_error=errors.get(layer.name)) for layer in measured]
+        shares = planning.plan(measured, base, params.target_sparsity)
+        measured = [dataclasses.replace(layer, planned=shares[layer.name]) for layer in measured]
+        self.write(measured, base, len(x), shares, ctx)
+        path = ctx.workdir / model.path.name
+        copy = shutil.copytree if model.path.is_dir() else shutil.copyfile
+        copy(model.path, path)  # handed on unchanged, kept with the stage's own files
+        metadata = {
+            **model.metadata, "sparsity_plan": shares, "sparsity_plan_target": params.target_sparsity,
+            "sparsity_plan_stage": ctx.name, "reports": list(REPORTS),
+            "metrics": {**model.metadata.get("metrics", {}), "sensitivity_base_val_accuracy": base},
+        }
+        return ModelArtifact(path, model.format, ctx.name, model, metadata)
+
+    def write(self, measured: list[planning.LayerSensitivity], base: float, examples: int, shares: dict[str, float], ctx: StageContext) -> None:
+        """The table (also logged), the plot and the plan, in the stage's folder."""
+        text = planning.table(measured, base, examples, self.config.target_sparsity)
+        (ctx.workdir / REPORTS[0]).write_text(text + "\n")
+        planning.plot(measured, base, ctx.workdir / REPORTS[1])
+        (ctx.workdir / REPORTS[2]).write_text(json.dumps({"target_sparsity": self.config.target_sparsity, "layers": shares}, indent=2) + "\n")
+        ctx.log.info("    sensitivity (validation split):\n%s", text)
+
+
+def measure_layers(
+    keras_model: Any, layers: list[Any], sparsities: list[float], x: np.ndarray, y: np.ndarray, ctx: StageContext
+) -> tuple[float, list[planning.LayerSensitivity]]:
+    """The unpruned validation accuracy, and each layer's accuracy with it alone pruned to each sparsity."""
+    from pipeline.measure import batched, hits, keras_forward
+
+    forward = keras_forward(keras_model, x)  # reads the weights when called: one trace serves every trial
+
+    def accuracy() -> float:
+        return hits(batched(forward, x), y)
+
+    base = accuracy()
+    measured = []
+    for index, layer in enumerate(layers, 1):
+        kernel = layer.kernel.numpy()
+        found = {}
+        for sparsity in sparsities:
+            layer.kernel.assign(magnitude_pruned(kernel, sparsity))
+            found[sparsity] = accuracy()
+        layer.kernel.assign(kernel)
+        ctx.log.info(
+            "    [%d/%d] %s: %s", index, len(layers), layer.name,
+            ", ".join(f"{s:.0%} -> {a:.4f}" for s, a in found.items()),
+        )
+        measured.append(planning.LayerSensitivity(layer.name, type(layer).__name__, int(kernel.size), found))
+    return base, measured
+
+
+def magnitude_pruned(kernel: np.ndarray, sparsity: float) -> np.ndarray:
+    """`kernel` with its smallest-magnitude `sparsity` share of weights set to zero."""
+    count = int(round(sparsity * kernel.size))
+    flat = kernel.flatten()
+    if count:
+        flat[np.argpartition(np.abs(flat), count - 1)[:count]] = 0
+    return flat.reshape(kernel.shape)
+
+
+def int8_errors(keras_model: Any, ctx: StageContext) -> dict[str, float]:
+    """Each layer's int8 error on the validation split (calibrated on the training split, as quantize does)."""
+    from stages import _quant_debug as debug
+    from stages._fallback import RANKING_EXAMPLES
+    from stages.quantize import QuantizeParams, calibration_set
+
+    calibrated = debug.calibrate(keras_model, calibration_set(ctx, QuantizeParams()))
+    nodes = debug.layer_nodes(debug.quantize(calibrated), debug.keras_layer_names(keras_model))
+    return debug.layer_errors(calibrated, [], nodes, ctx.data.x_val[:RANKING_EXAMPLES])
