@@ -70,21 +70,28 @@ class FakeData:
 
 
 @pytest.mark.slow
-def test_a_run_keeps_the_books_of_its_budget(tmp_path):
-    cfg = compose_config(tmp_path, *TINY, "stages.train.epochs=8", "budget.accuracy_drop=0.05", "stages.quantize.fallback=auto")
-    result = run(cfg, RunInfo(run_dir=tmp_path / "run", recipe="mobile_int8"))
-    train, prune, quantize, export = (row.metrics for row in result.rows)
-    assert train["budget_spent"] == 0.0 and quantize["val_accuracy"] >= train["val_accuracy"] - 0.05
-    assert prune["budget_spent"] == pytest.approx(train["val_accuracy"] - prune["val_accuracy"])
+def test_the_budget_recipe_keeps_the_books_and_logs_its_reports(tmp_path):
+    cfg = compose_config(
+        tmp_path, "recipe=smallest_within_1pt", *TINY, "stages.train.epochs=8", "stages.prune.epochs=3",
+        "budget.accuracy_drop=0.1", "stages.sensitivity.sparsities=[0.5,0.8,0.9]",
+    )
+    result = run(cfg, RunInfo(run_dir=tmp_path / "run", recipe="smallest_within_1pt"))
+    train, sensitivity, prune, quantize, export = (row.metrics for row in result.rows)
+    assert train["budget_spent"] == 0.0 and export["val_accuracy"] >= train["val_accuracy"] - 0.1
+    assert prune["budget_spent"] == pytest.approx(sensitivity["val_accuracy"] - prune["val_accuracy"])
+    assert prune["sparsity"] == pytest.approx(0.8, abs=0.02)
     assert "val acc" in (result.run_dir / "summary.md").read_text()
     assert "| quantize |" in (result.run_dir / "budget.md").read_text()
-    metrics = MlflowClient(tracking_uri=cfg.tracking.uri).get_run(result.run_id).data.metrics
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    metrics = client.get_run(result.run_id).data.metrics
     assert metrics["budget_reference_accuracy"] == pytest.approx(train["val_accuracy"])
-    assert metrics["quantize.budget_spent"] == pytest.approx(quantize["budget_spent"])
-    assert metrics["budget_remaining"] == pytest.approx(export["val_accuracy"] - (train["val_accuracy"] - 0.05))
+    assert metrics["prune.budget_spent"] == pytest.approx(prune["budget_spent"])
+    assert metrics["budget_remaining"] == pytest.approx(export["val_accuracy"] - (train["val_accuracy"] - 0.1))
+    reports = {a.path for a in client.list_artifacts(result.run_id, "sensitivity")}
+    assert reports == {"sensitivity/sensitivity.md", "sensitivity/sensitivity.png", "sensitivity/sparsity_plan.json"}
     described = json.loads((result.run_dir / "export" / "model.json").read_text())
-    assert described["budget"]["split"] == "validation" and described["budget"]["accuracy_drop"] == 0.05
-    assert described["quantization"]["float_layers"] == []
+    assert described["budget"]["split"] == "validation" and described["budget"]["accuracy_drop"] == 0.1
+    assert isinstance(described["quantization"]["float_layers"], list)
 
 
 def test_budget_floor_is_relative_to_the_reference():

@@ -1,0 +1,204 @@
+"""Accuracy budget benchmark: float fallback where full-integer int8 fails, and planned vs uniform sparsity.
+
+    python benchmarks/accuracy_budget.py --mnist DIR [--outputs DIR] [--quick]
+
+DIR holds MNIST-10k as IDX files (t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz); the
+pipeline's `idx` source splits them (70% train, 10% validation, 20% test). Everything runs
+through the pipeline's runner, so the numbers are those `python -m pipeline` prints; every choice
+(float layers, the sparsity plan) is made on the validation split and the test split is measured
+once per shipped model.
+
+1. Float fallback. The model standardises every pixel inside it (a Keras `Normalization` layer,
+   axis=(1, 2, 3), adapted on the training images), then a small CNN. In full-integer int8 the
+   layer becomes a MUL by 784 per-pixel reciprocal deviations stored with one int8 scale; border
+   pixels that are almost always 0 have tiny deviations, so the largest multipliers run into the
+   hundreds and the informative pixels' multipliers round to zero. Side by side: the float Keras
+   model, float TFLite, plain int8, and int8 with `fallback: auto` under `budget.accuracy_drop:
+   0.01`, with test accuracy, size and latency. Targets: plain int8 loses at least 2 points; the
+   fallback model is within the budget (validation) at no more than 1.5x the plain int8 size.
+2. Per-layer sparsity. The small CNN pruned uniformly and by a sensitivity plan to the same
+   overall sparsity (each fine-tuned the same way), at several sparsities; test accuracy of each.
+   Target: the plan is at least as accurate as uniform pruning at every sparsity.
+
+It prints both tables and writes them with a plot to the outputs folder (accuracy_budget.md,
+sparsity_plan_vs_uniform.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.compression import markdown  # noqa: E402
+
+SEED = 42
+TRAIN = {"epochs": 12, "batch_size": 64, "learning_rate": 0.001, "lr_decay": "cosine"}
+PRUNE = {"epochs": 10, "batch_size": 64, "learning_rate": 0.0005, "lr_decay": "cosine", "ramp_fraction": 0.5}
+SPARSITIES = (0.9, 0.95, 0.97)
+MEASURED = [0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99]  # what the sensitivity stage tries per layer
+BUDGET = 0.01
+QUICK = {"epochs": 1}
+
+
+def run_stages(name: str, stages: dict, overrides: list[str], outputs: Path, quick: bool) -> dict[str, dict[str, float]]:
+    """Run `stages` through the pipeline; each stage's measured metrics (and facts) by stage name."""
+    from hydra import compose, initialize_config_module
+
+    from pipeline.runner import RunInfo, run
+
+    with initialize_config_module(config_module="recipes", version_base="1.3"):
+        cfg = compose("config", overrides=[f"outputs={outputs}", f"seed={SEED}", *overrides])
+    cfg.stages = {stage: {**params, **(QUICK if quick and "epochs" in params else {})} for stage, params in stages.items()}
+    cfg.description = f"accuracy budget benchmark: {name}"
+    started = time.perf_counter()
+    result = run(cfg, RunInfo(run_dir=outputs / "runs" / name, recipe=f"benchmark_{name}"))
+    print(f"  {name}: {time.perf_counter() - started:.0f} s, " + ", ".join(f"{r.stage} {r.metrics['accuracy']:.4f}" for r in result.rows), flush=True)
+    measured = {row.stage: dict(row.metrics) for row in result.rows}
+    for artifact in result.artifact.lineage():  # the facts a stage recorded (float layers, per-layer targets)
+        measured.setdefault(artifact.stage, {}).update({"facts": artifact.metadata})
+    return measured
+
+
+def standardizing_model(mnist: Path, folder: Path) -> Path:
+    """The per-pixel standardising CNN, untrained, saved where `model=file` can load it."""
+    import tf_keras as keras
+
+    from pipeline import registry
+    from pipeline.recipe import configure
+
+    data = configure(registry.DATA, {"name": "idx", "path": str(mnist)}, "data").load(seed=SEED)
+    layers = keras.layers
+    normalization = layers.Normalization(axis=(1, 2, 3), name="standardize")
+    normalization.adapt(data.x_train)  # statistics of the training split only
+    inputs = keras.Input(data.input_shape)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1")(normalization(inputs))
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2")(x)
+    x = layers.Flatten(name="flatten")(layers.MaxPooling2D(name="pool")(x))
+    x = layers.Dense(64, activation="relu", name="hidden")(x)
+    model = keras.Model(inputs, layers.Dense(data.num_classes, name="logits")(x), name="standardizing_cnn")
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "standardizing_cnn.keras")
+    return folder / "standardizing_cnn.keras"
+
+
+def fallback_part(mnist: Path, outputs: Path, quick: bool) -> tuple[str, list[tuple[str, str, str, bool]]]:
+    """Float, plain int8 and int8 with fallback of the standardising model: the table and the targets."""
+    model = standardizing_model(mnist, outputs / "model")
+    data = ["data=idx", f"data.path={mnist}", "model=file", f"model.path={model}"]
+    train = {"train": TRAIN}
+    float_run = run_stages("float", {**train, "quantize": {"mode": "none"}}, data, outputs, quick)
+    int8_run = run_stages("int8", {**train, "quantize": {"mode": "int8"}}, data, outputs, quick)
+    fallback = run_stages("int8_fallback", {**train, "quantize": {"mode": "int8", "fallback": "auto"}},
+                          [*data, f"budget.accuracy_drop={BUDGET}"], outputs, quick)
+    keras, tflite, int8, mixed = float_run["train"], float_run["quantize"], int8_run["quantize"], fallback["quantize"]
+    rows = [
+        (label, f"{x['accuracy']:.4f}", f"{x['val_accuracy']:.4f}" if "val_accuracy" in x else "-",
+         f"{x['size_bytes'] / 1024:.1f}", f"{x['size_bytes'] / int8['size_bytes']:.2f}x", f"{x['latency_p50_ms']:.3f}", floats)
+        for label, x, floats in [
+            ("float32 Keras", keras, "all"), ("float32 TFLite", tflite, "all"), ("int8, full integer", int8, "none"),
+            (f"int8 + fallback (budget {BUDGET:.0%})", mixed, ", ".join(mixed["facts"].get("float_layers", [])) or "none"),
+        ]
+    ]
+    table = markdown(("model", "test accuracy", "val accuracy", "size KiB", "size / int8", "p50 ms", "float layers"), rows)
+    lost, size_ratio = keras["accuracy"] - int8["accuracy"], mixed["size_bytes"] / int8["size_bytes"]
+    reference = fallback["train"]["val_accuracy"]
+    targets = [
+        ("plain int8 test accuracy lost vs float Keras", f"{100 * lost:.2f} pt", ">= 2 pt", lost >= 0.02),
+        ("fallback validation accuracy vs float (the budget)", f"{100 * (mixed['val_accuracy'] - reference):+.2f} pt",
+         f">= -{100 * BUDGET:.0f} pt", mixed["val_accuracy"] >= reference - BUDGET - 1e-9),
+        ("fallback size / plain int8 size", f"{size_ratio:.2f}x", "<= 1.5x", size_ratio <= 1.5),
+    ]
+    return table + "\n\n" + search_table(fallback), targets
+
+
+def search_table(fallback: dict) -> str:
+    """What the fallback search tried, as the quantize stage wrote it."""
+    search = fallback["quantize"]["facts"].get("fallback", {})
+    steps = search.get("steps", [])
+    lines = [f"Fallback search (floor {search.get('floor', float('nan')):.4f} validation accuracy; plain int8 "
+             f"{search.get('int8_val_accuracy', float('nan')):.4f} at {search.get('int8_size_bytes', 0) / 1024:.1f} KiB):"]
+    lines += [f"- {step['layer']} float (int8 error {step['error']:.3g}): validation accuracy {step['val_accuracy']:.4f}, "
+              f"{step['size_bytes'] / 1024:.1f} KiB" for step in steps]
+    return "\n".join(lines)
+
+
+def sparsity_part(mnist: Path, outputs: Path, quick: bool) -> tuple[str, list[tuple[str, str, str, bool]], list[tuple[float, float, float]]]:
+    """Uniform vs planned per-layer sparsity at the same overall sparsity: the table, targets and plot points."""
+    data = ["data=idx", f"data.path={mnist}"]
+    rows, targets, points = [], [], []
+    for sparsity in SPARSITIES:
+        uniform = run_stages(f"uniform_{sparsity}", {"train": TRAIN, "prune": {**PRUNE, "final_sparsity": sparsity}}, data, outputs, quick)
+        planned = run_stages(
+            f"planned_{sparsity}",
+            {"train": TRAIN, "sensitivity": {"target_sparsity": sparsity, "sparsities": MEASURED, "int8_error": False},
+             "prune": {**PRUNE, "final_sparsity": "plan"}},
+            data, outputs, quick,
+        )
+        a, b = uniform["prune"], planned["prune"]
+        plan = ", ".join(f"{name} {share:.0%}" for name, share in b["facts"]["layer_sparsity"].items())
+        rows.append((f"{sparsity:.0%}", f"{a['sparsity']:.1%}", f"{a['accuracy']:.4f}", f"{b['sparsity']:.1%}",
+                     f"{b['accuracy']:.4f}", f"{100 * (b['accuracy'] - a['accuracy']):+.2f}", plan))
+        targets.append((f"planned - uniform test accuracy at {sparsity:.0%}", f"{100 * (b['accuracy'] - a['accuracy']):+.2f} pt",
+                        ">= 0 pt", b["accuracy"] >= a["accuracy"]))
+        points.append((sparsity, a["accuracy"], b["accuracy"]))
+    float_accuracy = uniform["train"]["accuracy"]
+    header = ("target", "uniform sparsity", "uniform accuracy", "planned sparsity", "planned accuracy", "planned - uniform pt", "plan")
+    return f"Float small CNN: test accuracy {float_accuracy:.4f}.\n\n" + markdown(header, rows), targets, points
+
+
+def plot(points: list[tuple[float, float, float]], path: Path) -> Path:
+    """Test accuracy against overall sparsity, uniform and planned."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    sparsities = [100 * s for s, _, _ in points]
+    ax.plot(sparsities, [u for _, u, _ in points], marker="o", label="uniform: every layer the same")
+    ax.plot(sparsities, [p for _, _, p in points], marker="s", label="planned: per-layer from sensitivity")
+    ax.set_xlabel("overall sparsity (%)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Small CNN on MNIST-10k: planned vs uniform pruning")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mnist", type=Path, required=True, help="folder of MNIST-10k IDX files")
+    parser.add_argument("--outputs", type=Path, default=None, help="run folder (default: a temporary one)")
+    parser.add_argument("--quick", action="store_true", help="one epoch per stage: checks the script, not the targets")
+    args = parser.parse_args()
+    outputs = (args.outputs or Path(tempfile.mkdtemp(prefix="accuracy-budget-"))).resolve()
+    print(f"MNIST-10k from {args.mnist}; outputs in {outputs}", flush=True)
+    started = time.perf_counter()
+    fallback_table, fallback_targets = fallback_part(args.mnist.resolve(), outputs, args.quick)
+    sparsity_table, sparsity_targets, points = sparsity_part(args.mnist.resolve(), outputs, args.quick)
+    checks = [*fallback_targets, *sparsity_targets]
+    report = "\n\n".join([
+        f"Accuracy budget on MNIST-10k (seed {SEED}), {time.perf_counter() - started:.0f} s in all; p50 latency at batch 1, "
+        "LiteRT on one thread for TFLite, a traced Keras call for Keras.",
+        "Float fallback (per-pixel standardising CNN):", fallback_table,
+        "Per-layer sparsity from the sensitivity plan vs uniform, same overall sparsity:", sparsity_table,
+        "Targets:", markdown(("target", "measured", "threshold", "result"), [(t, x, th, "PASS" if ok else "FAIL") for t, x, th, ok in checks]),
+    ])
+    print("\n" + report)
+    (outputs / "accuracy_budget.md").write_text(report + "\n")
+    print(f"\nwrote {outputs / 'accuracy_budget.md'} and {plot(points, outputs / 'sparsity_plan_vs_uniform.png')}")
+    return 0 if all(ok for *_, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
