@@ -23,6 +23,7 @@ import pipeline
 from pipeline.artifact import ModelArtifact
 from pipeline.budget import Ledger
 from pipeline.cache import StageCache, cache_key, referenced_files
+from pipeline.data.dataset import check_finite
 from pipeline.models import check_compatible
 from pipeline.preflight import check_environment
 from pipeline.recipe import Plan, PlannedStage, build_plan
@@ -103,9 +104,9 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
             tracker.log_stage(index, planned.name, {**outcome.metrics, "seconds": outcome.seconds})
             tracker.log_metrics({f"{planned.name}.{k}": v for k, v in reported_metrics(artifact).items()})
             log.info("    %s", ", ".join(f"{k}={v:.4g}" for k, v in outcome.metrics.items()))
-            exports += [Path(p) for p in artifact.metadata.get("exports", [])]
-            for report in new_reports(artifact):
-                tracker.log_file(report, planned.name)
+            exports += artifact.exports
+            for report in artifact.reports:
+                tracker.log_file(artifact.path.parent / report, planned.name)
         tracker.set_tag("cached_stages", ",".join(row.stage for row in rows if row.cached) or "none")
         summary = table(rows)
         (info.run_dir / "summary.md").write_text(summary + "\n")
@@ -136,6 +137,7 @@ def load_data(plan: Plan) -> Dataset:
         "data: %d train, %d validation, %d test examples of shape %s, %d classes",
         len(data.x_train), len(data.x_val), len(data.x_test), data.input_shape, data.num_classes,
     )
+    check_finite(data, plan.settings.data["name"])
     check_compatible(plan.model_builder, data)  # a data/model mismatch fails here, before any training
     return data
 
@@ -231,14 +233,6 @@ def account(ledger: Ledger | None, stage: str, outcome: StageOutcome, data: Data
     return dataclasses.replace(outcome, metrics={**outcome.metrics, **spent})
 
 
-def new_reports(artifact: ModelArtifact) -> list[Path]:
-    """Files a stage wrote about its own work, for MLflow: `metadata["reports"]` names tables and plots
-    beside the stage's model file (so they move with it into and out of the stage cache)."""
-    inherited = set(artifact.parent.metadata.get("reports", [])) if artifact.parent else set()
-    found = [artifact.path.parent / name for name in artifact.metadata.get("reports", []) if name not in inherited]
-    return [path for path in found if path.is_file()]
-
-
 def same_file(first: Path, second: Path) -> bool:
     """Whether two paths hold the same bytes (directories never count as the same)."""
     if not (first.is_file() and second.is_file()) or first.stat().st_size != second.stat().st_size:
@@ -247,16 +241,10 @@ def same_file(first: Path, second: Path) -> bool:
 
 
 def reported_metrics(artifact: ModelArtifact) -> dict[str, float]:
-    """Numbers a stage reports about its own work: `metadata["metrics"]` (e.g. distill's teacher)
-    and `metadata["gate"]` (the accuracies a gate compared), new in this stage rather than inherited.
-    """
-
-    def numbers(metadata: dict[str, Any]) -> dict[str, float]:
-        found = {**metadata.get("metrics", {}), **{f"gate_{k}": v for k, v in metadata.get("gate", {}).items()}}
-        return {k: float(v) for k, v in found.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-    inherited = numbers(artifact.parent.metadata) if artifact.parent else {}
-    return {k: v for k, v in numbers(artifact.metadata).items() if inherited.get(k) != v}
+    """Numbers a stage reports about its own work: its `metrics` (e.g. distill's teacher) and
+    its `gate` (the accuracies a gate compared, as `gate_NAME`)."""
+    found = {**artifact.metrics, **{f"gate_{k}": v for k, v in artifact.gate.items()}}
+    return {k: float(v) for k, v in found.items()}
 
 
 def seed_everything(seed: int) -> None:

@@ -10,7 +10,7 @@ error of the layers after it changes.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any, Literal
@@ -52,9 +52,9 @@ def check_settings(fallback: str, tolerance: float | None, settings: Any, where:
 def fall_back(
     keras_model: Any, calibration: Any, path: Path, incoming: Any, tolerance: float | None, ctx: Any,
     candidate: Callable[[list[str]], bytes] | None = None,
-) -> dict[str, Any]:
+) -> Fallback:
     """Check the int8 file at `path` against the floor on the validation split; if it misses, replace it
-    with the model the search chooses. Metadata for the artifact.
+    with the model the search chooses.
 
     `keras_model` is the float model whose layers are ranked (and, without `candidate`, converted
     with the chosen layers float); `candidate(float_layers)` makes the model to try instead (QAT
@@ -70,7 +70,7 @@ def fall_back(
     int8_size, int8_accuracy = path.stat().st_size, tflite_accuracy(path, ctx.data.x_val, ctx.data.y_val)
     if int8_accuracy >= floor - EPSILON:
         ctx.log.info("    int8 validation accuracy %.4f meets the floor %.4f: every layer stays int8", int8_accuracy, floor)
-        return facts(None, int8_size, int8_accuracy, floor, ctx, incoming)
+        return result(None, int8_size, int8_accuracy, floor, ctx)
     if keras_accuracy < floor - EPSILON:
         raise PipelineError(
             f"{where}.fallback: the incoming model's validation accuracy {keras_accuracy:.4f} is already below the "
@@ -81,7 +81,7 @@ def fall_back(
     calibrated = debug.calibrate(keras_model, calibration)
     outcome = search(calibrated, debug.keras_layer_names(keras_model), ctx.data, floor, where, ctx.log, candidate)
     path.write_bytes(outcome.flatbuffer)
-    return facts(outcome, int8_size, int8_accuracy, floor, ctx, incoming)
+    return result(outcome, int8_size, int8_accuracy, floor, ctx)
 
 
 def accuracy_floor(budget: Budget | None, tolerance: float | None, keras_accuracy: float) -> float | None:
@@ -194,33 +194,44 @@ def table(outcome: Outcome, int8_size: int, int8_accuracy: float, floor: float) 
     return "\n".join(lines)
 
 
-def facts(
-    outcome: Outcome | None, int8_size: int, int8_accuracy: float, floor: float, ctx: Any, incoming: Any
-) -> dict[str, Any]:
-    """Metadata for the stage's artifact: the float layers, the search, its table (a report file for
-    MLflow, named relative to the model file) and numbers for MLflow. The table goes to the log and
-    to `<workdir>/fallback.md`."""
+@dataclass(frozen=True)
+class Fallback:
+    """What the fallback decided, for the stage's artifact: facts for its metadata (the float layers
+    and the search), numbers for MLflow, and report files beside the model (the search's table).
+    The default is no fallback at all (`fallback: off`)."""
+
+    facts: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    reports: tuple[str, ...] = ()
+
+    @property
+    def float_layers(self) -> list[str]:
+        """The layers kept float by the budget's choice."""
+        return list(self.facts.get("float_layers", []))
+
+
+def result(outcome: Outcome | None, int8_size: int, int8_accuracy: float, floor: float, ctx: Any) -> Fallback:
+    """The fallback's findings; the search's table goes to the log and to `<workdir>/fallback.md`."""
     chosen = outcome.float_layers if outcome else []
     final_size = len(outcome.flatbuffer) if outcome else int8_size
     final_accuracy = outcome.val_accuracy if outcome else int8_accuracy
-    reports = []
+    reports: tuple[str, ...] = ()
     if outcome is not None:
         report = ctx.workdir / "fallback.md"
         report.write_text(table(outcome, int8_size, int8_accuracy, floor) + "\n")
         ctx.log.info("    layers kept float: %s\n%s", ", ".join(chosen), report.read_text().rstrip())
-        reports.append(report.name)
-    return {
+        reports = (report.name,)
+    facts = {
         "float_layers": chosen,
-        "reports": reports,
         "fallback": {
             "split": "validation", "floor": floor, "int8_val_accuracy": int8_accuracy, "int8_size_bytes": int8_size,
             "steps": [asdict(step) for step in outcome.steps] if outcome else [],
         },
-        "metrics": {
-            **incoming.metadata.get("metrics", {}),
-            "int8_val_accuracy": int8_accuracy,
-            "fallback_float_layers": float(len(chosen)),
-            "fallback_val_accuracy": final_accuracy,
-            "fallback_size_cost_bytes": float(final_size - int8_size),
-        },
     }
+    metrics = {
+        "int8_val_accuracy": int8_accuracy,
+        "fallback_float_layers": float(len(chosen)),
+        "fallback_val_accuracy": final_accuracy,
+        "fallback_size_cost_bytes": float(final_size - int8_size),
+    }
+    return Fallback(facts, metrics, reports)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -44,16 +45,25 @@ class GateParams(Params):
             )
 
 
+
+@dataclass(frozen=True)
+class GateResult:
+    """What the gates found: facts for the artifact's metadata, and the accuracies they compared."""
+
+    facts: dict[str, Any] = field(default_factory=dict)
+    accuracies: dict[str, float] = field(default_factory=dict)
+
+
 def apply_gates(
     params: GateParams, int8: bool, keras_model: Any, path: Path, data: Any, where: str,
     float_layers: Sequence[str] = (), log: logging.Logger | None = None,
-) -> dict[str, Any]:
-    """Run the gates `params` asks for on the TFLite file at `path`; their findings as metadata.
+) -> GateResult:
+    """Run the gates `params` asks for on the TFLite file at `path`.
 
     `float_layers` are layers the accuracy fallback kept float on purpose: `require_integer=auto`
     accepts them (and says so), `true` fails naming them.
     """
-    facts: dict[str, Any] = {}
+    result = GateResult()
     if params.require_integer == "true" or (params.require_integer == "auto" and int8):
         if float_layers and params.require_integer == "true":
             raise PipelineError(
@@ -62,18 +72,19 @@ def apply_gates(
                 f"or give more budget (budget.accuracy_drop, {where}.accuracy_tolerance)"
             )
         integer_gate(path, where, allow_float_ops=bool(float_layers))
-        facts["fully_integer"] = not float_layers
+        result.facts["fully_integer"] = not float_layers
         if float_layers and log is not None:
             log.info(
                 "    %s.require_integer: int8 input and output; layers %s stay float by the accuracy budget's choice",
                 where, ", ".join(float_layers),
             )
     if params.accuracy_tolerance is not None:
-        facts["gate"] = accuracy_gate(keras_model, path, data, params.accuracy_tolerance, where)
-    return facts
+        result.accuracies.update(accuracy_gate(keras_model, path, data, params.accuracy_tolerance, where))
+        result.facts["gate_split"] = "validation"
+    return result
 
 
-def accuracy_gate(keras_model: Any, tflite_path: Path, data: Any, tolerance: float, where: str) -> dict[str, Any]:
+def accuracy_gate(keras_model: Any, tflite_path: Path, data: Any, tolerance: float, where: str) -> dict[str, float]:
     """Validation accuracy of both models; PipelineError if TFLite falls more than `tolerance` below Keras.
 
     A gate decides whether the run ships, so it looks at the validation split: the test split is
@@ -93,7 +104,7 @@ def accuracy_gate(keras_model: Any, tflite_path: Path, data: Any, tolerance: flo
             f"below the Keras model's {keras_accuracy:.4f}, more than the allowed {tolerance}; "
             f"use quantization-aware training (a qat stage), fallback=auto, or raise {where}.accuracy_tolerance"
         )
-    return {"split": "validation", "keras_accuracy": keras_accuracy, "tflite_accuracy": converted, "tolerance": tolerance}
+    return {"keras_accuracy": keras_accuracy, "tflite_accuracy": converted, "tolerance": tolerance}
 
 
 def float_operators(path: Path) -> list[str]:

@@ -34,7 +34,11 @@ def describe(model: ModelArtifact, exports: dict[str, Path], ctx: StageContext) 
         # metrics above are the test split's, measured on what ships.
         "budget": ctx.budget.describe() if ctx.budget is not None else None,
         "lineage": [
-            {"stage": a.stage, "format": a.format.value, "file": a.path.name, "facts": plain(a.metadata)}
+            {
+                "stage": a.stage, "format": a.format.value, "file": a.path.name,
+                "effects": sorted(effect.value for effect in a.effects),
+                "metrics": a.metrics, "gate": a.gate, "facts": plain(a.metadata),
+            }
             for a in reversed(model.lineage())
         ],
     }

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
 from stages._layer_targets import PLAN, SparsityTarget, check_target, lowest, overall, resolve
@@ -91,14 +90,17 @@ class PruneStage(Stage):
     def uses_budget(self) -> bool:
         return self.config.final_sparsity == PLAN  # the pipeline chose the sparsities, within the budget
 
-    def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
-        from stages.sensitivity import SensitivityStage
-
-        if self.config.final_sparsity == PLAN and not any(isinstance(s, SensitivityStage) for s in earlier):
+    def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
+        if self.config.final_sparsity == PLAN and Effect.SPARSITY_PLANNED not in effects:
             raise PipelineError(
                 f"{where}.final_sparsity: 'plan' takes the per-layer plan of a sensitivity stage, but none comes "
-                f"before this one; add `sensitivity: {{target_sparsity: 0.8}}` before it or give numbers"
+                f"before this one (with no training in between); add `sensitivity: {{target_sparsity: 0.8}}` before "
+                f"it or give numbers"
             )
+
+    def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
+        """Pruned; fine-tuning moves clustered weights off their shared values."""
+        return (incoming - {Effect.CLUSTERED}) | {Effect.PRUNED}
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         import tensorflow_model_optimization as tfmot
@@ -137,7 +139,8 @@ class PruneStage(Stage):
             check_budget(stripped, ctx, planned, model.metadata.get("sparsity_plan_stage"))
         pruned_sizes = {name: sizes.get(name, 0) for name in names}
         return save_keras(
-            stripped, ctx, model, pruned=True, target_sparsity=overall(pruned_sizes, targets), layer_sparsity=targets,
+            stripped, ctx, model, effects=self.output_effects(model), target_sparsity=overall(pruned_sizes, targets),
+            layer_sparsity=targets,
             m_by_n=list(pattern) if pattern else None, pruned_layers=names,
         )
 

@@ -10,10 +10,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
-from stages._fallback import FallbackParams, check_settings, fall_back
+from stages._fallback import Fallback, FallbackParams, check_settings, fall_back
 from stages._gates import GateParams, apply_gates
 
 # Modes that calibrate activation ranges on a representative dataset.
@@ -80,12 +80,14 @@ class QuantizeStage(Stage):
             **model.metadata, "quantization": params.mode, "sparse_encoding": sparse,
             "calibration_samples": len(calibration) if params.mode in CALIBRATED else 0,
         }
-        metadata.pop("exports", None)
-        if params.fallback == "auto":
-            metadata.update(fall_back(keras_model, calibration, path, model, params.accuracy_tolerance, ctx))
-        float_layers = metadata.get("float_layers", []) if params.fallback == "auto" else []
-        metadata.update(apply_gates(params, params.mode == "int8", keras_model, path, ctx.data, where, float_layers, ctx.log))
-        return ModelArtifact(path, ModelFormat.TFLITE, ctx.name, model, metadata)
+        fallen = fall_back(keras_model, calibration, path, model, params.accuracy_tolerance, ctx) if params.fallback == "auto" else Fallback()
+        metadata.update(fallen.facts)
+        gates = apply_gates(params, params.mode == "int8", keras_model, path, ctx.data, where, fallen.float_layers, ctx.log)
+        metadata.update(gates.facts)
+        return ModelArtifact(
+            path, ModelFormat.TFLITE, ctx.name, model, metadata, self.output_effects(model),
+            metrics=fallen.metrics, gate=gates.accuracies, reports=fallen.reports,
+        )
 
     def sparse_encoding(
         self, keras_model: Any, model: ModelArtifact, calibration: np.ndarray, path: Path, ctx: StageContext
@@ -94,7 +96,7 @@ class QuantizeStage(Stage):
         choice = self.config.keep_sparsity
         # XNNPACK's sparse kernels are floating-point only: a sparse-encoded integer model came out
         # larger and did not run, so `auto` does not spend a second conversion finding that out.
-        worth_trying = model.metadata.get("pruned") and self.config.mode in FLOAT_MODES
+        worth_trying = Effect.PRUNED in model.effects and self.config.mode in FLOAT_MODES
         if choice == "false" or (choice == "auto" and not worth_trying):
             return False
         candidate = ctx.workdir / "sparse.tflite"

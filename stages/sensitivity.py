@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import Effect, ModelArtifact
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
 from stages import _sparsity_plan as planning
@@ -56,6 +56,10 @@ class SensitivityStage(Stage):
 
     Config: ClassVar = SensitivityParams
 
+    def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
+        """The model is unchanged; it now carries a sparsity plan."""
+        return incoming | {Effect.SPARSITY_PLANNED}
+
     def check_settings(self, settings: Any, where: str) -> None:
         if settings.data.get("val_fraction") == 0:
             raise PipelineError(
@@ -83,10 +87,12 @@ class SensitivityStage(Stage):
         copy(model.path, path)  # handed on unchanged, kept with the stage's own files
         metadata = {
             **model.metadata, "sparsity_plan": shares, "sparsity_plan_target": params.target_sparsity,
-            "sparsity_plan_stage": ctx.name, "reports": list(REPORTS),
-            "metrics": {**model.metadata.get("metrics", {}), "sensitivity_base_val_accuracy": base},
+            "sparsity_plan_stage": ctx.name,
         }
-        return ModelArtifact(path, model.format, ctx.name, model, metadata)
+        return ModelArtifact(
+            path, model.format, ctx.name, model, metadata, self.output_effects(model),
+            metrics={"base_val_accuracy": base, "planned_sparsity": params.target_sparsity}, reports=REPORTS,
+        )
 
     def write(self, measured: list[planning.LayerSensitivity], base: float, examples: int, shares: dict[str, float], ctx: StageContext) -> None:
         """The table (also logged), the plot and the plan, in the stage's folder."""

@@ -72,9 +72,9 @@ def test_fallback_keeps_the_hostile_layer_float_and_meets_the_budget(tmp_path, s
     search = out.metadata["fallback"]
     assert search["split"] == "validation" and search["floor"] == pytest.approx(floor)
     assert [step["layer"] for step in search["steps"]] == ["normalization"]
-    assert out.metadata["metrics"]["fallback_size_cost_bytes"] == out.path.stat().st_size - plain.path.stat().st_size
+    assert out.metrics["fallback_size_cost_bytes"] == out.path.stat().st_size - plain.path.stat().st_size
     report = (tmp_path / "fallback" / "stages" / "1_quantize" / "fallback.md").read_text()
-    assert "| normalization |" in report and out.metadata["reports"] == ["fallback.md"]
+    assert "| normalization |" in report and out.reports == ("fallback.md",)
     # int8 in and out, float only where the budget chose it; require_integer=auto accepts that.
     runner = litert.interpreter(out.path, threads=1)
     assert runner.get_input_details()[0]["dtype"] == np.int8 and runner.get_output_details()[0]["dtype"] == np.int8
@@ -114,7 +114,7 @@ def test_no_layer_stays_float_when_full_integer_meets_the_budget(tmp_path):
     trained = TrainStage(TrainParams(epochs=3)).run(None, context(tmp_path, "train"))
     out = quantize(trained, tmp_path, budget_drop=0.05, fallback="auto")
     assert out.metadata["float_layers"] == [] and out.metadata["fully_integer"] is True
-    assert out.metadata["fallback"]["steps"] == [] and out.metadata["reports"] == []
+    assert out.metadata["fallback"]["steps"] == [] and out.reports == ()
     assert float_operators(out.path) == []
 
 
@@ -158,4 +158,4 @@ def test_qat_fallback_keeps_every_layer_int8_when_the_budget_holds(tmp_path, tra
     ctx = with_budget(context(tmp_path, "qat", 1), validation_accuracy(trained, context(tmp_path, "x").data), 0.05)
     out = QuantizeAwareStage(QuantizeAwareParams(epochs=1, fallback="auto")).run(trained, ctx)
     assert out.metadata["float_layers"] == [] and out.metadata["fully_integer"] is True
-    assert out.metadata["metrics"]["int8_val_accuracy"] >= ctx.budget.floor
+    assert out.metrics["int8_val_accuracy"] >= ctx.budget.floor

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from pipeline.artifact import Effect
 from pipeline.budget import Budget
 from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
@@ -84,8 +85,8 @@ def test_sensitivity_writes_a_table_a_plot_and_a_plan_that_reaches_the_target(tr
     assert shares == measured.metadata["sparsity_plan"] and set(shares) == set(sizes)
     overall = sum(sizes[n] * s for n, s in shares.items()) / sum(sizes.values())
     assert overall == pytest.approx(0.85, abs=1e-3)
-    assert measured.metadata["reports"] == ["sensitivity.md", "sensitivity.png", "sparsity_plan.json"]
-    assert 0 < measured.metadata["metrics"]["sensitivity_base_val_accuracy"] <= 1
+    assert measured.reports == ("sensitivity.md", "sensitivity.png", "sparsity_plan.json")
+    assert 0 < measured.metrics["base_val_accuracy"] <= 1 and Effect.SPARSITY_PLANNED in measured.effects
 
 
 def test_prune_follows_the_plan_layer_by_layer(tmp_path, measured):
