@@ -36,7 +36,7 @@ from pathlib import Path
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.compression import markdown  # noqa: E402
+from benchmarks.compression import markdown, publish  # noqa: E402
 
 SEED = 42
 TRAIN = {"epochs": 12, "batch_size": 64, "learning_rate": 0.001, "lr_decay": "cosine"}
@@ -187,18 +187,13 @@ def main() -> int:
     fallback_table, fallback_targets = fallback_part(args.mnist.resolve(), outputs, args.quick)
     sparsity_table, sparsity_targets, points = sparsity_part(args.mnist.resolve(), outputs, args.quick)
     checks = [*fallback_targets, *sparsity_targets]
-    report = "\n\n".join([
+    parts = [
         f"Accuracy budget on MNIST-10k (seed {SEED}), {time.perf_counter() - started:.0f} s in all; p50 latency at batch 1, "
         "LiteRT on one thread for TFLite, a traced Keras call for Keras.",
         "Float fallback (per-pixel standardising CNN):", fallback_table,
         "Per-layer sparsity from the sensitivity plan vs uniform, same overall sparsity:", sparsity_table,
-        "Targets:", markdown(("target", "measured", "threshold", "result"), [(t, x, th, "PASS" if ok else "FAIL") for t, x, th, ok in checks]),
-    ])
-    print("\n" + report)
-    (outputs / "accuracy_budget.md").write_text(report + "\n")
-    print(f"\nwrote {outputs / 'accuracy_budget.md'} and {plot(points, outputs / 'sparsity_plan_vs_uniform.png')}")
-    return 0 if all(ok for *_, ok in checks) else 1
-
+    ]
+    return publish(parts, checks, outputs / "accuracy_budget.md", lambda: plot(points, outputs / "sparsity_plan_vs_uniform.png"))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -254,16 +255,23 @@ def main() -> int:
             print(name, {s: {k: round(v, 4) for k, v in x.items()} for s, x in stages.items()})
         return 0
     rows = targets(measured)
-    report = "\n\n".join([
+    parts = [
         f"Compression on MNIST ({TRAIN} train / {TEST} test), {time.perf_counter() - started:.0f} s in all; "
         "p50 latency at batch 1: LiteRT on one thread for TFLite, a traced Keras call on TensorFlow's own threads for Keras.",
-        compression_table(measured), tutorial_comparison(measured), "Targets:",
-        markdown(("target", "measured", "threshold", "result"), [(t, x, th, "PASS" if ok else "FAIL") for t, x, th, ok in rows]),
-    ])
+        compression_table(measured), tutorial_comparison(measured),
+    ]
+    return publish(parts, rows, outputs / "compression.md", lambda: plot(measured, outputs / "compression.png"))
+
+
+def publish(parts: list[str], checks: list[tuple[str, str, str, bool]], path: Path, draw: Any) -> int:
+    """Print the report (its parts, then the targets table) and write it to `path`, and the plot
+    `draw()` makes; exit status 0 when every target passed."""
+    rows = [(target, measured, threshold, "PASS" if ok else "FAIL") for target, measured, threshold, ok in checks]
+    report = "\n\n".join([*parts, "Targets:", markdown(("target", "measured", "threshold", "result"), rows)])
     print("\n" + report)
-    (outputs / "compression.md").write_text(report + "\n")
-    print(f"\nwrote {outputs / 'compression.md'} and {plot(measured, outputs / 'compression.png')}")
-    return 0 if all(ok for *_, ok in rows) else 1
+    path.write_text(report + "\n")
+    print(f"\nwrote {path} and {draw()}")
+    return 0 if all(ok for *_, ok in checks) else 1
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pydantic import Field
 from pipeline.budget import EPSILON, Budget
 from pipeline.errors import PipelineError
 from pipeline.schema import Params
+from pipeline.stage import Stage
 from pipeline.summary import human_bytes
 
 # Validation examples the int8 error of each layer is measured on: enough for a stable ranking,
@@ -40,13 +41,21 @@ class FallbackParams(Params):
     )
 
 
-def check_settings(fallback: str, tolerance: float | None, settings: Any, where: str) -> None:
-    """fallback=auto needs something to keep: a recipe budget or the stage's tolerance."""
-    if fallback == "auto" and settings.budget.accuracy_drop is None and tolerance is None:
-        raise PipelineError(
-            f"{where}.fallback: auto keeps layers float until an accuracy budget holds, but none is set; "
-            f"set budget.accuracy_drop (e.g. 0.01) or {where}.accuracy_tolerance"
-        )
+class FallbackStage(Stage):
+    """Base of the stages that write int8 TFLite with ship gates and a float fallback (quantize, qat)."""
+
+    @property
+    def uses_budget(self) -> bool:
+        return self.config.fallback == "auto"
+
+    def check_settings(self, settings: Any, where: str) -> None:
+        """The gates need a validation split; fallback=auto needs a recipe budget or the stage's tolerance."""
+        self.config.check_settings(settings, where)
+        if self.config.fallback == "auto" and settings.budget.accuracy_drop is None and self.config.accuracy_tolerance is None:
+            raise PipelineError(
+                f"{where}.fallback: auto keeps layers float until an accuracy budget holds, but none is set; "
+                f"set budget.accuracy_drop (e.g. 0.01) or {where}.accuracy_tolerance"
+            )
 
 
 def fall_back(

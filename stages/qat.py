@@ -10,8 +10,8 @@ from pydantic import Field
 
 from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
-from pipeline.stage import Stage, StageContext
-from stages._fallback import Fallback, FallbackParams, check_settings, fall_back, float_kept
+from pipeline.stage import StageContext
+from stages._fallback import Fallback, FallbackParams, FallbackStage, fall_back, float_kept
 from stages._gates import GateParams, apply_gates
 from stages._training import FitParams, compile_model, fit
 
@@ -48,7 +48,7 @@ def chosen_scheme(requested: str, effects: frozenset[Effect]) -> str:
     return next(scheme for scheme, keeps in KEEPS.items() if keeps == effects & {Effect.PRUNED, Effect.CLUSTERED})
 
 
-class QuantizeAwareStage(Stage):
+class QuantizeAwareStage(FallbackStage):
     """Fine-tune with simulated int8 quantization, then convert to a full-integer int8 TFLite file.
 
     TFMOT's quantize wrappers (the cluster-preserving ones in particular) do not reload from a
@@ -57,14 +57,6 @@ class QuantizeAwareStage(Stage):
 
     Config: ClassVar = QuantizeAwareParams
     produces: ClassVar = ModelFormat.TFLITE
-
-    @property
-    def uses_budget(self) -> bool:
-        return self.config.fallback == "auto"
-
-    def check_settings(self, settings: Any, where: str) -> None:
-        self.config.check_settings(settings, where)
-        check_settings(self.config.fallback, self.config.accuracy_tolerance, settings, where)
 
     def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
         missing = sorted(KEEPS.get(self.config.scheme, frozenset()) - effects)

@@ -12,8 +12,8 @@ from pydantic import Field, model_validator
 
 from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
-from pipeline.stage import Stage, StageContext
-from stages._fallback import Fallback, FallbackParams, check_settings, fall_back
+from pipeline.stage import StageContext
+from stages._fallback import Fallback, FallbackParams, FallbackStage, fall_back
 from stages._gates import GateParams, apply_gates
 
 # Modes that calibrate activation ranges on a representative dataset.
@@ -53,19 +53,11 @@ class QuantizeParams(GateParams, FallbackParams):
         return self
 
 
-class QuantizeStage(Stage):
+class QuantizeStage(FallbackStage):
     """Keras model -> .tflite via tf.lite.TFLiteConverter."""
 
     Config: ClassVar = QuantizeParams
     produces: ClassVar = ModelFormat.TFLITE
-
-    @property
-    def uses_budget(self) -> bool:
-        return self.config.fallback == "auto"
-
-    def check_settings(self, settings: Any, where: str) -> None:
-        self.config.check_settings(settings, where)
-        check_settings(self.config.fallback, self.config.accuracy_tolerance, settings, where)
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         assert model is not None  # guaranteed by `accepts`

@@ -30,7 +30,7 @@ def standardized(tmp_path_factory):
     model, params = standardized_cnn(ctx.data), TrainParams(epochs=10)
     compile_model(model, params)
     fit(model, ctx, params)
-    return save_keras(model, ctx, None)
+    return save_keras(model, ctx, None, effects=frozenset())
 
 
 def with_budget(ctx, reference: float, drop: float):
