@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 VERIFY_OP = b"NumericVerify"
+CHUNK = 32  # examples per debug-model invocation
 
 
 def calibrate(keras_model: Any, calibration: np.ndarray) -> bytes:
@@ -121,7 +122,8 @@ def keras_layer_names(model: Any) -> dict[str, str]:
 
 
 def layer_errors(calibrated: bytes, float_nodes: Iterable[str], nodes: Mapping[str, list[str]], x: np.ndarray) -> dict[str, float]:
-    """Each still-quantized layer's int8 error on examples `x`: sqrt(sum noise^2 / sum signal^2) of its worst op.
+    """Each still-quantized layer's int8 error on examples `x`: sqrt(sum noise^2 / sum signal^2) of its
+    worst op (the noise-to-signal ratio of its quantized output).
 
     Each op is compared with a float copy fed the same (quantized) input, so the number is the
     layer's own error, not what it inherits. 0 is exact; 1 means the layer's output is lost.
@@ -136,17 +138,23 @@ def layer_errors(calibrated: bytes, float_nodes: Iterable[str], nodes: Mapping[s
         model_content=debug, experimental_preserve_all_tensors=True,
         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     )
-    source = runner.get_input_details()[0]
-    runner.resize_tensor_input(source["index"], list(x.shape))
-    runner.allocate_tensors()
-    runner.set_tensor(source["index"], quantize_input(x, runner.get_input_details()[0]))
-    runner.invoke()
     node_layer = {node: layer for layer, names in nodes.items() for node in names}
+    compared = verified(debug, set(node_layer))
+    sums = {node: np.zeros(2) for node in compared}  # (noise, signal) sums of squares
+    # In chunks: every intermediate tensor of the batch is kept, which a large model would not fit.
+    for start in range(0, len(x), CHUNK):
+        chunk = x[start : start + CHUNK]
+        source = runner.get_input_details()[0]
+        runner.resize_tensor_input(source["index"], list(chunk.shape))
+        runner.allocate_tensors()
+        runner.set_tensor(source["index"], quantize_input(chunk, runner.get_input_details()[0]))
+        runner.invoke()
+        for node, (quantized, reference, scale, zero_point) in compared.items():
+            sums[node] += squares(runner.get_tensor(quantized), runner.get_tensor(reference), scale, zero_point)
     errors: dict[str, float] = {}
-    for node, (quantized, reference, scale, zero_point) in verified(debug, set(node_layer)).items():
-        error = noise_to_signal(runner.get_tensor(quantized), runner.get_tensor(reference), scale, zero_point)
-        layer = node_layer[node]
-        errors[layer] = max(errors.get(layer, 0.0), error)
+    for node, (noise, signal) in sums.items():
+        error = float(np.sqrt(noise / signal)) if signal > 0 else (0.0 if noise == 0 else float("inf"))
+        errors[node_layer[node]] = max(errors.get(node_layer[node], 0.0), error)
     return errors
 
 
@@ -169,9 +177,7 @@ def verified(debug: bytes, nodes: set[str]) -> dict[str, tuple[int, int, float, 
     return found
 
 
-def noise_to_signal(quantized: np.ndarray, reference: np.ndarray, scale: float, zero_point: int) -> float:
-    """RMS of the quantization error over RMS of the float values (0 when both are zero)."""
+def squares(quantized: np.ndarray, reference: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """(sum of squared quantization errors, sum of squared float values) of one op's output."""
     noise = reference - (quantized.astype(np.float32) - zero_point) * scale
-    signal = float(np.sum(np.square(reference)))
-    error = float(np.sum(np.square(noise)))
-    return float(np.sqrt(error / signal)) if signal > 0 else (0.0 if error == 0 else float("inf"))
+    return np.array([float(np.sum(np.square(noise))), float(np.sum(np.square(reference)))])

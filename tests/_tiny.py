@@ -46,9 +46,9 @@ def standardized_cnn(data):
     """A small CNN that standardises each pixel inside the model (a Keras Normalization layer adapted
     on the training images), untrained.
 
-    Full-integer int8 ruins it: near-constant border pixels have tiny deviations, so the layer's
-    per-pixel multipliers span thousands, and int8 stores them with one scale for the tensor,
-    rounding the informative pixels' multipliers to zero.
+    Full-integer int8 ruins it: border pixels that never vary have zero deviation, which the layer
+    turns into a multiplier of 1/epsilon, and int8 stores all per-pixel multipliers with one scale
+    for the tensor, rounding the informative pixels' multipliers to zero.
     """
     import tf_keras as keras
 
