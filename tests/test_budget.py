@@ -11,7 +11,7 @@ from pipeline.budget import Budget, BudgetParams, Ledger
 from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
 from pipeline.runner import RunInfo, run, stage_key
-from tests.conftest import TINY, compose_config
+from tests._runs import TINY, compose_config
 
 
 def test_the_ledger_records_what_each_stage_spent():

@@ -12,7 +12,7 @@ from pipeline import litert, registry
 from pipeline.measure import validation_accuracy
 from pipeline.recipe import configure
 from pipeline.runner import RunInfo, run
-from tests.conftest import TINY, compose_config, run_cli
+from tests._runs import TINY, compose_config, run_cli
 
 
 @pytest.fixture(scope="module")

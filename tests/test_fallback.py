@@ -19,7 +19,7 @@ from stages._gates import float_operators
 from stages._training import compile_model, fit, save_keras
 from stages.qat import QuantizeAwareParams, QuantizeAwareStage, quantize_aware
 from stages.quantize import QuantizeParams, QuantizeStage, calibration_set
-from stages.train import TrainParams, TrainStage
+from stages.train import TrainParams
 from tests._tiny import context, standardized_cnn
 
 
@@ -110,8 +110,7 @@ def test_fallback_refuses_an_input_already_below_the_floor(tmp_path, standardize
         QuantizeStage(QuantizeParams(mode="int8", fallback="auto")).run(standardized, ctx)
 
 
-def test_no_layer_stays_float_when_full_integer_meets_the_budget(tmp_path):
-    trained = TrainStage(TrainParams(epochs=3)).run(None, context(tmp_path, "train"))
+def test_no_layer_stays_float_when_full_integer_meets_the_budget(tmp_path, trained):
     out = quantize(trained, tmp_path, budget_drop=0.05, fallback="auto")
     assert out.metadata["float_layers"] == [] and out.metadata["fully_integer"] is True
     assert out.metadata["fallback"]["steps"] == [] and out.reports == ()
@@ -124,11 +123,6 @@ def test_fallback_needs_int8():
 
 
 # Quantization-aware training: fallback leaves the chosen layers out of quantization and re-tunes.
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return TrainStage(TrainParams(epochs=3)).run(None, context(tmp_path_factory.mktemp("trained"), "train"))
 
 
 def test_qat_keeps_chosen_layers_float_in_training(trained):

@@ -15,9 +15,8 @@ from pipeline.recipe import build_plan
 from stages._sparsity_plan import LayerSensitivity, plan
 from stages.prune import PruneParams, PruneStage, pruned_sparsity
 from stages.sensitivity import SensitivityParams, SensitivityStage, magnitude_pruned
-from stages.train import TrainParams, TrainStage
 from tests._tiny import context
-from tests.conftest import compose_config
+from tests._runs import compose_config
 
 
 def layer(name, size, drops, base=0.9):
@@ -55,11 +54,6 @@ def test_magnitude_pruning_zeroes_the_smallest_weights():
     kernel = np.array([[0.1, -3.0], [0.5, -0.2]], dtype=np.float32)
     pruned = magnitude_pruned(kernel, 0.5)
     assert np.array_equal(pruned, [[0.0, -3.0], [0.5, 0.0]]) and kernel[0, 0] == 0.1  # the input is kept
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return TrainStage(TrainParams(epochs=4)).run(None, context(tmp_path_factory.mktemp("trained"), "train"))
 
 
 @pytest.fixture(scope="module")
