@@ -10,9 +10,9 @@ error of the layers after it changes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field
@@ -24,7 +24,7 @@ from pipeline.stage import Stage
 from pipeline.summary import human_bytes
 
 # Validation examples the int8 error of each layer is measured on: enough for a stable ranking,
-# few enough that the debug model runs in one batch.
+# few enough that each step of the search stays quick.
 RANKING_EXAMPLES = 256
 
 
