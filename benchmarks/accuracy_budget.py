@@ -76,6 +76,7 @@ def standardizing_model(mnist: Path, folder: Path) -> Path:
     from pipeline.recipe import configure
 
     data = configure(registry.DATA, {"name": "idx", "path": str(mnist)}, "data").load(seed=SEED)
+    keras.utils.set_random_seed(SEED)  # the same initial weights every run
     layers = keras.layers
     normalization = layers.Normalization(axis=(1, 2, 3), name="standardize")
     normalization.adapt(data.x_train)  # statistics of the training split only
