@@ -1,4 +1,4 @@
-"""quantize: convert a Keras model to TFLite, with post-training quantization and ship gates."""
+"""quantize: convert a Keras model or an inference-only SavedModel to TFLite, with post-training quantization and ship gates."""
 
 from __future__ import annotations
 
@@ -50,16 +50,17 @@ class QuantizeParams(GateParams):
 
 
 class QuantizeStage(Stage):
-    """Keras model -> .tflite via tf.lite.TFLiteConverter."""
+    """Keras model or inference-only SavedModel -> .tflite via tf.lite.TFLiteConverter."""
 
     Config: ClassVar = QuantizeParams
+    accepts: ClassVar = frozenset({ModelFormat.KERAS, ModelFormat.SAVED_MODEL})
     produces: ClassVar = ModelFormat.TFLITE
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         assert model is not None  # guaranteed by `accepts`
         params: QuantizeParams = self.config
         where = f"stages.{ctx.name}"
-        keras_model = model.load_keras()
+        keras_model = model.load_model()  # a SavedModel's signature stands in for a Keras model
         calibration = calibration_set(ctx, params)
         path = ctx.workdir / "model.tflite"
         path.write_bytes(convert(keras_model, params, calibration, sparse=False))
@@ -132,10 +133,15 @@ def convert(keras_model: Any, params: QuantizeParams, calibration: np.ndarray, s
 
 
 def configure_converter(keras_model: Any, params: QuantizeParams, calibration: np.ndarray) -> Any:
-    """A TFLiteConverter set up for `params.mode`."""
+    """A TFLiteConverter set up for `params.mode`; reads the SavedModel itself for a signature model."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    from pipeline.savedmodel import SIGNATURE, SignatureModel
+
+    if isinstance(keras_model, SignatureModel):
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(keras_model.path), signature_keys=[SIGNATURE])
+    else:
+        converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
     if params.mode == "none":
         return converter
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

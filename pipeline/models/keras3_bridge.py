@@ -240,6 +240,8 @@ def copy_weights(source: Any, target: Any) -> None:
                 f"layer '{layer.name}' ({type(layer).__name__}) holds weights of shapes {shapes} but its rebuild takes {wanted}"
             )
         twin.set_weights(weights)
+        if weights and hasattr(twin, "finalize_state"):
+            twin.finalize_state()  # Keras 3's Normalization derives its statistics from the weights here
 
 
 def leaves(model: Any) -> list[Any]:
@@ -254,6 +256,8 @@ def find_differing_layer(model: Any, rebuilt: Any) -> str:
     """Which layer computes differently after the rebuild, tried one layer at a time on random inputs."""
     rng = np.random.default_rng(0)
     for layer in leaves(model):
+        if type(layer).__name__ == "InputLayer":
+            continue
         twin = find_layer(rebuilt, layer.name)
         try:
             shapes = input_shapes(layer)
@@ -297,7 +301,7 @@ def outputs(model: Any, x: np.ndarray) -> np.ndarray:
     return np.asarray(model(x, training=False), dtype=np.float32)
 
 
-def carry(source_path: Path, target_path: Path, sample: np.ndarray, to_keras3: bool, safe_mode: bool) -> dict[str, Any]:
+def carry(source_path: Path, target_path: Path, sample: np.ndarray | None, to_keras3: bool, safe_mode: bool) -> dict[str, Any]:
     """Load, rebuild, check and save; the report as a dict."""
     keras3, tf_keras = dialects()
     source, target = (tf_keras, keras3) if to_keras3 else (keras3, tf_keras)
@@ -309,26 +313,31 @@ def carry(source_path: Path, target_path: Path, sample: np.ndarray, to_keras3: b
     except Exception as error:  # noqa: BLE001 - loaders raise anything from ValueError to OSError
         raise CannotCarry(f"{keras_name(source)} cannot load it ({one_line(error)})") from None
     rebuilt = rebuild(model, source, target)
+    if sample is None:  # no data at hand: inputs in [0, 1), the range the pipeline's data sources give
+        shape = [d or 32 for d in model.inputs[0].shape[1:]]
+        sample = np.random.default_rng(0).random((16, *shape), dtype=np.float32)
     expected, got = outputs(model, sample), outputs(rebuilt, sample)
-    difference = float(np.max(np.abs(expected - got), initial=0.0)) if expected.shape == got.shape else float("inf")
-    if not close(expected, got) if expected.shape == got.shape else True:
+    same_shape = expected.shape == got.shape
+    difference = float(np.max(np.abs(expected - got), initial=0.0)) if same_shape else float("inf")
+    if not same_shape or not close(expected, got):
         raise CannotCarry(f"{find_differing_layer(model, rebuilt)} (largest output difference {difference:.3g})")
     rebuilt.save(target_path)
     return {"ok": True, "max_abs_diff": difference, "layers": len(leaves(model)), "examples": len(sample)}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: SOURCE TARGET SAMPLE.npy REPORT.json [--to-keras3] [--unsafe]."""
+    """Command line: SOURCE TARGET REPORT.json [--sample SAMPLE.npy] [--to-keras3] [--unsafe]."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.models.keras3_bridge", description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path)
     parser.add_argument("target", type=Path)
-    parser.add_argument("sample", type=Path, help="a .npy batch of inputs to compare predictions on")
     parser.add_argument("report", type=Path)
+    parser.add_argument("--sample", type=Path, help="a .npy batch of inputs to compare predictions on (default: random)")
     parser.add_argument("--to-keras3", action="store_true", help="tf-keras -> Keras 3 (default: Keras 3 -> tf-keras)")
     parser.add_argument("--unsafe", action="store_true", help="allow files that run Python code when loaded")
     args = parser.parse_args(argv)
     try:
-        report = carry(args.source, args.target, np.load(args.sample), args.to_keras3, not args.unsafe)
+        sample = np.load(args.sample) if args.sample else None
+        report = carry(args.source, args.target, sample, args.to_keras3, not args.unsafe)
     except CannotCarry as error:
         report = {"ok": False, "error": str(error)}
     args.report.write_text(json.dumps(report))

@@ -2,6 +2,9 @@
 
 `file` loads a .keras, .h5 or SavedModel in Keras safe mode: a file that would run Python code
 on loading (a serialised lambda) is refused unless `safe_mode: false` says the file is trusted.
+A Keras 3 file is rebuilt in tf-keras first (pipeline.models.keras3), checked on a batch of the
+data. An inference-only SavedModel (a serving signature, no Keras model) cannot be built as a
+Keras model: it is the recipe's starting artifact (`start`), for stages that need no training.
 `custom` imports `target` (`package.module:function`) only when the model is built and calls it
 with `input_shape`, `num_classes` and `kwargs`; which modules a recipe may name is decided by
 the user's environment, not the recipe (pipeline.security).
@@ -17,9 +20,11 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
+from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.fields import ExistingPath, Required
 from pipeline.models.compat import without_softmax
+from pipeline.savedmodel import is_inference_only
 from pipeline.schema import Params, Plugin
 from pipeline.security import check_target
 
@@ -28,10 +33,12 @@ TARGET = re.compile(r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")
 
 
 class FileModelParams(Params):
-    """A model saved with tf-keras; its input shape and class count come from the file."""
+    """A saved model; its input shape and class count come from the file."""
 
     name: str = Field(description="Registered model kind (file).")
-    path: ExistingPath = Field(description="A .keras or .h5 file, or a SavedModel folder, saved with tf-keras.")
+    path: ExistingPath = Field(
+        description="A .keras or .h5 file (tf-keras or Keras 3), or a SavedModel folder (tf-keras, or inference-only)."
+    )
     safe_mode: bool = Field(
         True, description="Refuse files that run Python code when loaded; false only for files you trust."
     )
@@ -52,33 +59,61 @@ class FileModel(Plugin):
 
     Config: ClassVar = FileModelParams
 
+    def __init__(self, config: FileModelParams):
+        super().__init__(config)
+        self.sample: Any = None  # a batch of the data, to check a Keras 3 rebuild on
+
+    def start(self) -> ModelArtifact | None:
+        """The file itself when it is an inference-only SavedModel: the recipe starts from it."""
+        if is_inference_only(self.config.path):
+            return ModelArtifact(Path(self.config.path), ModelFormat.SAVED_MODEL, "model", metadata={"source": self.config.path})
+        return None
+
+    def prepare(self, data: Any) -> None:
+        """Keep a batch of `data`: a Keras 3 file's rebuild is checked on it."""
+        from pipeline.models.keras3 import sample_of
+
+        self.sample = sample_of(data)
+
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> Any:
         """The saved model, uncompiled; check_compatible compares it with the data."""
-        import tf_keras as keras
-        # Keras applies safe mode to .keras files only; the scope extends it to the legacy
-        # .h5/SavedModel loaders, which otherwise rebuild Lambda layers from raw bytecode.
-        from tf_keras.src.saving.serialization_lib import SafeModeScope
-
-        path = self.config.path
-        try:
-            with SafeModeScope(self.config.safe_mode):
-                model = keras.models.load_model(path, compile=False, safe_mode=self.config.safe_mode)
-        except Exception as error:  # noqa: BLE001 - loaders raise anything from ValueError to OSError
-            raise PipelineError(load_failure(path, error)) from None
-        if not isinstance(model, keras.Model):
-            raise PipelineError(f"model.path: {path} is not a Keras model; save it with tf_keras model.save()")
-        return without_softmax(model)
+        if self.start() is not None:
+            raise PipelineError(
+                f"model.path: {self.config.path} is an inference-only SavedModel (a serving signature, no Keras "
+                "model) and cannot be trained; save the Keras model with model.save('model.keras')"
+            )
+        return load_keras_file(self.config.path, self.config.safe_mode, "model.path", self.sample)
 
 
-def load_failure(path: str, error: Exception) -> str:
+def load_keras_file(path: str, safe_mode: bool, where: str, sample: Any = None) -> Any:
+    """The tf-keras model saved at `path` (a Keras 3 file rebuilt first), uncompiled, without a final softmax."""
+    import tf_keras as keras
+    # Keras applies safe mode to .keras files only; the scope extends it to the legacy
+    # .h5/SavedModel loaders, which otherwise rebuild Lambda layers from raw bytecode.
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    from pipeline.models.keras3 import is_keras3, to_tf_keras
+
+    source = to_tf_keras(path, sample, safe_mode, where) if is_keras3(path) else path
+    try:
+        with SafeModeScope(safe_mode):
+            model = keras.models.load_model(source, compile=False, safe_mode=safe_mode)
+    except Exception as error:  # noqa: BLE001 - loaders raise anything from ValueError to OSError
+        raise PipelineError(load_failure(path, error, where)) from None
+    if not isinstance(model, keras.Model):
+        raise PipelineError(f"{where}: {path} is not a Keras model; save it with model.save('model.keras')")
+    return without_softmax(model)
+
+
+def load_failure(path: str, error: Exception, where: str = "model.path") -> str:
     """One line saying why `path` did not load and what to do."""
     reason = " ".join(str(error).split())
     if "safe_mode" in reason or "arbitrary code" in reason:
         return (
-            f"model.path: {path} runs Python code (a lambda) when loaded, refused in safe mode; "
+            f"{where}: {path} runs Python code (a lambda) when loaded, refused in safe mode; "
             "if you trust the file, set model.safe_mode=false"
         )
-    return f"model.path: cannot load {path} ({reason[:200]}); save the model with tf_keras (model.save('model.keras'))"
+    return f"{where}: cannot load {path} ({reason[:200]}); save the model again with model.save('model.keras')"
 
 
 class CustomModelParams(Params):
