@@ -63,7 +63,8 @@ class QuantizeStage(Stage):
         keras_model = model.load_model()  # a SavedModel's signature stands in for a Keras model
         calibration = calibration_set(ctx, params)
         path = ctx.workdir / "model.tflite"
-        path.write_bytes(convert(keras_model, params, calibration, sparse=False))
+        path.write_bytes(convert_saved(keras_model, params, calibration, where) if model.format is ModelFormat.SAVED_MODEL
+                         else convert(keras_model, params, calibration, sparse=False))
         sparse = self.sparse_encoding(keras_model, model, calibration, path, ctx)
         metadata: dict[str, Any] = {
             **model.metadata, "quantization": params.mode, "sparse_encoding": sparse,
@@ -130,6 +131,23 @@ def convert(keras_model: Any, params: QuantizeParams, calibration: np.ndarray, s
         # Emitted for every calibrated conversion from Keras; it asks for nothing we can supply.
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
         return converter.convert()
+
+
+def convert_saved(signature_model: Any, params: QuantizeParams, calibration: np.ndarray, where: str) -> bytes:
+    """`convert` for an inference-only SavedModel, whose graph may hold what the converter cannot take.
+
+    A Keras model is rebuilt from layers the converter knows; a SavedModel is whatever was
+    traced, e.g. a signature that updates variables (batch-norm statistics traced in training
+    mode) fails calibration deep inside the converter.
+    """
+    try:
+        return convert(signature_model, params, calibration, sparse=False)
+    except Exception as error:  # noqa: BLE001 - the converter raises RuntimeError, ConverterError, ValueError
+        reason = " ".join(str(error).split())[-200:]
+        raise PipelineError(
+            f"{where}: the TFLite converter cannot convert the SavedModel {signature_model.path} ({reason}); "
+            "check that its serving signature runs in inference mode, or give the Keras model (.keras) instead"
+        ) from None
 
 
 def configure_converter(keras_model: Any, params: QuantizeParams, calibration: np.ndarray) -> Any:
