@@ -111,3 +111,29 @@ def save(model, folder: Path, kind: str) -> Path:
         path = folder / f"{model.name}_tf_saved_model"
         tf.saved_model.save(model, str(path))
     return path
+
+
+def digits_cnn(input_shape=(8, 8, 1), classes=10):
+    """A small functional Keras 3 CNN with a Sequential block inside, as a Keras 3 script would write it."""
+    import keras
+
+    layers = keras.layers
+    inputs = keras.Input(input_shape)
+    block = keras.Sequential(
+        [layers.Conv2D(16, 3, padding="same"), layers.BatchNormalization(), layers.ReLU()], name="features"
+    )
+    x = layers.MaxPooling2D()(block(inputs))
+    x = layers.Conv2D(32, 3, padding="same", activation="relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.1)(x)
+    return keras.Model(inputs, layers.Dense(classes)(x), name="digits_cnn")
+
+
+def train_keras3(model, data, epochs: int, seed: int = 0):
+    """Fit a Keras 3 model on a Dataset's training split with Keras 3's own fit; returns it."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(data.x_train, data.y_train, epochs=epochs, batch_size=32, verbose=0)
+    return model

@@ -78,7 +78,7 @@ def to_tf_keras(path: str | Path, sample: np.ndarray | None, safe_mode: bool, wh
     if not report["ok"]:
         raise PipelineError(
             f"{where}: cannot rebuild the Keras 3 model {path} in tf-keras: {report['error']}; "
-            "replace that layer with a built-in one, or train the model with tf_keras (TF_USE_LEGACY_KERAS=1)"
+            "use layers and options tf-keras also has, or train the model with tf_keras (TF_USE_LEGACY_KERAS=1)"
         )
     log.info(
         "%s: rebuilt %d layers; predictions on %s (%d examples) match, largest difference %.2g",
