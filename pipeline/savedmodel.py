@@ -66,7 +66,7 @@ class SignatureModel:
                 f"{where}: {path}'s serving signature has {len(inputs)} inputs and {len(outputs)} outputs; "
                 "the pipeline takes models with one input and one output"
             )
-        self._loaded, self._function = loaded, function  # the loaded object owns the variables
+        self.loaded, self._function = loaded, function  # the loaded object owns the variables
         (self._input_key, spec), = inputs.items()
         (self._output_key, result), = outputs.items()
         self.inputs = [TensorInfo(self._input_key, tuple(spec.shape), spec.dtype)]
@@ -94,6 +94,16 @@ class SignatureModel:
         if not len(x):
             return np.zeros((0, *self.output_shape[1:]), np.float32)
         return np.concatenate([np.asarray(self(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
+
+    def frozen(self) -> Any:
+        """The signature with its variables folded into constants, for the TFLite converter.
+
+        A signature may also read state that inference does not need (a Keras 3 dropout's seed,
+        after `tf.saved_model.save`); left as variables, it stops int8 calibration in the converter.
+        """
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        return convert_variables_to_constants_v2(self._function)
 
     def get_weights(self) -> list[np.ndarray]:
         """Values of the variables the signature reads."""

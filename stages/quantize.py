@@ -136,9 +136,8 @@ def convert(keras_model: Any, params: QuantizeParams, calibration: np.ndarray, s
 def convert_saved(signature_model: Any, params: QuantizeParams, calibration: np.ndarray, where: str) -> bytes:
     """`convert` for an inference-only SavedModel, whose graph may hold what the converter cannot take.
 
-    A Keras model is rebuilt from layers the converter knows; a SavedModel is whatever was
-    traced, e.g. a signature that updates variables (batch-norm statistics traced in training
-    mode) fails calibration deep inside the converter.
+    A Keras model is made of layers the converter knows; a SavedModel is whatever was traced
+    (custom ops, variables updated at inference), and the converter fails deep inside on those.
     """
     try:
         return convert(signature_model, params, calibration, sparse=False)
@@ -146,7 +145,7 @@ def convert_saved(signature_model: Any, params: QuantizeParams, calibration: np.
         reason = " ".join(str(error).split())[-200:]
         raise PipelineError(
             f"{where}: the TFLite converter cannot convert the SavedModel {signature_model.path} ({reason}); "
-            "check that its serving signature runs in inference mode, or give the Keras model (.keras) instead"
+            "give the Keras model (.keras) instead"
         ) from None
 
 
@@ -154,10 +153,10 @@ def configure_converter(keras_model: Any, params: QuantizeParams, calibration: n
     """A TFLiteConverter set up for `params.mode`; reads the SavedModel itself for a signature model."""
     import tensorflow as tf
 
-    from pipeline.savedmodel import SIGNATURE, SignatureModel
+    from pipeline.savedmodel import SignatureModel
 
     if isinstance(keras_model, SignatureModel):
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(keras_model.path), signature_keys=[SIGNATURE])
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([keras_model.frozen()], keras_model.loaded)
     else:
         converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
     if params.mode == "none":

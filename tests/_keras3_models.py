@@ -134,6 +134,6 @@ def train_keras3(model, data, epochs: int, seed: int = 0):
     import keras
 
     keras.utils.set_random_seed(seed)
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     model.fit(data.x_train, data.y_train, epochs=epochs, batch_size=32, verbose=0)
     return model

@@ -54,7 +54,7 @@ def keras3_digits(tmp_path_factory):
     from tests._tiny import digits
 
     data = digits()
-    model = k3.train_keras3(k3.digits_cnn(data.input_shape, data.num_classes), data, epochs=8)
+    model = k3.train_keras3(k3.digits_cnn(data.input_shape, data.num_classes), data, epochs=25)
     folder = tmp_path_factory.mktemp("keras3")
     files = {kind: k3.save(model, folder, kind) for kind in ("keras", "h5", "export", "tf_saved_model")}
     logits = model.predict(data.x_test, verbose=0)
