@@ -84,7 +84,7 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
     tracker = BackgroundTracker(settings.tracking, Path(settings.outputs)) if chief else NoTracking()
     rows: list[StageRow] = []
     exports: list[Path] = []
-    artifact = starting_artifact(plan.model_builder)  # None: the first stage builds the model
+    artifact = starting_artifact(plan.model_builder)  # a file model's file; None: the first stage builds one
     input_key = "start"
     with tracker.start(" ".join([info.recipe, *info.overrides]), run_tags(plan, info, data)):
         tracker.log_params(flatten(resolved_config(plan)))

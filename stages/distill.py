@@ -12,7 +12,7 @@ from pydantic import Field
 
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
-from pipeline.models import prepare, starting_artifact
+from pipeline.models import prepare, starting_format
 from pipeline.stage import Stage, StageContext
 from stages._training import FitParams, compile_model, fit, save_keras
 
@@ -59,7 +59,7 @@ class DistillStage(Stage):
         if params.teacher is not None and not Path(params.teacher).exists():
             raise PipelineError(f"{where}.teacher: no such file '{params.teacher}'; give the path of a .keras, .h5 or SavedModel")
         student = configure(registry.MODELS, params.student, f"{where}.student")
-        if starting_artifact(student) is not None:
+        if starting_format(student) is ModelFormat.SAVED_MODEL:
             raise PipelineError(
                 f"{where}.student: {student.config.path} is an inference-only SavedModel (a serving signature, no "
                 "Keras model) and cannot be trained as the student; give a Keras model file or an architecture"

@@ -55,7 +55,7 @@ def test_stages_that_train_refuse_it_before_any_work(tmp_path, keras3_digits, ov
     with pytest.raises(PipelineError) as error:
         build_plan(compose_config(tmp_path, *overrides, "model=file", f"model.path={path}"))
     message = str(error.value)
-    assert message.startswith(f"stages.{stage}: needs a keras model, but model.path {path} is an inference-only SavedModel")
+    assert message.startswith(f"stages.{stage}: needs a keras model, but the model (model.path: {path}) is an inference-only SavedModel")
     assert "start the recipe with a stage that takes it (distill, export, quantize; e.g. recipe=ptq_int8)" in message
     assert "\n" not in message
     assert not (tmp_path / "outputs").exists()

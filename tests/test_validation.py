@@ -48,7 +48,7 @@ def test_bad_config_is_one_clear_line(tmp_path, overrides, expected):
 def test_stage_order_is_checked(tmp_path):
     cfg = compose_config(tmp_path)
     cfg.stages = {"quantize": {"mode": "int8"}, "prune": {}}
-    with pytest.raises(PipelineError, match=r"stages.quantize: needs a keras model but gets no model yet"):
+    with pytest.raises(PipelineError, match=r"stages.quantize: needs a keras or saved_model model but gets no model yet"):
         build_plan(cfg)
     cfg.stages = {"train": {}, "quantize": {}, "prune": {}}
     with pytest.raises(PipelineError, match=r"stages.prune: needs a keras model but gets a tflite model from stages.quantize"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pipeline.artifact import ModelFormat
 from pipeline.errors import PipelineError
 
 log = logging.getLogger("pipeline")
@@ -18,7 +19,7 @@ def check_compatible(builder: Any, data: Any) -> None:
     its actual input and output shapes compared with the data, which covers user files and
     builders that ignore the shape they are given.
     """
-    from pipeline.models import starting_artifact
+    from pipeline.models import starting_artifact, starting_format
 
     origin = describe(builder)
     if data.num_classes < 2:
@@ -26,8 +27,10 @@ def check_compatible(builder: Any, data: Any) -> None:
     check = getattr(builder, "check", None)
     if check is not None:
         check(data.input_shape, data.num_classes)
-    start = starting_artifact(builder)
-    model = start.load_model() if start is not None else builder.build(data.input_shape, data.num_classes)
+    if starting_format(builder) is ModelFormat.SAVED_MODEL:
+        model = starting_artifact(builder).load_model()  # a signature: its shapes, no Keras model
+    else:
+        model = builder.build(data.input_shape, data.num_classes)
     expected = tuple(model.input_shape[1:]) if isinstance(model.input_shape, tuple) else None
     if expected is None or not shapes_match(expected, data.input_shape):
         raise PipelineError(

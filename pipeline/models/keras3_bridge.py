@@ -119,7 +119,7 @@ def translate_layer(class_name: str, config: dict, target: Dialect) -> dict:
 
 def plain_value(key: str, value: Any) -> Any:
     """Config values both Keras versions read: dtype policies by name, objects as class and config."""
-    if isinstance(value, dict) and value.get("class_name") == "DTypePolicy":
+    if isinstance(value, dict) and str(value.get("class_name", "")).endswith("DTypePolicy"):
         return value["config"]["name"]
     if isinstance(value, dict) and "class_name" in value and "config" in value and key != "config":
         return {"class_name": value["class_name"], "config": value["config"]}

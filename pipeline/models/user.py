@@ -4,7 +4,8 @@
 on loading (a serialised lambda) is refused unless `safe_mode: false` says the file is trusted.
 A Keras 3 file is rebuilt in tf-keras first (pipeline.models.keras3), checked on a batch of the
 data. An inference-only SavedModel (a serving signature, no Keras model) cannot be built as a
-Keras model: it is the recipe's starting artifact (`start`), for stages that need no training.
+Keras model. Either way the file is what the recipe starts from (`start`): the first stage gets
+it as its input, so a recipe may begin with any stage that takes its format.
 `custom` imports `target` (`package.module:function`) only when the model is built and calls it
 with `input_shape`, `num_classes` and `kwargs`; which modules a recipe may name is decided by
 the user's environment, not the recipe (pipeline.security).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -63,11 +65,25 @@ class FileModel(Plugin):
         super().__init__(config)
         self.sample: Any = None  # a batch of the data, to check a Keras 3 rebuild on
 
-    def start(self) -> ModelArtifact | None:
-        """The file itself when it is an inference-only SavedModel: the recipe starts from it."""
-        if is_inference_only(self.config.path):
-            return ModelArtifact(Path(self.config.path), ModelFormat.SAVED_MODEL, "model", metadata={"source": self.config.path})
-        return None
+    def start_format(self) -> ModelFormat:
+        """What the recipe starts from, told from the files alone (no TensorFlow): a Keras model or a signature."""
+        return ModelFormat.SAVED_MODEL if is_inference_only(self.config.path) else ModelFormat.KERAS
+
+    def start(self) -> ModelArtifact:
+        """The model file the first stage gets as its input.
+
+        An inference-only SavedModel is handed on as it is. A Keras file is loaded as `build`
+        loads it (safe mode, a Keras 3 file rebuilt, a final softmax removed) and saved as a
+        tf-keras .keras file, so every stage reads the same checked model.
+        """
+        source = {"source": self.config.path}
+        if self.start_format() is ModelFormat.SAVED_MODEL:
+            return ModelArtifact(Path(self.config.path), ModelFormat.SAVED_MODEL, "model", metadata=source)
+        from pipeline.models.keras3 import scratch
+
+        path = scratch() / f"start-{uuid.uuid4().hex[:12]}.keras"
+        self.build((), 0).save(path)  # a file model ignores the data's shape and class count
+        return ModelArtifact(path, ModelFormat.KERAS, "model", metadata=source)
 
     def prepare(self, data: Any) -> None:
         """Keep a batch of `data`: a Keras 3 file's rebuild is checked on it."""
@@ -77,7 +93,7 @@ class FileModel(Plugin):
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> Any:
         """The saved model, uncompiled; check_compatible compares it with the data."""
-        if self.start() is not None:
+        if self.start_format() is ModelFormat.SAVED_MODEL:
             raise PipelineError(
                 f"model.path: {self.config.path} is an inference-only SavedModel (a serving signature, no Keras "
                 "model) and cannot be trained; save the Keras model with model.save('model.keras')"
