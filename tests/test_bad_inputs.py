@@ -78,7 +78,7 @@ CASES = [
     (["recipe=cluster_int8", "stages.cluster.number_of_clusters=1"], "stages.cluster.number_of_clusters: expected greater than or equal to", True),
     (["recipe=distill_prune_int8", "stages.distill.temperature=0"], "stages.distill.temperature: expected greater than 0", True),
     (["recipe=distill_prune_int8", "stages.distill.alpha=1.5"], "stages.distill.alpha: expected less than or equal to 1", True),
-    (["recipe=quantize_first"], "stages.quantize: needs a keras model but gets no model yet", True),
+    (["recipe=quantize_first"], "stages.quantize: needs a keras or saved_model model but gets no model yet", True),
     (["recipe=prune_after_int8"], "stages.prune: needs a keras model but gets a tflite model from stages.quantize", True),
     (["recipe=distill_without_teacher"], "stages.distill", True),
     (["recipe=typo_top_level"], "stgaes: unknown key; did you mean 'stages'?", True),
