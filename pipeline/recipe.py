@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import Field
 
 from pipeline import registry
-from pipeline.artifact import ModelFormat
+from pipeline.artifact import Effect, ModelFormat
 from pipeline.devices import DeviceParams, DeviceSetup
 from pipeline.errors import PipelineError
 from pipeline.models import starting_format
@@ -130,12 +130,14 @@ def plan_stage(name: str, values: Any) -> PlannedStage:
 
 
 def check_order(stages: list[PlannedStage], start: ModelFormat | None = None, origin: str = "model") -> None:
-    """Each stage must accept the format its predecessor hands on (or what the recipe starts from).
+    """Each stage must accept the format its predecessor hands on (or what the recipe starts from),
+    and what the earlier stages did to the model (its `check_input`, fed their `effects_after`).
 
     `start` is the format of the model file the recipe starts from (a file model); None means
     the first stage starts from nothing and builds the model. `origin` names the model's config key.
     """
     current = start
+    effects: frozenset[Effect] = frozenset()
     made_by = "the start of the recipe" if start is None else origin
     for index, planned in enumerate(stages):
         accepts = type(planned.stage).accepts
@@ -148,8 +150,9 @@ def check_order(stages: list[PlannedStage], start: ModelFormat | None = None, or
                 f"stages.{planned.name}: needs a {wanted} model but gets {have}; "
                 f"reorder the stages so that a stage producing {wanted} comes first"
             )
-        planned.stage.check_input(current, [p.stage for p in stages[:index]], f"stages.{planned.name}")
+        planned.stage.check_input(current, effects, f"stages.{planned.name}")
         current = type(planned.stage).output_format(current)
+        effects = planned.stage.effects_after(effects)
         made_by = f"stages.{planned.name}"
 
 

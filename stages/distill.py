@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.models import prepare, starting_format
+from pipeline.models.user import model_file_problem
 from pipeline.stage import Stage, StageContext
 from stages._training import FitParams, compile_model, fit, save_keras
 
@@ -46,7 +46,11 @@ class DistillStage(Stage):
     Config: ClassVar = DistillParams
     accepts: ClassVar = frozenset({None, ModelFormat.KERAS, ModelFormat.SAVED_MODEL})
 
-    def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
+    def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
+        """The student is a new model: nothing done to the teacher carries over."""
+        return frozenset()
+
+    def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
         from pipeline import registry
         from pipeline.recipe import configure
 
@@ -58,6 +62,9 @@ class DistillStage(Stage):
             )
         if params.teacher is not None and not Path(params.teacher).exists():
             raise PipelineError(f"{where}.teacher: no such file '{params.teacher}'; give the path of a .keras, .h5 or SavedModel")
+        problem = model_file_problem(Path(params.teacher)) if params.teacher is not None else None
+        if problem:
+            raise PipelineError(f"{where}.teacher: {params.teacher} {problem}")
         student = configure(registry.MODELS, params.student, f"{where}.student")
         if starting_format(student) is ModelFormat.SAVED_MODEL:
             raise PipelineError(
@@ -92,21 +99,23 @@ class DistillStage(Stage):
         fit(student, ctx, params, targets=targets)
         teacher_facts = {"teacher_params": float(teacher.count_params()), "teacher_accuracy": teacher_accuracy}
         artifact = save_keras(
-            student, ctx, None, distilled=True, teacher=params.teacher or str(model.path), metrics=teacher_facts
+            student, ctx, None, effects=self.output_effects(model), metrics=teacher_facts,
+            distilled=True, teacher=params.teacher or str(model.path),
         )
         return dataclasses.replace(artifact, parent=model)
 
 
 def load_teacher(path: str, ctx: StageContext) -> Any:
     """The teacher file as a model to predict with: a tf-keras model (Keras 3 files rebuilt) or a SavedModel's signature."""
+    from pipeline.models.compat import without_softmax
     from pipeline.models.keras3 import sample_of
-    from pipeline.models.user import load_keras_file
+    from pipeline.models.user import load_model_file
     from pipeline.savedmodel import SignatureModel, is_inference_only
 
     where = f"stages.{ctx.name}.teacher"
     if is_inference_only(path):
         return SignatureModel(path, where)
-    teacher = load_keras_file(path, True, where, sample_of(ctx.data))
+    teacher = without_softmax(load_model_file(path, where, sample=sample_of(ctx.data)))
     if getattr(teacher, "softmax_removed", False):
         ctx.log.warning("    %s: %s ends in a softmax; distilling from the logits before it", where, path)
     return teacher

@@ -13,7 +13,7 @@ from pipeline.models import check_compatible
 from pipeline.models.backbone import Backbone, BackboneParams, input_preprocessing
 from pipeline.recipe import build_plan
 from tests._tiny import context
-from tests.conftest import compose_config
+from tests._runs import compose_config
 
 
 def rgb(count: int = 24, side: int = 32, classes: int = 3) -> Dataset:

@@ -14,7 +14,7 @@ from pipeline.models.keras3 import is_keras3
 from pipeline.models.user import FileModel, FileModelParams
 from tests import _keras3_models as k3
 from tests._tiny import context
-from tests.conftest import TINY, run_cli
+from tests._runs import TINY, run_cli
 
 
 def images(shape, classes=3, count=24) -> Dataset:
@@ -126,7 +126,7 @@ def test_keras3_export_writes_a_file_keras3_loads(tmp_path):
     trained = TrainStage(TrainParams(epochs=1)).run(None, ctx)
     out = ExportStage(ExportParams(formats=["keras3"])).run(trained, context(tmp_path, "export", index=1, data=ctx.data))
     path = tmp_path / "export" / "model_keras3.keras"
-    assert str(path) in out.metadata["exports"]
+    assert path in out.exports
     assert json.loads(__import__("zipfile").ZipFile(path).read("metadata.json"))["keras_version"].startswith("3.")
     restored = keras.saving.load_model(path)
     x = ctx.data.x_test[:16]
@@ -140,7 +140,7 @@ def test_a_keras3_teacher_file_is_rebuilt_for_distillation(tmp_path, keras3_digi
     params = DistillParams(teacher=str(keras3_digits["files"]["keras"]), epochs=1, student={"name": "small_cnn", "width": 0.25})
     out = DistillStage(params).run(None, ctx)
     assert out.format is ModelFormat.KERAS
-    assert out.metadata["metrics"]["teacher_accuracy"] == pytest.approx(keras3_digits["accuracy"], abs=1e-9)
+    assert out.metrics["teacher_accuracy"] == pytest.approx(keras3_digits["accuracy"], abs=1e-9)
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from pipeline.errors import PipelineError
 from pipeline.recipe import MeasureParams, build_plan
 from pipeline.savedmodel import SignatureModel, is_inference_only
 from tests._tiny import context
-from tests.conftest import compose_config
+from tests._runs import compose_config
 
 SIGNATURE_KINDS = ["export", "tf_saved_model"]
 
@@ -76,7 +76,7 @@ def test_checking_such_a_recipe_does_not_import_tensorflow(tmp_path, keras3_digi
         f"""
         import sys
         from pathlib import Path
-        from tests.conftest import compose_config
+        from tests._runs import compose_config
         from pipeline.recipe import build_plan
         plan = build_plan(compose_config(Path({str(tmp_path)!r}), "recipe=ptq_int8", "model=file", "model.path={path}"))
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_keras", "keras")))
@@ -94,7 +94,7 @@ def test_a_signature_teaches_a_student(tmp_path, keras3_digits):
     teacher = str(keras3_digits["files"]["export"])
     out = DistillStage(DistillParams(teacher=teacher, epochs=2, student={"name": "small_cnn", "width": 0.25})).run(None, ctx)
     assert out.format is ModelFormat.KERAS and out.metadata["teacher"] == teacher
-    assert out.metadata["metrics"]["teacher_accuracy"] == pytest.approx(keras3_digits["accuracy"], abs=1e-9)
+    assert out.metrics["teacher_accuracy"] == pytest.approx(keras3_digits["accuracy"], abs=1e-9)
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import re
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,12 +49,32 @@ class FileModelParams(Params):
     @field_validator("path")
     @classmethod
     def _is_a_model(cls, path: str) -> str:
-        location = Path(path)
-        if location.is_dir() and not (location / "saved_model.pb").exists():
-            raise ValueError("is a folder without saved_model.pb; point it at a .keras/.h5 file or a SavedModel folder")
-        if location.is_file() and location.suffix.lower() not in MODEL_FILES:
-            raise ValueError(f"expected a {', '.join(MODEL_FILES)} file or a SavedModel folder")
+        problem = model_file_problem(Path(path))
+        if problem:
+            raise ValueError(problem)
         return path
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def model_file_problem(location: Path) -> str | None:
+    """What makes `location` not a saved model, judged from its layout alone (no TensorFlow), or None.
+
+    Catches a wrong path or a damaged download before any stage runs, instead of after training.
+    """
+    if location.is_dir():
+        return None if (location / "saved_model.pb").exists() else (
+            "is a folder without saved_model.pb; point it at a .keras/.h5 file or a SavedModel folder"
+        )
+    suffix = location.suffix.lower()
+    if suffix not in MODEL_FILES:
+        return f"expected a {', '.join(MODEL_FILES)} file or a SavedModel folder"
+    if suffix == ".keras" and not (zipfile.is_zipfile(location) and "config.json" in zipfile.ZipFile(location).namelist()):
+        return "is not a .keras archive (a zip holding config.json); the file is damaged or was saved otherwise"
+    if suffix != ".keras" and location.open("rb").read(8) != HDF5_SIGNATURE:
+        return f"is not an HDF5 file; the file is damaged or is not a {suffix} model"
+    return None
 
 
 class FileModel(Plugin):
@@ -98,11 +119,15 @@ class FileModel(Plugin):
                 f"model.path: {self.config.path} is an inference-only SavedModel (a serving signature, no Keras "
                 "model) and cannot be trained; save the Keras model with model.save('model.keras')"
             )
-        return load_keras_file(self.config.path, self.config.safe_mode, "model.path", self.sample)
+        return without_softmax(load_model_file(self.config.path, "model.path", self.config.safe_mode, self.sample))
 
 
-def load_keras_file(path: str, safe_mode: bool, where: str, sample: Any = None) -> Any:
-    """The tf-keras model saved at `path` (a Keras 3 file rebuilt first), uncompiled, without a final softmax."""
+def load_model_file(path: str, where: str, safe_mode: bool = True, sample: Any = None) -> Any:
+    """The tf-keras model saved at `path`, uncompiled; a file that does not load is one line naming `where`.
+
+    A Keras 3 file is rebuilt in tf-keras first and the rebuild checked on `sample` (a batch of
+    the data; random inputs when None).
+    """
     import tf_keras as keras
     # Keras applies safe mode to .keras files only; the scope extends it to the legacy
     # .h5/SavedModel loaders, which otherwise rebuild Lambda layers from raw bytecode.
@@ -118,7 +143,7 @@ def load_keras_file(path: str, safe_mode: bool, where: str, sample: Any = None) 
         raise PipelineError(load_failure(path, error, where)) from None
     if not isinstance(model, keras.Model):
         raise PipelineError(f"{where}: {path} is not a Keras model; save it with model.save('model.keras')")
-    return without_softmax(model)
+    return model
 
 
 def load_failure(path: str, error: Exception, where: str = "model.path") -> str:
@@ -129,7 +154,7 @@ def load_failure(path: str, error: Exception, where: str = "model.path") -> str:
             f"{where}: {path} runs Python code (a lambda) when loaded, refused in safe mode; "
             "if you trust the file, set model.safe_mode=false"
         )
-    return f"{where}: cannot load {path} ({reason[:200]}); save the model again with model.save('model.keras')"
+    return f"{where}: cannot load {path} ({reason[:200]}); save the model with tf_keras (model.save('model.keras'))"
 
 
 class CustomModelParams(Params):
