@@ -38,7 +38,7 @@ class CannotCarry(Exception):
 
 
 class Dialect:
-    """One Keras version: its module, how it writes tensor references, and its class lookup."""
+    """One Keras version: its module, whether it is Keras 3, and its class lookup."""
 
     def __init__(self, keras: Any, version3: bool):
         self.keras = keras
@@ -203,7 +203,7 @@ def rebuild(model: Any, source: Dialect, target: Dialect) -> Any:
 
 
 def deserialize(config: dict, target: Dialect) -> Any:
-    """A model or layer of `target`'s Keras from its translated config."""
+    """A model or layer of `target`'s Keras from its translated config (tf-keras reads either from JSON)."""
     if target.version3:
         return target.keras.saving.deserialize_keras_object(config)
     return target.keras.models.model_from_json(json.dumps(config))
@@ -217,7 +217,7 @@ def failing_layer(config: dict, target: Dialect) -> str | None:
         else:
             try:
                 layer = {key: entry[key] for key in ("class_name", "config", "module") if key in entry}
-                deserialize(layer, target) if target.version3 else target.keras.layers.deserialize(layer)
+                deserialize(layer, target)
                 found = None
             except Exception as error:  # noqa: BLE001
                 found = f"layer '{entry['config'].get('name')}' ({entry['class_name']}) cannot be rebuilt in {keras_name(target)} ({one_line(error)})"
