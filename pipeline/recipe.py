@@ -146,9 +146,11 @@ def check_order(stages: list[PlannedStage], start: ModelFormat | None = None, or
             if start is ModelFormat.SAVED_MODEL and index == 0:
                 raise PipelineError(cannot_start_from(planned.name, wanted, origin))
             have = "no model yet" if current is None else f"a {current.value} model from {made_by}"
+            # A recipe that trains nothing (quantize first) is meant for a saved model.
+            or_file = " or start from a saved model (model=file model.path=FILE)" if current is None and index == 0 else ""
             raise PipelineError(
                 f"stages.{planned.name}: needs a {wanted} model but gets {have}; "
-                f"reorder the stages so that a stage producing {wanted} comes first"
+                f"reorder the stages so that a stage producing {wanted} comes first{or_file}"
             )
         planned.stage.check_input(current, effects, f"stages.{planned.name}")
         current = type(planned.stage).output_format(current)
