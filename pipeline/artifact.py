@@ -31,6 +31,11 @@ class ModelArtifact:
     parent: ModelArtifact | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def takes_raw_inputs(self) -> bool:
+        """Whether the model takes raw inputs (the data's preprocessing folded in; `metadata["serving"]`)."""
+        return self.metadata.get("serving", {}).get("inputs") == "raw"
+
     def lineage(self) -> list[ModelArtifact]:
         """This artifact, then its parent, and so on back to the first model."""
         chain, current = [], self

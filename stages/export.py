@@ -13,6 +13,7 @@ from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.schema import Params
 from pipeline.stage import Stage, StageContext
+from stages._serving import INPUTS_HELP, OUTPUTS_HELP, choose_inputs, contract, serving_model
 
 Target = Literal["tflite", "keras", "h5", "saved_model"]
 
@@ -34,7 +35,17 @@ class ExportParams(Params):
     )
     name: str = Field("model", pattern=r"^[\w.-]+$", description="Base name of the exported files.")
     metadata: bool = Field(
-        True, description="Also write NAME.json: recipe, metrics, input/output details, quantization, lineage."
+        True,
+        description=(
+            "Also write NAME.json (input contract and preprocessing, class names, recipe, metrics, I/O details, "
+            "quantization, lineage) and NAME.labels.txt (one class name per line)."
+        ),
+    )
+    inputs: Literal["auto", "raw", "preprocessed"] = Field(
+        "auto", description=f"Keras-format exports (auto: as the converted TFLite model, else raw). {INPUTS_HELP}"
+    )
+    outputs: Literal["auto", "logits", "probabilities"] = Field(
+        "auto", description=f"Keras-format exports (auto: as the converted TFLite model, else logits). {OUTPUTS_HELP}"
     )
 
 
@@ -59,6 +70,8 @@ class ExportStage(Stage):
         folder = ctx.run_dir / "export"
         folder.mkdir(parents=True, exist_ok=True)
         written: dict[str, Path] = {}
+        keras_contract = keras_serving(params, model, ctx)
+        contracts = {}
         for target in dict.fromkeys(params.formats):
             source = model.nearest(SOURCE_FORMAT[target])
             if source is None:
@@ -66,7 +79,8 @@ class ExportStage(Stage):
                     f"stages.{ctx.name}.formats: no {SOURCE_FORMAT[target].value} model to export as '{target}'; "
                     f"remove '{target}' or add a stage that produces one"
                 )
-            written[target] = write(source, target, folder / params.name)
+            contracts[target] = source.metadata.get("serving", {}) if target == "tflite" else keras_contract
+            written[target] = write(source, target, folder / params.name, keras_contract, ctx)
             ctx.log.info("    wrote %s", written[target])
             if trained_past(model, source):
                 ctx.log.warning(
@@ -75,14 +89,16 @@ class ExportStage(Stage):
                     written[target].name, source.stage,
                 )
         facts = {**model.metadata, "exports": [str(p) for p in written.values()]}
+        if model.format.value in written:  # handed on as its exported copy, under that file's contract
+            facts["serving"] = contracts[model.format.value]
+        handed_on = ModelArtifact(written.get(model.format.value, model.path), model.format, ctx.name, model, facts)
         if params.metadata:
             from stages import _metadata
 
-            facts["metadata_file"] = str(_metadata.write(model, written, ctx, folder / f"{params.name}.json"))
-            facts["exports"].append(facts["metadata_file"])
-            ctx.log.info("    wrote %s", facts["metadata_file"])
-        handed_on = written.get(model.format.value, model.path)
-        return ModelArtifact(handed_on, model.format, ctx.name, model, facts)
+            for path in _metadata.write(handed_on, written, contracts, ctx, folder / params.name):
+                facts["exports"].append(str(path))
+                ctx.log.info("    wrote %s", path)
+        return handed_on
 
 
 def trained_past(model: ModelArtifact, source: ModelArtifact) -> bool:
@@ -91,13 +107,21 @@ def trained_past(model: ModelArtifact, source: ModelArtifact) -> bool:
     return any(artifact.metadata.get("quantize_aware") for artifact in later)
 
 
-def write(source: ModelArtifact, target: str, stem: Path) -> Path:
-    """Write `source` as `target` next to `stem`; returns the written path."""
+def keras_serving(params: ExportParams, model: ModelArtifact, ctx: StageContext) -> dict[str, str]:
+    """The contract of Keras-format exports: as asked, or (auto) as the converted TFLite model's."""
+    converted = model.nearest(ModelFormat.TFLITE)
+    before = converted.metadata.get("serving", {}) if converted is not None else {}
+    choice = before.get("inputs", "raw") if params.inputs == "auto" else params.inputs
+    inputs, _ = choose_inputs(choice, ctx.data.preprocessing, integer=False)
+    outputs = before.get("outputs", "logits") if params.outputs == "auto" else params.outputs
+    return contract(inputs, outputs)
+
+
+def write(source: ModelArtifact, target: str, stem: Path, serving: dict[str, str], ctx: StageContext) -> Path:
+    """Write `source` as `target` next to `stem` (Keras formats under the `serving` contract); the written path."""
     if target == "tflite":
         return Path(shutil.copyfile(source.path, stem.with_suffix(".tflite")))
-    if target == "keras" and source.path.suffix == ".keras":
-        return Path(shutil.copyfile(source.path, stem.with_suffix(".keras")))
-    keras_model = source.load_keras()
+    keras_model = serving_model(source.load_keras(), ctx.data.preprocessing, serving["inputs"], serving["outputs"])
     if target == "keras":
         path = stem.with_suffix(".keras")
         keras_model.save(path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -200,7 +200,7 @@ def as_labels(y: np.ndarray, where: str) -> tuple[np.ndarray, tuple[str, ...]]:
     return y.astype(np.int64), ()
 
 
-def normalize(data: Dataset, mode: Normalize, **described: str | tuple[str, ...] | None) -> Dataset:
+def normalize(data: Dataset, mode: Normalize, **described: Any) -> Dataset:
     """Scale every split with `mode`'s steps, fitted on the training split only (no test-set leakage).
 
     `described` fills in the rest of the `Preprocessing` (features, label, color_mode, resize).
@@ -208,13 +208,15 @@ def normalize(data: Dataset, mode: Normalize, **described: str | tuple[str, ...]
     return prepared(data, fit_steps(data.x_train, mode), **described)
 
 
-def prepared(data: Dataset, steps: list[Step], **described: str | tuple[str, ...] | None) -> Dataset:
+def prepared(data: Dataset, steps: list[Step], **described: Any) -> Dataset:
     """`data` (raw inputs in every split) with `steps` applied, the raw test inputs kept.
 
     Images get their colour mode from the channel count unless `described` names it.
     """
     channels = data.x_train.shape[-1] if data.x_train.ndim == 4 else None
     described.setdefault("color_mode", {1: "grayscale", 3: "rgb"}.get(channels))
+    if len(data.x_train):
+        described["value_range"] = (float(data.x_train.min()), float(data.x_train.max()))
     preprocessing = Preprocessing(tuple(steps), **described)  # type: ignore[arg-type]
     raw_test = np.asarray(data.x_test, np.float32)
     return replace(

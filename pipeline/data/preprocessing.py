@@ -110,6 +110,7 @@ class Preprocessing:
 
     `features` names a table's columns in input order and `label` its class column; images have a
     `color_mode` (rgb or grayscale) and, when the source resizes, the `resize` method used.
+    `value_range` is the smallest and largest raw value of the training split.
     """
 
     steps: tuple[Step, ...] = ()
@@ -117,6 +118,7 @@ class Preprocessing:
     label: str | None = None
     color_mode: str | None = None
     resize: str | None = None
+    value_range: tuple[float, float] | None = None
 
     @property
     def per_feature(self) -> bool:
@@ -145,7 +147,7 @@ class Preprocessing:
     def to_json(self, shape: tuple[int, ...]) -> dict[str, Any]:
         """The description a consumer of the exported model needs, for inputs of `shape` (no batch axis)."""
         kind = "image" if self.color_mode else "table" if len(shape) == 1 else "array"
-        described: dict[str, Any] = {"kind": kind, "shape": list(shape), "dtype": "float32"}
+        described: dict[str, Any] = {"kind": kind, "shape": list(shape), "dtype": "float32", "value_range": self.value_range}
         if kind == "table":
             described["features"] = list(self.features) or [f"feature {i}" for i in range(shape[0])]
             described["label_column"] = self.label
@@ -162,7 +164,7 @@ class Preprocessing:
             steps.append(STEPS[step["op"]](**values))
         return cls(
             tuple(steps), tuple(described.get("features") or ()), described.get("label_column"),
-            described.get("color_mode"), described.get("resize"),
+            described.get("color_mode"), described.get("resize"), described.get("value_range"),
         )
 
     def fingerprint_text(self) -> str:
