@@ -52,8 +52,9 @@ class ExportParams(Params):
 class ExportStage(Stage):
     """Copy or convert the latest model of each requested format into `<run>/export/`.
 
-    The incoming model is handed on unchanged (as its exported copy); a Keras export after
-    quantization writes the Keras model the TFLite file was converted from.
+    The incoming model is handed on as its exported copy; a Keras export after quantization
+    writes the Keras model the TFLite file was converted from. Keras-format files get the named
+    serving signature and, for raw inputs, the data's preprocessing folded in as layers.
     """
 
     Config: ClassVar = ExportParams
@@ -95,7 +96,9 @@ class ExportStage(Stage):
         if params.metadata:
             from stages import _metadata
 
-            for path in _metadata.write(handed_on, written, contracts, ctx, folder / params.name):
+            paths = _metadata.write(handed_on, written, contracts, ctx, folder / params.name)
+            facts["metadata_file"], facts["labels_file"] = map(str, paths)
+            for path in paths:
                 facts["exports"].append(str(path))
                 ctx.log.info("    wrote %s", path)
         return handed_on
