@@ -76,7 +76,7 @@ def test_every_source_records_its_steps_and_keeps_the_raw_test_inputs(tmp_path):
     assert_recorded(idx, ["rescale"])
     assert idx.preprocessing.steps[0].scale == 1 / 255 and idx.x_test_raw.max() > 150
 
-    table = CsvSource(CsvParams(name="csv", path=str(write_csv(tmp_path / "t.csv")))).load(seed=0)
+    table = CsvSource(CsvParams(name="csv", path=str(write_csv(tmp_path / "t.csv")), label="species")).load(seed=0)
     assert_recorded(table, ["standardize"])
     assert table.preprocessing.features == ("length", "width", "constant") and table.preprocessing.label == "species"
     assert table.labels == ("setosa", "versicolor", "virginica")
