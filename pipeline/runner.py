@@ -22,6 +22,7 @@ import yaml
 import pipeline
 from pipeline.artifact import ModelArtifact
 from pipeline.cache import StageCache, cache_key, referenced_files
+from pipeline.data.dataset import check_finite
 from pipeline.models import check_compatible
 from pipeline.preflight import check_environment
 from pipeline.recipe import Plan, PlannedStage, build_plan
@@ -126,6 +127,7 @@ def load_data(plan: Plan) -> Dataset:
         "data: %d train, %d validation, %d test examples of shape %s, %d classes",
         len(data.x_train), len(data.x_val), len(data.x_test), data.input_shape, data.num_classes,
     )
+    check_finite(data, plan.settings.data["name"])
     check_compatible(plan.model_builder, data)  # a data/model mismatch fails here, before any training
     return data
 

@@ -13,6 +13,7 @@ from pydantic import Field
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.models.compat import without_softmax
+from pipeline.models.user import load_model_file, model_file_problem
 from pipeline.stage import Stage, StageContext
 from stages._training import FitParams, compile_model, fit, save_keras
 
@@ -53,17 +54,18 @@ class DistillStage(Stage):
             )
         if params.teacher is not None and not Path(params.teacher).exists():
             raise PipelineError(f"{where}.teacher: no such file '{params.teacher}'; give the path of a .keras, .h5 or SavedModel")
+        problem = model_file_problem(Path(params.teacher)) if params.teacher is not None else None
+        if problem:
+            raise PipelineError(f"{where}.teacher: {params.teacher} {problem}")
         configure(registry.MODELS, params.student, f"{where}.student")
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
-        import tf_keras as keras
-
         from pipeline import registry
         from pipeline.recipe import configure
 
         params: DistillParams = self.config
         if params.teacher is not None:
-            teacher = without_softmax(keras.models.load_model(params.teacher, compile=False))
+            teacher = without_softmax(load_model_file(params.teacher, f"stages.{ctx.name}.teacher"))
             if getattr(teacher, "softmax_removed", False):
                 ctx.log.warning("    stages.%s.teacher: %s ends in a softmax; distilling from the logits before it", ctx.name, params.teacher)
         else:
