@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", choices=PREFERENCE, help="which export of a folder to run (default: the first of tflite, keras, saved_model, h5)")
     parser.add_argument("--threads", type=int, default=1, help="LiteRT interpreter threads (default 1)")
     args = parser.parse_args(argv)
+    from pipeline import quiet
+
+    quiet.install()  # the libraries' start-up notes stay off the terminal, as for runs
     try:
         print(predict(args.export, args.inputs, args.format, args.threads))
     except PipelineError as error:
