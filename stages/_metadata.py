@@ -44,7 +44,11 @@ def describe(
         "io": io_details(shipped),
         "quantization": {key: model.metadata.get(key) for key in ("quantization", "calibration_samples", "sparse_encoding", "fully_integer")},
         "lineage": [
-            {"stage": a.stage, "format": a.format.value, "file": a.path.name, "facts": plain(a.metadata)}
+            {
+                "stage": a.stage, "format": a.format.value, "file": a.path.name,
+                "effects": sorted(effect.value for effect in a.effects),
+                "metrics": a.metrics, "gate": a.gate, "facts": plain(a.metadata),
+            }
             for a in reversed(model.lineage())
         ],
     }
@@ -89,9 +93,9 @@ def serving_facts(target: str, path: Path, contract: dict[str, str]) -> dict[str
 def write(
     model: ModelArtifact, exports: dict[str, Path], contracts: dict[str, dict[str, str]], ctx: StageContext, stem: Path
 ) -> list[Path]:
-    """Write `stem`.json and `stem`.labels.txt; their paths."""
+    """Write `stem`.labels.txt and `stem`.json; their paths, the JSON last."""
     labels = stem.with_name(f"{stem.name}.labels.txt")
     labels.write_text("".join(f"{name}\n" for name in ctx.data.labels))
     path = stem.with_suffix(".json")
     path.write_text(json.dumps(describe(model, exports, contracts, ctx, labels), indent=2, default=str) + "\n")
-    return [path, labels]
+    return [labels, path]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.models.compat import without_softmax
 from pipeline.models.user import load_model_file, model_file_problem
@@ -42,7 +41,11 @@ class DistillStage(Stage):
     Config: ClassVar = DistillParams
     accepts: ClassVar = frozenset({None, ModelFormat.KERAS})
 
-    def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
+    def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
+        """The student is a new model: nothing done to the teacher carries over."""
+        return frozenset()
+
+    def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
         from pipeline import registry
         from pipeline.recipe import configure
 
@@ -87,7 +90,8 @@ class DistillStage(Stage):
         fit(student, ctx, params, targets=targets)
         teacher_facts = {"teacher_params": float(teacher.count_params()), "teacher_accuracy": teacher_accuracy}
         artifact = save_keras(
-            student, ctx, None, distilled=True, teacher=params.teacher or str(model.path), metrics=teacher_facts
+            student, ctx, None, effects=self.output_effects(model), metrics=teacher_facts,
+            distilled=True, teacher=params.teacher or str(model.path),
         )
         return dataclasses.replace(artifact, parent=model)
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.schema import Params
 from pipeline.stage import Stage, StageContext
@@ -89,25 +89,25 @@ class ExportStage(Stage):
                     "the .tflite holds the quantization-aware result",
                     written[target].name, source.stage,
                 )
-        facts = {**model.metadata, "exports": [str(p) for p in written.values()]}
+        exports = list(written.values())
+        facts = dict(model.metadata)
         if model.format.value in written:  # handed on as its exported copy, under that file's contract
             facts["serving"] = contracts[model.format.value]
-        handed_on = ModelArtifact(written.get(model.format.value, model.path), model.format, ctx.name, model, facts)
+        handed_on = ModelArtifact(
+            written.get(model.format.value, model.path), model.format, ctx.name, model, facts, self.output_effects(model)
+        )
         if params.metadata:
             from stages import _metadata
 
-            paths = _metadata.write(handed_on, written, contracts, ctx, folder / params.name)
-            facts["metadata_file"], facts["labels_file"] = map(str, paths)
-            for path in paths:
-                facts["exports"].append(str(path))
+            for path in _metadata.write(handed_on, written, contracts, ctx, folder / params.name):
+                exports.append(path)
                 ctx.log.info("    wrote %s", path)
-        return handed_on
+        return dataclasses.replace(handed_on, exports=tuple(exports))
 
 
 def trained_past(model: ModelArtifact, source: ModelArtifact) -> bool:
     """Whether quantization-aware training happened between `source` and `model`."""
-    later = itertools.takewhile(lambda artifact: artifact is not source, model.lineage())
-    return any(artifact.metadata.get("quantize_aware") for artifact in later)
+    return Effect.QUANTIZE_AWARE in model.effects - source.effects
 
 
 def keras_serving(params: ExportParams, model: ModelArtifact, ctx: StageContext) -> dict[str, str]:
