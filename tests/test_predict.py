@@ -17,7 +17,7 @@ from pipeline import litert
 from pipeline.recipe import build_plan
 from pipeline.runner import RunInfo, run
 from tests._data_files import idx_folder
-from tests.conftest import compose_config
+from tests._runs import compose_config
 
 # train -> int8 -> export, small and quick; the ship gate is left off (tiny models, few epochs).
 INT8 = [
