@@ -51,6 +51,11 @@ class ModelArtifact:
     gate: dict[str, float] = field(default_factory=dict)
     exports: tuple[Path, ...] = ()
 
+    @property
+    def takes_raw_inputs(self) -> bool:
+        """Whether the model takes raw inputs (the data's preprocessing folded in; `metadata["serving"]`)."""
+        return self.metadata.get("serving", {}).get("inputs") == "raw"
+
     def lineage(self) -> list[ModelArtifact]:
         """This artifact, then its parent, and so on back to the first model."""
         chain, current = [], self
