@@ -11,6 +11,7 @@ import gzip
 import io
 import time
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,11 @@ METRICS = ("size_bytes", "gzip_bytes", "params", "sparsity", "accuracy", "latenc
 
 
 def measure(artifact: ModelArtifact, data: Dataset, params: MeasureParams) -> dict[str, float]:
-    """All of METRICS for `artifact`, evaluated on the test split (reported, never chosen on)."""
+    """All of METRICS for `artifact`, evaluated on the test split (raw or preprocessed, as the model
+    takes it); reported, never chosen on."""
     size, gzipped = file_sizes(artifact.path)
+    if artifact.takes_raw_inputs:  # measured on what a user feeds it: the raw test inputs
+        data = replace(data, x_test=data.test_inputs(raw=True))
     if artifact.format is ModelFormat.TFLITE:
         model_metrics = measure_tflite(artifact.path, data, params)
     else:
@@ -63,48 +67,32 @@ def percentiles(timings_ms: np.ndarray) -> dict[str, float]:
     }
 
 
-def hits(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Share of examples whose highest output is the label."""
-    return float(np.mean(np.argmax(logits, axis=-1) == labels))
-
-
-def validation_accuracy(artifact: ModelArtifact, data: Dataset) -> float:
-    """Accuracy on the validation split, the split every choice of the pipeline is made on."""
-    if artifact.format is ModelFormat.TFLITE:
-        return tflite_accuracy(artifact.path, data.x_val, data.y_val)
-    model = artifact.load_keras()
-    return hits(batched(keras_forward(model, data.x_val), data.x_val), data.y_val)
-
-
-def tflite_accuracy(path: Path, x: np.ndarray, y: np.ndarray, threads: int = 1) -> float:
-    """Accuracy of a .tflite file on `x`, `y` through LiteRT."""
-    return hits(litert.predict(path, x, threads), y)
-
-
 def measure_tflite(path: Path, data: Dataset, params: MeasureParams) -> dict[str, float]:
     """Parameters, sparsity, accuracy and latency of a .tflite file through LiteRT."""
     tensors = litert.constant_tensors(path)
+    logits = litert.predict(path, data.x_test, params.threads)
     timings = litert.latency_ms(path, data.x_test[0], params.latency_runs, params.warmup_runs, params.threads)
     return {
         "params": float(sum(count for _, count, _ in tensors)),
         "sparsity": sparsity_of(tensors),
-        "accuracy": tflite_accuracy(path, data.x_test, data.y_test, params.threads),
+        "accuracy": hits(logits, data.y_test),
         **percentiles(timings),
     }
 
 
-def keras_forward(model: Any, x: np.ndarray) -> Any:
-    """One traced graph of `model` for any batch size of examples shaped like `x`'s.
+def keras_predict(model, x: np.ndarray) -> tuple[object, np.ndarray]:
+    """A traced forward pass for any batch size, and its outputs for `x` in batches of 256.
 
-    Tracing costs more than a whole test pass on small models, so accuracy and batch-1 timing
-    share it.
+    One graph serves both the accuracy pass and the batch-1 timing: tracing costs more than the
+    whole test pass on small models. `pipeline.predict` runs Keras exports through it too.
     """
     import tensorflow as tf
 
-    return tf.function(
+    forward = tf.function(
         lambda batch: model(batch, training=False),
         input_signature=[tf.TensorSpec((None, *x.shape[1:]), tf.as_dtype(x.dtype))],
     )
+    return forward, batched(forward, x)
 
 
 def batched(forward: Any, x: np.ndarray, size: int = 256) -> np.ndarray:
@@ -112,16 +100,36 @@ def batched(forward: Any, x: np.ndarray, size: int = 256) -> np.ndarray:
     return np.concatenate([forward(x[start : start + size]).numpy() for start in range(0, len(x), size)])
 
 
+def hits(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Share of examples whose highest output is the label."""
+    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+def validation_accuracy(artifact: ModelArtifact, data: Dataset) -> float:
+    """Accuracy on the validation split (raw or preprocessed, as the model takes it): the split every
+    choice of the pipeline is made on."""
+    if artifact.takes_raw_inputs:
+        data = data.raw()
+    if artifact.format is ModelFormat.TFLITE:
+        return tflite_accuracy(artifact.path, data.x_val, data.y_val)
+    return hits(keras_predict(artifact.load_model(), data.x_val)[1], data.y_val)
+
+
+def tflite_accuracy(path: Path, x: np.ndarray, y: np.ndarray, threads: int = 1) -> float:
+    """Accuracy of a .tflite file on `x`, `y` through LiteRT."""
+    return hits(litert.predict(path, x, threads), y)
+
+
 def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams) -> dict[str, float]:
-    """Parameters, sparsity, accuracy and latency of a Keras model or SavedModel."""
+    """Parameters, sparsity, accuracy and latency of a Keras model or SavedModel (inference-only ones too)."""
     import tensorflow as tf
 
-    model = artifact.load_keras()
+    model = artifact.load_model()
     tensors = [(w.shape, w.size, w.size - int(np.count_nonzero(w))) for w in model.get_weights()]
-    forward = keras_forward(model, data.x_test)
-    logits = batched(forward, data.x_test)
+    x = data.x_test
+    forward, logits = keras_predict(model, x)
 
-    sample = tf.constant(data.x_test[:1])
+    sample = tf.constant(x[:1])
     for _ in range(params.warmup_runs):
         forward(sample)
     timings = np.empty(params.latency_runs)

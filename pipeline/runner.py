@@ -24,7 +24,7 @@ from pipeline.artifact import ModelArtifact
 from pipeline.budget import Ledger
 from pipeline.cache import StageCache, cache_key, referenced_files
 from pipeline.data.dataset import check_finite
-from pipeline.models import check_compatible
+from pipeline.models import check_compatible, prepare, starting_artifact
 from pipeline.preflight import check_environment
 from pipeline.recipe import Plan, PlannedStage, build_plan
 from pipeline.stage import StageContext
@@ -86,9 +86,9 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
     tracker = BackgroundTracker(settings.tracking, Path(settings.outputs)) if chief else NoTracking()
     rows: list[StageRow] = []
     exports: list[Path] = []
-    artifact: ModelArtifact | None = None
+    artifact = starting_artifact(plan.model_builder)  # a file model's file; None: the first stage builds one
     input_key = "start"
-    ledger = Ledger(settings.budget.accuracy_drop) if settings.budget.accuracy_drop is not None else None
+    ledger = open_ledger(plan, artifact, data)
     with tracker.start(" ".join([info.recipe, *info.overrides]), run_tags(plan, info, data)):
         tracker.log_params(flatten(resolved_config(plan)))
         tracker.log_text(yaml.safe_dump(plan.config, sort_keys=False), "recipe.yaml")
@@ -138,6 +138,7 @@ def load_data(plan: Plan) -> Dataset:
         len(data.x_train), len(data.x_val), len(data.x_test), data.input_shape, data.num_classes,
     )
     check_finite(data, plan.settings.data["name"])
+    prepare(plan.model_builder, data)
     check_compatible(plan.model_builder, data)  # a data/model mismatch fails here, before any training
     return data
 
@@ -221,6 +222,22 @@ def compute(planned: PlannedStage, model: ModelArtifact | None, ctx: StageContex
     else:
         metrics = measure(artifact, data, plan.settings.measure)
     return StageOutcome(artifact, metrics, seconds, cached=False)
+
+
+def open_ledger(plan: Plan, start: ModelArtifact | None, data: Dataset) -> Ledger | None:
+    """The books of the accuracy budget, if the recipe sets one.
+
+    The reference is the first trained model: the first stage's output when that stage can build
+    (train) a model, else the saved model the recipe starts from (a recipe that quantizes a file).
+    """
+    if plan.settings.budget.accuracy_drop is None:
+        return None
+    ledger = Ledger(plan.settings.budget.accuracy_drop)
+    if start is not None and None not in type(plan.stages[0].stage).accepts:
+        from pipeline.measure import validation_accuracy
+
+        ledger.record(start.stage, validation_accuracy(start, data))
+    return ledger
 
 
 def account(ledger: Ledger | None, stage: str, outcome: StageOutcome, data: Dataset) -> StageOutcome:

@@ -59,21 +59,22 @@ class FallbackStage(Stage):
 
 
 def fall_back(
-    keras_model: Any, calibration: Any, path: Path, incoming: Any, tolerance: float | None, ctx: Any,
+    keras_model: Any, calibration: Any, path: Path, tolerance: float | None, ctx: Any,
     candidate: Callable[[list[str]], bytes] | None = None,
 ) -> Fallback:
     """Check the int8 file at `path` against the floor on the validation split; if it misses, replace it
     with the model the search chooses.
 
-    `keras_model` is the float model whose layers are ranked (and, without `candidate`, converted
-    with the chosen layers float); `candidate(float_layers)` makes the model to try instead (QAT
-    fine-tunes again). `incoming` is the stage's input artifact, which the tolerance is measured from.
+    `keras_model` is the float model (taking inputs as `ctx.data` holds them) whose layers are
+    ranked, whose accuracy the tolerance is measured from, and which, without `candidate`, is
+    converted with the chosen layers float; `candidate(float_layers)` makes the model to try
+    instead (QAT fine-tunes again).
     """
-    from pipeline.measure import tflite_accuracy, validation_accuracy
+    from pipeline.measure import hits, keras_predict, tflite_accuracy
     from stages import _quant_debug as debug
 
     where = f"stages.{ctx.name}"
-    keras_accuracy = validation_accuracy(incoming, ctx.data)
+    keras_accuracy = hits(keras_predict(keras_model, ctx.data.x_val)[1], ctx.data.y_val)
     floor = accuracy_floor(ctx.budget, tolerance, keras_accuracy)
     assert floor is not None  # guaranteed by check_settings
     int8_size, int8_accuracy = path.stat().st_size, tflite_accuracy(path, ctx.data.x_val, ctx.data.y_val)

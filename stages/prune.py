@@ -162,9 +162,9 @@ def check_budget(model: Any, ctx: StageContext, planned: float, planner: str | N
     """Fail when sparsity the pipeline planned leaves the model below the accuracy budget's floor."""
     if ctx.budget is None:
         return
-    from pipeline.measure import batched, hits, keras_forward
+    from pipeline.measure import hits, keras_predict
 
-    accuracy = hits(batched(keras_forward(model, ctx.data.x_val), ctx.data.x_val), ctx.data.y_val)
+    accuracy = hits(keras_predict(model, ctx.data.x_val)[1], ctx.data.y_val)
     ctx.log.info("    planned sparsity: validation accuracy %.4f, budget floor %.4f", accuracy, ctx.budget.floor)
     if not ctx.budget.meets(accuracy):
         raise PipelineError(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -13,6 +13,7 @@ from pipeline.errors import PipelineError
 from pipeline.stage import StageContext
 from stages._fallback import Fallback, FallbackParams, FallbackStage, fall_back, float_kept
 from stages._gates import GateParams, apply_gates
+from stages._serving import ServingParams, for_serving, serving_model
 from stages._training import FitParams, compile_model, fit
 
 # What each scheme needs an earlier stage to have done to the model, and keeps of it.
@@ -24,7 +25,7 @@ KEEPS = {
 }
 
 
-class QuantizeAwareParams(FitParams, GateParams, FallbackParams):
+class QuantizeAwareParams(FitParams, GateParams, ServingParams, FallbackParams):
     """Parameters of the qat stage."""
 
     scheme: Literal["auto", "default", "pqat", "cqat", "pcqat"] = Field(
@@ -81,23 +82,28 @@ class QuantizeAwareStage(FallbackStage):
         scheme = chosen_scheme(params.scheme, model.effects)
         ctx.log.info("    quantization-aware training, scheme %s", scheme)
         conversion = QuantizeParams(mode="int8", calibration_samples=params.calibration_samples, keep_sparsity="false")
-        calibration = calibration_set(ctx, conversion)
-        aware = self.tuned(model, scheme, calibration, ctx)
+        settling = calibration_set(ctx, conversion)  # training inputs, as the model trains on them
+        aware = self.tuned(model, scheme, settling, ctx)
+        served, serving_ctx, serving = for_serving(aware, ctx, params, integer=True)
+        calibration = calibration_set(serving_ctx, conversion)  # as the converted model takes them
         path = ctx.workdir / "model.tflite"
-        path.write_bytes(convert(aware, conversion, calibration, sparse=False))
+        path.write_bytes(convert(served, conversion, calibration, sparse=False))
         metadata: dict[str, Any] = {
             **model.metadata, "quantization": "int8", "qat_scheme": scheme,
-            "calibration_samples": params.calibration_samples,
+            "calibration_samples": params.calibration_samples, "serving": serving,
         }
         fallen = Fallback()
         if params.fallback == "auto":
             # Layers are ranked by their int8 error in the incoming float model; each candidate is
             # a fine-tune in which the chosen layers stay float, since a layer trained with fake
             # quantization keeps it in the converted file.
-            candidate = functools.partial(self.candidate, model, scheme, calibration, ctx)
-            fallen = fall_back(model.load_keras(), calibration, path, model, params.accuracy_tolerance, ctx, candidate)
+            def serve(keras_model: Any) -> Any:
+                return serving_model(keras_model, ctx.data.preprocessing, serving["inputs"], params.outputs)
+
+            candidate = functools.partial(self.candidate, model, scheme, settling, ctx, serve, calibration)
+            fallen = fall_back(serve(model.load_keras()), calibration, path, params.accuracy_tolerance, serving_ctx, candidate)
         metadata.update(fallen.facts)
-        gates = apply_gates(params, True, aware, path, ctx.data, where, fallen.float_layers, ctx.log)
+        gates = apply_gates(params, True, served, path, serving_ctx.data, where, fallen.float_layers, ctx.log)
         metadata.update(gates.facts)
         return ModelArtifact(
             path, ModelFormat.TFLITE, ctx.name, model, metadata, self.output_effects(model),
@@ -112,10 +118,17 @@ class QuantizeAwareStage(FallbackStage):
         fit(aware, ctx, self.config)
         return aware
 
-    def candidate(self, model: ModelArtifact, scheme: str, calibration: Any, ctx: StageContext, float_layers: list[str]) -> bytes:
-        """The int8 file of a fine-tune in which `float_layers` stay float, in training and in the file."""
+    def candidate(
+        self, model: ModelArtifact, scheme: str, settling: Any, ctx: StageContext, serve: Callable[[Any], Any],
+        calibration: Any, float_layers: list[str],
+    ) -> bytes:
+        """The int8 file of a fine-tune in which `float_layers` stay float, in training and in the file.
+
+        `settling` are training inputs (the model trains on them), `serve` wraps the fine-tuned
+        model as it is converted, and `calibration` are inputs as the converted model takes them.
+        """
         ctx.log.info("    fine-tuning again with %s float", ", ".join(float_layers))
-        return float_kept(self.tuned(model, scheme, calibration, ctx, float_layers), calibration, float_layers)
+        return float_kept(serve(self.tuned(model, scheme, settling, ctx, float_layers)), calibration, float_layers)
 
 
 def settle_ranges(aware: Any, calibration: Any, rounds: int = 3) -> None:

@@ -107,14 +107,14 @@ def measure_layers(
     keras_model: Any, layers: list[Any], sparsities: list[float], x: np.ndarray, y: np.ndarray, ctx: StageContext
 ) -> tuple[float, list[planning.LayerSensitivity]]:
     """The unpruned validation accuracy, and each layer's accuracy with it alone pruned to each sparsity."""
-    from pipeline.measure import batched, hits, keras_forward
+    from pipeline.measure import batched, hits, keras_predict
 
-    forward = keras_forward(keras_model, x)  # reads the weights when called: one trace serves every trial
+    forward, logits = keras_predict(keras_model, x)  # reads the weights when called: one trace serves every trial
+    base = hits(logits, y)
 
     def accuracy() -> float:
         return hits(batched(forward, x), y)
 
-    base = accuracy()
     measured = []
     for index, layer in enumerate(layers, 1):
         kernel = layer.kernel.numpy()

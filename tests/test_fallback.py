@@ -140,7 +140,8 @@ def test_a_qat_candidate_is_fine_tuned_and_converted_with_the_chosen_layers_floa
     ctx = context(tmp_path, "qat", 1)
     hidden = trained.load_keras().layers[-2].name
     stage = QuantizeAwareStage(QuantizeAwareParams(epochs=1, fallback="auto", accuracy_tolerance=0.5))
-    flatbuffer = stage.candidate(trained, "default", calibration_set(ctx, QuantizeParams()), ctx, [hidden])
+    calibration = calibration_set(ctx, QuantizeParams())
+    flatbuffer = stage.candidate(trained, "default", calibration, ctx, lambda model: model, calibration, [hidden])
     path = tmp_path / "candidate.tflite"
     path.write_bytes(flatbuffer)
     assert "FULLY_CONNECTED" in float_operators(path) and "CONV_2D" not in float_operators(path)
