@@ -1,7 +1,8 @@
 """One accuracy budget for the whole recipe: how much validation accuracy the pipeline may spend.
 
 `budget.accuracy_drop: 0.01` lets the finished model be at most one point less accurate, on the
-validation split, than the first stage's model (the reference). The runner keeps the books: after
+validation split, than the first trained model (the reference: the first stage's output, or the
+saved model a recipe that trains nothing starts from). The runner keeps the books: after
 every stage it measures the model's validation accuracy and records what the stage spent; each
 stage gets the state of the budget in its context (`ctx.budget`) and the stages that choose by
 themselves (which layers stay float, how hard each layer is pruned) keep the model above the
@@ -27,7 +28,7 @@ class BudgetParams(Params):
     accuracy_drop: float | None = Field(
         None, ge=0, le=1,
         description=(
-            "Most validation accuracy the whole pipeline may lose against the first stage's model "
+            "Most validation accuracy the whole pipeline may lose against the first trained model "
             "(0.01 = one point); the stages that choose (fallback, planned sparsity) stay within it; null: no budget."
         ),
     )

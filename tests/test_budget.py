@@ -98,3 +98,16 @@ def test_budget_floor_is_relative_to_the_reference():
     budget = Budget(reference=0.9, reference_stage="train", allowed_drop=0.1, available=0.85)
     assert budget.floor == pytest.approx(0.8) and budget.remaining == pytest.approx(0.05)
     assert budget.describe()["reference_stage"] == "train"
+
+
+@pytest.mark.slow
+def test_a_recipe_that_trains_nothing_measures_its_budget_from_the_saved_model(tmp_path, trained):
+    cfg = compose_config(
+        tmp_path, "recipe=ptq_int8", "model=file", f"model.path={trained.path}", "budget.accuracy_drop=0.05",
+        "stages.quantize.fallback=auto", "measure.latency_runs=3", "measure.warmup_runs=1",
+    )
+    result = run(cfg, RunInfo(run_dir=tmp_path / "run", recipe="ptq_int8"))
+    table = (result.run_dir / "budget.md").read_text()
+    assert "(validation accuracy of 'model')" in table and "| model |" in table
+    quantize = result.rows[0].metrics
+    assert quantize["val_accuracy"] >= float(table.split("floor ")[1].split()[0])
