@@ -38,7 +38,7 @@ class BudgetParams(Params):
 class Budget:
     """The budget as one stage sees it.
 
-    `reference` is the validation accuracy of the first stage's model, `available` that of this
+    `reference` is the validation accuracy of the first trained model, `available` that of this
     stage's input; `spent` lists what each earlier stage lost (negative when it gained).
     """
 
