@@ -4,13 +4,15 @@
   the closest name, instead of Hydra's multi-line search-path dump.
 - Stage parameters can be set without Hydra's `+` prefix (`stages.prune.frequency=10`) even when
   the recipe leaves them at their schema default: the recipe's schema, not the YAML file, defines
-  which keys exist, and a mistyped key still fails validation with a suggestion.
+  which keys exist, and a mistyped key still fails validation with a suggestion. Keys the chosen
+  recipe sets are passed on as typed, so a sweeper reports them by their plain names.
 """
 
 from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.schema import suggest
@@ -31,7 +33,8 @@ def prepare(argv: list[str]) -> list[str]:
     search = [Path(args.config_dir)] if args.config_dir else []
     for override in args.overrides:
         check_choice(override, search)
-    return [with_stage_prefix(a) if a in args.overrides else a for a in argv]
+    defined = frozenset() if args.config_name or args.config_path else recipe_keys(args.overrides, search)
+    return [with_stage_prefix(a, defined) if a in args.overrides else a for a in argv]
 
 
 def check_choice(override: str, extra_dirs: list[Path]) -> None:
@@ -57,12 +60,53 @@ def options(group: str, extra_dirs: list[Path]) -> set[str]:
     return {name.removesuffix(".yaml") for name in names if name.endswith(".yaml")}
 
 
-def with_stage_prefix(override: str) -> str:
+def with_stage_prefix(override: str, defined: frozenset[str] = frozenset()) -> str:
     """`stages.x.y=v` -> `++stages.x.y=v` (set whether or not the recipe mentions the key).
 
     `device.x=v`, `data.x=v` and `model.x=v` likewise, so that a mistyped key reaches the
     schema's did-you-mean check and parameters a config file leaves out can still be set.
+    Keys in `defined` (set by the chosen recipe) need no prefix and keep their plain name.
     """
-    if override.startswith(("stages.", "device.", "data.", "model.")) and "=" in override:
+    key = override.partition("=")[0]
+    if override.startswith(("stages.", "device.", "data.", "model.")) and "=" in override and key not in defined:
         return f"++{override}"
     return override
+
+
+def recipe_keys(overrides: list[str], extra_dirs: list[Path]) -> frozenset[str]:
+    """Dotted keys (`stages.prune.final_sparsity`) that every chosen recipe file sets."""
+    import yaml
+
+    chosen = [o.partition("=")[2] for o in overrides if o.startswith("recipe=")]
+    names = chosen[-1].split(",") if chosen else [default_choice("recipe")]
+    keys: set[str] | None = None
+    for name in names:
+        found = set(dotted(yaml.safe_load(read_option("recipe", name.strip(), extra_dirs)) or {}))
+        keys = found if keys is None else keys & found
+    return frozenset(keys or ())
+
+
+def default_choice(group: str) -> str:
+    """The option of `group` that the packaged config.yaml picks."""
+    import yaml
+
+    defaults = yaml.safe_load((files("recipes") / "config.yaml").read_text())["defaults"]
+    return next(entry[group] for entry in defaults if isinstance(entry, dict) and group in entry)
+
+
+def read_option(group: str, name: str, extra_dirs: list[Path]) -> str:
+    """The text of option `name` of `group`: a --config-dir's file first, as Hydra searches."""
+    for folder in extra_dirs:
+        if (folder / group / f"{name}.yaml").is_file():
+            return (folder / group / f"{name}.yaml").read_text()
+    return (files("recipes") / group / f"{name}.yaml").read_text()
+
+
+def dotted(tree: Any, prefix: str = "") -> list[str]:
+    """Every key path of a nested mapping, inner nodes included: `{"a": {"b": 1}}` -> ["a", "a.b"]."""
+    if not isinstance(tree, dict):
+        return []
+    paths = []
+    for key, value in tree.items():
+        paths += [f"{prefix}{key}", *dotted(value, f"{prefix}{key}.")]
+    return paths

@@ -173,9 +173,10 @@ def run_stage(
     key: str, cache: StageCache | None, data: Dataset, plan: Plan,
 ) -> StageOutcome:
     """Reuse the stage's cached output when present, else run and measure it (and store it)."""
-    from pipeline.measure import measure
+    from pipeline.measure import METRICS, measure
 
-    measure_id = json.dumps(plan.settings.measure.model_dump(), sort_keys=True)
+    # Measurements recorded before a metric existed must not stand in for a full set.
+    measure_id = json.dumps({**plan.settings.measure.model_dump(), "metrics": METRICS}, sort_keys=True)
     if cache is None or not type(planned.stage).cacheable:
         return compute(planned, model, ctx, data, plan)
     with cache.lock(key):
@@ -265,6 +266,7 @@ def run_tags(plan: Plan, info: RunInfo, data: Dataset) -> dict[str, str]:
         "device": plan.device.resolve().kind,
         "strategy": plan.device.resolve().strategy,
         "pipeline_version": pipeline.__version__,
+        "objectives": ",".join(plan.settings.objectives),
         "mlflow.note.content": plan.settings.description,
     }
     if info.sweep:

@@ -47,8 +47,15 @@ class ClusterStage(Stage):
         )
         init = tfmot.clustering.keras.CentroidInitialization[params.centroid_init.upper()]
 
+        too_few: list[str] = []
+
         def supported(layer: Any) -> bool:
-            return ClusteringRegistry.supports(layer) and bool(layer.get_weights())
+            if not (ClusteringRegistry.supports(layer) and layer.get_weights()):
+                return False
+            if not enough_weights(layer.get_weights()[0], params.number_of_clusters):
+                too_few.append(layer.name)
+                return False
+            return True
 
         def wrap(layer: Any) -> Any:
             return cluster.cluster_weights(
@@ -57,6 +64,9 @@ class ClusterStage(Stage):
             )
 
         clustered, names = wrap_chosen(model.load_keras(), params, supported, wrap, f"stages.{ctx.name}")
+        if too_few:
+            ctx.log.warning("    %s left unclustered: fewer non-zero weights than %d per sign",
+                            ", ".join(too_few), params.number_of_clusters)
         ctx.log.info("    clustering %s to %d values%s", ", ".join(names), params.number_of_clusters,
                      ", keeping zeros" if preserve else "")
         compile_model(clustered, params)
@@ -74,6 +84,16 @@ class ClusterStage(Stage):
             stripped, ctx, model, clustered=True, number_of_clusters=params.number_of_clusters,
             clustered_layers=names, sparsity_preserved=preserve, **facts,
         )
+
+
+def enough_weights(kernel: np.ndarray, clusters: int) -> bool:
+    """Whether k-means can place `clusters` centroids in `kernel`.
+
+    With pruned zeros kept, TFMOT places centroids among the negative and the positive weights
+    separately, and its k-means++ start fails when a side has fewer weights than centroids (a
+    narrow, heavily pruned layer); such a layer, a tiny share of the model, stays as it is.
+    """
+    return min(int(np.count_nonzero(kernel < 0)), int(np.count_nonzero(kernel > 0))) >= clusters
 
 
 def unique_values(kernel: np.ndarray, per_channel: bool) -> int:
