@@ -1,0 +1,66 @@
+"""Wall time of one 4-job sweep under Hydra's basic, joblib (2 jobs) and Ray launchers.
+
+    python benchmarks/launchers.py [overrides...]
+
+The same sweep (`recipe=mobile_int8 stages.prune.final_sparsity=0.3,0.45,0.6,0.75`) runs once per
+launcher, each in a fresh outputs folder (cold stage cache, new MLflow store), one after the other
+in this run. Parallel jobs share the cache: the first job to need the trained model trains it and
+the others wait for it. Launchers that are not installed are reported as such.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+SWEEP = ["-m", "recipe=mobile_int8", "stages.prune.final_sparsity=0.3,0.45,0.6,0.75"]
+LAUNCHERS = {
+    "basic (one process)": (None, []),
+    "joblib, 2 jobs": ("hydra_plugins.hydra_joblib_launcher", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),
+    "ray, local cluster, 2 CPUs": ("hydra_plugins.hydra_ray_launcher", [
+        "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2", "+hydra.launcher.ray.init.include_dashboard=false",
+    ]),
+}
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_sweep(launcher: list[str], extra: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds of the sweep in a fresh folder; fails loudly if the sweep fails."""
+    with tempfile.TemporaryDirectory() as folder:
+        started, cpu = time.perf_counter(), cpu_seconds()
+        done = subprocess.run([sys.executable, "-m", "pipeline", *SWEEP, *launcher, *extra],
+                              cwd=folder, capture_output=True, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            sys.exit(f"sweep with {' '.join(launcher) or 'basic launcher'} failed:\n{done.stderr[-3000:]}")
+        return seconds, cpu_seconds() - cpu
+
+
+def main() -> None:
+    extra = sys.argv[1:]
+    rows = []
+    for name, (module, launcher) in LAUNCHERS.items():
+        if module and importlib.util.find_spec(module) is None:
+            rows.append((name, "not installed", ""))
+            continue
+        wall, cpu = timed_sweep(launcher, extra)
+        rows.append((name, f"{wall:.1f}", f"{cpu:.1f}"))
+    print(f"4-job sweep: {' '.join(SWEEP[1:])} {' '.join(extra)}".rstrip())
+    print("| launcher                   | wall s | CPU s (all processes) |")
+    print("|----------------------------|--------|-----------------------|")
+    for name, wall, cpu in rows:
+        print(f"| {name:<26} | {wall:>6} | {cpu:>21} |")
+
+
+if __name__ == "__main__":
+    main()
