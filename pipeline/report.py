@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="--register picks among runs within this much of the best validation accuracy (0.01)")
     parser.add_argument("--by", default="gzip_bytes", help="... the one with the least of this metric (gzip_bytes)")
     args = parser.parse_args(argv)
+    from pipeline import quiet
+
+    quiet.install()
     try:
         run_report(
             args.tracking_uri, args.experiment, args.sweep, Path(args.out),
