@@ -11,12 +11,9 @@ the others wait for it. Launchers that are not installed are reported as such.
 from __future__ import annotations
 
 import importlib.util
-import os
-import resource
-import subprocess
 import sys
-import tempfile
-import time
+
+from _timing import timed_sweep
 
 SWEEP = ["-m", "recipe=mobile_int8", "stages.prune.final_sparsity=0.3,0.45,0.6,0.75"]
 LAUNCHERS = {
@@ -28,24 +25,6 @@ LAUNCHERS = {
 }
 
 
-def cpu_seconds() -> float:
-    """User + system CPU of finished child processes so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed_sweep(launcher: list[str], extra: list[str]) -> tuple[float, float]:
-    """Wall and CPU seconds of the sweep in a fresh folder; fails loudly if the sweep fails."""
-    with tempfile.TemporaryDirectory() as folder:
-        started, cpu = time.perf_counter(), cpu_seconds()
-        done = subprocess.run([sys.executable, "-m", "pipeline", *SWEEP, *launcher, *extra],
-                              cwd=folder, capture_output=True, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-        seconds = time.perf_counter() - started
-        if done.returncode != 0:
-            sys.exit(f"sweep with {' '.join(launcher) or 'basic launcher'} failed:\n{done.stderr[-3000:]}")
-        return seconds, cpu_seconds() - cpu
-
-
 def main() -> None:
     extra = sys.argv[1:]
     rows = []
@@ -53,7 +32,7 @@ def main() -> None:
         if module and importlib.util.find_spec(module) is None:
             rows.append((name, "not installed", ""))
             continue
-        wall, cpu = timed_sweep(launcher, extra)
+        wall, cpu = timed_sweep([*SWEEP, *launcher, *extra], name)
         rows.append((name, f"{wall:.1f}", f"{cpu:.1f}"))
     print(f"4-job sweep: {' '.join(SWEEP[1:])} {' '.join(extra)}".rstrip())
     print("| launcher                   | wall s | CPU s (all processes) |")

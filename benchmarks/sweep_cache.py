@@ -10,39 +10,17 @@ process the sweep waited for), which a machine shared with other work disturbs l
 
 from __future__ import annotations
 
-import resource
-import subprocess
 import sys
-import tempfile
-import time
+
+from _timing import timed_sweep
 
 SWEEP = ["-m", "recipe=mobile_int8", "stages.prune.final_sparsity=0.25,0.5,0.75"]
 
 
-def cpu_seconds() -> float:
-    """User + system CPU of finished child processes so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed_sweep(cache: bool, extra: list[str]) -> tuple[float, float]:
-    """Wall and CPU seconds for one sweep in a fresh folder; fails loudly if the sweep fails."""
-    with tempfile.TemporaryDirectory() as folder:
-        started, cpu = time.perf_counter(), cpu_seconds()
-        done = subprocess.run(
-            [sys.executable, "-m", "pipeline", *SWEEP, f"cache={str(cache).lower()}", *extra],
-            cwd=folder, capture_output=True, text=True,
-        )
-        seconds = time.perf_counter() - started
-        if done.returncode != 0:
-            sys.exit(f"sweep with cache={cache} failed:\n{done.stderr[-3000:]}")
-        return seconds, cpu_seconds() - cpu
-
-
 def main() -> None:
     extra = sys.argv[1:]
-    uncached, uncached_cpu = timed_sweep(False, extra)
-    cached, cached_cpu = timed_sweep(True, extra)
+    uncached, uncached_cpu = timed_sweep([*SWEEP, "cache=false", *extra], "cache=false")
+    cached, cached_cpu = timed_sweep([*SWEEP, "cache=true", *extra], "cache=true")
     ratio = cached / uncached
     print(f"3-point sparsity sweep of mobile_int8 {' '.join(extra)}".rstrip())
     print("| sweep        | wall s | CPU s |")

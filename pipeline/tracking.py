@@ -15,6 +15,7 @@ or Ray worker) share one child, so MLflow is imported once per process, not once
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import logging
@@ -189,7 +190,16 @@ class BackgroundTracker:
                 [sys.executable, "-m", "pipeline.tracking"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 text=True, env=env,
             )
+            atexit.register(cls.close, cls._shared)
         return cls._shared
+
+    @staticmethod
+    def close(process: subprocess.Popen) -> None:
+        """Let an idle child go at exit (it ends when its input closes) instead of leaving it orphaned."""
+        with suppress(BrokenPipeError, ValueError, OSError):
+            process.stdin.close()
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
 
     def send(self, call: str, *args: Any) -> None:
         """Queue one call for the child; a child that already failed says why in `end`."""
@@ -235,9 +245,7 @@ class BackgroundTracker:
 
     def stop(self) -> None:
         """End the child (it exits when its input closes); the next run starts a new one."""
-        with suppress(BrokenPipeError, ValueError):
-            self.process.stdin.close()
-        self.process.wait()
+        self.close(self.process)
         self.process.stdout.close()
         if BackgroundTracker._shared is self.process:
             BackgroundTracker._shared = None
