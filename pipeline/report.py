@@ -118,24 +118,35 @@ def table(points: Sequence[RunPoint], front: set[str] = frozenset()) -> str:
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
-def plot(points: Sequence[RunPoint], x_metric: str, x_label: str, path: Path) -> Path:
-    """Scatter of accuracy against `x_metric` with the Pareto front drawn and runs labelled."""
+def plot(points: Sequence[RunPoint], x_metric: str, x_label: str, path: Path, scale: float = 1.0) -> Path:
+    """Scatter of accuracy against `x_metric` / `scale` with the Pareto front drawn and runs labelled.
+
+    With one swept parameter a label reads `final_sparsity=0.5`; with several it lists the values
+    (`16 / 0.5 / 0.9 / int8`) and the title names them in that order.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     swept = varying(points)
+    short = [n.rsplit(".", 1)[-1] for n in swept]
     y_metric = accuracy_metric(points)
-    xy = [(p.metrics[x_metric], p.metrics[y_metric]) for p in points]
+    xy = [(p.metrics[x_metric] / scale, p.metrics[y_metric]) for p in points]
     finite = [i for i, (_, y) in enumerate(xy) if math.isfinite(y)]  # no validation split: no say
     front = [finite[i] for i in pareto_front([xy[i] for i in finite])]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     ax.scatter([x for x, _ in xy], [y for _, y in xy], color="tab:blue", label="runs")
     ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "o-", color="tab:red", label="Pareto front")
+    labelled = set()
     for point, (x, y) in zip(points, xy):
-        label = ", ".join(f"{n.rsplit('.', 1)[-1]}={point.params.get(n)}" for n in swept) or point.name
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        values = [str(point.params.get(n)) for n in swept]
+        label = f"{short[0]}={values[0]}" if len(swept) == 1 else " / ".join(values) or point.name
+        if (x, y, label) not in labelled:  # a repeated trial (same parameters) is labelled once
+            labelled.add((x, y, label))
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if len(swept) > 1:
+        ax.set_title("labels: " + " / ".join(short), fontsize=9)
     ax.set_xlabel(x_label)
     ax.set_ylabel("validation accuracy" if y_metric == "val_accuracy" else "test accuracy")
     ax.grid(alpha=0.3)
@@ -202,7 +213,7 @@ def run_report(
     print(f"front (*): runs no other run beats on all of {', '.join(objectives)}")
     folder = out / (sweep or experiment)
     plots = [
-        plot(points, "gzip_bytes", "gzip size of the final model (bytes)", folder / "pareto_size_accuracy.png"),
+        plot(points, "gzip_bytes", "gzip size of the final model (KiB)", folder / "pareto_size_accuracy.png", 1024),
         plot(points, "latency_p50_ms", "latency p50 at batch 1 (ms)", folder / "pareto_latency_accuracy.png"),
     ]
     if sweep:
