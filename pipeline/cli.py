@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,15 @@ from pipeline.errors import PipelineError
 from pipeline.schema import suggest
 
 CHECKED_GROUPS = ("recipe", "data", "model", "device")
+# Hydra plugins behind sweeper and launcher choices, with the extra that installs each.
+PLUGINS = {
+    "optuna": ("hydra_plugins.hydra_optuna_sweeper", "search"),
+    "pareto": ("hydra_plugins.hydra_optuna_sweeper", "search"),
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "sweep"),
+    "ray": ("hydra_plugins.hydra_ray_launcher", "ray"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+}
 
 
 def prepare(argv: list[str]) -> list[str]:
@@ -35,6 +45,7 @@ def prepare(argv: list[str]) -> list[str]:
         check_choice(override, search)
         for path in chosen_files(override, search):
             check_config_file(path)
+    check_plugins(args.overrides, search)
     defined = frozenset() if args.config_name or args.config_path else recipe_keys(args.overrides, search)
     return [with_stage_prefix(a, defined) if a in args.overrides else a for a in argv]
 
@@ -50,6 +61,30 @@ def check_choice(override: str, extra_dirs: list[Path]) -> None:
             raise PipelineError(
                 f"{key}={choice.strip()}: no such {key}{suggest(choice.strip(), sorted(known))}; "
                 f"add your own as DIR/{key}/NAME.yaml and pass --config-dir DIR"
+            )
+
+
+def check_plugins(overrides: list[str], extra_dirs: list[Path]) -> None:
+    """A sweeper or launcher whose Hydra plugin is missing: one line naming the extra to install.
+
+    Choices come from the command line (`hydra/launcher=ray`) and from the chosen recipes'
+    defaults (`override /hydra/sweeper: pareto`); Hydra alone would print a search-path dump.
+    """
+    import importlib.util
+
+    import yaml
+
+    chosen = [tuple(o.split("=", 1)) for o in overrides if o.startswith(("hydra/sweeper=", "hydra/launcher="))]
+    recipes = [o.partition("=")[2] for o in overrides if o.startswith("recipe=")]
+    for name in (recipes[-1].split(",") if recipes else []):
+        with suppress(OSError, yaml.YAMLError, AttributeError):
+            defaults = yaml.safe_load(read_option("recipe", name.strip(), extra_dirs)).get("defaults", [])
+            chosen += [(k.split()[-1].strip("/"), v) for d in defaults if isinstance(d, dict) for k, v in d.items()]
+    for group, option in chosen:
+        module, extra = PLUGINS.get(option, (None, None))
+        if group.startswith("hydra/") and module and importlib.util.find_spec(module) is None:
+            raise PipelineError(
+                f"{group}={option}: needs {module.split('.')[1].replace('_', '-')}; pip install -e \".[{extra}]\""
             )
 
 

@@ -133,3 +133,15 @@ def test_submitit_local_launcher_runs_jobs_in_parallel(tmp_path):
     done = run_cli(*SWEEP, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_two_parallel_jobs_shared_everything(tmp_path)
+
+
+def test_a_missing_engine_is_one_line_naming_its_extra(monkeypatch):
+    from pipeline import cli
+    from pipeline.errors import PipelineError
+
+    monkeypatch.setitem(cli.PLUGINS, "ray", ("hydra_plugins.hydra_ray_launcher_absent", "ray"))
+    monkeypatch.setitem(cli.PLUGINS, "pareto", ("hydra_plugins.hydra_optuna_sweeper_absent", "search"))
+    with pytest.raises(PipelineError, match=r'^hydra/launcher=ray: needs hydra-ray-launcher-absent; pip install -e "\.\[ray\]"$'):
+        cli.prepare(["-m", "recipe=mobile_int8", "hydra/launcher=ray"])
+    with pytest.raises(PipelineError, match=r"^hydra/sweeper=pareto: needs .*\[search\]"):
+        cli.prepare(["-m", "recipe=search_int8"])  # the recipe picks the sweeper in its defaults
