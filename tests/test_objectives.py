@@ -7,7 +7,7 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.objectives import check, check_directions, directions, values
 from pipeline.recipe import build_plan
-from tests.conftest import compose_config, run_cli
+from tests._runs import compose_config, run_cli
 
 
 def test_each_objective_moves_its_natural_way():

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.conftest import TINY, run_cli
+from tests._runs import TINY, run_cli
 
 
 def needs(module: str, extra: str):
