@@ -57,7 +57,7 @@ class ClusterStage(Stage):
         def supported(layer: Any) -> bool:
             if not (ClusteringRegistry.supports(layer) and layer.get_weights()):
                 return False
-            if not enough_weights(layer.get_weights()[0], params.number_of_clusters):
+            if not enough_weights(layer.get_weights()[0], params.number_of_clusters, preserve, params.per_channel):
                 too_few.append(layer.name)
                 return False
             return True
@@ -70,8 +70,8 @@ class ClusterStage(Stage):
 
         clustered, names = wrap_chosen(model.load_keras(), params, supported, wrap, f"stages.{ctx.name}")
         if too_few:
-            ctx.log.warning("    %s left unclustered: fewer non-zero weights than %d per sign",
-                            ", ".join(too_few), params.number_of_clusters)
+            ctx.log.warning("    %s left unclustered: too few %sweights for %d clusters", ", ".join(too_few),
+                            "non-zero " if preserve else "", params.number_of_clusters)
         ctx.log.info("    clustering %s to %d values%s", ", ".join(names), params.number_of_clusters,
                      ", keeping zeros" if preserve else "")
         compile_model(clustered, params)
@@ -91,14 +91,24 @@ class ClusterStage(Stage):
         )
 
 
-def enough_weights(kernel: np.ndarray, clusters: int) -> bool:
-    """Whether k-means can place `clusters` centroids in `kernel`.
+def enough_weights(kernel: np.ndarray, clusters: int, preserve: bool, per_channel: bool) -> bool:
+    """Whether TFMOT can place `clusters` centroids among `kernel`'s weights (per output channel too).
 
-    With pruned zeros kept, TFMOT places centroids among the negative and the positive weights
-    separately, and its k-means++ start fails when a side has fewer weights than centroids (a
-    narrow, heavily pruned layer); such a layer, a tiny share of the model, stays as it is.
+    Its k-means++ start fails when asked for more centroids than it has weights. Keeping pruned
+    zeros, it reserves one centroid for zero and shares the others between the negative and the
+    positive weights in proportion to their counts, so a narrow, heavily pruned layer can lack
+    weights on one side; such a layer, a tiny share of the model, stays as it is.
     """
-    return min(int(np.count_nonzero(kernel < 0)), int(np.count_nonzero(kernel > 0))) >= clusters
+    if per_channel:
+        channels = kernel.reshape(-1, kernel.shape[-1])
+        return all(enough_weights(channels[:, c], clusters, preserve, False) for c in range(channels.shape[1]))
+    if not preserve:
+        return kernel.size >= clusters
+    negative, positive = int(np.count_nonzero(kernel < 0)), int(np.count_nonzero(kernel > 0))
+    if negative + positive == 0:
+        return False
+    negative_clusters = round((clusters - 1) * negative / (negative + positive))
+    return negative >= negative_clusters and positive >= clusters - 1 - negative_clusters
 
 
 def unique_values(kernel: np.ndarray, per_channel: bool) -> int:
