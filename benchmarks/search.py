@@ -62,7 +62,7 @@ def main() -> None:
     if args.plots:
         Path(args.plots).mkdir(parents=True, exist_ok=True)
         for png in (folder / "outputs" / "reports").rglob("*.png"):
-            shutil.copy(png, Path(args.plots) / f"search_{png.name}")
+            shutil.copy(png, Path(args.plots) / f"search_mnist_{png.name.removeprefix('pareto_')}")
 
 
 if __name__ == "__main__":
