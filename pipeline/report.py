@@ -11,8 +11,8 @@ smallest run within `--within` of the best validation accuracy as a new model ve
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
