@@ -98,6 +98,9 @@ def test_sweeper_directions_must_follow_the_objectives(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == (
         "error: hydra.sweeper.direction: minimize val_accuracy would search for the worst models; "
         "use maximize for val_accuracy")
+    # Optuna's own default direction is minimize: a plain `hydra/sweeper=optuna` would seek the least accurate model.
+    done = run_cli("-m", "hydra/sweeper=optuna", "stages.prune.final_sparsity=choice(0.25,0.5)", cwd=tmp_path)
+    assert done.returncode == 2 and "error: hydra.sweeper.direction: minimize val_accuracy" in done.stderr
     done = run_cli("-m", "recipe=search_int8", "data.val_fraction=0", cwd=tmp_path)
     assert done.returncode == 2 and "error: data.val_fraction: 0 leaves no validation split" in done.stderr
     assert not (tmp_path / "outputs").exists()
