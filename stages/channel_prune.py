@@ -73,7 +73,8 @@ class ChannelPruneStage(Stage):
         log_plan(current, final, ctx)
         for step, epochs in enumerate(spread(params.epochs, params.steps), start=1):
             graph = analyse(current)
-            counts = {root: step_count(names, final, step, params.steps) for root, names in graph.prunable().items()}
+            counts = {root: step_count(entry, step, params.steps) for root, names in graph.prunable().items()
+                      if (entry := planned(final, names)) is not None}
             current = rebuild(current, graph, choose(scores(current, graph, params.criterion), counts))
             ctx.log.info("    step %d/%d: %.1f%% of the MACs left", step, params.steps, 100 * keras_macs(current) / before)
             if epochs:
@@ -124,7 +125,7 @@ Plan = dict[str, tuple[list[str], int, int]]  # first producer's name -> (tied p
 
 
 def target_counts(model: Any, params: ChannelPruneParams, where: str) -> Plan:
-    """Channels each prunable group keeps in the end, keyed by its first producer layer's name."""
+    """Channels each group that loses some keeps in the end, keyed by its first producer layer's name."""
     from stages._channel_graph import analyse
 
     check_names(model, params, where)
@@ -139,7 +140,8 @@ def target_counts(model: Any, params: ChannelPruneParams, where: str) -> Plan:
                 f"{where}.{key}: removing {layer_share(model.get_layer(names[0]), params, overall)[0]:.0%} of "
                 f"{', '.join(names)}'s {graph.size[root]} channels leaves none; lower it or list the layer in {where}.skip_layers"
             )
-        final[names[0]] = (names, graph.size[root], count)
+        if count < graph.size[root]:
+            final[names[0]] = (names, graph.size[root], count)
     return final
 
 
@@ -163,8 +165,8 @@ def search_share(model: Any, graph: Any, params: ChannelPruneParams, where: str)
     if reachable is None or reachable > params.flops_target * full:
         least = (reachable or full) / full
         raise PipelineError(
-            f"{where}.flops_target: {params.flops_target:.0%} of the MACs is out of reach, the fewest this model can keep "
-            f"is {least:.0%} (layers that must keep their channels do the rest); raise {where}.flops_target"
+            f"{where}.flops_target: {100 * params.flops_target:.3g}% of the MACs is out of reach, the fewest this model can "
+            f"keep is {100 * least:.3g}% (layers that must keep their channels do the rest); raise {where}.flops_target"
         )
     for _ in range(30):
         middle = (low + high) / 2
@@ -176,9 +178,14 @@ def search_share(model: Any, graph: Any, params: ChannelPruneParams, where: str)
     return high
 
 
-def step_count(names: list[str], final: Plan, step: int, steps: int) -> int:
+def planned(final: Plan, names: list[str]) -> tuple[list[str], int, int] | None:
+    """The plan's entry for the group of producers `names`, if it loses channels."""
+    return next((final[name] for name in names if name in final), None)
+
+
+def step_count(entry: tuple[list[str], int, int], step: int, steps: int) -> int:
     """Channels a group keeps after `step` of `steps`: a straight line from all of them to the final count."""
-    size, target = next((size, count) for first, (_, size, count) in final.items() if first in names)
+    _, size, target = entry
     return int(round(size - (size - target) * step / steps))
 
 

@@ -21,11 +21,18 @@ class DistillParams(FitParams):
     """Parameters of the distill stage."""
 
     teacher: str | None = Field(
-        None, min_length=1, description="Teacher model file (.keras, .h5 or SavedModel); unset: the preceding stage's model."
+        None, min_length=1,
+        description=(
+            "Teacher model file (.keras, .h5 or SavedModel); unset: the preceding stage's model, or with "
+            "student=incoming the model that one was made from (e.g. the model before channel pruning)."
+        ),
     )
-    student: dict[str, Any] = Field(
+    student: dict[str, Any] | Literal["incoming"] = Field(
         default_factory=lambda: {"name": "small_cnn", "width": 0.5},
-        description="Student model config, as in the model group: {name: small_cnn, width: 0.5}.",
+        description=(
+            "Student model config, as in the model group: {name: small_cnn, width: 0.5}; or incoming: the preceding "
+            "stage's model (e.g. channel-pruned) is the student and keeps its weights."
+        ),
     )
     loss: Literal["kl", "mse"] = Field(
         "kl", description="kl: T^2-scaled KL divergence of softened outputs; mse: squared error between logits."
@@ -53,7 +60,16 @@ class DistillStage(Stage):
             )
         if params.teacher is not None and not Path(params.teacher).exists():
             raise PipelineError(f"{where}.teacher: no such file '{params.teacher}'; give the path of a .keras, .h5 or SavedModel")
-        configure(registry.MODELS, params.student, f"{where}.student")
+        if params.student == "incoming":
+            if input_format is None:
+                raise PipelineError(f"{where}.student: 'incoming' needs a model from an earlier stage; put one before {where}")
+            if params.teacher is None and len(earlier) < 2:
+                raise PipelineError(
+                    f"{where}.teacher: with student=incoming the teacher is the model the incoming one was made from, "
+                    f"but {where} follows the first stage; set {where}.teacher=PATH or add a stage such as channel_prune before it"
+                )
+        else:
+            configure(registry.MODELS, params.student, f"{where}.student")
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         import tf_keras as keras
@@ -62,15 +78,22 @@ class DistillStage(Stage):
         from pipeline.recipe import configure
 
         params: DistillParams = self.config
+        incoming = params.student == "incoming"
         if params.teacher is not None:
+            teacher_file = params.teacher
             teacher = without_softmax(keras.models.load_model(params.teacher, compile=False))
             if getattr(teacher, "softmax_removed", False):
                 ctx.log.warning("    stages.%s.teacher: %s ends in a softmax; distilling from the logits before it", ctx.name, params.teacher)
         else:
             assert model is not None  # guaranteed by check_input
-            teacher = model.load_keras()
-        builder = configure(registry.MODELS, params.student, f"stages.{ctx.name}.student")
-        student = ctx.device.prepare(builder.build(ctx.data.input_shape, ctx.data.num_classes))
+            source = teacher_source(model, incoming, f"stages.{ctx.name}")
+            teacher_file, teacher = str(source.path), source.load_keras()
+        if incoming:
+            assert model is not None  # guaranteed by check_input
+            student = model.load_keras()
+        else:
+            builder = configure(registry.MODELS, params.student, f"stages.{ctx.name}.student")
+            student = ctx.device.prepare(builder.build(ctx.data.input_shape, ctx.data.num_classes))
         data = ctx.data
         targets = (pack(data.y_train, predict(teacher, data.x_train)), pack(data.y_val, predict(teacher, data.x_val)))
         teacher_accuracy = float(np.mean(np.argmax(predict(teacher, data.x_test), -1) == data.y_test))
@@ -84,10 +107,20 @@ class DistillStage(Stage):
         )
         fit(student, ctx, params, targets=targets)
         teacher_facts = {"teacher_params": float(teacher.count_params()), "teacher_accuracy": teacher_accuracy}
+        # An incoming student carries its earlier stages' facts (channel pruning) on; a fresh one starts anew.
         artifact = save_keras(
-            student, ctx, None, distilled=True, teacher=params.teacher or str(model.path), metrics=teacher_facts
+            student, ctx, model if incoming else None, distilled=True, teacher=teacher_file, metrics=teacher_facts
         )
         return dataclasses.replace(artifact, parent=model)
+
+
+def teacher_source(model: ModelArtifact, incoming: bool, where: str) -> ModelArtifact:
+    """The teacher when no file is given: the incoming model, or for an incoming student the model it was made from."""
+    if not incoming:
+        return model
+    if model.parent is None or model.parent.format is not ModelFormat.KERAS:
+        raise PipelineError(f"{where}.teacher: the incoming model was not made from a Keras model; set {where}.teacher=PATH")
+    return model.parent
 
 
 def predict(model: Any, x: np.ndarray) -> np.ndarray:
