@@ -1,0 +1,176 @@
+"""Channel pruning benchmark: does removing channels make models faster? Side by side in one run.
+
+    python benchmarks/channel_pruning.py [--mnist DIR] [--runs 200] [--rounds 5] [--quick] [--only mnist|mobilenet]
+
+MNIST (the first 8,000 of the 10k test images train, the last 2,000 evaluate, as in
+benchmarks/compression.py): the small CNN trained once (the stage cache shares it), then
+- dense: full-integer int8;
+- channel-pruned at shares 0.5 and 0.75, each one-shot (remove, then fine-tune) and gradual
+  (three removal steps with fine-tuning between them, the same epochs in all), then int8.
+Which of one-shot and gradual recovers better is read on the validation split; the test split
+is reported once per row.
+
+MobileNetV2 alpha 1.0 at 224x224 (10 classes, weights=None, one epoch on synthetic images:
+latency does not depend on what the weights learned): dense and with half the channels removed,
+each as float32 and int8 TFLite.
+
+Every TFLite file is timed with the LiteRT interpreter at batch 1; the files of one comparison
+take turns for `--rounds` rounds of `--runs` invocations (after 10 warm-up), and the p50 is the
+median over rounds, so a busy moment of the shared machine hits every file alike. Targets: the
+half-channel int8 small CNN at least 1.6x faster than dense int8 and within 1 point of the dense
+float model's accuracy; the half-channel MobileNetV2 at least 1.5x faster than dense, float and
+int8, on 1 and 2 threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.compression import FINE_TUNE, INT8, TRAIN_STAGE, markdown, split_folder  # noqa: E402
+from benchmarks.latency import synthetic_npz  # noqa: E402
+
+CHANNEL = {**FINE_TUNE, "epochs": 6}
+SHARES = (0.5, 0.75)
+SCHEDULES = {"one-shot": 1, "gradual": 3}
+MNIST_VARIANTS = {
+    "dense": {"train": TRAIN_STAGE, "quantize": INT8},
+    **{
+        f"{schedule} {share:.0%}": {
+            "train": TRAIN_STAGE, "channel_prune": {**CHANNEL, "share": share, "steps": steps}, "quantize": INT8,
+        }
+        for share in SHARES for schedule, steps in SCHEDULES.items()
+    },
+}
+MOBILENET_TRAIN = {"epochs": 1, "batch_size": 16}
+MOBILENET_VARIANTS = {
+    f"{name} {mode}": {"train": MOBILENET_TRAIN, **pruning, "quantize": {"mode": mode, "calibration_samples": 64}}
+    for name, pruning in (("dense", {}), ("pruned 50%", {"channel_prune": {"share": 0.5, "epochs": 1, "batch_size": 16}}))
+    for mode in ("none", "int8")
+}
+
+
+def run_stages(name: str, stages: dict, overrides: list[str], outputs: Path):
+    """One pipeline run of `stages` -> (per-stage metrics, the final artifact)."""
+    from hydra import compose, initialize_config_module
+
+    from pipeline.runner import RunInfo, run
+
+    with initialize_config_module(config_module="recipes", version_base="1.3"):
+        cfg = compose("config", overrides=[f"outputs={outputs}", "measure.latency_runs=5", "measure.warmup_runs=1", *overrides])
+    cfg.stages = stages
+    started = time.perf_counter()
+    result = run(cfg, RunInfo(run_dir=outputs / "runs" / name.replace(" ", "_").replace("%", ""), recipe="channel_benchmark"))
+    print(f"  {name}: {time.perf_counter() - started:.0f} s", flush=True)
+    return {row.stage: row.metrics for row in result.rows}, result.artifact
+
+
+def interleaved_p50(files: dict[str, Path], sample: np.ndarray, threads: int, runs: int, rounds: int) -> dict[str, float]:
+    """Median over rounds of each file's p50 at batch 1, the files taking turns in every round."""
+    from pipeline import litert
+
+    medians: dict[str, list[float]] = {name: [] for name in files}
+    for _ in range(rounds):
+        for name, path in files.items():
+            medians[name].append(float(np.median(litert.latency_ms(path, sample, runs, 10, threads))))
+    return {name: float(np.median(values)) for name, values in medians.items()}
+
+
+def val_accuracy(artifact) -> float | None:
+    """The validation accuracy the channel_prune stage reported, if the run had one."""
+    return next((a.metadata["metrics"]["val_accuracy"] for a in artifact.lineage() if a.stage == "channel_prune"), None)
+
+
+def mnist(args: argparse.Namespace, outputs: Path) -> tuple[str, list[tuple[str, str, str, bool]]]:
+    """The small-CNN table and its targets."""
+    data = split_folder(args.mnist, outputs / "data")
+    overrides = ["data=idx", f"data.path={data}", "data.val_fraction=0.1"]
+    variants = {
+        name: {stage: {**params, **({"epochs": 1} if args.quick and "epochs" in params else {})} for stage, params in stages.items()}
+        for name, stages in MNIST_VARIANTS.items()
+    }
+    measured = {name: run_stages(name, stages, overrides, outputs) for name, stages in variants.items()}
+    files = {name: artifact.path for name, (_, artifact) in measured.items()}
+    sample = np.random.default_rng(0).random((28, 28, 1), np.float32)  # dense kernels take as long on any pixels
+    p50 = interleaved_p50(files, sample, 1, args.runs, args.rounds)
+    dense_float = measured["dense"][0]["train"]
+    rows = []
+    for name, (m, artifact) in measured.items():
+        keras = m.get("channel_prune", m["train"])
+        val = val_accuracy(artifact)
+        rows.append((
+            name, f"{keras['params']:,.0f}", f"{keras['macs'] / 1e6:.2f}", "-" if val is None else f"{val:.4f}",
+            f"{keras['accuracy']:.4f}", f"{m['quantize']['accuracy']:.4f}",
+            f"{100 * (m['quantize']['accuracy'] - dense_float['accuracy']):+.2f}",
+            f"{p50[name] * 1000:.1f}", f"{p50['dense'] / p50[name]:.2f}x",
+        ))
+    header = ("model", "params", "MMACs", "val acc", "Keras acc", "int8 acc", "int8 vs dense float pt", "int8 p50 us", "speed-up")
+    half = min((n for n in measured if n.endswith("50%")), key=lambda n: -(val_accuracy(measured[n][1]) or 0))
+    speedup = p50["dense"] / p50[half]
+    drop = 100 * (dense_float["accuracy"] - measured[half][0]["quantize"]["accuracy"])
+    targets = [
+        (f"MNIST small CNN, half the channels ({half}, better on validation): int8 p50 speed-up vs dense int8",
+         f"{speedup:.2f}x ({p50['dense'] * 1000:.1f} / {p50[half] * 1000:.1f} us)", ">= 1.6x", speedup >= 1.6),
+        ("  its int8 accuracy drop vs dense float Keras",
+         f"{drop:+.2f} pt ({measured[half][0]['quantize']['accuracy']:.4f} vs {dense_float['accuracy']:.4f})", "<= 1 pt", drop <= 1),
+    ]
+    title = f"MNIST small CNN (dense float Keras: test accuracy {dense_float['accuracy']:.4f}); LiteRT int8 p50 at batch 1, 1 thread"
+    return title + "\n\n" + markdown(header, rows), targets
+
+
+def mobilenet(args: argparse.Namespace, outputs: Path) -> tuple[str, list[tuple[str, str, str, bool]]]:
+    """The MobileNetV2 1.0/224 table and its targets."""
+    data = synthetic_npz(outputs, 224)
+    overrides = ["data=npz", f"data.path={data}", "data.val_fraction=0", "model=mobilenet_v2", "model.width=1.0"]
+    measured = {name: run_stages(name, stages, overrides, outputs) for name, stages in MOBILENET_VARIANTS.items()}
+    files = {name: artifact.path for name, (_, artifact) in measured.items()}
+    sample = np.random.default_rng(1).random((224, 224, 3), dtype=np.float32)
+    p50 = {threads: interleaved_p50(files, sample, threads, args.runs, args.rounds) for threads in (1, 2)}
+    rows, targets = [], []
+    for name, (m, _) in measured.items():
+        keras = m.get("channel_prune", m["train"])
+        rows.append((name, f"{keras['params']:,.0f}", f"{m['quantize']['macs'] / 1e6:.0f}",
+                     f"{m['quantize']['size_bytes'] / 2**20:.2f}", f"{p50[1][name]:.2f}", f"{p50[2][name]:.2f}"))
+    for mode in ("none", "int8"):
+        for threads in (1, 2):
+            dense, pruned = p50[threads][f"dense {mode}"], p50[threads][f"pruned 50% {mode}"]
+            label = "float32" if mode == "none" else "int8"
+            targets.append((f"MobileNetV2 1.0/224, half the channels, {label}, {threads} thread(s): p50 speed-up",
+                            f"{dense / pruned:.2f}x ({dense:.2f} / {pruned:.2f} ms)", ">= 1.5x", dense / pruned >= 1.5))
+    header = ("model (quantize mode)", "params", "MMACs", "size MiB", "1 thread ms", "2 threads ms")
+    return "MobileNetV2 alpha 1.0, 224x224, 10 classes; LiteRT p50 at batch 1\n\n" + markdown(header, rows), targets
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mnist", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/mnist10k")
+    parser.add_argument("--outputs", type=Path, default=None, help="run folder (default: a temporary one)")
+    parser.add_argument("--runs", type=int, default=200, help="timed invocations per file and round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds in which the compared files take turns")
+    parser.add_argument("--quick", action="store_true", help="one epoch per stage: checks the script, not the targets")
+    parser.add_argument("--only", choices=("mnist", "mobilenet"), default=None)
+    args = parser.parse_args()
+    outputs = (args.outputs or Path(tempfile.mkdtemp(prefix="channel-pruning-"))).resolve()
+    started = time.perf_counter()
+    parts = [part(args, outputs) for key, part in (("mnist", mnist), ("mobilenet", mobilenet)) if args.only in (None, key)]
+    targets = [target for _, found in parts for target in found]
+    report = "\n\n".join([
+        *(table for table, _ in parts), f"Targets ({time.perf_counter() - started:.0f} s in all):",
+        markdown(("target", "measured", "threshold", "result"), [(t, x, th, "PASS" if ok else "FAIL") for t, x, th, ok in targets]),
+    ])
+    print("\n" + report)
+    (outputs / "channel_pruning.md").write_text(report + "\n")
+    return 0 if all(ok for *_, ok in targets) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
