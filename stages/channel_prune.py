@@ -15,10 +15,10 @@ first and magnitude pruning of what is left after it.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from pipeline.artifact import ModelArtifact
 from pipeline.errors import PipelineError
@@ -31,13 +31,13 @@ class ChannelPruneParams(FitParams, LayerChoice):
     """Parameters of the channel_prune stage."""
 
     share: float = Field(0.5, ge=0, lt=1, description="Share of each prunable layer's output channels removed.")
-    shares: dict[str, float] = Field(
+    shares: dict[str, Annotated[float, Field(ge=0, lt=1)]] = Field(
         default_factory=dict,
         description="Share per layer name or type, e.g. {Dense: 0.25, conv2d_1: 0.6}; a name beats a type, both beat `share`.",
     )
     flops_target: float | None = Field(
         None, gt=0, lt=1,
-        description="Instead of `share`: keep at most this share of the model's MACs (the overall share is searched).",
+        description="Keep at most this share of the model's MACs; when set, the overall share is searched and `share` unused.",
     )
     criterion: Literal["l1", "l2"] = Field(
         "l1", description="Filter norm that ranks channels, after folding the BatchNormalization that follows."
@@ -45,13 +45,6 @@ class ChannelPruneParams(FitParams, LayerChoice):
     steps: int = Field(1, ge=1, le=20, description="Removal steps, the epochs spread over them; 1: one-shot, then fine-tune.")
     epochs: int = Field(4, ge=0, le=10_000, description="Fine-tuning epochs in all (0: none, e.g. when distill follows).")
     learning_rate: float = Field(5e-4, gt=0, le=10, description="Fine-tuning optimizer step size.")
-
-    @model_validator(mode="after")
-    def _shares_below_one(self) -> ChannelPruneParams:
-        for name, value in self.shares.items():
-            if not 0 <= value < 1:
-                raise ValueError(f"shares.{name}: {value} is not a share in [0, 1)")
-        return self
 
 
 class ChannelPruneStage(Stage):
@@ -69,7 +62,9 @@ class ChannelPruneStage(Stage):
         where = f"stages.{ctx.name}"
         current = flat_model(model.load_keras(), where)
         before = keras_macs(current)
-        final = target_counts(current, params, where)
+        final, share = target_counts(current, params, where)
+        if params.flops_target is not None:
+            ctx.log.info("    share %.3f keeps at most %.0f%% of the MACs", share, 100 * params.flops_target)
         log_plan(current, final, ctx)
         for step, epochs in enumerate(spread(params.epochs, params.steps), start=1):
             graph = analyse(current)
@@ -82,7 +77,7 @@ class ChannelPruneStage(Stage):
                 fit(current, ctx, params.model_copy(update={"epochs": epochs}))
         kept = {name: count for name, (_, _, count) in final.items()}
         facts = {"macs_before": float(before), **validation_accuracy(current, ctx)}
-        return save_keras(current, ctx, model, channel_pruned=True, kept_channels=kept, metrics=facts)
+        return save_keras(current, ctx, model, channel_pruned=True, channel_share=share, kept_channels=kept, metrics=facts)
 
 
 def flat_model(keras_model: Any, where: str) -> Any:
@@ -124,8 +119,9 @@ def group_counts(model: Any, graph: Any, params: ChannelPruneParams, overall: fl
 Plan = dict[str, tuple[list[str], int, int]]  # first producer's name -> (tied producers, channels, channels kept)
 
 
-def target_counts(model: Any, params: ChannelPruneParams, where: str) -> Plan:
-    """Channels each group that loses some keeps in the end, keyed by its first producer layer's name."""
+def target_counts(model: Any, params: ChannelPruneParams, where: str) -> tuple[Plan, float]:
+    """Channels each group that loses some keeps in the end, keyed by its first producer layer's name,
+    and the overall share behind it (`share`, or the one found for `flops_target`)."""
     from stages._channel_graph import analyse
 
     check_names(model, params, where)
@@ -142,7 +138,7 @@ def target_counts(model: Any, params: ChannelPruneParams, where: str) -> Plan:
             )
         if count < graph.size[root]:
             final[names[0]] = (names, graph.size[root], count)
-    return final
+    return final, overall
 
 
 def search_share(model: Any, graph: Any, params: ChannelPruneParams, where: str) -> float:
