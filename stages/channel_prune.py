@@ -15,7 +15,7 @@ first and magnitude pruning of what is left after it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -25,6 +25,9 @@ from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
 from stages._layers import LayerChoice, check_names, check_patterns, matches
 from stages._training import FitParams, compile_model, fit, save_keras
+
+if TYPE_CHECKING:
+    from stages._channel_graph import ChannelGraph
 
 
 class ChannelPruneParams(FitParams, LayerChoice):
@@ -107,12 +110,14 @@ def layer_share(layer: Any, params: ChannelPruneParams, overall: float) -> tuple
     return overall, "share"
 
 
-def group_counts(model: Any, graph: Any, params: ChannelPruneParams, overall: float) -> dict[int, tuple[int, str]]:
-    """Per prunable group, the channels to keep and the key behind it; tied layers take the smallest share."""
+def group_counts(
+    model: Any, graph: ChannelGraph, params: ChannelPruneParams, overall: float
+) -> dict[int, tuple[int, float, str]]:
+    """Per prunable group: channels to keep, the share removed and the key that set it; tied layers take the smallest share."""
     counts = {}
     for root, names in graph.prunable().items():
         share, key = min((layer_share(model.get_layer(n), params, overall) for n in names), key=lambda s: s[0])
-        counts[root] = (graph.size[root] - int(round(share * graph.size[root])), key)
+        counts[root] = (graph.size[root] - int(round(share * graph.size[root])), share, key)
     return counts
 
 
@@ -129,19 +134,19 @@ def target_counts(model: Any, params: ChannelPruneParams, where: str) -> tuple[P
     graph = analyse(model)
     overall = params.share if params.flops_target is None else search_share(model, graph, params, where)
     final = {}
-    for root, (count, key) in group_counts(model, graph, params, overall).items():
+    for root, (count, share, key) in group_counts(model, graph, params, overall).items():
         names = graph.prunable()[root]
         if count < 1:
             raise PipelineError(
-                f"{where}.{key}: removing {layer_share(model.get_layer(names[0]), params, overall)[0]:.0%} of "
-                f"{', '.join(names)}'s {graph.size[root]} channels leaves none; lower it or list the layer in {where}.skip_layers"
+                f"{where}.{key}: removing {share:.0%} of {', '.join(names)}'s {graph.size[root]} channels leaves none; "
+                f"lower it or list the layer in {where}.skip_layers"
             )
         if count < graph.size[root]:
             final[names[0]] = (names, graph.size[root], count)
     return final, overall
 
 
-def search_share(model: Any, graph: Any, params: ChannelPruneParams, where: str) -> float:
+def search_share(model: Any, graph: ChannelGraph, params: ChannelPruneParams, where: str) -> float:
     """The smallest overall share whose model keeps at most `flops_target` of the MACs (bisection)."""
     from stages._surgery import counted_macs
 
@@ -149,9 +154,9 @@ def search_share(model: Any, graph: Any, params: ChannelPruneParams, where: str)
 
     def macs_at(share: float) -> float | None:
         counts = group_counts(model, graph, params, share)
-        if any(count < 1 for count, _ in counts.values()):
+        if any(count < 1 for count, _, _ in counts.values()):
             return None  # some layer would be left empty: too much
-        return counted_macs(model, graph, {root: count for root, (count, _) in counts.items()})
+        return counted_macs(model, graph, {root: count for root, (count, _, _) in counts.items()})
 
     low, high = 0.0, 0.999
     reachable = macs_at(high)
