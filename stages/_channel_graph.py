@@ -163,7 +163,8 @@ def _visit(graph: ChannelGraph, layer: Any, inputs: list[Layout], outputs: list[
         return _opaque(graph, inputs, outputs)
     if kind in PRODUCERS and _simple_producer(layer, config):
         graph.inputs[layer.name], graph.role[layer.name] = inputs[0], "producer"
-        group = graph.new_group(_channels(outputs[0]))
+        # A producer whose own activation mixes its channels (a softmax) must keep them all.
+        group = graph.new_group(_channels(outputs[0]), fixed=config.get("activation") in MIXING_ACTIVATIONS)
         graph.producer_group[layer.name] = group
         graph.outputs[layer.name] = Layout((group,))
         return [graph.outputs[layer.name]]

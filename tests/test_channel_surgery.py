@@ -138,11 +138,13 @@ def test_concatenated_branches_are_offset_and_other_layers_fixed():
     ]
 
 
-def test_a_layer_called_twice_keeps_its_channels():
+def test_a_layer_called_twice_and_a_softmax_layer_keep_their_channels():
     layers = keras().layers
     inputs = keras().Input((4, 4, 3))
     shared = layers.Conv2D(3, 1, name="shared")
     features = layers.Conv2D(6, 3, name="first")(shared(shared(inputs)))
-    model = keras().Model(inputs, layers.Dense(2)(layers.GlobalAveragePooling2D()(features)))
+    pooled = layers.GlobalAveragePooling2D()(features)
+    attention = layers.Dense(4, activation="softmax", name="attention")(pooled)  # a softmax over its own units
+    model = keras().Model(inputs, layers.Dense(2)(layers.Concatenate()([pooled, attention])))
     graph = analyse(model)
     assert [names for names in graph.prunable().values()] == [["first"]]
