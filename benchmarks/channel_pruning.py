@@ -93,7 +93,7 @@ def interleaved(files: dict[str, Path], sample: np.ndarray, threads: int, runs: 
 
 def val_accuracy(artifact) -> float | None:
     """The validation accuracy the channel_prune stage reported, if the run had one."""
-    return next((a.metadata["metrics"]["val_accuracy"] for a in artifact.lineage() if a.stage == "channel_prune"), None)
+    return next((a.metrics["val_accuracy"] for a in artifact.lineage() if a.stage == "channel_prune"), None)
 
 
 def averaged(runs: list[tuple[dict, object]]) -> dict[str, float]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from pipeline.artifact import ModelArtifact
+from pipeline.artifact import Effect, ModelArtifact
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
 from stages._layers import LayerChoice, check_names, check_patterns, matches
@@ -55,6 +55,11 @@ class ChannelPruneStage(Stage):
 
     Config: ClassVar = ChannelPruneParams
 
+    def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
+        """Narrower; fine-tuning without masks lets pruned zeros grow back and clusters drift (without it, kept weights stay)."""
+        kept = incoming if self.config.epochs == 0 else incoming - {Effect.PRUNED, Effect.CLUSTERED}
+        return kept | {Effect.CHANNEL_PRUNED}
+
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         from pipeline.macs import keras_macs
         from stages._channel_graph import analyse
@@ -80,7 +85,9 @@ class ChannelPruneStage(Stage):
                 fit(current, ctx, params.model_copy(update={"epochs": epochs}))
         kept = {name: count for name, (_, _, count) in final.items()}
         facts = {"macs_before": float(before), **validation_accuracy(current, ctx)}
-        return save_keras(current, ctx, model, channel_pruned=True, channel_share=share, kept_channels=kept, metrics=facts)
+        return save_keras(
+            current, ctx, model, effects=self.output_effects(model), metrics=facts, channel_share=share, kept_channels=kept
+        )
 
 
 def flat_model(keras_model: Any, where: str) -> Any:

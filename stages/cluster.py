@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from pipeline.artifact import ModelArtifact
+from pipeline.artifact import Effect, ModelArtifact
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
 from stages._layers import LayerChoice, wrap_chosen
@@ -35,6 +35,11 @@ class ClusterStage(Stage):
 
     Config: ClassVar = ClusterParams
 
+    def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
+        """Clustered; pruned zeros stay unless preserve_sparsity=false gives them up."""
+        kept = incoming - {Effect.PRUNED} if self.config.preserve_sparsity == "false" else incoming
+        return kept | {Effect.CLUSTERED}
+
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         import tensorflow_model_optimization as tfmot
         from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import ClusteringRegistry
@@ -43,7 +48,7 @@ class ClusterStage(Stage):
         assert model is not None  # guaranteed by `accepts`
         params: ClusterParams = self.config
         preserve = params.preserve_sparsity == "true" or (
-            params.preserve_sparsity == "auto" and bool(model.metadata.get("pruned"))
+            params.preserve_sparsity == "auto" and Effect.PRUNED in model.effects
         )
         init = tfmot.clustering.keras.CentroidInitialization[params.centroid_init.upper()]
 
@@ -64,14 +69,14 @@ class ClusterStage(Stage):
         stripped = tfmot.clustering.keras.strip_clustering(clustered)
         check_clusters(stripped, names, params, ctx.name)
         facts: dict[str, Any] = {}
-        if model.metadata.get("pruned"):
+        if Effect.PRUNED in model.effects:
             if preserve:
                 check_kept_sparsity(stripped, model.metadata, ctx.name)
             else:  # asked for: later stages must not treat the model as sparse any more
                 ctx.log.warning("    preserve_sparsity=false: clustering gives up the pruned zeros")
-                facts = {"pruned": False, "target_sparsity": 0.0}
+                facts = {"target_sparsity": 0.0}
         return save_keras(
-            stripped, ctx, model, clustered=True, number_of_clusters=params.number_of_clusters,
+            stripped, ctx, model, effects=self.output_effects(model), number_of_clusters=params.number_of_clusters,
             clustered_layers=names, sparsity_preserved=preserve, **facts,
         )
 

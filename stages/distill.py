@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.models.compat import without_softmax
+from pipeline.models.user import load_model_file, model_file_problem
 from pipeline.stage import Stage, StageContext
 from stages._training import FitParams, compile_model, fit, save_keras
 
@@ -24,7 +24,7 @@ class DistillParams(FitParams):
         None, min_length=1,
         description=(
             "Teacher model file (.keras, .h5 or SavedModel); unset: the preceding stage's model, or with "
-            "student=incoming the model that one was made from (e.g. the model before channel pruning)."
+            "student=incoming the model before channel pruning."
         ),
     )
     student: dict[str, Any] | Literal["incoming"] = Field(
@@ -48,7 +48,11 @@ class DistillStage(Stage):
     Config: ClassVar = DistillParams
     accepts: ClassVar = frozenset({None, ModelFormat.KERAS})
 
-    def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
+    def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
+        """A new student has been through nothing; an incoming one stays narrow but loses its zeros and clusters."""
+        return incoming & {Effect.CHANNEL_PRUNED} if self.config.student == "incoming" else frozenset()
+
+    def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
         from pipeline import registry
         from pipeline.recipe import configure
 
@@ -60,20 +64,20 @@ class DistillStage(Stage):
             )
         if params.teacher is not None and not Path(params.teacher).exists():
             raise PipelineError(f"{where}.teacher: no such file '{params.teacher}'; give the path of a .keras, .h5 or SavedModel")
-        if params.student == "incoming":
-            if input_format is None:
-                raise PipelineError(f"{where}.student: 'incoming' needs a model from an earlier stage; put one before {where}")
-            if params.teacher is None and len(earlier) < 2:
-                raise PipelineError(
-                    f"{where}.teacher: with student=incoming the teacher is the model the incoming one was made from, "
-                    f"but {where} follows the first stage; set {where}.teacher=PATH or add a stage such as channel_prune before it"
-                )
-        else:
+        problem = model_file_problem(Path(params.teacher)) if params.teacher is not None else None
+        if problem:
+            raise PipelineError(f"{where}.teacher: {params.teacher} {problem}")
+        if params.student != "incoming":
             configure(registry.MODELS, params.student, f"{where}.student")
+        elif input_format is None:
+            raise PipelineError(f"{where}.student: 'incoming' needs a model from an earlier stage; put one before {where}")
+        elif params.teacher is None and Effect.CHANNEL_PRUNED not in effects:
+            raise PipelineError(
+                f"{where}.teacher: with student=incoming the teacher is the model before channel pruning, but no stage "
+                f"before {where} prunes channels; set {where}.teacher=PATH or put a channel_prune stage first"
+            )
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
-        import tf_keras as keras
-
         from pipeline import registry
         from pipeline.recipe import configure
 
@@ -81,12 +85,12 @@ class DistillStage(Stage):
         incoming = params.student == "incoming"
         if params.teacher is not None:
             teacher_file = params.teacher
-            teacher = without_softmax(keras.models.load_model(params.teacher, compile=False))
+            teacher = without_softmax(load_model_file(params.teacher, f"stages.{ctx.name}.teacher"))
             if getattr(teacher, "softmax_removed", False):
                 ctx.log.warning("    stages.%s.teacher: %s ends in a softmax; distilling from the logits before it", ctx.name, params.teacher)
         else:
             assert model is not None  # guaranteed by check_input
-            source = teacher_source(model, incoming, f"stages.{ctx.name}")
+            source = before_channel_pruning(model, f"stages.{ctx.name}") if incoming else model
             teacher_file, teacher = str(source.path), source.load_keras()
         if incoming:
             assert model is not None  # guaranteed by check_input
@@ -107,20 +111,22 @@ class DistillStage(Stage):
         )
         fit(student, ctx, params, targets=targets)
         teacher_facts = {"teacher_params": float(teacher.count_params()), "teacher_accuracy": teacher_accuracy}
-        # An incoming student carries its earlier stages' facts (channel pruning) on; a fresh one starts anew.
+        # An incoming student carries its earlier stages' facts (which channels stayed) on; a new one starts anew.
         artifact = save_keras(
-            student, ctx, model if incoming else None, distilled=True, teacher=teacher_file, metrics=teacher_facts
+            student, ctx, model if incoming else None, effects=self.output_effects(model), metrics=teacher_facts,
+            distilled=True, teacher=teacher_file,
         )
         return dataclasses.replace(artifact, parent=model)
 
 
-def teacher_source(model: ModelArtifact, incoming: bool, where: str) -> ModelArtifact:
-    """The teacher when no file is given: the incoming model, or for an incoming student the model it was made from."""
-    if not incoming:
-        return model
-    if model.parent is None or model.parent.format is not ModelFormat.KERAS:
-        raise PipelineError(f"{where}.teacher: the incoming model was not made from a Keras model; set {where}.teacher=PATH")
-    return model.parent
+def before_channel_pruning(model: ModelArtifact, where: str) -> ModelArtifact:
+    """The model that channel pruning started from, in `model`'s lineage: the teacher of an incoming student."""
+    for artifact in model.lineage():
+        parent = artifact.parent
+        if Effect.CHANNEL_PRUNED in artifact.effects and parent is not None and Effect.CHANNEL_PRUNED not in parent.effects:
+            if parent.format is ModelFormat.KERAS:
+                return parent
+    raise PipelineError(f"{where}.teacher: the incoming model was not channel-pruned from a Keras model; set {where}.teacher=PATH")
 
 
 def predict(model: Any, x: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.artifact import ModelArtifact
+from pipeline.artifact import Effect, ModelArtifact
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
 from stages._layers import LayerChoice, wrap_chosen
@@ -76,6 +76,10 @@ class PruneStage(Stage):
 
     Config: ClassVar = PruneParams
 
+    def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
+        """Pruned; fine-tuning moves clustered weights off their shared values."""
+        return (incoming - {Effect.CLUSTERED}) | {Effect.PRUNED}
+
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         import tensorflow_model_optimization as tfmot
 
@@ -101,7 +105,7 @@ class PruneStage(Stage):
         stripped = sparsity.strip_pruning(pruned)
         check_sparsity(stripped, names, params, ctx.name)
         return save_keras(
-            stripped, ctx, model, pruned=True, target_sparsity=params.final_sparsity,
+            stripped, ctx, model, effects=self.output_effects(model), target_sparsity=params.final_sparsity,
             m_by_n=list(pattern) if pattern else None, pruned_layers=names,
         )
 

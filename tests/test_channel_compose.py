@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
+from pipeline.artifact import Effect
 from pipeline.runner import RunInfo, run
 from tests.conftest import compose_config, run_cli
 
@@ -45,7 +46,7 @@ def test_distill_into_the_channel_pruned_model_then_qat(tmp_path):
     assert m["distill"]["params"] == m["channel_prune"]["params"] < 0.35 * m["train"]["params"]
     assert m["distill"]["accuracy"] > m["channel_prune"]["accuracy"] - 0.01 and m["distill"]["accuracy"] > 0.85
     assert m["qat"]["macs"] == m["distill"]["macs"] and m["qat"]["accuracy"] > 0.8
-    assert result.artifact.metadata["qat_scheme"] == "default" and result.artifact.metadata["channel_pruned"] is True
+    assert result.artifact.metadata["qat_scheme"] == "default" and Effect.CHANNEL_PRUNED in result.artifact.effects
 
 
 def test_the_recipe_from_the_command_line_and_an_empty_layer_in_one_line(tmp_path):

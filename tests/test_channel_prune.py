@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.artifact import Effect
 from pipeline.errors import PipelineError
 from pipeline.macs import keras_macs
 from stages.channel_prune import ChannelPruneParams, ChannelPruneStage, spread
@@ -27,13 +28,13 @@ def test_half_the_channels_go_and_the_model_still_classifies(tmp_path, trained):
     conv, conv_1, dense, logits = layer_names(trained)
     out = ChannelPruneStage(ChannelPruneParams(share=0.5, epochs=2)).run(trained, context(tmp_path, "channel_prune", 1))
     model, original = out.load_keras(), trained.load_keras()
-    assert out.metadata["channel_pruned"] is True
+    assert Effect.CHANNEL_PRUNED in out.effects
     assert out.metadata["kept_channels"] == {conv: 8, conv_1: 16, dense: 32}
     assert model.output_shape == original.output_shape  # the classes stay
     assert keras_macs(model) == pytest.approx(keras_macs(original) / 4, rel=0.05)
     assert model.count_params() < original.count_params() / 3
-    assert out.metadata["metrics"]["macs_before"] == keras_macs(original)
-    assert 0.8 < out.metadata["metrics"]["val_accuracy"] <= 1
+    assert out.metrics["macs_before"] == keras_macs(original)
+    assert 0.8 < out.metrics["val_accuracy"] <= 1
     assert accuracy(out, context(tmp_path, "x").data) > 0.85
 
 
@@ -96,6 +97,22 @@ def test_distillation_into_the_channel_pruned_model(tmp_path, trained):
     student = out.load_keras()
     assert student.count_params() == pruned.load_keras().count_params()  # the pruned architecture, trained on
     assert out.metadata["teacher"] == str(trained.path)  # the model before channel pruning teaches
-    assert out.metadata["channel_pruned"] is True and out.metadata["distilled"] is True
-    assert out.metadata["metrics"]["teacher_params"] == trained.load_keras().count_params()
+    assert Effect.CHANNEL_PRUNED in out.effects and out.metadata["distilled"] is True
+    assert out.metrics["teacher_params"] == trained.load_keras().count_params()
     assert accuracy(out, context(tmp_path, "x").data) > 0.85
+
+
+def test_an_incoming_student_needs_channel_pruning_before_it_or_a_teacher_file(tmp_path):
+    from pipeline.recipe import build_plan
+    from tests.conftest import compose_config
+
+    cfg = compose_config(tmp_path)
+    cfg.stages = {"train": {}, "distill": {"student": "incoming"}}
+    with pytest.raises(PipelineError, match=r"^stages.distill.teacher: with student=incoming the teacher is the model before channel pruning"):
+        build_plan(cfg)
+    cfg.stages = {"train": {}, "channel_prune": {}, "prune": {}, "distill": {"student": "incoming"}, "quantize": {}}
+    plan = build_plan(cfg)  # magnitude pruning between keeps the model narrow
+    assert plan.stages[3].stage.effects_after(frozenset({Effect.CHANNEL_PRUNED, Effect.PRUNED})) == {Effect.CHANNEL_PRUNED}
+    assert ChannelPruneStage(ChannelPruneParams(epochs=0)).effects_after(frozenset({Effect.PRUNED})) == {
+        Effect.PRUNED, Effect.CHANNEL_PRUNED  # without fine-tuning the kept weights keep their zeros
+    }

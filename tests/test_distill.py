@@ -54,10 +54,10 @@ def test_student_learns_from_the_preceding_model(tmp_path, teacher):
     out = DistillStage(params).run(teacher, context(tmp_path, "distill", 1))
     student = out.load_keras()
     assert student.count_params() < teacher.load_keras().count_params() / 4
-    facts = out.metadata["metrics"]
+    facts = out.metrics
     assert facts["teacher_params"] == teacher.load_keras().count_params()
     assert 0.8 < facts["teacher_accuracy"] <= 1
-    assert out.parent is teacher and out.metadata["distilled"] is True
+    assert out.parent is teacher and out.metadata["distilled"] is True and out.effects == frozenset()
     assert accuracy(out, context(tmp_path, "x").data) > 0.8
 
 

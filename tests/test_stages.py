@@ -50,7 +50,7 @@ def test_export_writes_every_format_from_the_lineage(tmp_path, trained):
     tflite = QuantizeStage(QuantizeParams(mode="int8")).run(keras_model, context(tmp_path, "quantize", 1))
     ctx = context(tmp_path, "export", 2)
     out = ExportStage(ExportParams(formats=["tflite", "keras", "h5", "saved_model"])).run(tflite, ctx)
-    names = sorted(p.rsplit("/", 1)[-1] for p in out.metadata["exports"])
+    names = sorted(path.name for path in out.exports)
     assert names == ["model.h5", "model.json", "model.keras", "model.tflite", "model_saved_model"]
     assert out.format is ModelFormat.TFLITE and out.path == tmp_path / "export" / "model.tflite"
     reference = keras_model.load_keras().predict(train_ctx.data.x_test[:8], verbose=0)
