@@ -103,6 +103,14 @@ def test_small_cnn_dense_rows_follow_the_flattened_channels():
     ]
 
 
+def test_mlp_hidden_units_go_and_the_classes_stay():
+    from pipeline.models.builtin import MLP, MLPParams
+
+    model = randomised(MLP(MLPParams(name="mlp", hidden=[12, 6])).build((5,), 3))
+    _, smaller = assert_surgery_exact(model, np.random.default_rng(4).random((4, 5), np.float32))
+    assert [layer.get_weights()[0].shape for layer in smaller.layers if layer.get_weights()] == [(5, 6), (6, 3), (3, 3)]
+
+
 def test_mobilenet_v2_residual_and_depthwise_channels_stay_consistent(mobilenet):
     graph, smaller = assert_surgery_exact(mobilenet, np.random.default_rng(2).random((2, 32, 32, 3), np.float32))
     tied = [names for names in graph.prunable().values() if len(names) > 1]
