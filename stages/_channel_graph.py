@@ -16,6 +16,7 @@ it does not understand stays as it is.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,17 +128,21 @@ def analyse(model: Any) -> ChannelGraph:
     """Channel groups and layouts of every layer of a flat functional (or Sequential) model."""
     graph = ChannelGraph()
     layouts: dict[int, Layout] = {}  # id of a KerasTensor -> its channels
-    for depth in sorted(model._nodes_by_depth, reverse=True):  # inputs first
-        for node in model._nodes_by_depth[depth]:
-            inputs = [layouts[id(t)] for t in node.keras_inputs]
-            outputs = _flat(node.outputs)
-            made = _visit(graph, node.layer, inputs, outputs)
-            if graph.role.get(node.layer.name) == "per_channel" and node.keras_inputs:
-                source = node.keras_inputs[0]._keras_history.layer.name
-                if source in graph.producer_group and type(node.layer).__name__ == "BatchNormalization":
-                    graph.followed_by[source] = node.layer.name
-            for tensor, layout in zip(outputs, made):
-                layouts[id(tensor)] = layout
+    nodes = [node for depth in sorted(model._nodes_by_depth, reverse=True) for node in model._nodes_by_depth[depth]]
+    # Calls in this model only: a layer reused from another model (a flattened one) has nodes there too.
+    calls = Counter(node.layer.name for node in nodes)
+    for node in nodes:  # inputs first
+        inputs = [layouts[id(t)] for t in node.keras_inputs]
+        outputs = _flat(node.outputs)
+        before = tuple(node.keras_inputs[0].shape) if node.keras_inputs else ()
+        call = Call(node.layer, inputs, outputs, before, tuple(outputs[0].shape), calls[node.layer.name] > 1)
+        made = _visit(graph, call)
+        if type(node.layer).__name__ == "BatchNormalization" and graph.role.get(node.layer.name) == "per_channel":
+            source = node.keras_inputs[0]._keras_history.layer.name
+            if source in graph.producer_group:
+                graph.followed_by[source] = node.layer.name
+        for tensor, layout in zip(outputs, made):
+            layouts[id(tensor)] = layout
     for tensor in model.outputs:  # the classes, or whatever a model hands on, stay
         graph.fix(layouts[id(tensor)])
     return graph
@@ -152,36 +157,48 @@ def _channels(tensor: Any) -> int:
     return int(last) if last is not None else 0
 
 
-def _visit(graph: ChannelGraph, layer: Any, inputs: list[Layout], outputs: list[Any]) -> list[Layout]:
-    """Record what `layer` does to channels; the layouts of its outputs."""
+@dataclass(frozen=True)
+class Call:
+    """One call of a layer in the model: the layouts it gets, the tensors it makes, and their shapes."""
+
+    layer: Any
+    inputs: list[Layout]
+    outputs: list[Any]
+    before: tuple  # shape of the first input, batch axis included
+    after: tuple  # shape of the first output
+    shared: bool  # the layer is called more than once in this model
+
+
+def _visit(graph: ChannelGraph, call: Call) -> list[Layout]:
+    """Record what one layer call does to channels; the layouts of its outputs."""
+    layer, inputs, outputs = call.layer, call.inputs, call.outputs
     kind = type(layer).__name__
     config = layer.get_config()
-    shared = len(layer._inbound_nodes) > 1  # a layer called twice keeps its weights whole
     if not inputs:  # an InputLayer: the data's channels
         return [Layout((graph.new_group(_channels(t), fixed=True),)) for t in outputs]
-    if shared or config.get("data_format", "channels_last") != "channels_last":
-        return _opaque(graph, inputs, outputs)
-    if kind in PRODUCERS and _simple_producer(layer, config):
+    if call.shared or config.get("data_format", "channels_last") != "channels_last":
+        return _opaque(graph, inputs, outputs)  # a layer called twice keeps its weights whole
+    if kind in PRODUCERS and _simple_producer(config):
         graph.inputs[layer.name], graph.role[layer.name] = inputs[0], "producer"
         # A producer whose own activation mixes its channels (a softmax) must keep them all.
         group = graph.new_group(_channels(outputs[0]), fixed=config.get("activation") in MIXING_ACTIVATIONS)
         graph.producer_group[layer.name] = group
         graph.outputs[layer.name] = Layout((group,))
         return [graph.outputs[layer.name]]
-    if kind in PER_CHANNEL and _per_channel(layer, config, inputs[0]):
+    if kind in PER_CHANNEL and _per_channel(kind, config, inputs[0], len(call.before)):
         graph.inputs[layer.name] = graph.outputs[layer.name] = inputs[0]
         graph.role[layer.name] = "per_channel"
         return [inputs[0]]
     if kind in PASS_THROUGH or (kind == "Activation" and config["activation"] not in MIXING_ACTIVATIONS):
         return [inputs[0]]
     if kind == "Flatten":
-        spatial = math.prod(int(d) for d in layer.input_shape[1:-1]) if len(layer.input_shape) > 2 else 1
+        spatial = math.prod(int(d) for d in call.before[1:-1]) if len(call.before) > 2 else 1
         return [Layout(inputs[0].groups, inputs[0].repeat * spatial)]
     if kind in MERGES and _tie_all(graph, inputs):
         return [inputs[0]]
-    if kind == "Concatenate" and config["axis"] in (-1, len(layer.output_shape) - 1) and all(i.repeat == 1 for i in inputs):
+    if kind == "Concatenate" and config["axis"] in (-1, len(call.after) - 1) and all(i.repeat == 1 for i in inputs):
         return [Layout(tuple(g for layout in inputs for g in layout.groups))]
-    if kind == "Reshape" and inputs[0].repeat == 1 and _keeps_last_axis(layer):
+    if kind == "Reshape" and inputs[0].repeat == 1 and _keeps_last_axis(call.before, call.after):
         graph.role[layer.name], graph.outputs[layer.name] = "reshape", inputs[0]
         return [inputs[0]]
     return _opaque(graph, inputs, outputs)
@@ -194,17 +211,16 @@ def _opaque(graph: ChannelGraph, inputs: list[Layout], outputs: list[Any]) -> li
     return [Layout((graph.new_group(_channels(t), fixed=True),)) for t in outputs]
 
 
-def _simple_producer(layer: Any, config: dict[str, Any]) -> bool:
+def _simple_producer(config: dict[str, Any]) -> bool:
     """Convolutions with groups or a depth multiplier mix channels in ways the surgery leaves alone."""
     return config.get("groups", 1) == 1 and config.get("depth_multiplier", 1) == 1
 
 
-def _per_channel(layer: Any, config: dict[str, Any], layout: Layout) -> bool:
+def _per_channel(kind: str, config: dict[str, Any], layout: Layout, rank: int) -> bool:
     """BatchNormalization over the last axis, depthwise convolutions that keep the channel count."""
-    if type(layer).__name__ == "BatchNormalization":
+    if kind == "BatchNormalization":
         axis = config["axis"]
         axes = axis if isinstance(axis, list) else [axis]
-        rank = len(layer.input_shape)
         return layout.repeat == 1 and [a % rank for a in axes] == [rank - 1]
     return config.get("depth_multiplier", 1) == 1 and layout.repeat == 1
 
@@ -221,8 +237,7 @@ def _tie_all(graph: ChannelGraph, inputs: list[Layout]) -> bool:
     return True
 
 
-def _keeps_last_axis(layer: Any) -> bool:
+def _keeps_last_axis(before: tuple, after: tuple) -> bool:
     """A Reshape such as (C,) -> (1, 1, C) that keeps the channel axis whole and last."""
-    before, after = layer.input_shape, layer.output_shape
     inner = [d for shape in (before, after) for d in shape[1:-1]]
     return before[-1] == after[-1] and None not in inner and math.prod(inner) == 1

@@ -156,3 +156,20 @@ def test_a_layer_called_twice_and_a_softmax_layer_keep_their_channels():
     model = keras().Model(inputs, layers.Dense(2)(layers.Concatenate()([pooled, attention])))
     graph = analyse(model)
     assert [names for names in graph.prunable().values()] == [["first"]]
+
+
+def test_layers_reused_from_another_model_count_their_calls_here():
+    """A model flattened from nested ones reuses their layers: each has a call there as well as here."""
+    layers = keras().layers
+    block = keras().Sequential([layers.Conv2D(6, 3, padding="same", name="conv"), layers.BatchNormalization(name="bn")])
+    head = layers.Dense(3, name="head")
+    inputs = keras().Input((5, 5, 2))
+    keras().Model(inputs, head(layers.GlobalAveragePooling2D()(block(inputs))))  # the nested original
+    flat_inputs = keras().Input((5, 5, 2))
+    x = flat_inputs
+    for layer in block.layers:
+        x = layer(x)
+    flat = randomised(keras().Model(flat_inputs, head(layers.GlobalAveragePooling2D()(x))))
+    graph, smaller = assert_surgery_exact(flat, np.random.default_rng(5).random((2, 5, 5, 2), np.float32))
+    assert list(graph.prunable().values()) == [["conv"]] and graph.followed_by == {"conv": "bn"}
+    assert smaller.get_layer("conv").output.shape[-1] == 3
