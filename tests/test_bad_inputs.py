@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests._data_files import idx_folder, image_tree, write_csv
-from tests.conftest import run_cli
+from tests._runs import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ def test_bad_input(tmp_path, files, args, expected, before_any_run):
     lines = done.stderr.strip().splitlines()
     errors = [line for line in lines if line.startswith("error: ")]
     assert done.returncode == 2, done.stderr[-2000:]
-    assert len(errors) == 1 and expected.format(files=files) in errors[0], done.stderr[-2000:]
+    assert len(errors) == 1 and expected.replace("{files}", str(files)) in errors[0], done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     outputs = tmp_path / "outputs"
     assert not list(outputs.glob("cache/*/entry.json"))

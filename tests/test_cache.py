@@ -12,7 +12,7 @@ from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.cache import StageCache, cache_key
 from pipeline.cache import main as cache_cli
 from pipeline.runner import RunInfo, run
-from tests.conftest import TINY, compose_config
+from tests._runs import TINY, compose_config
 
 
 def fake_output(folder, text="weights"):

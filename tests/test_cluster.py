@@ -9,14 +9,7 @@ from pipeline.artifact import Effect
 from pipeline.errors import PipelineError
 from stages.cluster import ClusterParams, ClusterStage, check_kept_sparsity, unique_values
 from stages.prune import PruneParams, PruneStage, pruned_sparsity
-from stages.train import TrainParams, TrainStage
 from tests._tiny import accuracy, context
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("trained")
-    return TrainStage(TrainParams(epochs=3)).run(None, context(tmp_path, "train"))
 
 
 @pytest.mark.parametrize("init", ["kmeans_plus_plus", "linear"])

@@ -17,7 +17,7 @@ from pipeline.data.images import ImageFolderParams, ImageFolderSource
 from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
 from tests._data_files import MNIST10K, idx_folder, image_tree, write_csv, write_idx
-from tests.conftest import compose_config
+from tests._runs import compose_config
 
 
 def load_idx(folder: Path, seed=0, **params) -> Dataset:

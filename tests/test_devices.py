@@ -16,7 +16,7 @@ from pipeline.devices import DeviceParams, DeviceSetup, worker_role
 from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
 from tests._tiny import accuracy, context, digits
-from tests.conftest import ROOT, compose_config, run_cli
+from tests._runs import ROOT, compose_config, run_cli
 
 
 def gpu_present() -> bool:
@@ -30,7 +30,7 @@ def test_device_group_is_checked_without_importing_tensorflow(tmp_path):
         f"""
         import sys
         from pathlib import Path
-        from tests.conftest import compose_config
+        from tests._runs import compose_config
         from pipeline.recipe import build_plan
         plan = build_plan(compose_config(Path({str(tmp_path)!r}), "device=gpu", "device.jit_compile=true"))
         print(plan.device.params.name, plan.device.params.precision, plan.device.params.jit_compile)

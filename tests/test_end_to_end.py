@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from pipeline import litert
 from pipeline.runner import RunInfo, run
-from tests.conftest import TINY, compose_config, run_cli
+from tests._runs import TINY, compose_config, run_cli
 
 
 @pytest.fixture(scope="module")

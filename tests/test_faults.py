@@ -17,7 +17,7 @@ from pipeline.errors import PipelineError
 from pipeline.preflight import check_environment
 from pipeline.recipe import build_plan
 from pipeline.runner import RunInfo, run
-from tests.conftest import TINY, compose_config, run_cli
+from tests._runs import TINY, compose_config, run_cli
 
 
 @pytest.mark.parametrize(

@@ -12,14 +12,7 @@ from stages._gates import float_operators, integer_gate
 from stages.export import ExportParams, ExportStage
 from stages.prune import PruneParams, PruneStage
 from stages.quantize import QuantizeParams, QuantizeStage
-from stages.train import TrainParams, TrainStage
 from tests._tiny import accuracy, context
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("trained")
-    return TrainStage(TrainParams(epochs=3)).run(None, context(tmp_path, "train"))
 
 
 def test_accuracy_gate_passes_and_records_both_accuracies(tmp_path, trained):

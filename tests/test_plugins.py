@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from pipeline import registry
 from pipeline.errors import PipelineError
 from pipeline.runner import RunInfo, run
-from tests.conftest import TINY, compose_config, run_cli
+from tests._runs import TINY, compose_config, run_cli
 
 PLUGIN = '''
 """A third-party package's stages."""

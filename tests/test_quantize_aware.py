@@ -14,15 +14,8 @@ from stages.cluster import ClusterParams, ClusterStage
 from stages.export import ExportParams, ExportStage
 from stages.prune import PruneParams, PruneStage
 from stages.qat import QuantizeAwareParams, QuantizeAwareStage, chosen_scheme
-from stages.train import TrainParams, TrainStage
 from tests._tiny import accuracy, context
-from tests.conftest import compose_config
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("trained")
-    return TrainStage(TrainParams(epochs=4)).run(None, context(tmp_path, "train"))
+from tests._runs import compose_config
 
 
 @pytest.fixture(scope="module")

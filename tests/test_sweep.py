@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import TINY, run_cli
+from tests._runs import TINY, run_cli
 
 def free_port() -> int:
     with socket.socket() as sock:
