@@ -7,7 +7,7 @@ from mlflow import MlflowClient
 
 from pipeline.artifact import Effect
 from pipeline.runner import RunInfo, run
-from tests.conftest import compose_config, run_cli
+from tests._runs import compose_config, run_cli
 
 pytestmark = pytest.mark.slow
 

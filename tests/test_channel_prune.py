@@ -10,14 +10,7 @@ from pipeline.errors import PipelineError
 from pipeline.macs import keras_macs
 from stages.channel_prune import ChannelPruneParams, ChannelPruneStage, spread
 from stages.distill import DistillParams, DistillStage
-from stages.train import TrainParams, TrainStage
 from tests._tiny import accuracy, context
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("trained")
-    return TrainStage(TrainParams(epochs=4)).run(None, context(tmp_path, "train"))
 
 
 def layer_names(artifact):
@@ -104,7 +97,7 @@ def test_distillation_into_the_channel_pruned_model(tmp_path, trained):
 
 def test_an_incoming_student_needs_channel_pruning_before_it_or_a_teacher_file(tmp_path):
     from pipeline.recipe import build_plan
-    from tests.conftest import compose_config
+    from tests._runs import compose_config
 
     cfg = compose_config(tmp_path)
     cfg.stages = {"train": {}, "distill": {"student": "incoming"}}
