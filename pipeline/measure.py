@@ -12,6 +12,7 @@ import gzip
 import time
 import io
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,10 @@ METRICS = ("size_bytes", "gzip_bytes", "params", "sparsity", "macs", "accuracy",
 
 
 def measure(artifact: ModelArtifact, data: Dataset, params: MeasureParams) -> dict[str, float]:
-    """All of METRICS for `artifact`, evaluated on the test split."""
+    """All of METRICS for `artifact`, evaluated on the test split (raw or preprocessed, as the model takes it)."""
     size, gzipped = file_sizes(artifact.path)
+    if artifact.takes_raw_inputs:  # measured on what a user feeds it: the raw test inputs
+        data = replace(data, x_test=data.test_inputs(raw=True))
     if artifact.format is ModelFormat.TFLITE:
         model_metrics = measure_tflite(artifact.path, data, params)
     else:
@@ -78,20 +81,29 @@ def measure_tflite(path: Path, data: Dataset, params: MeasureParams) -> dict[str
     }
 
 
-def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams) -> dict[str, float]:
-    """Parameters, sparsity, accuracy and latency of a Keras model or SavedModel."""
+def keras_predict(model, x: np.ndarray) -> tuple[object, np.ndarray]:
+    """A traced forward pass for any batch size, and its outputs for `x` in batches of 256.
+
+    One graph serves both the accuracy pass and the batch-1 timing: tracing costs more than the
+    whole test pass on small models. `pipeline.predict` runs Keras exports through it too.
+    """
     import tensorflow as tf
 
-    model = artifact.load_keras()
-    tensors = [(w.shape, w.size, w.size - int(np.count_nonzero(w))) for w in model.get_weights()]
-    # One graph for any batch size serves both the accuracy pass and the batch-1 timing: tracing
-    # costs more than the whole test pass on small models.
-    x = data.x_test
     forward = tf.function(
         lambda batch: model(batch, training=False),
         input_signature=[tf.TensorSpec((None, *x.shape[1:]), tf.as_dtype(x.dtype))],
     )
-    logits = np.concatenate([forward(x[start : start + 256]).numpy() for start in range(0, len(x), 256)])
+    return forward, np.concatenate([forward(x[start : start + 256]).numpy() for start in range(0, len(x), 256)])
+
+
+def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams) -> dict[str, float]:
+    """Parameters, sparsity, accuracy and latency of a Keras model or SavedModel (inference-only ones too)."""
+    import tensorflow as tf
+
+    model = artifact.load_model()
+    tensors = [(w.shape, w.size, w.size - int(np.count_nonzero(w))) for w in model.get_weights()]
+    x = data.x_test
+    forward, logits = keras_predict(model, x)
 
     sample = tf.constant(x[:1])
     for _ in range(params.warmup_runs):

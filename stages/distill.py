@@ -11,8 +11,8 @@ from pydantic import Field
 
 from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
-from pipeline.models.compat import without_softmax
-from pipeline.models.user import load_model_file, model_file_problem
+from pipeline.models import prepare, starting_format
+from pipeline.models.user import model_file_problem
 from pipeline.stage import Stage, StageContext
 from stages._training import FitParams, compile_model, fit, save_keras
 
@@ -23,8 +23,8 @@ class DistillParams(FitParams):
     teacher: str | None = Field(
         None, min_length=1,
         description=(
-            "Teacher model file (.keras, .h5 or SavedModel); unset: the preceding stage's model, or with "
-            "student=incoming the model before channel pruning."
+            "Teacher model file (.keras or .h5, tf-keras or Keras 3, or any SavedModel); unset: the preceding "
+            "stage's model, or with student=incoming the model before channel pruning."
         ),
     )
     student: dict[str, Any] | Literal["incoming"] = Field(
@@ -43,10 +43,14 @@ class DistillParams(FitParams):
 
 
 class DistillStage(Stage):
-    """Knowledge distillation from the incoming model (or a teacher file) into a fresh student."""
+    """Knowledge distillation from the incoming model (or a teacher file) into a fresh student.
+
+    The teacher only predicts, so it may be an inference-only SavedModel; the student is built
+    from `student` and trained here, so that config must describe a Keras model.
+    """
 
     Config: ClassVar = DistillParams
-    accepts: ClassVar = frozenset({None, ModelFormat.KERAS})
+    accepts: ClassVar = frozenset({None, ModelFormat.KERAS, ModelFormat.SAVED_MODEL})
 
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
         """A new student has been through nothing; an incoming one stays narrow but loses its zeros and clusters."""
@@ -67,14 +71,14 @@ class DistillStage(Stage):
         problem = model_file_problem(Path(params.teacher)) if params.teacher is not None else None
         if problem:
             raise PipelineError(f"{where}.teacher: {params.teacher} {problem}")
-        if params.student != "incoming":
-            configure(registry.MODELS, params.student, f"{where}.student")
-        elif input_format is None:
-            raise PipelineError(f"{where}.student: 'incoming' needs a model from an earlier stage; put one before {where}")
-        elif params.teacher is None and Effect.CHANNEL_PRUNED not in effects:
+        if params.student == "incoming":
+            check_incoming_student(params, input_format, effects, where)
+            return
+        student = configure(registry.MODELS, params.student, f"{where}.student")
+        if starting_format(student) is ModelFormat.SAVED_MODEL:
             raise PipelineError(
-                f"{where}.teacher: with student=incoming the teacher is the model before channel pruning, but no stage "
-                f"before {where} prunes channels; set {where}.teacher=PATH or put a channel_prune stage first"
+                f"{where}.student: {student.config.path} is an inference-only SavedModel (a serving signature, no "
+                "Keras model) and cannot be trained as the student; give a Keras model file or an architecture"
             )
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
@@ -84,19 +88,17 @@ class DistillStage(Stage):
         params: DistillParams = self.config
         incoming = params.student == "incoming"
         if params.teacher is not None:
-            teacher_file = params.teacher
-            teacher = without_softmax(load_model_file(params.teacher, f"stages.{ctx.name}.teacher"))
-            if getattr(teacher, "softmax_removed", False):
-                ctx.log.warning("    stages.%s.teacher: %s ends in a softmax; distilling from the logits before it", ctx.name, params.teacher)
+            teacher_file, teacher = params.teacher, load_teacher(params.teacher, ctx)
         else:
             assert model is not None  # guaranteed by check_input
             source = before_channel_pruning(model, f"stages.{ctx.name}") if incoming else model
-            teacher_file, teacher = str(source.path), source.load_keras()
+            teacher_file, teacher = str(source.path), source.load_model()
         if incoming:
             assert model is not None  # guaranteed by check_input
             student = model.load_keras()
         else:
             builder = configure(registry.MODELS, params.student, f"stages.{ctx.name}.student")
+            prepare(builder, ctx.data)
             student = ctx.device.prepare(builder.build(ctx.data.input_shape, ctx.data.num_classes))
         data = ctx.data
         targets = (pack(data.y_train, predict(teacher, data.x_train)), pack(data.y_val, predict(teacher, data.x_val)))
@@ -119,14 +121,42 @@ class DistillStage(Stage):
         return dataclasses.replace(artifact, parent=model)
 
 
+def check_incoming_student(params: DistillParams, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
+    """student=incoming trains the incoming Keras model; without a teacher file, channel pruning must come first."""
+    if input_format is not ModelFormat.KERAS:
+        got = "no model" if input_format is None else f"a {input_format.value} model"
+        raise PipelineError(f"{where}.student: 'incoming' trains the incoming Keras model, but {where} gets {got}; "
+                            "put a stage that makes a Keras model first")
+    if params.teacher is None and Effect.CHANNEL_PRUNED not in effects:
+        raise PipelineError(
+            f"{where}.teacher: with student=incoming the teacher is the model before channel pruning, but no stage "
+            f"before {where} prunes channels; set {where}.teacher=PATH or put a channel_prune stage first"
+        )
+
+
 def before_channel_pruning(model: ModelArtifact, where: str) -> ModelArtifact:
     """The model that channel pruning started from, in `model`'s lineage: the teacher of an incoming student."""
     for artifact in model.lineage():
         parent = artifact.parent
         if Effect.CHANNEL_PRUNED in artifact.effects and parent is not None and Effect.CHANNEL_PRUNED not in parent.effects:
-            if parent.format is ModelFormat.KERAS:
-                return parent
-    raise PipelineError(f"{where}.teacher: the incoming model was not channel-pruned from a Keras model; set {where}.teacher=PATH")
+            return parent
+    raise PipelineError(f"{where}.teacher: the incoming model was not channel-pruned; set {where}.teacher=PATH")
+
+
+def load_teacher(path: str, ctx: StageContext) -> Any:
+    """The teacher file as a model to predict with: a tf-keras model (Keras 3 files rebuilt) or a SavedModel's signature."""
+    from pipeline.models.compat import without_softmax
+    from pipeline.models.keras3 import sample_of
+    from pipeline.models.user import load_model_file
+    from pipeline.savedmodel import SignatureModel, is_inference_only
+
+    where = f"stages.{ctx.name}.teacher"
+    if is_inference_only(path):
+        return SignatureModel(path, where)
+    teacher = without_softmax(load_model_file(path, where, sample=sample_of(ctx.data)))
+    if getattr(teacher, "softmax_removed", False):
+        ctx.log.warning("    %s: %s ends in a softmax; distilling from the logits before it", where, path)
+    return teacher
 
 
 def predict(model: Any, x: np.ndarray) -> np.ndarray:
