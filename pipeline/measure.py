@@ -116,7 +116,8 @@ def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams)
     return {
         "params": float(model.count_params()),
         "sparsity": sparsity_of(tensors),
-        "macs": float(keras_macs(model)),
+        # An inference-only SavedModel is a serving signature without layers to count.
+        **({"macs": float(keras_macs(model))} if hasattr(model, "layers") else {}),
         "accuracy": float(np.mean(np.argmax(logits, axis=-1) == data.y_test)),
         **percentiles(timings),
     }
