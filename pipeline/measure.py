@@ -1,8 +1,9 @@
 """The runner's measurements of an artifact, the same for every stage.
 
 Size and gzip size of the file as shipped, parameter count and actual sparsity (zeros among
-weight matrices and kernels, the tensors pruning acts on), test accuracy, and batch-1 latency
-(median and p90 after warm-up). TFLite files are run through the LiteRT interpreter.
+weight matrices and kernels, the tensors pruning acts on), multiply-accumulates per example
+(pipeline.macs), test accuracy, and batch-1 latency (median and p90 after warm-up). TFLite files
+are run through the LiteRT interpreter.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import litert
+from pipeline.macs import keras_macs, tflite_macs
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.data import Dataset
 from pipeline.recipe import MeasureParams
 
-METRICS = ("size_bytes", "gzip_bytes", "params", "sparsity", "accuracy", "latency_p50_ms", "latency_p90_ms")
+METRICS = ("size_bytes", "gzip_bytes", "params", "sparsity", "macs", "accuracy", "latency_p50_ms", "latency_p90_ms")
 
 
 def measure(artifact: ModelArtifact, data: Dataset, params: MeasureParams) -> dict[str, float]:
@@ -73,6 +75,7 @@ def measure_tflite(path: Path, data: Dataset, params: MeasureParams) -> dict[str
     return {
         "params": float(sum(count for _, count, _ in tensors)),
         "sparsity": sparsity_of(tensors),
+        "macs": float(tflite_macs(path)),
         "accuracy": float(np.mean(np.argmax(logits, axis=-1) == data.y_test)),
         **percentiles(timings),
     }
@@ -113,6 +116,8 @@ def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams)
     return {
         "params": float(model.count_params()),
         "sparsity": sparsity_of(tensors),
+        # An inference-only SavedModel is a serving signature without layers to count.
+        **({"macs": float(keras_macs(model))} if hasattr(model, "layers") else {}),
         "accuracy": float(np.mean(np.argmax(logits, axis=-1) == data.y_test)),
         **percentiles(timings),
     }

@@ -176,9 +176,10 @@ def run_stage(
     key: str, cache: StageCache | None, data: Dataset, plan: Plan,
 ) -> StageOutcome:
     """Reuse the stage's cached output when present, else run and measure it (and store it)."""
-    from pipeline.measure import measure
+    from pipeline.measure import METRICS, measure
 
-    measure_id = json.dumps(plan.settings.measure.model_dump(), sort_keys=True)
+    # Stored measurements are reused only if they hold every metric the runner takes today.
+    measure_id = json.dumps({**plan.settings.measure.model_dump(), "metrics": METRICS}, sort_keys=True)
     if cache is None or not type(planned.stage).cacheable:
         return compute(planned, model, ctx, data, plan)
     with cache.lock(key):
