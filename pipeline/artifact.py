@@ -17,6 +17,10 @@ class Effect(str, Enum):
     CHANNEL_PRUNED = "channel_pruned"  # whole channels removed: narrower than the model it was made from
 
 
+# Effects in the model's shape rather than its weight values: no training undoes them.
+STRUCTURAL = frozenset({Effect.CHANNEL_PRUNED})
+
+
 class ModelFormat(str, Enum):
     """On-disk model formats that stages exchange and the runner knows how to measure.
 

@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.artifact import Effect, ModelArtifact, ModelFormat
+from pipeline.artifact import STRUCTURAL, Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
 from stages._gates import GateParams, apply_gates
@@ -66,7 +66,7 @@ class QuantizeAwareStage(Stage):
 
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
         """Quantization-aware, keeping what the scheme preserves (auto keeps all it finds)."""
-        kept = incoming if self.config.scheme == "auto" else incoming & KEEPS[self.config.scheme]
+        kept = incoming if self.config.scheme == "auto" else incoming & (KEEPS[self.config.scheme] | STRUCTURAL)
         return kept | {Effect.QUANTIZE_AWARE}
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:

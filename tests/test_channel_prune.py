@@ -97,6 +97,7 @@ def test_distillation_into_the_channel_pruned_model(tmp_path, trained):
 
 def test_an_incoming_student_needs_channel_pruning_before_it_or_a_teacher_file(tmp_path):
     from pipeline.recipe import build_plan
+    from stages.qat import QuantizeAwareParams, QuantizeAwareStage
     from tests._runs import compose_config
 
     cfg = compose_config(tmp_path)
@@ -105,6 +106,10 @@ def test_an_incoming_student_needs_channel_pruning_before_it_or_a_teacher_file(t
         build_plan(cfg)
     cfg.stages = {"train": {}, "channel_prune": {}, "prune": {}, "distill": {"student": "incoming"}, "quantize": {}}
     plan = build_plan(cfg)  # magnitude pruning between keeps the model narrow
+    cfg.stages = {"train": {}, "channel_prune": {}, "retrain": {"type": "train"}, "distill": {"student": "incoming"}}
+    build_plan(cfg)  # the narrow shape survives plain training
+    qat = QuantizeAwareStage(QuantizeAwareParams(scheme="default"))
+    assert qat.effects_after(frozenset({Effect.CHANNEL_PRUNED, Effect.PRUNED})) == {Effect.CHANNEL_PRUNED, Effect.QUANTIZE_AWARE}
     assert plan.stages[3].stage.effects_after(frozenset({Effect.CHANNEL_PRUNED, Effect.PRUNED})) == {Effect.CHANNEL_PRUNED}
     assert ChannelPruneStage(ChannelPruneParams(epochs=0)).effects_after(frozenset({Effect.PRUNED})) == {
         Effect.PRUNED, Effect.CHANNEL_PRUNED  # without fine-tuning the kept weights keep their zeros
