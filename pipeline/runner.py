@@ -205,7 +205,7 @@ def run_stage(
     """Reuse the stage's cached output when present, else run and measure it (and store it)."""
     from pipeline.measure import METRICS, measure
 
-    # Measurements recorded before a metric existed must not stand in for a full set.
+    # Stored measurements are reused only if they hold every metric the runner takes today.
     measure_id = json.dumps({**plan.settings.measure.model_dump(), "metrics": METRICS}, sort_keys=True)
     if cache is None or not type(planned.stage).cacheable:
         return compute(planned, model, ctx, data, plan)

@@ -47,7 +47,7 @@ def test_pruned_model_reaches_target_sparsity_and_compresses(finished):
 def test_exports_full_integer_tflite_and_keras(finished):
     _, result = finished
     exported = {p.suffix: p for p in result.exports}
-    assert set(exported) == {".tflite", ".keras", ".json"}
+    assert set(exported) == {".tflite", ".keras", ".json", ".txt"}  # .txt: the labels file
     assert all(p.parent == result.run_dir / "export" and p.stat().st_size > 0 for p in result.exports)
     interpreter = litert.interpreter(exported[".tflite"], threads=1)
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
@@ -76,7 +76,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(finished):
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"recipe.yaml", "summary.md", "model"} <= artifacts
     models = {a.path for a in client.list_artifacts(result.run_id, "model")}
-    assert models == {"model/model.tflite", "model/model.keras", "model/model.json"}
+    assert models == {"model/model.tflite", "model/model.keras", "model/model.json", "model/model.labels.txt"}
 
 
 def test_the_shipped_model_is_a_registered_version(finished):
