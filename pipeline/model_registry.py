@@ -13,7 +13,7 @@ from typing import Any
 from pipeline.errors import PipelineError
 
 VERSION_METRICS = (
-    "size_bytes", "gzip_bytes", "accuracy", "val_accuracy", "latency_p50_ms", "latency_p90_ms", "params", "sparsity",
+    "size_bytes", "gzip_bytes", "accuracy", "val_accuracy", "latency_p50_ms", "latency_p90_ms", "params", "sparsity", "macs",
 )
 VERSION_RUN_TAGS = ("recipe", "sweep", "stages", "data", "model", "objectives")
 
