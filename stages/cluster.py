@@ -52,8 +52,15 @@ class ClusterStage(Stage):
         )
         init = tfmot.clustering.keras.CentroidInitialization[params.centroid_init.upper()]
 
+        too_few: list[str] = []
+
         def supported(layer: Any) -> bool:
-            return ClusteringRegistry.supports(layer) and bool(layer.get_weights())
+            if not (ClusteringRegistry.supports(layer) and layer.get_weights()):
+                return False
+            if not enough_weights(layer.get_weights()[0], params.number_of_clusters, preserve, params.per_channel):
+                too_few.append(layer.name)
+                return False
+            return True
 
         def wrap(layer: Any) -> Any:
             return cluster.cluster_weights(
@@ -62,6 +69,9 @@ class ClusterStage(Stage):
             )
 
         clustered, names = wrap_chosen(model.load_keras(), params, supported, wrap, f"stages.{ctx.name}")
+        if too_few:
+            ctx.log.warning("    %s left unclustered: too few %sweights for %d clusters", ", ".join(too_few),
+                            "non-zero " if preserve else "", params.number_of_clusters)
         ctx.log.info("    clustering %s to %d values%s", ", ".join(names), params.number_of_clusters,
                      ", keeping zeros" if preserve else "")
         compile_model(clustered, params)
@@ -79,6 +89,26 @@ class ClusterStage(Stage):
             stripped, ctx, model, effects=self.output_effects(model), number_of_clusters=params.number_of_clusters,
             clustered_layers=names, sparsity_preserved=preserve, **facts,
         )
+
+
+def enough_weights(kernel: np.ndarray, clusters: int, preserve: bool, per_channel: bool) -> bool:
+    """Whether TFMOT can place `clusters` centroids among `kernel`'s weights (per output channel too).
+
+    Its k-means++ start fails when asked for more centroids than it has weights. Keeping pruned
+    zeros, it reserves one centroid for zero and shares the others between the negative and the
+    positive weights in proportion to their counts, so a narrow, heavily pruned layer can lack
+    weights on one side; such a layer, a tiny share of the model, stays as it is.
+    """
+    if per_channel:
+        channels = kernel.reshape(-1, kernel.shape[-1])
+        return all(enough_weights(channels[:, c], clusters, preserve, False) for c in range(channels.shape[1]))
+    if not preserve:
+        return kernel.size >= clusters
+    negative, positive = int(np.count_nonzero(kernel < 0)), int(np.count_nonzero(kernel > 0))
+    if negative + positive == 0:
+        return False
+    negative_clusters = round((clusters - 1) * negative / (negative + positive))
+    return negative >= negative_clusters and positive >= clusters - 1 - negative_clusters
 
 
 def unique_values(kernel: np.ndarray, per_channel: bool) -> int:

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.artifact import Effect
 from pipeline.errors import PipelineError
-from stages.cluster import ClusterParams, ClusterStage, check_kept_sparsity, unique_values
+from stages.cluster import ClusterParams, ClusterStage, check_kept_sparsity, enough_weights, unique_values
 from stages.prune import PruneParams, PruneStage, pruned_sparsity
 from tests._tiny import accuracy, context
 
@@ -39,6 +39,24 @@ def test_clustering_without_preservation_gives_up_the_zeros_openly(tmp_path, tra
     )
     assert out.effects == {Effect.CLUSTERED} and out.metadata["sparsity_preserved"] is False
     assert pruned_sparsity(out.load_keras(), pruned.metadata["pruned_layers"]) < 0.4
+
+
+def test_a_layer_with_fewer_weights_than_clusters_stays_as_it_is(tmp_path, trained):
+    # The first convolution has 3 x 3 x 1 x 16 = 144 weights: TFMOT's k-means++ cannot place 200 centroids.
+    out = ClusterStage(ClusterParams(number_of_clusters=200, epochs=1)).run(trained, context(tmp_path, "cluster", 1))
+    model = out.load_keras()
+    kernels = [layer.name for layer in model.layers if hasattr(layer, "kernel")]
+    assert out.metadata["clustered_layers"] == kernels[1:]
+    assert model.get_layer(kernels[0]).get_weights()[0].size == 144
+
+
+def test_kept_zeros_need_weights_on_both_signs():
+    kernel = np.array([-1.0, -2.0, 0.0, 0.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])  # 2 negative, 6 positive
+    assert enough_weights(kernel, 8, preserve=True, per_channel=False)  # 7 centroids: 2 negative, 5 positive
+    assert not enough_weights(kernel, 12, preserve=True, per_channel=False)  # 11: 3 negative wanted
+    assert enough_weights(kernel, 10, preserve=False, per_channel=False)
+    assert enough_weights(kernel.reshape(5, 2), 5, preserve=False, per_channel=True)  # 5 weights a channel
+    assert not enough_weights(kernel.reshape(5, 2), 6, preserve=False, per_channel=True)
 
 
 def test_check_of_kept_sparsity_names_the_fix():
