@@ -56,10 +56,11 @@ def model_overrides(overrides: list[str]) -> tuple[str, ...]:
 
 def cli() -> None:
     """Entry point: check what Hydra would report verbosely, then hand over to Hydra."""
-    from pipeline import quiet
+    from pipeline import interrupts, quiet
     from pipeline.cli import prepare
 
     quiet.install()
+    interrupts.install()
     try:
         sys.argv[1:] = prepare(sys.argv[1:])
     except PipelineError as error:

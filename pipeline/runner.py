@@ -23,6 +23,7 @@ import pipeline
 from pipeline.artifact import ModelArtifact
 from pipeline.cache import StageCache, cache_key, referenced_files
 from pipeline.data.dataset import check_finite
+from pipeline.interrupts import raise_if_interrupted
 from pipeline.models import check_compatible, prepare, starting_artifact
 from pipeline.preflight import check_environment
 from pipeline.recipe import Plan, PlannedStage, build_plan
@@ -92,6 +93,7 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
         tracker.log_text(yaml.safe_dump(plan.config, sort_keys=False), "recipe.yaml")
         measured: dict[str, dict[str, float]] = {}
         for index, planned in enumerate(plan.stages):
+            raise_if_interrupted()
             log.info("[%d/%d] %s (%s)", index + 1, len(plan.stages), planned.name, planned.type)
             ctx = stage_context(plan, planned, index, info, data, measured)
             input_key = stage_key(plan, planned, input_key, data)

@@ -217,11 +217,14 @@ def epoch_logger(ctx: StageContext, epochs: int) -> Any:
     """
     import tf_keras as keras
 
+    from pipeline.interrupts import raise_if_interrupted
+
     class _EpochLog(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs or {}
             shown = ", ".join(f"{k}={v:.4f}" for k, v in logs.items())
             ctx.log.info("    %s epoch %d/%d: %s", ctx.name, epoch + 1, epochs, shown)
+            raise_if_interrupted()
             if not math.isfinite(logs.get("loss", 0.0)):
                 self.model.stop_training = True  # check_finite then reports it
 
