@@ -89,24 +89,36 @@ class PruneStage(Stage):
         schedule = pruning_schedule(params, params.epochs * steps_per_epoch(ctx, params), ctx)
         pattern = tuple(params.m_by_n) if params.m_by_n else None
 
+        too_narrow: list[str] = []
+
         def supported(layer: Any) -> bool:
             if not isinstance(layer, sparsity.PrunableLayer) and not prunable(layer):
                 return False
-            # m:n groups run along the input channels; a layer with fewer cannot hold the pattern.
-            return pattern is None or layer.get_weights()[0].shape[-2] % pattern[1] == 0
+            # m:n groups run along the input channels; a layer whose count is no multiple of n
+            # cannot hold the pattern and stays dense (said below, and in the artifact).
+            if pattern is not None and layer.get_weights()[0].shape[-2] % pattern[1]:
+                too_narrow.append(layer.name)
+                return False
+            return True
 
         def wrap(layer: Any) -> Any:
             return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule, sparsity_m_by_n=pattern)
 
         pruned, names = wrap_chosen(model.load_keras(), params, supported, wrap, f"stages.{ctx.name}")
         ctx.log.info("    pruning %s", ", ".join(names))
+        if too_narrow:
+            ctx.log.warning(
+                "    %s left dense: %d:%d groups need input channels in multiples of %d",
+                ", ".join(too_narrow), pattern[0], pattern[1], pattern[1],
+            )
         compile_model(pruned, params)
         fit(pruned, ctx, params, callbacks=[sparsity.UpdatePruningStep()])
         stripped = sparsity.strip_pruning(pruned)
         check_sparsity(stripped, names, params, ctx.name)
         return save_keras(
             stripped, ctx, model, effects=self.output_effects(model), target_sparsity=params.final_sparsity,
-            m_by_n=list(pattern) if pattern else None, pruned_layers=names,
+            m_by_n=list(pattern) if pattern else None, pruned_layers=names, left_dense=too_narrow,
+            metrics={"layers_left_dense": float(len(too_narrow))} if pattern else None,
         )
 
 
