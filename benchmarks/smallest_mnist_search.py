@@ -64,7 +64,7 @@ def run_candidate(label: str, changes: dict, data_dir: Path, outputs: Path, seed
     from pipeline.runner import RunInfo, execute
 
     overrides = [f"outputs={outputs}", "data=idx", f"data.path={data_dir}", "data.val_fraction=0.1",
-                 f"seed={seed}", "model.dropout=0.5", "measure.latency_runs=5"]
+                 f"seed={seed}", "++model.dropout=0.5", "measure.latency_runs=5"]
     with initialize_config_module(config_module="recipes", version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     cfg.stages = recipe_stages(changes)
