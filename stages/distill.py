@@ -42,8 +42,8 @@ class DistillStage(Stage):
     accepts: ClassVar = frozenset({None, ModelFormat.KERAS})
 
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
-        """The student is a new model: nothing done to the teacher carries over."""
-        return frozenset()
+        """The student is a new model: nothing done to the teacher carries over; it has a teacher."""
+        return frozenset({Effect.DISTILLED})
 
     def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
         from pipeline import registry
@@ -77,7 +77,7 @@ class DistillStage(Stage):
         builder = configure(registry.MODELS, params.student, f"stages.{ctx.name}.student")
         student = ctx.device.prepare(builder.build(ctx.data.input_shape, ctx.data.num_classes))
         data = ctx.data
-        targets = (pack(data.y_train, predict(teacher, data.x_train)), pack(data.y_val, predict(teacher, data.x_val)))
+        targets = teacher_targets(teacher, data)
         teacher_accuracy = float(np.mean(np.argmax(predict(teacher, data.x_test), -1) == data.y_test))
         ctx.log.info(
             "    teacher: %d parameters, test accuracy %.4f; student: %d parameters",
@@ -91,9 +91,32 @@ class DistillStage(Stage):
         teacher_facts = {"teacher_params": float(teacher.count_params()), "teacher_accuracy": teacher_accuracy}
         artifact = save_keras(
             student, ctx, None, effects=self.output_effects(model), metrics=teacher_facts,
-            distilled=True, teacher=params.teacher or str(model.path),
+            distilled=True, teacher=params.teacher or str(model.path), teacher_file=params.teacher,
+            temperature=params.temperature,
         )
         return dataclasses.replace(artifact, parent=model)
+
+
+def teacher_targets(teacher: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Packed (label, teacher logits) targets of the training and validation splits."""
+    return pack(data.y_train, predict(teacher, data.x_train)), pack(data.y_val, predict(teacher, data.x_val))
+
+
+def teacher_of(model: ModelArtifact, where: str) -> tuple[Any, float]:
+    """The teacher `model` was distilled from, loaded, and the distillation's temperature.
+
+    The distill stage's artifact is the one that measured its teacher; the teacher is its
+    `teacher_file`, or else the model that stage was handed (its parent in the lineage).
+    """
+    student = next((a for a in model.lineage() if "teacher_accuracy" in a.metrics), None)
+    if student is None:
+        raise PipelineError(f"{where}.teacher_alpha: the incoming model was not distilled; put a distill stage first or set it to 0")
+    if student.metadata.get("teacher_file"):
+        teacher = without_softmax(load_model_file(student.metadata["teacher_file"], f"{where}.teacher_alpha"))
+    else:
+        assert student.parent is not None  # a distill stage without a teacher file was handed one
+        teacher = student.parent.load_keras()
+    return teacher, float(student.metadata["temperature"])
 
 
 def predict(model: Any, x: np.ndarray) -> np.ndarray:
