@@ -35,6 +35,10 @@ CANDIDATES = [
     ("dense 90%, 16 clusters", {"prune": {"final_sparsity": 0.9}}),
     ("dense 85%, 8 clusters", {"prune": {"final_sparsity": 0.85}, "cluster": {"number_of_clusters": 8}}),
     ("dense 70%, 16 clusters", {"prune": {"final_sparsity": 0.7}}),
+    ("dense 80%, 16 clusters, teacher in pruning", {"prune": {"final_sparsity": 0.8, "teacher_alpha": 0.9}}),
+    ("dense 85%, 16 clusters, teacher in pruning", {"prune": {"final_sparsity": 0.85, "teacher_alpha": 0.9}}),
+    ("dense 90%, 16 clusters, teacher in pruning", {"prune": {"final_sparsity": 0.9, "teacher_alpha": 0.9}}),
+    ("dense 95%, 16 clusters, teacher in pruning", {"prune": {"final_sparsity": 0.95, "teacher_alpha": 0.9}}),
 ]
 
 

@@ -18,7 +18,12 @@ class Effect(str, Enum):
 
 
 class ModelFormat(str, Enum):
-    """On-disk model formats that stages exchange and the runner knows how to measure."""
+    """On-disk model formats that stages exchange and the runner knows how to measure.
+
+    KERAS is a tf-keras model (a .keras file, or a tf-keras SavedModel); SAVED_MODEL an
+    inference-only SavedModel: a serving signature without a Keras model, which can be run and
+    converted but not trained.
+    """
 
     KERAS = "keras"
     SAVED_MODEL = "saved_model"
@@ -63,6 +68,14 @@ class ModelArtifact:
         """The model as a tf-keras object (Keras file or SavedModel), uncompiled."""
         import tf_keras as keras
 
-        if self.format is ModelFormat.TFLITE:
-            raise ValueError(f"{self.path} is a TFLite file, not a Keras model")
+        if self.format is not ModelFormat.KERAS:
+            raise ValueError(f"{self.path} is a {self.format.value} file, not a Keras model")
         return keras.models.load_model(self.path, compile=False)
+
+    def load_model(self) -> Any:
+        """A model to run for inference: the tf-keras model, or an inference-only SavedModel's signature."""
+        if self.format is ModelFormat.SAVED_MODEL:
+            from pipeline.savedmodel import SignatureModel
+
+            return SignatureModel(self.path)
+        return self.load_keras()

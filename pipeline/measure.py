@@ -76,10 +76,10 @@ def measure_tflite(path: Path, data: Dataset, params: MeasureParams) -> dict[str
 
 
 def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams) -> dict[str, float]:
-    """Parameters, sparsity, accuracy and latency of a Keras model or SavedModel."""
+    """Parameters, sparsity, accuracy and latency of a Keras model or SavedModel (inference-only ones too)."""
     import tensorflow as tf
 
-    model = artifact.load_keras()
+    model = artifact.load_model()
     tensors = [(w.shape, w.size, w.size - int(np.count_nonzero(w))) for w in model.get_weights()]
     # One graph for any batch size serves both the accuracy pass and the batch-1 timing: tracing
     # costs more than the whole test pass on small models.

@@ -23,7 +23,7 @@ import pipeline
 from pipeline.artifact import ModelArtifact
 from pipeline.cache import StageCache, cache_key, referenced_files
 from pipeline.data.dataset import check_finite
-from pipeline.models import check_compatible
+from pipeline.models import check_compatible, prepare, starting_artifact
 from pipeline.preflight import check_environment
 from pipeline.recipe import Plan, PlannedStage, build_plan
 from pipeline.stage import StageContext
@@ -85,7 +85,7 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
     tracker = BackgroundTracker(settings.tracking, Path(settings.outputs)) if chief else NoTracking()
     rows: list[StageRow] = []
     exports: list[Path] = []
-    artifact: ModelArtifact | None = None
+    artifact = starting_artifact(plan.model_builder)  # a file model's file; None: the first stage builds one
     input_key = "start"
     with tracker.start(" ".join([info.recipe, *info.overrides]), run_tags(plan, info, data)):
         tracker.log_params(flatten(resolved_config(plan)))
@@ -128,6 +128,7 @@ def load_data(plan: Plan) -> Dataset:
         len(data.x_train), len(data.x_val), len(data.x_test), data.input_shape, data.num_classes,
     )
     check_finite(data, plan.settings.data["name"])
+    prepare(plan.model_builder, data)
     check_compatible(plan.model_builder, data)  # a data/model mismatch fails here, before any training
     return data
 

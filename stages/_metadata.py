@@ -52,7 +52,7 @@ def io_details(model: ModelArtifact) -> dict[str, Any]:
 
         return {"inputs": [tensor(d) for d in runner.get_input_details()],
                 "outputs": [tensor(d) for d in runner.get_output_details()]}
-    keras_model = model.load_keras()
+    keras_model = model.load_model()
     return {
         "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name} for t in keras_model.inputs],
         "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name} for t in keras_model.outputs],

@@ -153,9 +153,25 @@ def save_keras(
     with this stage's facts; `metrics` are numbers about this stage's own work.
     """
     path = ctx.workdir / "model.keras"
+    unfreeze(model, ctx)
     without_training_state(float32_copy(model)).save(path)
     metadata = {**(parent.metadata if parent is not None else {}), **metadata}
     return ModelArtifact(path, ModelFormat.KERAS, ctx.name, parent, metadata, effects, metrics or {})
+
+
+def unfreeze(model: Any, ctx: StageContext) -> None:
+    """Make the layers a model plugin froze for the first training stage trainable again.
+
+    A backbone frozen for its first fit (`trainable_backbone: false`) lists them in
+    `frozen_layers`; the saved model is handed on whole, so later stages fine-tune every layer.
+    """
+    names = getattr(model, "frozen_layers", None)
+    if not names:
+        return
+    for name in names:
+        model.get_layer(name).trainable = True
+    ctx.log.info("    %s: %d backbone layers were frozen for this stage; later stages train the whole model", ctx.name, len(names))
+    model.frozen_layers = []
 
 
 def without_training_state(model: Any) -> Any:

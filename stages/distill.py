@@ -11,8 +11,8 @@ from pydantic import Field
 
 from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
-from pipeline.models.compat import without_softmax
-from pipeline.models.user import load_model_file, model_file_problem
+from pipeline.models import prepare, starting_format
+from pipeline.models.user import model_file_problem
 from pipeline.stage import Stage, StageContext
 from stages._training import FitParams, compile_model, fit, save_keras
 
@@ -21,7 +21,8 @@ class DistillParams(FitParams):
     """Parameters of the distill stage."""
 
     teacher: str | None = Field(
-        None, min_length=1, description="Teacher model file (.keras, .h5 or SavedModel); unset: the preceding stage's model."
+        None, min_length=1,
+        description="Teacher model file (.keras or .h5, tf-keras or Keras 3, or any SavedModel); unset: the preceding stage's model.",
     )
     student: dict[str, Any] = Field(
         default_factory=lambda: {"name": "small_cnn", "width": 0.5},
@@ -36,10 +37,14 @@ class DistillParams(FitParams):
 
 
 class DistillStage(Stage):
-    """Knowledge distillation from the incoming model (or a teacher file) into a fresh student."""
+    """Knowledge distillation from the incoming model (or a teacher file) into a fresh student.
+
+    The teacher only predicts, so it may be an inference-only SavedModel; the student is built
+    from `student` and trained here, so that config must describe a Keras model.
+    """
 
     Config: ClassVar = DistillParams
-    accepts: ClassVar = frozenset({None, ModelFormat.KERAS})
+    accepts: ClassVar = frozenset({None, ModelFormat.KERAS, ModelFormat.SAVED_MODEL})
 
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
         """The student is a new model: nothing done to the teacher carries over; it has a teacher."""
@@ -60,7 +65,12 @@ class DistillStage(Stage):
         problem = model_file_problem(Path(params.teacher)) if params.teacher is not None else None
         if problem:
             raise PipelineError(f"{where}.teacher: {params.teacher} {problem}")
-        configure(registry.MODELS, params.student, f"{where}.student")
+        student = configure(registry.MODELS, params.student, f"{where}.student")
+        if starting_format(student) is ModelFormat.SAVED_MODEL:
+            raise PipelineError(
+                f"{where}.student: {student.config.path} is an inference-only SavedModel (a serving signature, no "
+                "Keras model) and cannot be trained as the student; give a Keras model file or an architecture"
+            )
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         from pipeline import registry
@@ -68,13 +78,12 @@ class DistillStage(Stage):
 
         params: DistillParams = self.config
         if params.teacher is not None:
-            teacher = without_softmax(load_model_file(params.teacher, f"stages.{ctx.name}.teacher"))
-            if getattr(teacher, "softmax_removed", False):
-                ctx.log.warning("    stages.%s.teacher: %s ends in a softmax; distilling from the logits before it", ctx.name, params.teacher)
+            teacher = load_teacher(params.teacher, ctx)
         else:
             assert model is not None  # guaranteed by check_input
-            teacher = model.load_keras()
+            teacher = model.load_model()
         builder = configure(registry.MODELS, params.student, f"stages.{ctx.name}.student")
+        prepare(builder, ctx.data)
         student = ctx.device.prepare(builder.build(ctx.data.input_shape, ctx.data.num_classes))
         data = ctx.data
         targets = teacher_targets(teacher, data)
@@ -97,25 +106,42 @@ class DistillStage(Stage):
         return dataclasses.replace(artifact, parent=model)
 
 
+def load_teacher(path: str, ctx: StageContext) -> Any:
+    """The teacher file as a model to predict with: a tf-keras model (Keras 3 files rebuilt) or a SavedModel's signature."""
+    from pipeline.models.compat import without_softmax
+    from pipeline.models.keras3 import sample_of
+    from pipeline.models.user import load_model_file
+    from pipeline.savedmodel import SignatureModel, is_inference_only
+
+    where = f"stages.{ctx.name}.teacher"
+    if is_inference_only(path):
+        return SignatureModel(path, where)
+    teacher = without_softmax(load_model_file(path, where, sample=sample_of(ctx.data)))
+    if getattr(teacher, "softmax_removed", False):
+        ctx.log.warning("    %s: %s ends in a softmax; distilling from the logits before it", where, path)
+    return teacher
+
+
 def teacher_targets(teacher: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
     """Packed (label, teacher logits) targets of the training and validation splits."""
     return pack(data.y_train, predict(teacher, data.x_train)), pack(data.y_val, predict(teacher, data.x_val))
 
 
-def teacher_of(model: ModelArtifact, where: str) -> tuple[Any, float]:
+def teacher_of(model: ModelArtifact, ctx: StageContext) -> tuple[Any, float]:
     """The teacher `model` was distilled from, loaded, and the distillation's temperature.
 
     The distill stage's artifact is the one that measured its teacher; the teacher is its
     `teacher_file`, or else the model that stage was handed (its parent in the lineage).
     """
+    where = f"stages.{ctx.name}"
     student = next((a for a in model.lineage() if "teacher_accuracy" in a.metrics), None)
     if student is None:
         raise PipelineError(f"{where}.teacher_alpha: the incoming model was not distilled; put a distill stage first or set it to 0")
     if student.metadata.get("teacher_file"):
-        teacher = without_softmax(load_model_file(student.metadata["teacher_file"], f"{where}.teacher_alpha"))
+        teacher = load_teacher(student.metadata["teacher_file"], ctx)
     else:
         assert student.parent is not None  # a distill stage without a teacher file was handed one
-        teacher = student.parent.load_keras()
+        teacher = student.parent.load_model()
     return teacher, float(student.metadata["temperature"])
 
 

@@ -1,4 +1,4 @@
-"""export: write the shipped files (TFLite, Keras, H5, SavedModel) to the run's export folder."""
+"""export: write the shipped files (TFLite, Keras, H5, SavedModel, Keras 3) to the run's export folder."""
 
 from __future__ import annotations
 
@@ -13,14 +13,16 @@ from pipeline.errors import PipelineError
 from pipeline.schema import Params
 from pipeline.stage import Stage, StageContext
 
-Target = Literal["tflite", "keras", "h5", "saved_model"]
+Target = Literal["tflite", "keras", "h5", "saved_model", "keras3"]
 
-# Which artifact in the lineage each export target is written from.
+# Which artifact in the lineage each export target is written from, in order of preference: a
+# SavedModel is written from the Keras model, or copied when the recipe started from one.
 SOURCE_FORMAT = {
-    "tflite": ModelFormat.TFLITE,
-    "keras": ModelFormat.KERAS,
-    "h5": ModelFormat.KERAS,
-    "saved_model": ModelFormat.KERAS,
+    "tflite": (ModelFormat.TFLITE,),
+    "keras": (ModelFormat.KERAS,),
+    "h5": (ModelFormat.KERAS,),
+    "saved_model": (ModelFormat.KERAS, ModelFormat.SAVED_MODEL),
+    "keras3": (ModelFormat.KERAS,),
 }
 
 
@@ -29,7 +31,7 @@ class ExportParams(Params):
 
     formats: list[Target] = Field(
         default_factory=lambda: ["tflite", "keras"], min_length=1,
-        description="Files to write: tflite, keras (.keras), h5, saved_model.",
+        description="Files to write: tflite, keras (.keras), h5, saved_model, keras3 (NAME_keras3.keras, for Keras 3).",
     )
     name: str = Field("model", pattern=r"^[\w.-]+$", description="Base name of the exported files.")
     metadata: bool = Field(
@@ -68,13 +70,13 @@ class ExportStage(Stage):
         folder.mkdir(parents=True, exist_ok=True)
         written: dict[str, Path] = {}
         for target in dict.fromkeys(params.formats):
-            source = model.nearest(SOURCE_FORMAT[target])
+            source = next(filter(None, (model.nearest(fmt) for fmt in SOURCE_FORMAT[target])), None)
             if source is None:
                 raise PipelineError(
-                    f"stages.{ctx.name}.formats: no {SOURCE_FORMAT[target].value} model to export as '{target}'; "
+                    f"stages.{ctx.name}.formats: no {SOURCE_FORMAT[target][0].value} model to export as '{target}'; "
                     f"remove '{target}' or add a stage that produces one"
                 )
-            written[target] = write(source, target, folder / params.name)
+            written[target] = write(source, target, folder / params.name, ctx)
             ctx.log.info("    wrote %s", written[target])
             if trained_past(model, source):
                 ctx.log.warning(
@@ -99,12 +101,18 @@ def trained_past(model: ModelArtifact, source: ModelArtifact) -> bool:
     return Effect.QUANTIZE_AWARE in model.effects - source.effects
 
 
-def write(source: ModelArtifact, target: str, stem: Path) -> Path:
+def write(source: ModelArtifact, target: str, stem: Path, ctx: StageContext) -> Path:
     """Write `source` as `target` next to `stem`; returns the written path."""
     if target == "tflite":
         return Path(shutil.copyfile(source.path, stem.with_suffix(".tflite")))
     if target == "keras" and source.path.suffix == ".keras":
         return Path(shutil.copyfile(source.path, stem.with_suffix(".keras")))
+    if target == "saved_model" and source.format is ModelFormat.SAVED_MODEL:
+        path = stem.parent / f"{stem.name}_saved_model"
+        shutil.rmtree(path, ignore_errors=True)
+        return Path(shutil.copytree(source.path, path))
+    if target == "keras3":
+        return write_keras3(source, stem.parent / f"{stem.name}_keras3.keras", ctx)
     keras_model = source.load_keras()
     if target == "keras":
         path = stem.with_suffix(".keras")
@@ -116,4 +124,17 @@ def write(source: ModelArtifact, target: str, stem: Path) -> Path:
         return path
     path = stem.parent / f"{stem.name}_saved_model"
     keras_model.save(path, save_format="tf")
+    return path
+
+
+def write_keras3(source: ModelArtifact, path: Path, ctx: StageContext) -> Path:
+    """The Keras model of `source` as a Keras 3 file, checked on a batch of the data (in a separate process)."""
+    from pipeline.models.keras3 import sample_of, to_keras3
+
+    keras_file = source.path
+    if keras_file.suffix != ".keras":  # a tf-keras SavedModel or .h5 from an earlier stage
+        keras_file = ctx.workdir / "keras3_source.keras"
+        source.load_keras().save(keras_file)
+    report = to_keras3(keras_file, path, sample_of(ctx.data), f"stages.{ctx.name}.formats")
+    ctx.log.info("    Keras 3 copy matches the tf-keras model on %d examples (largest difference %.2g)", report["examples"], report["max_abs_diff"])
     return path

@@ -144,7 +144,7 @@ def fine_tune(keras_model: Any, model: ModelArtifact, ctx: StageContext, params:
         return
     from stages.distill import distillation_loss, packed_accuracy, teacher_of, teacher_targets
 
-    teacher, temperature = teacher_of(model, f"stages.{ctx.name}")
+    teacher, temperature = teacher_of(model, ctx)
     ctx.log.info("    fine-tuning on the distillation teacher's outputs (alpha %.2f, T %.1f)", params.teacher_alpha, temperature)
     loss = distillation_loss("kl", params.teacher_alpha, temperature)
     compile_model(keras_model, params, loss=loss, metrics=[packed_accuracy])

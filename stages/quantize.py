@@ -1,4 +1,4 @@
-"""quantize: convert a Keras model to TFLite, with post-training quantization and ship gates."""
+"""quantize: convert a Keras model or an inference-only SavedModel to TFLite, with post-training quantization and ship gates."""
 
 from __future__ import annotations
 
@@ -50,19 +50,21 @@ class QuantizeParams(GateParams):
 
 
 class QuantizeStage(Stage):
-    """Keras model -> .tflite via tf.lite.TFLiteConverter."""
+    """Keras model or inference-only SavedModel -> .tflite via tf.lite.TFLiteConverter."""
 
     Config: ClassVar = QuantizeParams
+    accepts: ClassVar = frozenset({ModelFormat.KERAS, ModelFormat.SAVED_MODEL})
     produces: ClassVar = ModelFormat.TFLITE
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         assert model is not None  # guaranteed by `accepts`
         params: QuantizeParams = self.config
         where = f"stages.{ctx.name}"
-        keras_model = model.load_keras()
+        keras_model = model.load_model()  # a SavedModel's signature stands in for a Keras model
         calibration = calibration_set(ctx, params)
         path = ctx.workdir / "model.tflite"
-        path.write_bytes(convert(keras_model, params, calibration, sparse=False))
+        path.write_bytes(convert_saved(keras_model, params, calibration, where) if model.format is ModelFormat.SAVED_MODEL
+                         else convert(keras_model, params, calibration, sparse=False))
         sparse = self.sparse_encoding(keras_model, model, calibration, path, ctx)
         metadata: dict[str, Any] = {
             **model.metadata, "quantization": params.mode, "sparse_encoding": sparse,
@@ -133,11 +135,32 @@ def convert(keras_model: Any, params: QuantizeParams, calibration: np.ndarray, s
         return converter.convert()
 
 
+def convert_saved(signature_model: Any, params: QuantizeParams, calibration: np.ndarray, where: str) -> bytes:
+    """`convert` for an inference-only SavedModel, whose graph may hold what the converter cannot take.
+
+    A Keras model is made of layers the converter knows; a SavedModel is whatever was traced
+    (custom ops, variables updated at inference), and the converter fails deep inside on those.
+    """
+    try:
+        return convert(signature_model, params, calibration, sparse=False)
+    except Exception as error:  # noqa: BLE001 - the converter raises RuntimeError, ConverterError, ValueError
+        reason = " ".join(str(error).split())[-200:]
+        raise PipelineError(
+            f"{where}: the TFLite converter cannot convert the SavedModel {signature_model.path} ({reason}); "
+            "give the Keras model (.keras) instead"
+        ) from None
+
+
 def configure_converter(keras_model: Any, params: QuantizeParams, calibration: np.ndarray) -> Any:
-    """A TFLiteConverter set up for `params.mode`."""
+    """A TFLiteConverter set up for `params.mode`; reads the SavedModel itself for a signature model."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    from pipeline.savedmodel import SignatureModel
+
+    if isinstance(keras_model, SignatureModel):
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([keras_model.frozen()], keras_model.loaded)
+    else:
+        converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
     if params.mode == "none":
         return converter
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

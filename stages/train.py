@@ -29,6 +29,9 @@ class TrainStage(Stage):
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         keras_model = ctx.build_model() if model is None else model.load_keras()
+        frozen = getattr(keras_model, "frozen_layers", [])
+        if frozen:  # the model plugin froze its backbone for this first fit (see save_keras)
+            ctx.log.info("    %s: %d backbone layers frozen; the head trains", ctx.name, len(frozen))
         compile_model(keras_model, self.config)
         fit(keras_model, ctx, self.config)
         return save_keras(keras_model, ctx, model, effects=self.output_effects(model))

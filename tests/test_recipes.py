@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
 from pipeline.runner import RunInfo, run
 from tests._runs import compose_config
@@ -18,10 +19,20 @@ def test_the_technique_recipes_are_shipped():
     assert {"mobile_int8", "mobile_fp16", "qat_int8", "distill_prune_int8", "cluster_int8", "sparse24_int8"} <= set(RECIPES)
 
 
+# Recipes that start from a trained model need one: `model=file`.
+TRAINED_MODEL = {"ptq_int8"}
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_shipped_recipe_validates(tmp_path, recipe):
-    plan = build_plan(compose_config(tmp_path, f"recipe={recipe}"))
+def test_shipped_recipe_validates(tmp_path, recipe, request):
+    model = ["model=file", f"model.path={request.getfixturevalue('trained').path}"] if recipe in TRAINED_MODEL else []
+    plan = build_plan(compose_config(tmp_path, f"recipe={recipe}", *model))
     assert plan.settings.description and plan.stages[-1].type == "export"
+
+
+def test_a_recipe_without_training_names_model_file(tmp_path):
+    with pytest.raises(PipelineError, match=r"stages.quantize: .* gets no model yet; .* or start from a saved model \(model=file model.path=FILE\)"):
+        build_plan(compose_config(tmp_path, "recipe=ptq_int8"))
 
 
 TINY_EPOCHS = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pipeline.artifact import ModelFormat
 from pipeline.errors import PipelineError
 
 log = logging.getLogger("pipeline")
@@ -14,16 +15,22 @@ def check_compatible(builder: Any, data: Any) -> None:
     """Raise PipelineError when the model cannot take `data`'s examples or predict its classes.
 
     Built-in architectures state their needs in `check` (no model is built for that); every model
-    is then built once and its actual input and output shapes compared with the data, which
-    covers user files and builders that ignore the shape they are given.
+    is then built once (or, for one the recipe starts from as a file, loaded for inference) and
+    its actual input and output shapes compared with the data, which covers user files and
+    builders that ignore the shape they are given.
     """
+    from pipeline.models import starting_artifact, starting_format
+
     origin = describe(builder)
     if data.num_classes < 2:
         raise PipelineError(f"data: only {data.num_classes} class found; classification needs at least two")
     check = getattr(builder, "check", None)
     if check is not None:
         check(data.input_shape, data.num_classes)
-    model = builder.build(data.input_shape, data.num_classes)
+    if starting_format(builder) is ModelFormat.SAVED_MODEL:
+        model = starting_artifact(builder).load_model()  # a signature: its shapes, no Keras model
+    else:
+        model = builder.build(data.input_shape, data.num_classes)
     expected = tuple(model.input_shape[1:]) if isinstance(model.input_shape, tuple) else None
     if expected is None or not shapes_match(expected, data.input_shape):
         raise PipelineError(
