@@ -4,9 +4,11 @@
 
 Runs the recipe on the compression benchmark's MNIST split with other pruning and clustering
 settings and prints, for each candidate, the shipped TFLite file's gzip size and its accuracy on
-the VALIDATION split next to the teacher's: the recipe ships the smallest candidate within one
-point of the teacher there. The test split is not looked at (benchmarks/compression.py reports it
-once, for the recipe as shipped). The teacher and the student train once (stage cache).
+the VALIDATION split next to the teacher's. The validation split holds 800 images, so a
+candidate's accuracy there is uncertain by about 0.65 point (one standard error at 96.5%): the
+recipe ships the smallest candidate within MARGIN (half of the one-point budget) of the teacher
+there. The test split is not looked at (benchmarks/compression.py reports it once, for the recipe
+as shipped). The teacher and the student train once (stage cache).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compression import markdown, split_folder  # noqa: E402  (benchmarks/ is the script's folder)
 
+MARGIN = 0.005
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "recipe" / "smallest_mnist.yaml"
 # (label, changes to the recipe's stages): the knobs the recipe's comments say were chosen here.
 CANDIDATES = [
@@ -105,13 +108,14 @@ def main() -> int:
         drop = 100 * (x["teacher_val"] - x["shipped_val"])
         rows.append((label, f"{x['shipped_gzip'] / 1024:.1f}", f"{x['teacher_gzip'] / x['shipped_gzip']:.0f}x",
                      f"{x['student_val']:.4f}", f"{x['pruned_val']:.4f}", f"{x['shipped_val']:.4f}",
-                     f"{x['teacher_val']:.4f}", f"{-drop:+.2f}", "yes" if drop <= 1 else "no"))
+                     f"{x['teacher_val']:.4f}", f"{-drop:+.2f}", "yes" if drop <= 100 * MARGIN + 1e-7 else "no"))
     header = ("candidate", "gzip KiB", "vs teacher", "student val", "pruned val", "shipped val", "teacher val",
-              "vs teacher pt", "within 1 pt")
+              "vs teacher pt", "within margin")
     print("\nValidation split (the test split is not used here):\n\n" + markdown(header, rows))
-    eligible = [label for label, x in found.items() if x["teacher_val"] - x["shipped_val"] <= 0.01]
+    eligible = [label for label, x in found.items() if x["teacher_val"] - x["shipped_val"] <= MARGIN + 1e-9]
     if eligible:
-        print(f"\nsmallest within one point on validation: {min(eligible, key=lambda k: found[k]['shipped_gzip'])}")
+        print(f"\nsmallest within {100 * MARGIN:.1f} point of the teacher on validation: "
+              f"{min(eligible, key=lambda k: found[k]['shipped_gzip'])}")
     return 0
 
 
