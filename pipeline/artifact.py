@@ -15,6 +15,11 @@ class Effect(str, Enum):
     CLUSTERED = "clustered"  # each kernel holds a few shared values
     QUANTIZE_AWARE = "quantize_aware"  # trained with simulated int8 arithmetic
     DISTILLED = "distilled"  # a student with a teacher that later fine-tuning may keep learning from
+    CHANNEL_PRUNED = "channel_pruned"  # whole channels removed: narrower than the model it was made from
+
+
+# Effects in the model's shape rather than its weight values: no training undoes them.
+STRUCTURAL = frozenset({Effect.CHANNEL_PRUNED})
 
 
 class ModelFormat(str, Enum):
@@ -51,6 +56,11 @@ class ModelArtifact:
     metrics: dict[str, float] = field(default_factory=dict)
     gate: dict[str, float] = field(default_factory=dict)
     exports: tuple[Path, ...] = ()
+
+    @property
+    def takes_raw_inputs(self) -> bool:
+        """Whether the model takes raw inputs (the data's preprocessing folded in; `metadata["serving"]`)."""
+        return self.metadata.get("serving", {}).get("inputs") == "raw"
 
     def lineage(self) -> list[ModelArtifact]:
         """This artifact, then its parent, and so on back to the first model."""

@@ -111,18 +111,32 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
         tracker.log_file(info.run_dir / "metrics.json")
         for path in exports:
             tracker.log_file(path, "model")
+        if settings.tracking.register_as:
+            tracker.register(settings.tracking.register_as)
     log.info("summary of %s:\n%s", info.recipe, summary)
     log.info("MLflow run %s in %s (experiment '%s')", tracker.run_id, settings.tracking.uri, settings.tracking.experiment)
     if exports:
         log.info("exported: %s", ", ".join(str(p) for p in exports))
+    if tracker.registered:
+        log.info("registered in the MLflow Model Registry as %s", tracker.registered)
     assert artifact is not None  # build_plan guarantees at least one stage
     return RunResult(rows, artifact, tracker.run_id, info.run_dir, exports)
+
+
+# The data of the latest run in this process: the jobs of a sweep under Hydra's basic launcher
+# run one after another in one process and mostly read the same data.
+_loaded: dict[str, Dataset] = {}
 
 
 def load_data(plan: Plan) -> Dataset:
     """Load the configured data source, logging the split sizes; fail fast if the model cannot take it."""
     log.info("loading data '%s'", plan.settings.data["name"])
-    data = plan.data_source.load(plan.settings.seed)
+    config = plan.data_source.config.model_dump(mode="json")
+    source = json.dumps([config, plan.settings.seed, file_stamps(config)], sort_keys=True)
+    if source not in _loaded:
+        _loaded.clear()
+        _loaded[source] = plan.data_source.load(plan.settings.seed)
+    data = _loaded[source]
     log.info(
         "data: %d train, %d validation, %d test examples of shape %s, %d classes",
         len(data.x_train), len(data.x_val), len(data.x_test), data.input_shape, data.num_classes,
@@ -131,6 +145,19 @@ def load_data(plan: Plan) -> Dataset:
     prepare(plan.model_builder, data)
     check_compatible(plan.model_builder, data)  # a data/model mismatch fails here, before any training
     return data
+
+
+def file_stamps(tree: Any) -> list[Any]:
+    """Size and modification time of every file a config names (a folder's files included), so
+    that data changed on disk between two runs in one process is read again."""
+    if isinstance(tree, dict):
+        return [file_stamps(value) for value in tree.values()]
+    if isinstance(tree, list):
+        return [file_stamps(value) for value in tree]
+    if not (isinstance(tree, str) and tree and Path(tree).exists()):
+        return []
+    paths = sorted(Path(tree).rglob("*")) if Path(tree).is_dir() else [Path(tree)]
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.is_file()]
 
 
 def stage_context(
@@ -176,9 +203,10 @@ def run_stage(
     key: str, cache: StageCache | None, data: Dataset, plan: Plan,
 ) -> StageOutcome:
     """Reuse the stage's cached output when present, else run and measure it (and store it)."""
-    from pipeline.measure import measure
+    from pipeline.measure import METRICS, measure
 
-    measure_id = json.dumps(plan.settings.measure.model_dump(), sort_keys=True)
+    # Stored measurements are reused only if they hold every metric the runner takes today.
+    measure_id = json.dumps({**plan.settings.measure.model_dump(), "metrics": METRICS}, sort_keys=True)
     if cache is None or not type(planned.stage).cacheable:
         return compute(planned, model, ctx, data, plan)
     with cache.lock(key):
@@ -262,6 +290,7 @@ def run_tags(plan: Plan, info: RunInfo, data: Dataset) -> dict[str, str]:
         "device": plan.device.resolve().kind,
         "strategy": plan.device.resolve().strategy,
         "pipeline_version": pipeline.__version__,
+        "objectives": ",".join(plan.settings.objectives),
         "mlflow.note.content": plan.settings.description,
     }
     if info.sweep:

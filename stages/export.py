@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -12,6 +13,7 @@ from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.schema import Params
 from pipeline.stage import Stage, StageContext
+from stages._serving import INPUTS_HELP, OUTPUTS_HELP, choose_inputs, contract, serving_model
 
 Target = Literal["tflite", "keras", "h5", "saved_model", "keras3"]
 
@@ -35,15 +37,26 @@ class ExportParams(Params):
     )
     name: str = Field("model", pattern=r"^[\w.-]+$", description="Base name of the exported files.")
     metadata: bool = Field(
-        True, description="Also write NAME.json: recipe, metrics, input/output details, quantization, lineage."
+        True,
+        description=(
+            "Also write NAME.json (input contract and preprocessing, class names, recipe, metrics, I/O details, "
+            "quantization, lineage) and NAME.labels.txt (one class name per line)."
+        ),
+    )
+    inputs: Literal["auto", "raw", "preprocessed"] = Field(
+        "auto", description=f"Keras-format exports (auto: as the converted TFLite model, else raw). {INPUTS_HELP}"
+    )
+    outputs: Literal["auto", "logits", "probabilities"] = Field(
+        "auto", description=f"Keras-format exports (auto: as the converted TFLite model, else logits). {OUTPUTS_HELP}"
     )
 
 
 class ExportStage(Stage):
     """Copy or convert the latest model of each requested format into `<run>/export/`.
 
-    The incoming model is handed on unchanged (as its exported copy); a Keras export after
-    quantization writes the Keras model the TFLite file was converted from.
+    The incoming model is handed on as its exported copy; a Keras export after quantization
+    writes the Keras model the TFLite file was converted from. Keras-format files get the named
+    serving signature and, for raw inputs, the data's preprocessing folded in as layers.
     """
 
     Config: ClassVar = ExportParams
@@ -69,6 +82,8 @@ class ExportStage(Stage):
         folder = ctx.run_dir / "export"
         folder.mkdir(parents=True, exist_ok=True)
         written: dict[str, Path] = {}
+        keras_contract = keras_serving(params, model, ctx)
+        contracts = {}
         for target in dict.fromkeys(params.formats):
             source = next(filter(None, (model.nearest(fmt) for fmt in SOURCE_FORMAT[target])), None)
             if source is None:
@@ -76,7 +91,8 @@ class ExportStage(Stage):
                     f"stages.{ctx.name}.formats: no {SOURCE_FORMAT[target][0].value} model to export as '{target}'; "
                     f"remove '{target}' or add a stage that produces one"
                 )
-            written[target] = write(source, target, folder / params.name, ctx)
+            contracts[target] = contract_of(source, target, keras_contract)
+            written[target] = write(source, target, folder / params.name, keras_contract, ctx)
             ctx.log.info("    wrote %s", written[target])
             if trained_past(model, source):
                 ctx.log.warning(
@@ -85,15 +101,19 @@ class ExportStage(Stage):
                     written[target].name, source.stage,
                 )
         exports = list(written.values())
+        facts = dict(model.metadata)
+        if model.format.value in written:  # handed on as its exported copy, under that file's contract
+            facts["serving"] = contracts[model.format.value]
+        handed_on = ModelArtifact(
+            written.get(model.format.value, model.path), model.format, ctx.name, model, facts, self.output_effects(model)
+        )
         if params.metadata:
             from stages import _metadata
 
-            exports.append(_metadata.write(model, written, ctx, folder / f"{params.name}.json"))
-            ctx.log.info("    wrote %s", exports[-1])
-        handed_on = written.get(model.format.value, model.path)
-        return ModelArtifact(
-            handed_on, model.format, ctx.name, model, dict(model.metadata), self.output_effects(model), exports=tuple(exports)
-        )
+            for path in _metadata.write(handed_on, written, contracts, ctx, folder / params.name):
+                exports.append(path)
+                ctx.log.info("    wrote %s", path)
+        return dataclasses.replace(handed_on, exports=tuple(exports))
 
 
 def trained_past(model: ModelArtifact, source: ModelArtifact) -> bool:
@@ -101,19 +121,37 @@ def trained_past(model: ModelArtifact, source: ModelArtifact) -> bool:
     return Effect.QUANTIZE_AWARE in model.effects - source.effects
 
 
-def write(source: ModelArtifact, target: str, stem: Path, ctx: StageContext) -> Path:
-    """Write `source` as `target` next to `stem`; returns the written path."""
+def keras_serving(params: ExportParams, model: ModelArtifact, ctx: StageContext) -> dict[str, str]:
+    """The contract of Keras-format exports: as asked, or (auto) as the converted TFLite model's."""
+    converted = model.nearest(ModelFormat.TFLITE)
+    before = converted.metadata.get("serving", {}) if converted is not None else {}
+    choice = before.get("inputs", "raw") if params.inputs == "auto" else params.inputs
+    inputs, _ = choose_inputs(choice, ctx.data.preprocessing, integer=False)
+    outputs = before.get("outputs", "logits") if params.outputs == "auto" else params.outputs
+    return contract(inputs, outputs)
+
+
+def contract_of(source: ModelArtifact, target: str, keras_contract: dict[str, str]) -> dict[str, str]:
+    """What the file written for `target` takes and gives."""
+    if target == "tflite":
+        return source.metadata.get("serving", {})
+    if source.format is ModelFormat.SAVED_MODEL:  # the user's own SavedModel, copied as it is
+        return contract("preprocessed", "logits")
+    return keras_contract
+
+
+def write(source: ModelArtifact, target: str, stem: Path, serving: dict[str, str], ctx: StageContext) -> Path:
+    """Write `source` as `target` next to `stem` (Keras formats under the `serving` contract); the written path."""
     if target == "tflite":
         return Path(shutil.copyfile(source.path, stem.with_suffix(".tflite")))
-    if target == "keras" and source.path.suffix == ".keras":
-        return Path(shutil.copyfile(source.path, stem.with_suffix(".keras")))
     if target == "saved_model" and source.format is ModelFormat.SAVED_MODEL:
         path = stem.parent / f"{stem.name}_saved_model"
         shutil.rmtree(path, ignore_errors=True)
         return Path(shutil.copytree(source.path, path))
+    keras_model = serving_model(source.load_keras(), ctx.data.preprocessing, serving["inputs"], serving["outputs"])
     if target == "keras3":
-        return write_keras3(source, stem.parent / f"{stem.name}_keras3.keras", ctx)
-    keras_model = source.load_keras()
+        data = ctx.data.raw() if serving["inputs"] == "raw" else ctx.data
+        return write_keras3(keras_model, stem.parent / f"{stem.name}_keras3.keras", data, ctx)
     if target == "keras":
         path = stem.with_suffix(".keras")
         keras_model.save(path)
@@ -127,14 +165,12 @@ def write(source: ModelArtifact, target: str, stem: Path, ctx: StageContext) -> 
     return path
 
 
-def write_keras3(source: ModelArtifact, path: Path, ctx: StageContext) -> Path:
-    """The Keras model of `source` as a Keras 3 file, checked on a batch of the data (in a separate process)."""
+def write_keras3(keras_model: Any, path: Path, data: Any, ctx: StageContext) -> Path:
+    """`keras_model` as a Keras 3 file, checked on a batch of `data` (in a separate process)."""
     from pipeline.models.keras3 import sample_of, to_keras3
 
-    keras_file = source.path
-    if keras_file.suffix != ".keras":  # a tf-keras SavedModel or .h5 from an earlier stage
-        keras_file = ctx.workdir / "keras3_source.keras"
-        source.load_keras().save(keras_file)
-    report = to_keras3(keras_file, path, sample_of(ctx.data), f"stages.{ctx.name}.formats")
+    keras_file = ctx.workdir / "keras3_source.keras"
+    keras_model.save(keras_file)
+    report = to_keras3(keras_file, path, sample_of(data), f"stages.{ctx.name}.formats")
     ctx.log.info("    Keras 3 copy matches the tf-keras model on %d examples (largest difference %.2g)", report["examples"], report["max_abs_diff"])
     return path

@@ -14,6 +14,7 @@ from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
 from stages._gates import GateParams, apply_gates
+from stages._serving import ServingParams, contract, for_serving
 
 # Modes that calibrate activation ranges on a representative dataset.
 CALIBRATED = {"int8", "int16x8"}
@@ -21,7 +22,7 @@ CALIBRATED = {"int8", "int16x8"}
 FLOAT_MODES = {"none", "float16"}
 
 
-class QuantizeParams(GateParams):
+class QuantizeParams(GateParams, ServingParams):
     """Parameters of the quantize stage."""
 
     mode: Literal["none", "dynamic", "float16", "int8", "int16x8"] = Field(
@@ -60,14 +61,17 @@ class QuantizeStage(Stage):
         assert model is not None  # guaranteed by `accepts`
         params: QuantizeParams = self.config
         where = f"stages.{ctx.name}"
-        keras_model = model.load_model()  # a SavedModel's signature stands in for a Keras model
+        if model.format is ModelFormat.SAVED_MODEL:  # a serving signature takes what it was saved to take
+            keras_model, serving = model.load_model(), contract("preprocessed", "logits")
+        else:
+            keras_model, ctx, serving = for_serving(model.load_keras(), ctx, params, integer=params.mode in CALIBRATED)
         calibration = calibration_set(ctx, params)
         path = ctx.workdir / "model.tflite"
         path.write_bytes(convert_saved(keras_model, params, calibration, where) if model.format is ModelFormat.SAVED_MODEL
                          else convert(keras_model, params, calibration, sparse=False))
         sparse = self.sparse_encoding(keras_model, model, calibration, path, ctx)
         metadata: dict[str, Any] = {
-            **model.metadata, "quantization": params.mode, "sparse_encoding": sparse,
+            **model.metadata, "quantization": params.mode, "sparse_encoding": sparse, "serving": serving,
             "calibration_samples": len(calibration) if params.mode in CALIBRATED else 0,
         }
         gates = apply_gates(params, params.mode == "int8", keras_model, path, ctx.data, where)

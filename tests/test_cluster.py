@@ -41,6 +41,24 @@ def test_clustering_without_preservation_gives_up_the_zeros_openly(tmp_path, tra
     assert pruned_sparsity(out.load_keras(), pruned.metadata["pruned_layers"]) < 0.4
 
 
+def test_a_layer_with_fewer_weights_than_clusters_stays_as_it_is(tmp_path, trained):
+    # The first convolution has 3 x 3 x 1 x 16 = 144 weights: TFMOT's k-means++ cannot place 200 centroids.
+    out = ClusterStage(ClusterParams(number_of_clusters=200, epochs=1)).run(trained, context(tmp_path, "cluster", 1))
+    model = out.load_keras()
+    kernels = [layer.name for layer in model.layers if hasattr(layer, "kernel")]
+    assert out.metadata["clustered_layers"] == kernels[1:]
+    assert model.get_layer(kernels[0]).get_weights()[0].size == 144
+
+
+def test_kept_zeros_need_weights_on_both_signs():
+    kernel = np.array([-1.0, -2.0, 0.0, 0.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])  # 2 negative, 6 positive
+    assert clusters_for(kernel, 8, per_channel=False, preserve=True) == 8  # 7 centroids: 2 negative, 5 positive
+    assert clusters_for(kernel, 12, per_channel=False, preserve=True) == 9  # 11 would want 3 negatives
+    assert clusters_for(kernel, 10, per_channel=False, preserve=False) == 9  # 9 distinct values
+    channels = kernel.reshape(5, 1, 1, 2)  # 5 distinct weights in each of 2 output channels
+    assert clusters_for(channels, 6, per_channel=True, preserve=False) == 5
+
+
 def test_check_of_kept_sparsity_names_the_fix():
     class Layer:
         name, kernel = "dense", type("K", (), {"numpy": lambda self: np.ones((4, 4))})()
