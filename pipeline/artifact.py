@@ -14,6 +14,7 @@ class Effect(str, Enum):
     PRUNED = "pruned"  # many weights held at exactly zero
     CLUSTERED = "clustered"  # each kernel holds a few shared values
     QUANTIZE_AWARE = "quantize_aware"  # trained with simulated int8 arithmetic
+    DISTILLED = "distilled"  # a student with a teacher that later fine-tuning may keep learning from
     CHANNEL_PRUNED = "channel_pruned"  # whole channels removed: narrower than the model it was made from
 
 

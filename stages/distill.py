@@ -53,8 +53,10 @@ class DistillStage(Stage):
     accepts: ClassVar = frozenset({None, ModelFormat.KERAS, ModelFormat.SAVED_MODEL})
 
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
-        """A new student has been through nothing; an incoming one stays narrow but loses its zeros and clusters."""
-        return incoming & {Effect.CHANNEL_PRUNED} if self.config.student == "incoming" else frozenset()
+        """A new student has been through nothing; an incoming one stays narrow but loses its zeros and
+        clusters. Either has a teacher that later fine-tuning may keep learning from."""
+        kept = incoming & {Effect.CHANNEL_PRUNED} if self.config.student == "incoming" else frozenset()
+        return kept | {Effect.DISTILLED}
 
     def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
         from pipeline import registry
@@ -101,7 +103,7 @@ class DistillStage(Stage):
             prepare(builder, ctx.data)
             student = ctx.device.prepare(builder.build(ctx.data.input_shape, ctx.data.num_classes))
         data = ctx.data
-        targets = (pack(data.y_train, predict(teacher, data.x_train)), pack(data.y_val, predict(teacher, data.x_val)))
+        targets = teacher_targets(teacher, data)
         teacher_accuracy = float(np.mean(np.argmax(predict(teacher, data.x_test), -1) == data.y_test))
         ctx.log.info(
             "    teacher: %d parameters, test accuracy %.4f; student: %d parameters",
@@ -116,7 +118,8 @@ class DistillStage(Stage):
         # An incoming student carries its earlier stages' facts (which channels stayed) on; a new one starts anew.
         artifact = save_keras(
             student, ctx, model if incoming else None, effects=self.output_effects(model), metrics=teacher_facts,
-            distilled=True, teacher=teacher_file,
+            distilled=True, teacher=teacher_file, teacher_file=params.teacher, student_incoming=incoming,
+            temperature=params.temperature,
         )
         return dataclasses.replace(artifact, parent=model)
 
@@ -157,6 +160,33 @@ def load_teacher(path: str, ctx: StageContext) -> Any:
     if getattr(teacher, "softmax_removed", False):
         ctx.log.warning("    %s: %s ends in a softmax; distilling from the logits before it", where, path)
     return teacher
+
+
+def teacher_targets(teacher: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Packed (label, teacher logits) targets of the training and validation splits."""
+    return pack(data.y_train, predict(teacher, data.x_train)), pack(data.y_val, predict(teacher, data.x_val))
+
+
+def teacher_of(model: ModelArtifact, ctx: StageContext) -> tuple[Any, float]:
+    """The teacher `model` was distilled from, loaded, and the distillation's temperature.
+
+    The distill stage's artifact is the one that measured its teacher; the teacher is its
+    `teacher_file`, or else the model that stage was handed (its parent in the lineage), or for an
+    incoming student the model from before channel pruning.
+    """
+    where = f"stages.{ctx.name}"
+    student = next((a for a in model.lineage() if "teacher_accuracy" in a.metrics), None)
+    if student is None:
+        raise PipelineError(f"{where}.teacher_alpha: the incoming model was not distilled; put a distill stage first or set it to 0")
+    if student.metadata.get("teacher_file"):
+        teacher = load_teacher(student.metadata["teacher_file"], ctx)
+    else:
+        assert student.parent is not None  # a distill stage without a teacher file was handed one
+        source = student.parent
+        if student.metadata.get("student_incoming"):
+            source = before_channel_pruning(source, f"{where}.teacher_alpha")
+        teacher = source.load_model()
+    return teacher, float(student.metadata["temperature"])
 
 
 def predict(model: Any, x: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.artifact import Effect, ModelArtifact
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
 from stages._layers import LayerChoice, wrap_chosen
@@ -37,6 +37,13 @@ class PruneParams(FitParams, LayerChoice):
     )
     frequency: int | None = Field(
         None, ge=1, description="Steps between mask updates; default: about 10 updates over the ramp."
+    )
+    teacher_alpha: float = Field(
+        0.0, ge=0, le=1,
+        description=(
+            "Weight of the distillation teacher's softened outputs while fine-tuning (0: the labels alone); "
+            "needs a distill stage earlier, whose teacher and temperature it uses."
+        ),
     )
 
     @model_validator(mode="before")
@@ -80,34 +87,68 @@ class PruneStage(Stage):
         """Pruned; fine-tuning moves clustered weights off their shared values."""
         return (incoming - {Effect.CLUSTERED}) | {Effect.PRUNED}
 
+    def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
+        if self.config.teacher_alpha and Effect.DISTILLED not in effects:
+            raise PipelineError(
+                f"{where}.teacher_alpha: the model reaching {where} has no teacher; "
+                f"put a distill stage before it or set {where}.teacher_alpha=0"
+            )
+
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         import tensorflow_model_optimization as tfmot
 
         assert model is not None  # guaranteed by `accepts`
         params: PruneParams = self.config
+        self.check_input(model.format, model.effects, f"stages.{ctx.name}")
         sparsity = tfmot.sparsity.keras
         schedule = pruning_schedule(params, params.epochs * steps_per_epoch(ctx, params), ctx)
         pattern = tuple(params.m_by_n) if params.m_by_n else None
 
+        too_narrow: list[str] = []
+
         def supported(layer: Any) -> bool:
             if not isinstance(layer, sparsity.PrunableLayer) and not prunable(layer):
                 return False
-            # m:n groups run along the input channels; a layer with fewer cannot hold the pattern.
-            return pattern is None or layer.get_weights()[0].shape[-2] % pattern[1] == 0
+            # m:n groups run along the input channels; a layer whose count is no multiple of n
+            # cannot hold the pattern and stays dense (said below, and in the artifact).
+            if pattern is not None and layer.get_weights()[0].shape[-2] % pattern[1]:
+                too_narrow.append(layer.name)
+                return False
+            return True
 
         def wrap(layer: Any) -> Any:
             return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule, sparsity_m_by_n=pattern)
 
         pruned, names = wrap_chosen(model.load_keras(), params, supported, wrap, f"stages.{ctx.name}")
         ctx.log.info("    pruning %s", ", ".join(names))
-        compile_model(pruned, params)
-        fit(pruned, ctx, params, callbacks=[sparsity.UpdatePruningStep()])
+        if too_narrow:
+            ctx.log.warning(
+                "    %s left dense: %d:%d groups need input channels in multiples of %d",
+                ", ".join(too_narrow), pattern[0], pattern[1], pattern[1],
+            )
+        fine_tune(pruned, model, ctx, params, callbacks=[sparsity.UpdatePruningStep()])
         stripped = sparsity.strip_pruning(pruned)
         check_sparsity(stripped, names, params, ctx.name)
         return save_keras(
             stripped, ctx, model, effects=self.output_effects(model), target_sparsity=params.final_sparsity,
-            m_by_n=list(pattern) if pattern else None, pruned_layers=names,
+            m_by_n=list(pattern) if pattern else None, pruned_layers=names, left_dense=too_narrow,
+            metrics={"layers_left_dense": float(len(too_narrow))} if pattern else None,
         )
+
+
+def fine_tune(keras_model: Any, model: ModelArtifact, ctx: StageContext, params: PruneParams, callbacks: list[Any]) -> None:
+    """Fit on the labels, or with `teacher_alpha` on the distillation teacher's outputs as well."""
+    if not params.teacher_alpha:
+        compile_model(keras_model, params)
+        fit(keras_model, ctx, params, callbacks=callbacks)
+        return
+    from stages.distill import distillation_loss, packed_accuracy, teacher_of, teacher_targets
+
+    teacher, temperature = teacher_of(model, ctx)
+    ctx.log.info("    fine-tuning on the distillation teacher's outputs (alpha %.2f, T %.1f)", params.teacher_alpha, temperature)
+    loss = distillation_loss("kl", params.teacher_alpha, temperature)
+    compile_model(keras_model, params, loss=loss, metrics=[packed_accuracy])
+    fit(keras_model, ctx, params, callbacks=callbacks, targets=teacher_targets(teacher, ctx.data))
 
 
 def prunable(layer: Any) -> bool:
