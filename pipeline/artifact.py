@@ -15,6 +15,12 @@ class Effect(str, Enum):
     CLUSTERED = "clustered"  # each kernel holds a few shared values
     QUANTIZE_AWARE = "quantize_aware"  # trained with simulated int8 arithmetic
     SPARSITY_PLANNED = "sparsity_planned"  # carries a per-layer sparsity plan (a sensitivity stage's) for prune
+    DISTILLED = "distilled"  # a student with a teacher that later fine-tuning may keep learning from
+    CHANNEL_PRUNED = "channel_pruned"  # whole channels removed: narrower than the model it was made from
+
+
+# Effects in the model's shape rather than its weight values: no training undoes them.
+STRUCTURAL = frozenset({Effect.CHANNEL_PRUNED})
 
 
 class ModelFormat(str, Enum):

@@ -3,10 +3,12 @@
 `budget.accuracy_drop: 0.01` lets the finished model be at most one point less accurate, on the
 validation split, than the first trained model (the reference: the first stage's output, or the
 saved model a recipe that trains nothing starts from). The runner keeps the books: after
-every stage it measures the model's validation accuracy and records what the stage spent; each
-stage gets the state of the budget in its context (`ctx.budget`) and the stages that choose by
-themselves (which layers stay float, how hard each layer is pruned) keep the model above the
-floor. Nothing here imports TensorFlow.
+every stage it reads the validation accuracy it measured (`val_accuracy`, the same number a
+search steers by) and records what the stage spent; each stage gets the state of the budget in
+its context (`ctx.budget`), the stages that choose by themselves (which layers stay float, how
+hard each layer is pruned) keep the model above the floor, and the runner stops a run whose
+choosing stage did not. Stages that do as they are told (train, channel_prune, prune with given
+sparsities) spend without choosing; the books show what. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -82,10 +84,10 @@ class Ledger:
     accuracies: dict[str, float] = field(default_factory=dict)
 
     def record(self, stage: str, accuracy: float) -> dict[str, float]:
-        """Note `stage`'s validation accuracy; the numbers to log for it."""
+        """Note `stage`'s validation accuracy (as the runner measured it); what it spent, to log."""
         previous = list(self.accuracies.values())[-1] if self.accuracies else accuracy
         self.accuracies[stage] = accuracy
-        return {"val_accuracy": accuracy, "budget_spent": previous - accuracy}
+        return {"budget_spent": previous - accuracy}
 
     def budget(self) -> Budget | None:
         """The budget the next stage works under; None before the first model exists."""
@@ -114,8 +116,10 @@ class Ledger:
             return ""
         spent = dict(budget.spent)
         lines = [
-            f"accuracy budget: {budget.allowed_drop:.4f} below {budget.reference:.4f} "
-            f"(validation accuracy of '{budget.reference_stage}'), floor {budget.floor:.4f}",
+            (
+                f"accuracy budget: {budget.allowed_drop:.4f} below {budget.reference:.4f} "
+                f"(validation accuracy of '{budget.reference_stage}'), floor {budget.floor:.4f}"
+            ),
             "",
             "| stage | val accuracy | spent | left |",
             "|---|---:|---:|---:|",

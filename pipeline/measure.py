@@ -1,8 +1,10 @@
 """The runner's measurements of an artifact, the same for every stage.
 
 Size and gzip size of the file as shipped, parameter count and actual sparsity (zeros among
-weight matrices and kernels, the tensors pruning acts on), test accuracy, and batch-1 latency
-(median and p90 after warm-up). TFLite files are run through the LiteRT interpreter.
+weight matrices and kernels, the tensors pruning acts on), multiply-accumulates per example
+(pipeline.macs), test accuracy, validation accuracy (what a search may steer by; the test split
+never steers anything), and batch-1 latency (median and p90 after warm-up). TFLite files are run
+through the LiteRT interpreter.
 """
 
 from __future__ import annotations
@@ -11,26 +13,30 @@ import gzip
 import io
 import time
 import tarfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline import litert
+from pipeline.macs import keras_macs, tflite_macs
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.data import Dataset
 from pipeline.recipe import MeasureParams
 
-METRICS = ("size_bytes", "gzip_bytes", "params", "sparsity", "accuracy", "latency_p50_ms", "latency_p90_ms")
+METRICS = (
+    "size_bytes", "gzip_bytes", "params", "sparsity", "macs", "accuracy", "val_accuracy", "latency_p50_ms",
+    "latency_p90_ms",
+)
 
 
 def measure(artifact: ModelArtifact, data: Dataset, params: MeasureParams) -> dict[str, float]:
-    """All of METRICS for `artifact`, evaluated on the test split (raw or preprocessed, as the model
-    takes it); reported, never chosen on."""
+    """All of METRICS for `artifact`: accuracy on the test split (reported, never chosen on),
+    val_accuracy on the validation split (what choices and the accuracy budget read; NaN when the
+    data has none), each raw or preprocessed as the model takes it."""
     size, gzipped = file_sizes(artifact.path)
-    if artifact.takes_raw_inputs:  # measured on what a user feeds it: the raw test inputs
-        data = replace(data, x_test=data.test_inputs(raw=True))
+    if artifact.takes_raw_inputs:  # measured on what a user feeds it: raw test and validation inputs
+        data = data.raw()
     if artifact.format is ModelFormat.TFLITE:
         model_metrics = measure_tflite(artifact.path, data, params)
     else:
@@ -70,14 +76,21 @@ def percentiles(timings_ms: np.ndarray) -> dict[str, float]:
 def measure_tflite(path: Path, data: Dataset, params: MeasureParams) -> dict[str, float]:
     """Parameters, sparsity, accuracy and latency of a .tflite file through LiteRT."""
     tensors = litert.constant_tensors(path)
-    logits = litert.predict(path, data.x_test, params.threads)
+    logits = litert.predict(path, np.concatenate([data.x_test, data.x_val]), params.threads)
     timings = litert.latency_ms(path, data.x_test[0], params.latency_runs, params.warmup_runs, params.threads)
     return {
         "params": float(sum(count for _, count, _ in tensors)),
         "sparsity": sparsity_of(tensors),
-        "accuracy": hits(logits, data.y_test),
+        "macs": float(tflite_macs(path)),
+        **accuracies(logits, data),
         **percentiles(timings),
     }
+
+
+def accuracies(logits: np.ndarray, data: Dataset) -> dict[str, float]:
+    """Test and validation accuracy from the logits of the test examples followed by the validation ones."""
+    test, val = logits[: len(data.y_test)], logits[len(data.y_test) :]
+    return {"accuracy": hits(test, data.y_test), "val_accuracy": hits(val, data.y_val) if len(val) else float("nan")}
 
 
 def keras_predict(model, x: np.ndarray) -> tuple[object, np.ndarray]:
@@ -106,8 +119,8 @@ def hits(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def validation_accuracy(artifact: ModelArtifact, data: Dataset) -> float:
-    """Accuracy on the validation split (raw or preprocessed, as the model takes it): the split every
-    choice of the pipeline is made on."""
+    """Accuracy on the validation split alone (raw or preprocessed, as the model takes it), for a
+    model the runner does not otherwise measure: the saved model a recipe starts from."""
     if artifact.takes_raw_inputs:
         data = data.raw()
     if artifact.format is ModelFormat.TFLITE:
@@ -126,10 +139,9 @@ def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams)
 
     model = artifact.load_model()
     tensors = [(w.shape, w.size, w.size - int(np.count_nonzero(w))) for w in model.get_weights()]
-    x = data.x_test
-    forward, logits = keras_predict(model, x)
+    forward, logits = keras_predict(model, np.concatenate([data.x_test, data.x_val]))
 
-    sample = tf.constant(x[:1])
+    sample = tf.constant(data.x_test[:1])
     for _ in range(params.warmup_runs):
         forward(sample)
     timings = np.empty(params.latency_runs)
@@ -140,6 +152,8 @@ def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams)
     return {
         "params": float(model.count_params()),
         "sparsity": sparsity_of(tensors),
-        "accuracy": hits(logits, data.y_test),
+        # An inference-only SavedModel is a serving signature without layers to count.
+        **({"macs": float(keras_macs(model))} if hasattr(model, "layers") else {}),
+        **accuracies(logits, data),
         **percentiles(timings),
     }

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import Field
 
-from pipeline import registry
+from pipeline import objectives, registry
 from pipeline.artifact import Effect, ModelFormat
 from pipeline.budget import BudgetParams
 from pipeline.devices import DeviceParams, DeviceSetup
@@ -39,6 +39,10 @@ class TrackingParams(Params):
 
     uri: str = Field(description="MLflow tracking URI, e.g. sqlite:///outputs/mlflow.db or http://127.0.0.1:5000.")
     experiment: str = Field("pipeline", min_length=1, description="MLflow experiment name.")
+    register_as: str | None = Field(
+        None, min_length=1,
+        description="Register the shipped model as a new version of this MLflow registered model (null: do not).",
+    )
 
 
 class RunSettings(Params):
@@ -47,6 +51,10 @@ class RunSettings(Params):
     seed: int = Field(42, ge=0, description="Seed for data splits, weight initialisation and shuffling.")
     outputs: str = Field("outputs", description="Folder for run directories, the stage cache and the local MLflow store.")
     cache: bool = Field(True, description="Reuse stage outputs whose inputs and settings are unchanged.")
+    objectives: list[str] = Field(
+        default_factory=lambda: ["val_accuracy"],
+        description="Final-stage metrics the run returns to a sweeper, e.g. [val_accuracy, gzip_bytes].",
+    )
     description: str = Field("", description="One line saying what the recipe does.")
     measure: MeasureParams = Field(default_factory=MeasureParams)
     budget: BudgetParams = Field(default_factory=BudgetParams)
@@ -82,6 +90,7 @@ def build_plan(cfg: DictConfig | Mapping[str, Any]) -> Plan:
     """Check the whole composed config; raise PipelineError on the first problem found."""
     config = to_plain(cfg)
     settings = parse(RunSettings, config, "")
+    objectives.check(settings.objectives)
     data_source = configure(registry.DATA, settings.data, "data")
     model_builder = configure(registry.MODELS, settings.model, "model")
     stages = [plan_stage(name, values) for name, values in settings.stages.items()]

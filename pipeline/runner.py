@@ -24,6 +24,8 @@ from pipeline.artifact import ModelArtifact
 from pipeline.budget import Ledger
 from pipeline.cache import StageCache, cache_key, referenced_files
 from pipeline.data.dataset import check_finite
+from pipeline.errors import PipelineError
+from pipeline.interrupts import raise_if_interrupted
 from pipeline.models import check_compatible, prepare, starting_artifact
 from pipeline.preflight import check_environment
 from pipeline.recipe import Plan, PlannedStage, build_plan
@@ -94,10 +96,11 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
         tracker.log_text(yaml.safe_dump(plan.config, sort_keys=False), "recipe.yaml")
         measured: dict[str, dict[str, float]] = {}
         for index, planned in enumerate(plan.stages):
+            raise_if_interrupted()
             log.info("[%d/%d] %s (%s)", index + 1, len(plan.stages), planned.name, planned.type)
             ctx = stage_context(plan, planned, index, info, data, measured, ledger)
             input_key = stage_key(plan, planned, input_key, data)
-            outcome = account(ledger, planned.name, run_stage(planned, artifact, ctx, input_key, cache, data, plan), data)
+            outcome = account(ledger, planned, run_stage(planned, artifact, ctx, input_key, cache, data, plan))
             artifact = outcome.artifact
             measured[planned.name] = outcome.metrics
             rows.append(StageRow(planned.name, artifact.format.value, outcome.seconds, outcome.metrics, outcome.cached))
@@ -108,7 +111,7 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
             for report in artifact.reports:
                 tracker.log_file(artifact.path.parent / report, planned.name)
         tracker.set_tag("cached_stages", ",".join(row.stage for row in rows if row.cached) or "none")
-        summary = table(rows)
+        summary = table(rows, validation=ledger is not None)
         (info.run_dir / "summary.md").write_text(summary + "\n")
         (info.run_dir / "metrics.json").write_text(json.dumps([row.__dict__ for row in rows], indent=2))
         tracker.log_file(info.run_dir / "summary.md")
@@ -119,20 +122,34 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
             (info.run_dir / "budget.md").write_text(ledger.table() + "\n")
             tracker.log_file(info.run_dir / "budget.md")
             tracker.log_metrics(ledger.totals())
+        if settings.tracking.register_as:
+            tracker.register(settings.tracking.register_as)
     log.info("summary of %s:\n%s", info.recipe, summary)
     if ledger is not None:
         log.info("%s", ledger.table())
     log.info("MLflow run %s in %s (experiment '%s')", tracker.run_id, settings.tracking.uri, settings.tracking.experiment)
     if exports:
         log.info("exported: %s", ", ".join(str(p) for p in exports))
+    if tracker.registered:
+        log.info("registered in the MLflow Model Registry as %s", tracker.registered)
     assert artifact is not None  # build_plan guarantees at least one stage
     return RunResult(rows, artifact, tracker.run_id, info.run_dir, exports)
+
+
+# The data of the latest run in this process: the jobs of a sweep under Hydra's basic launcher
+# run one after another in one process and mostly read the same data.
+_loaded: dict[str, Dataset] = {}
 
 
 def load_data(plan: Plan) -> Dataset:
     """Load the configured data source, logging the split sizes; fail fast if the model cannot take it."""
     log.info("loading data '%s'", plan.settings.data["name"])
-    data = plan.data_source.load(plan.settings.seed)
+    config = plan.data_source.config.model_dump(mode="json")
+    source = json.dumps([config, plan.settings.seed, file_stamps(config)], sort_keys=True)
+    if source not in _loaded:
+        _loaded.clear()
+        _loaded[source] = plan.data_source.load(plan.settings.seed)
+    data = _loaded[source]
     log.info(
         "data: %d train, %d validation, %d test examples of shape %s, %d classes",
         len(data.x_train), len(data.x_val), len(data.x_test), data.input_shape, data.num_classes,
@@ -141,6 +158,19 @@ def load_data(plan: Plan) -> Dataset:
     prepare(plan.model_builder, data)
     check_compatible(plan.model_builder, data)  # a data/model mismatch fails here, before any training
     return data
+
+
+def file_stamps(tree: Any) -> list[Any]:
+    """Size and modification time of every file a config names (a folder's files included), so
+    that data changed on disk between two runs in one process is read again."""
+    if isinstance(tree, dict):
+        return [file_stamps(value) for value in tree.values()]
+    if isinstance(tree, list):
+        return [file_stamps(value) for value in tree]
+    if not (isinstance(tree, str) and tree and Path(tree).exists()):
+        return []
+    paths = sorted(Path(tree).rglob("*")) if Path(tree).is_dir() else [Path(tree)]
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.is_file()]
 
 
 def stage_context(
@@ -190,9 +220,10 @@ def run_stage(
     key: str, cache: StageCache | None, data: Dataset, plan: Plan,
 ) -> StageOutcome:
     """Reuse the stage's cached output when present, else run and measure it (and store it)."""
-    from pipeline.measure import measure
+    from pipeline.measure import METRICS, measure
 
-    measure_id = json.dumps(plan.settings.measure.model_dump(), sort_keys=True)
+    # Stored measurements are reused only if they hold every metric the runner takes today.
+    measure_id = json.dumps({**plan.settings.measure.model_dump(), "metrics": METRICS}, sort_keys=True)
     if cache is None or not type(planned.stage).cacheable:
         return compute(planned, model, ctx, data, plan)
     with cache.lock(key):
@@ -240,13 +271,20 @@ def open_ledger(plan: Plan, start: ModelArtifact | None, data: Dataset) -> Ledge
     return ledger
 
 
-def account(ledger: Ledger | None, stage: str, outcome: StageOutcome, data: Dataset) -> StageOutcome:
-    """With a budget: the outcome with its validation accuracy and what the stage spent of the budget."""
+def account(ledger: Ledger | None, planned: PlannedStage, outcome: StageOutcome) -> StageOutcome:
+    """With a budget: the outcome with what the stage spent of the budget, read from the validation
+    accuracy the runner measured (no second pass). A stage that chose within the budget
+    (`uses_budget`) and handed on a model below its floor stops the run here."""
     if ledger is None:
         return outcome
-    from pipeline.measure import validation_accuracy
-
-    spent = ledger.record(stage, validation_accuracy(outcome.artifact, data))
+    accuracy = outcome.metrics["val_accuracy"]
+    spent = ledger.record(planned.name, accuracy)
+    budget = ledger.budget()
+    assert budget is not None  # just recorded
+    if planned.stage.uses_budget:
+        if not budget.meets(accuracy):
+            raise PipelineError(planned.stage.over_budget(outcome.artifact, accuracy, budget.floor, f"stages.{planned.name}"))
+        log.info("    within the budget: validation accuracy %.4f, floor %.4f", accuracy, budget.floor)
     return dataclasses.replace(outcome, metrics={**outcome.metrics, **spent})
 
 
@@ -302,6 +340,7 @@ def run_tags(plan: Plan, info: RunInfo, data: Dataset) -> dict[str, str]:
         "device": plan.device.resolve().kind,
         "strategy": plan.device.resolve().strategy,
         "pipeline_version": pipeline.__version__,
+        "objectives": ",".join(plan.settings.objectives),
         "mlflow.note.content": plan.settings.description,
     }
     if info.sweep:

@@ -63,9 +63,18 @@ class Stage(Plugin):
 
     @property
     def uses_budget(self) -> bool:
-        """Whether this stage's output depends on the accuracy budget (it chooses within it), so
-        that a changed budget recomputes it rather than reusing a cached output."""
+        """Whether this stage chooses within the accuracy budget: a changed budget recomputes it
+        rather than reusing a cached output, and the runner stops the run if the model it hands
+        on measures below the budget's floor (see `over_budget`)."""
         return False
+
+    def over_budget(self, output: ModelArtifact, accuracy: float, floor: float, where: str) -> str:
+        """The one-line error when this stage chose within the budget but the runner measured its
+        output's validation accuracy `accuracy` below `floor`; stages name the settings to change."""
+        return (
+            f"{where}: the model this stage chose has validation accuracy {accuracy:.4f}, below the accuracy budget's "
+            f"floor {floor:.4f}; give more budget (budget.accuracy_drop)"
+        )
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         """Make this stage's output artifact under `ctx.workdir` from `model`."""

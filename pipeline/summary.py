@@ -24,6 +24,7 @@ COLUMNS = (
     ("gzip", "gzip_bytes"),
     ("params", "params"),
     ("sparsity", "sparsity"),
+    ("MACs", "macs"),
     ("accuracy", "accuracy"),
     ("p50 ms", "latency_p50_ms"),
     ("p90 ms", "latency_p90_ms"),
@@ -40,8 +41,17 @@ def human_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
+def human_count(count: float) -> str:
+    """4127616 -> '4.13M': operation counts at a glance."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.3g}{unit}"
+    return f"{count:.0f}"
+
+
 # Shown when the run has an accuracy budget: the split its choices were made on.
-VALIDATION_COLUMN = ("val acc", "val_accuracy")
+VALIDATION_TITLE = "val acc"
+VALIDATION_AT = [title for title, _ in COLUMNS].index("accuracy") + 1  # right after the test accuracy
 
 
 def cells(row: StageRow, validation: bool = False) -> list[str]:
@@ -54,26 +64,26 @@ def cells(row: StageRow, validation: bool = False) -> list[str]:
         human_bytes(m["gzip_bytes"]),
         f"{m['params']:,.0f}",
         f"{m['sparsity']:.1%}",
+        human_count(m["macs"]) if "macs" in m else "-",
         f"{m['accuracy']:.4f}",
         f"{m['latency_p50_ms']:.3g}",
         f"{m['latency_p90_ms']:.3g}",
         f"{row.seconds:.1f}",
     ]
     if validation:
-        shown.insert(7, f"{m['val_accuracy']:.4f}" if "val_accuracy" in m else "")
+        shown.insert(VALIDATION_AT, f"{m['val_accuracy']:.4f}" if "val_accuracy" in m else "")
     return shown
 
 
-def table(rows: Sequence[StageRow]) -> str:
+def table(rows: Sequence[StageRow], validation: bool = False) -> str:
     """A Markdown table (readable as plain text too) of every stage's measurements.
 
-    `accuracy` is on the test split; runs with an accuracy budget add `val acc`, the validation
-    accuracy the budget is kept on.
+    `accuracy` is on the test split; with `validation` (runs with an accuracy budget) the table
+    adds `val acc`, the validation accuracy the budget is kept on.
     """
-    validation = any(VALIDATION_COLUMN[1] in row.metrics for row in rows)
     header = [title for title, _ in COLUMNS]
     if validation:
-        header.insert(7, VALIDATION_COLUMN[0])
+        header.insert(VALIDATION_AT, VALIDATION_TITLE)
     body = [cells(row, validation) for row in rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 

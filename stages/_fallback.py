@@ -68,19 +68,23 @@ def fall_back(
     `keras_model` is the float model (taking inputs as `ctx.data` holds them) whose layers are
     ranked, whose accuracy the tolerance is measured from, and which, without `candidate`, is
     converted with the chosen layers float; `candidate(float_layers)` makes the model to try
-    instead (QAT fine-tunes again).
+    instead (QAT fine-tunes again). With a budget, the float model's validation accuracy is the
+    one the runner measured after the stage that made it (`ctx.budget.available`), not measured again.
     """
     from pipeline.measure import hits, keras_predict, tflite_accuracy
     from stages import _quant_debug as debug
 
     where = f"stages.{ctx.name}"
-    keras_accuracy = hits(keras_predict(keras_model, ctx.data.x_val)[1], ctx.data.y_val)
+    if ctx.budget is not None:
+        keras_accuracy = ctx.budget.available
+    else:
+        keras_accuracy = hits(keras_predict(keras_model, ctx.data.x_val)[1], ctx.data.y_val)
     floor = accuracy_floor(ctx.budget, tolerance, keras_accuracy)
     assert floor is not None  # guaranteed by check_settings
     int8_size, int8_accuracy = path.stat().st_size, tflite_accuracy(path, ctx.data.x_val, ctx.data.y_val)
     if int8_accuracy >= floor - EPSILON:
         ctx.log.info("    int8 validation accuracy %.4f meets the floor %.4f: every layer stays int8", int8_accuracy, floor)
-        return result(None, int8_size, int8_accuracy, floor, ctx)
+        return result(None, int8_size, int8_accuracy, floor, keras_accuracy, ctx)
     if keras_accuracy < floor - EPSILON:
         raise PipelineError(
             f"{where}.fallback: the incoming model's validation accuracy {keras_accuracy:.4f} is already below the "
@@ -91,7 +95,7 @@ def fall_back(
     calibrated = debug.calibrate(keras_model, calibration)
     outcome = search(calibrated, debug.keras_layer_names(keras_model), ctx.data, floor, where, ctx.log, candidate)
     path.write_bytes(outcome.flatbuffer)
-    return result(outcome, int8_size, int8_accuracy, floor, ctx)
+    return result(outcome, int8_size, int8_accuracy, floor, keras_accuracy, ctx)
 
 
 def accuracy_floor(budget: Budget | None, tolerance: float | None, keras_accuracy: float) -> float | None:
@@ -207,12 +211,14 @@ def table(outcome: Outcome, int8_size: int, int8_accuracy: float, floor: float) 
 @dataclass(frozen=True)
 class Fallback:
     """What the fallback decided, for the stage's artifact: facts for its metadata (the float layers
-    and the search), numbers for MLflow, and report files beside the model (the search's table).
+    and the search), numbers for MLflow, report files beside the model (the search's table), and
+    the validation accuracies of the float and the chosen model, which the accuracy gate reuses.
     The default is no fallback at all (`fallback: off`)."""
 
     facts: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     reports: tuple[str, ...] = ()
+    accuracies: dict[str, float] = field(default_factory=dict)
 
     @property
     def float_layers(self) -> list[str]:
@@ -220,7 +226,9 @@ class Fallback:
         return list(self.facts.get("float_layers", []))
 
 
-def result(outcome: Outcome | None, int8_size: int, int8_accuracy: float, floor: float, ctx: Any) -> Fallback:
+def result(
+    outcome: Outcome | None, int8_size: int, int8_accuracy: float, floor: float, keras_accuracy: float, ctx: Any
+) -> Fallback:
     """The fallback's findings; the search's table goes to the log and to `<workdir>/fallback.md`."""
     chosen = outcome.float_layers if outcome else []
     final_size = len(outcome.flatbuffer) if outcome else int8_size
@@ -244,4 +252,4 @@ def result(outcome: Outcome | None, int8_size: int, int8_accuracy: float, floor:
         "fallback_val_accuracy": final_accuracy,
         "fallback_size_cost_bytes": float(final_size - int8_size),
     }
-    return Fallback(facts, metrics, reports)
+    return Fallback(facts, metrics, reports, {"keras_accuracy": keras_accuracy, "tflite_accuracy": final_accuracy})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,12 +56,13 @@ class GateResult:
 
 def apply_gates(
     params: GateParams, int8: bool, keras_model: Any, path: Path, data: Any, where: str,
-    float_layers: Sequence[str] = (), log: logging.Logger | None = None,
+    float_layers: Sequence[str] = (), log: logging.Logger | None = None, measured: Mapping[str, float] | None = None,
 ) -> GateResult:
     """Run the gates `params` asks for on the TFLite file at `path`.
 
     `float_layers` are layers the accuracy fallback kept float on purpose: `require_integer=auto`
-    accepts them (and says so), `true` fails naming them.
+    accepts them (and says so), `true` fails naming them. `measured` are validation accuracies
+    the fallback already took (`keras_accuracy`, `tflite_accuracy`), not measured again.
     """
     result = GateResult()
     if params.require_integer == "true" or (params.require_integer == "auto" and int8):
@@ -79,13 +80,16 @@ def apply_gates(
                 where, ", ".join(float_layers),
             )
     if params.accuracy_tolerance is not None:
-        result.accuracies.update(accuracy_gate(keras_model, path, data, params.accuracy_tolerance, where))
+        result.accuracies.update(accuracy_gate(keras_model, path, data, params.accuracy_tolerance, where, measured))
         result.facts["gate_split"] = "validation"
     return result
 
 
-def accuracy_gate(keras_model: Any, tflite_path: Path, data: Any, tolerance: float, where: str) -> dict[str, float]:
-    """Validation accuracy of both models; PipelineError if TFLite falls more than `tolerance` below Keras.
+def accuracy_gate(
+    keras_model: Any, tflite_path: Path, data: Any, tolerance: float, where: str, measured: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Validation accuracy of both models (those in `measured` as given); PipelineError if TFLite
+    falls more than `tolerance` below Keras.
 
     A gate decides whether the run ships, so it looks at the validation split: the test split is
     measured once on what ships and never steers a decision.
@@ -96,8 +100,13 @@ def accuracy_gate(keras_model: Any, tflite_path: Path, data: Any, tolerance: flo
         raise PipelineError(
             f"{where}.accuracy_tolerance: the validation split is empty; set data.val_fraction (e.g. 0.1)"
         )
-    keras_accuracy = hits(keras_model.predict(data.x_val, batch_size=256, verbose=0), data.y_val)
-    converted = tflite_accuracy(tflite_path, data.x_val, data.y_val)
+    measured = measured or {}
+    keras_accuracy = measured.get("keras_accuracy")
+    if keras_accuracy is None:
+        keras_accuracy = hits(keras_model.predict(data.x_val, batch_size=256, verbose=0), data.y_val)
+    converted = measured.get("tflite_accuracy")
+    if converted is None:
+        converted = tflite_accuracy(tflite_path, data.x_val, data.y_val)
     if converted < keras_accuracy - tolerance:
         raise PipelineError(
             f"{where}.accuracy_tolerance: TFLite validation accuracy {converted:.4f} is {keras_accuracy - converted:.4f} "

@@ -10,13 +10,14 @@ stage runs.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pipeline.errors import PipelineError
+from stages._layers import check_patterns
 
 DEFAULT = "default"
 PLAN = "plan"
-SparsityTarget = Union[float, dict[str, float], Literal["plan"]]
+SparsityTarget = float | dict[str, float] | Literal["plan"]
 """The type of `final_sparsity`."""
 
 EXAMPLE = "give e.g. 0.8, {default: 0.8, Conv2D: 0.5} or plan"
@@ -41,7 +42,7 @@ def check_target(value: Any) -> Any:
 def check_share(value: Any, prefix: str) -> None:
     """A sparsity is a number from 0 up to (not including) 1; messages as pydantic words them."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{prefix}expected a valid number")
+        raise ValueError(f"{prefix}expected a valid number")  # noqa: TRY004 - pydantic reports ValueError only
     if value < 0:
         raise ValueError(f"{prefix}expected greater than or equal to 0")
     if value >= 1:
@@ -62,20 +63,16 @@ def lowest(target: SparsityTarget) -> float:
     return 1.0 if target == PLAN else float(target)
 
 
-def resolve(layers: list[Any], target: SparsityTarget, plan: Mapping[str, float] | None, where: str) -> dict[str, float]:
-    """Layer name -> its target sparsity, for each of `layers` (0: leave it dense)."""
+def resolve(model: Any, target: SparsityTarget, plan: Mapping[str, float] | None, where: str) -> dict[str, float]:
+    """Layer name -> its target sparsity, for each layer of `model` (0: leave it dense)."""
+    layers = model.layers
     if target == PLAN:
         if plan is None:
             raise PipelineError(f"{where}.final_sparsity: 'plan' needs the plan of a sensitivity stage before this one; add one or give numbers")
         return {layer.name: float(plan.get(layer.name, 0.0)) for layer in layers}
     if not isinstance(target, dict):
         return {layer.name: float(target) for layer in layers}
-    known = {layer.name for layer in layers} | {type(layer).__name__ for layer in layers}
-    unknown = sorted(key for key in target if key != DEFAULT and key not in known)
-    if unknown:
-        raise PipelineError(
-            f"{where}.final_sparsity: '{unknown[0]}' matches no layer name or type; the model has {', '.join(sorted(known))}"
-        )
+    check_patterns(model, (key for key in target if key != DEFAULT), f"{where}.final_sparsity")
     default = float(target.get(DEFAULT, 0.0))
     return {layer.name: float(target.get(layer.name, target.get(type(layer).__name__, default))) for layer in layers}
 

@@ -64,6 +64,8 @@ def fit(
     if device.resolve().jit_compile:
         model.jit_compile = True  # resets the compiled train function, so it applies to an already compiled model
     warn_if_not_mixed(model, ctx)
+    if device.resolve().strategy == "one_device":
+        create_step_variables(model, data.x_train[:1], y_train[:1])
     history = model.fit(
         train,
         epochs=params.epochs,
@@ -75,6 +77,23 @@ def fit(
     if device.multi_worker:  # the workers' logs show that they ended with the same weights
         ctx.log.info("    %s: worker %d weights %s", ctx.name, device.role.index, weights_digest(model))
     return history
+
+
+def create_step_variables(model: Any, x: Any, y: Any) -> None:
+    """Create the optimizer's slots and the loss and metric trackers before `fit` traces its step.
+
+    A training step that creates variables is traced twice (once creating them, once without),
+    and tracing a TFMOT-wrapped model costs more than a short fine-tune's steps on small data.
+    One example through the model in inference mode changes no weight and no pruning mask.
+    """
+    import tensorflow as tf
+
+    logits = model(x, training=False)
+    model.compiled_loss(tf.constant(y), logits)
+    model.compiled_metrics.update_state(tf.constant(y), logits)
+    model.reset_metrics()
+    if hasattr(model.optimizer, "build"):
+        model.optimizer.build(model.trainable_variables)
 
 
 def weights_digest(model: Any) -> str:
@@ -198,11 +217,14 @@ def epoch_logger(ctx: StageContext, epochs: int) -> Any:
     """
     import tf_keras as keras
 
+    from pipeline.interrupts import raise_if_interrupted
+
     class _EpochLog(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs or {}
             shown = ", ".join(f"{k}={v:.4f}" for k, v in logs.items())
             ctx.log.info("    %s epoch %d/%d: %s", ctx.name, epoch + 1, epochs, shown)
+            raise_if_interrupted()
             if not math.isfinite(logs.get("loss", 0.0)):
                 self.model.stop_training = True  # check_finite then reports it
 

@@ -55,19 +55,31 @@ class ClusterStage(Stage):
         def supported(layer: Any) -> bool:
             return ClusteringRegistry.supports(layer) and bool(layer.get_weights())
 
+        plan: dict[str, int] = {}
+
         def wrap(layer: Any) -> Any:
+            # k-means++ seeding fails outright when a kernel holds fewer weights than the clusters
+            # asked for (after heavy pruning, or per channel): such a layer gets what it can hold.
+            plan[layer.name] = clusters_for(layer_kernel(layer), params.number_of_clusters, params.per_channel, preserve)
+            if not plan[layer.name]:
+                return layer
             return cluster.cluster_weights(
-                layer, number_of_clusters=params.number_of_clusters, cluster_centroids_init=init,
+                layer, number_of_clusters=plan[layer.name], cluster_centroids_init=init,
                 preserve_sparsity=preserve, cluster_per_channel=params.per_channel,
             )
 
-        clustered, names = wrap_chosen(model.load_keras(), params, supported, wrap, f"stages.{ctx.name}")
-        ctx.log.info("    clustering %s to %d values%s", ", ".join(names), params.number_of_clusters,
-                     ", keeping zeros" if preserve else "")
+        clustered, chosen = wrap_chosen(model.load_keras(), params, supported, wrap, f"stages.{ctx.name}")
+        names = [name for name in chosen if plan[name]]
+        report_plan(plan, params.number_of_clusters, preserve, ctx)
+        if not names:
+            raise PipelineError(
+                f"stages.{ctx.name}.number_of_clusters: no chosen layer has enough distinct weights to cluster; "
+                f"cluster before pruning or choose other layers with stages.{ctx.name}.layers"
+            )
         compile_model(clustered, params)
         fit(clustered, ctx, params)
         stripped = tfmot.clustering.keras.strip_clustering(clustered)
-        check_clusters(stripped, names, params, ctx.name)
+        check_clusters(stripped, plan, params.per_channel, ctx.name)
         facts: dict[str, Any] = {}
         if Effect.PRUNED in model.effects:
             if preserve:
@@ -76,8 +88,9 @@ class ClusterStage(Stage):
                 ctx.log.warning("    preserve_sparsity=false: clustering gives up the pruned zeros")
                 facts = {"target_sparsity": 0.0}
         return save_keras(
-            stripped, ctx, model, effects=self.output_effects(model), number_of_clusters=params.number_of_clusters,
-            clustered_layers=names, sparsity_preserved=preserve, **facts,
+            stripped, ctx, model, effects=self.output_effects(model), metrics={f"clusters.{k}": float(v) for k, v in plan.items()},
+            number_of_clusters=params.number_of_clusters, clustered_layers=names, clusters_per_layer=plan,
+            sparsity_preserved=preserve, **facts,
         )
 
 
@@ -89,15 +102,63 @@ def unique_values(kernel: np.ndarray, per_channel: bool) -> int:
     return max(int(np.unique(channels[:, c]).size) for c in range(channels.shape[1]))
 
 
-def check_clusters(model: Any, names: list[str], params: ClusterParams, stage: str) -> None:
-    """Every clustered kernel holds at most `number_of_clusters` distinct values."""
-    for name in names:
-        found = unique_values(model.get_layer(name).get_weights()[0], params.per_channel)
-        if found > params.number_of_clusters:
+def check_clusters(model: Any, plan: dict[str, int], per_channel: bool, stage: str) -> None:
+    """Every clustered kernel holds at most the distinct values its layer was given."""
+    for name, clusters in plan.items():
+        found = unique_values(model.get_layer(name).get_weights()[0], per_channel)
+        if clusters and found > clusters:
             raise PipelineError(
                 f"stages.{stage}: layer {name} kept {found} distinct weights, more than "
-                f"{params.number_of_clusters}; this layer type is not clustered correctly, add it to stages.{stage}.skip_layers"
+                f"{clusters}; this layer type is not clustered correctly, add it to stages.{stage}.skip_layers"
             )
+
+
+def layer_kernel(layer: Any) -> np.ndarray | None:
+    """The weight clustering acts on (a kernel), or None for layers such as RNNs that hold several."""
+    weights = layer.get_weights()
+    return weights[0] if weights and weights[0].ndim >= 2 else None
+
+
+def clusters_for(kernel: np.ndarray | None, wanted: int, per_channel: bool, preserve: bool) -> int:
+    """The most clusters, up to `wanted`, that `kernel` can hold; 0 when it is too small to cluster.
+
+    A kernel (or, per channel, each output channel) must have at least as many distinct values
+    as clusters. Keeping zeros, TFMOT reserves one centroid for zero and shares the rest between
+    the negative and positive weights in proportion to their counts; each side must then hold
+    its share. TFMOT needs at least 2 clusters (3 when zeros are kept).
+    """
+    if kernel is None:
+        return wanted
+    groups = kernel.reshape(-1, kernel.shape[-1]).T if per_channel and kernel.ndim == 4 else [kernel.ravel()]
+    fewest = 3 if preserve else 2
+    for clusters in range(wanted, fewest - 1, -1):
+        if all(holds(values, clusters, preserve) for values in groups):
+            return clusters
+    return 0
+
+
+def holds(values: np.ndarray, clusters: int, preserve: bool) -> bool:
+    """Whether TFMOT's centroid initialisation can place `clusters` centroids among `values`."""
+    if not preserve:
+        return np.unique(values).size >= clusters
+    negative, positive = values[values < 0], values[values > 0]
+    if not negative.size + positive.size:
+        return False
+    # As TFMOT splits them: round((clusters - 1) * share of negatives), both rounding half to even.
+    on_negative = int(np.round((clusters - 1) * negative.size / (negative.size + positive.size)))
+    return np.unique(negative).size >= on_negative and np.unique(positive).size >= clusters - 1 - on_negative
+
+
+def report_plan(plan: dict[str, int], wanted: int, preserve: bool, ctx: StageContext) -> None:
+    """Log which layers get the clusters asked for, which get fewer and which stay unclustered."""
+    full = [name for name, n in plan.items() if n == wanted]
+    fewer = {name: n for name, n in plan.items() if 0 < n < wanted}
+    left = [name for name, n in plan.items() if not n]
+    ctx.log.info("    clustering %s to %d values%s", ", ".join(full) or "no layer", wanted, ", keeping zeros" if preserve else "")
+    for name, n in fewer.items():
+        ctx.log.warning("    %s: too few distinct weights for %d clusters; clustered to %d", name, wanted, n)
+    if left:
+        ctx.log.warning("    %s: too few distinct weights to cluster; left unclustered", ", ".join(left))
 
 
 def check_kept_sparsity(model: Any, metadata: dict[str, Any], stage: str) -> None:

@@ -67,6 +67,15 @@ class ExportStage(Stage):
     def output_format(cls, input_format: ModelFormat | None) -> ModelFormat:
         return input_format  # type: ignore[return-value]
 
+    def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
+        """A TFLite export needs a TFLite model: no stage turns one back into Keras, so the
+        incoming format tells whether the lineage holds one."""
+        if "tflite" in self.config.formats and input_format is not ModelFormat.TFLITE:
+            raise PipelineError(
+                f"{where}.formats: 'tflite' needs a TFLite model but no stage before {where} converts to TFLite; "
+                f"add a quantize or qat stage before it or remove 'tflite' from {where}.formats"
+            )
+
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         assert model is not None  # guaranteed by `accepts`
         params: ExportParams = self.config

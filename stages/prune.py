@@ -10,7 +10,14 @@ from pydantic import Field, field_validator, model_validator
 from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.stage import Stage, StageContext
-from stages._layer_targets import PLAN, SparsityTarget, check_target, lowest, overall, resolve
+from stages._layer_targets import (
+    PLAN,
+    SparsityTarget,
+    check_target,
+    lowest,
+    overall,
+    resolve,
+)
 from stages._layers import LayerChoice, chosen_layers, wrap_chosen
 from stages._training import FitParams, compile_model, fit, save_keras, steps_per_epoch
 
@@ -44,6 +51,13 @@ class PruneParams(FitParams, LayerChoice):
     )
     frequency: int | None = Field(
         None, ge=1, description="Steps between mask updates; default: about 10 updates over the ramp."
+    )
+    teacher_alpha: float = Field(
+        0.0, ge=0, le=1,
+        description=(
+            "Weight of the distillation teacher's softened outputs while fine-tuning (0: the labels alone); "
+            "needs a distill stage earlier, whose teacher and temperature it uses."
+        ),
     )
 
     _target_form = field_validator("final_sparsity", mode="before")(lambda cls, value: check_target(value))
@@ -94,9 +108,23 @@ class PruneStage(Stage):
         if self.config.final_sparsity == PLAN and Effect.SPARSITY_PLANNED not in effects:
             raise PipelineError(
                 f"{where}.final_sparsity: 'plan' takes the per-layer plan of a sensitivity stage, but none comes "
-                f"before this one (with no training in between); add `sensitivity: {{target_sparsity: 0.8}}` before "
-                f"it or give numbers"
+                f"before this one (with no training or channel pruning in between); add "
+                f"`sensitivity: {{target_sparsity: 0.8}}` before it or give numbers"
             )
+        if self.config.teacher_alpha and Effect.DISTILLED not in effects:
+            raise PipelineError(
+                f"{where}.teacher_alpha: the model reaching {where} has no teacher; "
+                f"put a distill stage before it or set {where}.teacher_alpha=0"
+            )
+
+    def over_budget(self, output: ModelArtifact, accuracy: float, floor: float, where: str) -> str:
+        """Planned sparsity the runner measured below the floor: less sparsity, more fine-tuning or more budget."""
+        planner = output.metadata.get("sparsity_plan_stage", "sensitivity")
+        return (
+            f"{where}.final_sparsity: the planned {output.metadata['sparsity_plan_target']:.1%} sparsity leaves validation "
+            f"accuracy {accuracy:.4f}, below the budget's floor {floor:.4f}; lower stages.{planner}.target_sparsity, "
+            f"raise {where}.epochs or give more budget (budget.accuracy_drop)"
+        )
 
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
         """Pruned; fine-tuning moves clustered weights off their shared values."""
@@ -108,16 +136,24 @@ class PruneStage(Stage):
         assert model is not None  # guaranteed by `accepts`
         params: PruneParams = self.config
         where = f"stages.{ctx.name}"
+        self.check_input(model.format, model.effects, where)  # also when called without a checked recipe
         sparsity = tfmot.sparsity.keras
         keras_model = model.load_keras()
         end_step, frequency = mask_schedule(params, params.epochs * steps_per_epoch(ctx, params))
         pattern = tuple(params.m_by_n) if params.m_by_n else None
 
+        too_narrow: list[str] = []
+
         def supported(layer: Any) -> bool:
             if not isinstance(layer, sparsity.PrunableLayer) and not prunable(layer):
                 return False
-            # m:n groups run along the input channels; a layer with fewer cannot hold the pattern.
-            return pattern is None or layer.get_weights()[0].shape[-2] % pattern[1] == 0
+            # m:n groups run along the input channels; a layer whose count is no multiple of n
+            # cannot hold the pattern and stays dense (said below, and in the artifact).
+            if pattern is not None and layer.get_weights()[0].shape[-2] % pattern[1]:
+                if layer.name not in too_narrow:  # asked once for the targets, once for the wrapping
+                    too_narrow.append(layer.name)
+                return False
+            return True
 
         def wrap(layer: Any) -> Any:
             schedule = pruning_schedule(params, targets[layer.name], end_step, frequency)
@@ -131,17 +167,19 @@ class PruneStage(Stage):
             "    pruning %s: %.1f%% of their weights by step %d, mask update every %d steps",
             ", ".join(f"{n} {100 * t:.0f}%" for n, t in targets.items()), 100 * planned, end_step, frequency,
         )
-        compile_model(pruned, params)
-        fit(pruned, ctx, params, callbacks=[sparsity.UpdatePruningStep()])
+        if too_narrow:
+            ctx.log.warning(
+                "    %s left dense: %d:%d groups need input channels in multiples of %d",
+                ", ".join(too_narrow), pattern[0], pattern[1], pattern[1],
+            )
+        fine_tune(pruned, model, ctx, params, callbacks=[sparsity.UpdatePruningStep()])
         stripped = sparsity.strip_pruning(pruned)
         check_sparsity(stripped, targets, params, ctx.name)
-        if params.final_sparsity == PLAN:
-            check_budget(stripped, ctx, planned, model.metadata.get("sparsity_plan_stage"))
         pruned_sizes = {name: sizes.get(name, 0) for name in names}
         return save_keras(
             stripped, ctx, model, effects=self.output_effects(model), target_sparsity=overall(pruned_sizes, targets),
-            layer_sparsity=targets,
-            m_by_n=list(pattern) if pattern else None, pruned_layers=names,
+            layer_sparsity=targets, m_by_n=list(pattern) if pattern else None, pruned_layers=names, left_dense=too_narrow,
+            metrics={"layers_left_dense": float(len(too_narrow))} if pattern else None,
         )
 
 
@@ -151,33 +189,38 @@ def layer_targets(
     """Each layer's target sparsity; the kernel sizes of the chosen layers (those a mapping or plan
     leaves dense included, so that overall shares count them); and the choice of layers to wrap,
     which skips the layers with nothing to prune."""
-    targets = resolve(keras_model.layers, params.final_sparsity, plan, where)
+    targets = resolve(keras_model, params.final_sparsity, plan, where)
     candidates = chosen_layers(keras_model, params, supported, where)
     sizes = {layer.name: int(layer.kernel.shape.num_elements()) for layer in candidates if hasattr(layer, "kernel")}
     choice = params.model_copy(update={"skip_layers": [*params.skip_layers, *(n for n, t in targets.items() if t == 0)]})
     return targets, sizes, choice
 
 
-def check_budget(model: Any, ctx: StageContext, planned: float, planner: str | None) -> None:
-    """Fail when sparsity the pipeline planned leaves the model below the accuracy budget's floor."""
-    if ctx.budget is None:
+def fine_tune(keras_model: Any, model: ModelArtifact, ctx: StageContext, params: PruneParams, callbacks: list[Any]) -> None:
+    """Fit on the labels, or with `teacher_alpha` on the distillation teacher's outputs as well."""
+    if not params.teacher_alpha:
+        compile_model(keras_model, params)
+        fit(keras_model, ctx, params, callbacks=callbacks)
         return
-    from pipeline.measure import hits, keras_predict
+    from stages.distill import (
+        distillation_loss,
+        packed_accuracy,
+        teacher_of,
+        teacher_targets,
+    )
 
-    accuracy = hits(keras_predict(model, ctx.data.x_val)[1], ctx.data.y_val)
-    ctx.log.info("    planned sparsity: validation accuracy %.4f, budget floor %.4f", accuracy, ctx.budget.floor)
-    if not ctx.budget.meets(accuracy):
-        raise PipelineError(
-            f"stages.{ctx.name}.final_sparsity: the planned {planned:.1%} sparsity leaves validation accuracy "
-            f"{accuracy:.4f}, below the budget's floor {ctx.budget.floor:.4f}; lower "
-            f"stages.{planner or 'sensitivity'}.target_sparsity, raise stages.{ctx.name}.epochs or give more budget "
-            f"(budget.accuracy_drop)"
-        )
+    teacher, temperature = teacher_of(model, ctx)
+    ctx.log.info("    fine-tuning on the distillation teacher's outputs (alpha %.2f, T %.1f)", params.teacher_alpha, temperature)
+    loss = distillation_loss("kl", params.teacher_alpha, temperature)
+    compile_model(keras_model, params, loss=loss, metrics=[packed_accuracy])
+    fit(keras_model, ctx, params, callbacks=callbacks, targets=teacher_targets(teacher, ctx.data))
 
 
 def prunable(layer: Any) -> bool:
     """Whether TFMOT's registry knows how to prune `layer` (Dense, Conv, ...) and it has weights."""
-    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import (
+        PruneRegistry,
+    )
 
     return PruneRegistry.supports(layer) and bool(PruneRegistry._weight_names(layer))
 

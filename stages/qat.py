@@ -8,10 +8,16 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.artifact import Effect, ModelArtifact, ModelFormat
+from pipeline.artifact import STRUCTURAL, Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.stage import StageContext
-from stages._fallback import Fallback, FallbackParams, FallbackStage, fall_back, float_kept
+from stages._fallback import (
+    Fallback,
+    FallbackParams,
+    FallbackStage,
+    fall_back,
+    float_kept,
+)
 from stages._gates import GateParams, apply_gates
 from stages._serving import ServingParams, for_serving, serving_model
 from stages._training import FitParams, compile_model, fit
@@ -69,7 +75,7 @@ class QuantizeAwareStage(FallbackStage):
 
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
         """Quantization-aware, keeping what the scheme preserves (auto keeps all it finds)."""
-        kept = incoming if self.config.scheme == "auto" else incoming & KEEPS[self.config.scheme]
+        kept = incoming if self.config.scheme == "auto" else incoming & (KEEPS[self.config.scheme] | STRUCTURAL)
         return kept | {Effect.QUANTIZE_AWARE}
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
@@ -103,7 +109,10 @@ class QuantizeAwareStage(FallbackStage):
             candidate = functools.partial(self.candidate, model, scheme, settling, ctx, serve, calibration)
             fallen = fall_back(serve(model.load_keras()), calibration, path, params.accuracy_tolerance, serving_ctx, candidate)
         metadata.update(fallen.facts)
-        gates = apply_gates(params, True, served, path, serving_ctx.data, where, fallen.float_layers, ctx.log)
+        # The gate compares with the fine-tuned model, not the float one the fallback measured: only
+        # the shipped file's accuracy is known already.
+        known = {"tflite_accuracy": fallen.accuracies["tflite_accuracy"]} if fallen.accuracies else None
+        gates = apply_gates(params, True, served, path, serving_ctx.data, where, fallen.float_layers, ctx.log, known)
         metadata.update(gates.facts)
         return ModelArtifact(
             path, ModelFormat.TFLITE, ctx.name, model, metadata, self.output_effects(model),

@@ -87,7 +87,9 @@ class QuantizeStage(FallbackStage):
         }
         fallen = fall_back(keras_model, calibration, path, params.accuracy_tolerance, ctx) if params.fallback == "auto" else Fallback()
         metadata.update(fallen.facts)
-        gates = apply_gates(params, params.mode == "int8", keras_model, path, ctx.data, where, fallen.float_layers, ctx.log)
+        gates = apply_gates(
+            params, params.mode == "int8", keras_model, path, ctx.data, where, fallen.float_layers, ctx.log, fallen.accuracies
+        )
         metadata.update(gates.facts)
         return ModelArtifact(
             path, ModelFormat.TFLITE, ctx.name, model, metadata, self.output_effects(model),

@@ -127,13 +127,13 @@ def measure_layers(
             "    [%d/%d] %s: %s", index, len(layers), layer.name,
             ", ".join(f"{s:.0%} -> {a:.4f}" for s, a in found.items()),
         )
-        measured.append(planning.LayerSensitivity(layer.name, type(layer).__name__, int(kernel.size), found))
+        measured.append(planning.LayerSensitivity(layer.name, type(layer).__name__, kernel.size, found))
     return base, measured
 
 
 def magnitude_pruned(kernel: np.ndarray, sparsity: float) -> np.ndarray:
     """`kernel` with its smallest-magnitude `sparsity` share of weights set to zero."""
-    count = int(round(sparsity * kernel.size))
+    count = round(sparsity * kernel.size)
     flat = kernel.flatten()
     if count:
         flat[np.argpartition(np.abs(flat), count - 1)[:count]] = 0

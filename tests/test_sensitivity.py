@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from pipeline.artifact import Effect
-from pipeline.budget import Budget
+from pipeline.budget import Ledger
 from pipeline.errors import PipelineError
-from pipeline.recipe import build_plan
+from pipeline.measure import validation_accuracy
+from pipeline.recipe import PlannedStage, build_plan
+from pipeline.runner import StageOutcome, account
 from stages._sparsity_plan import LayerSensitivity, plan
 from stages.prune import PruneParams, PruneStage, pruned_sparsity
 from stages.sensitivity import SensitivityParams, SensitivityStage, magnitude_pruned
-from tests._tiny import context
 from tests._runs import compose_config
+from tests._tiny import context
 
 
 def layer(name, size, drops, base=0.9):
@@ -95,10 +96,20 @@ def test_prune_follows_the_plan_layer_by_layer(tmp_path, measured):
     assert zeros / sum(sizes.values()) == pytest.approx(0.85, abs=0.02)
 
 
-def test_planned_pruning_that_misses_the_budget_fails_in_one_line(tmp_path, measured):
-    ctx = dataclasses.replace(context(tmp_path, "prune", 2), budget=Budget(1.0, "train", 0.0, 1.0))
+def test_planned_pruning_that_misses_the_budget_stops_the_run_in_one_line(tmp_path, measured):
+    stage = PruneStage(PruneParams(final_sparsity="plan", epochs=1))
+    ctx = context(tmp_path, "prune", 2)
+    pruned = stage.run(measured, ctx)
+    ledger = Ledger(0.0)  # not one example of validation accuracy may be lost against a perfect reference
+    ledger.record("train", 1.0)
+    accuracy = validation_accuracy(pruned, ctx.data)  # what the runner measured after the stage
+    assert accuracy < 1.0
+    outcome = StageOutcome(pruned, {"val_accuracy": accuracy}, 1.0, cached=False)
     with pytest.raises(PipelineError, match=r"^stages.prune.final_sparsity: the planned 85.0% sparsity leaves validation accuracy .* below the budget's floor 1.0000; lower stages.sensitivity.target_sparsity"):
-        PruneStage(PruneParams(final_sparsity="plan", epochs=1)).run(measured, ctx)
+        account(ledger, PlannedStage("prune", "prune", stage), outcome)
+    ledger = Ledger(1.0)
+    ledger.record("train", 1.0)
+    assert account(ledger, PlannedStage("prune", "prune", stage), outcome).metrics["budget_spent"] == pytest.approx(1 - accuracy)
 
 
 def test_prune_takes_targets_by_layer_type_and_name(tmp_path, trained):
