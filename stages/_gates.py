@@ -45,7 +45,6 @@ class GateParams(Params):
             )
 
 
-
 @dataclass(frozen=True)
 class GateResult:
     """What the gates found: facts for the artifact's metadata, and the accuracies they compared."""
