@@ -14,6 +14,7 @@ from pipeline.schema import Params, Plugin
 
 if TYPE_CHECKING:
     from pipeline.data import Dataset
+    from pipeline.layer_plan import LayerPlan, StagePlan
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,15 @@ class Stage(Plugin):
         express: a stage that needs a teacher file when no model precedes it, or one that cannot
         take a model wrapped for quantization-aware training. `where` is `stages.NAME`.
         """
+
+    def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan | None:
+        """What this stage will do to each layer of `model` (a tf-keras model), without training.
+
+        `earlier` holds what the stages before it will have done (e.g. which layers were pruned).
+        None (the default) means the stage changes no layer in particular. A stage that acts layer
+        by layer raises `pipeline.layer_plan.NeedsLayerGraph` for a model without a layer graph.
+        """
+        return None
 
     @classmethod
     def output_format(cls, input_format: ModelFormat | None) -> ModelFormat:

@@ -31,8 +31,10 @@ def apply_gates(params: GateParams, int8: bool, keras_model: Any, path: Path, da
     """Run the gates `params` asks for on the TFLite file at `path`; their findings as metadata."""
     facts: dict[str, Any] = {}
     if params.require_integer == "true" or (params.require_integer == "auto" and int8):
-        integer_gate(path, where)
+        integer_gate(path, where, keras_model)
         facts["fully_integer"] = True
+    elif int8:  # shipped with float layers on purpose: say which
+        facts["float_layers"] = list(float_layers(path, keras_model))
     if params.accuracy_tolerance is not None:
         facts["gate"] = accuracy_gate(keras_model, path, data, params.accuracy_tolerance, where)
     return facts
@@ -56,6 +58,11 @@ def accuracy_gate(keras_model: Any, tflite_path: Path, data: Any, tolerance: flo
 
 def float_operators(path: Path) -> list[str]:
     """Names of operators that read or write a floating-point tensor."""
+    return [name for name, _ in float_ops(path)]
+
+
+def float_ops(path: Path) -> list[tuple[str, list[str]]]:
+    """Each operator that reads or writes a floating-point tensor: its name and its output tensors' names."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -64,20 +71,54 @@ def float_operators(path: Path) -> list[str]:
     found = []
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
-            tensors = [i for i in [*(op.inputs if op.inputs is not None else []), *(op.outputs if op.outputs is not None else [])] if i >= 0]
+            outputs = [i for i in (op.outputs if op.outputs is not None else []) if i >= 0]
+            tensors = [i for i in [*(op.inputs if op.inputs is not None else []), *outputs] if i >= 0]
             if any(subgraph.tensors[i].type in FLOAT_TYPES for i in tensors):
                 code = model.operatorCodes[op.opcodeIndex]
-                found.append(names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM"))
+                op_name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+                found.append((op_name, [_text(subgraph.tensors[i].name) for i in outputs]))
     return found
 
 
-def integer_gate(path: Path, where: str) -> None:
-    """PipelineError unless every operator is integer and the input and output are int8."""
+def _text(name: bytes | str | None) -> str:
+    return name.decode() if isinstance(name, bytes) else name or ""
+
+
+def float_layers(path: Path, keras_model: Any) -> dict[str, list[str]]:
+    """The Keras layers (`name (Type)`) whose TFLite operators compute in float, with those operators.
+
+    The converter names each tensor after the layer that made it (`model/norm/add`); the
+    QUANTIZE and DEQUANTIZE operators around a float layer are its boundary, not the layer.
+    """
+    known = {layer.name: f"{layer.name} ({type(layer).__name__})" for layer in keras_model.layers}
+    found: dict[str, list[str]] = {}
+    for op, outputs in float_ops(path):
+        if op in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        parts = [part for name in outputs for piece in name.split(";") for part in piece.split("/")]
+        ops = found.setdefault(next((known[part] for part in parts if part in known), "other"), [])
+        if op not in ops:
+            ops.append(op)
+    return found
+
+
+def integer_gate(path: Path, where: str, keras_model: Any = None) -> None:
+    """PipelineError unless every operator is integer and the input and output are int8.
+
+    Given the Keras model the file was converted from, the error names the layers left in float.
+    """
     from pipeline import litert
 
     runner = litert.interpreter(path, threads=1)
     io = {"input": runner.get_input_details()[0]["dtype"], "output": runner.get_output_details()[0]["dtype"]}
     wrong = [f"{side} is {np.dtype(dtype).name}" for side, dtype in io.items() if dtype != np.int8]
+    layers = float_layers(path, keras_model) if keras_model is not None else {}
+    if layers and not wrong:
+        listed = ", ".join(f"{layer}: {' '.join(ops)}" for layer, ops in layers.items())
+        raise PipelineError(
+            f"{where}.require_integer: layers the int8 kernels cannot run stay float: {listed}; set "
+            f"{where}.require_integer=false to ship them as float layers, or replace them with layers that have int8 kernels"
+        )
     floats = float_operators(path)
     if floats:
         wrong.append(f"float operators {', '.join(sorted(set(floats)))}")

@@ -146,11 +146,14 @@ def save_keras(model: Any, ctx: StageContext, parent: ModelArtifact | None, **me
     """Save `model` as `<workdir>/model.keras` and describe it as this stage's artifact.
 
     Metadata of earlier stages is carried over (a later stage learns that the model was pruned
-    or clustered), then updated with this stage's facts.
+    or clustered), then updated with this stage's facts; `metrics` (numbers the runner logs)
+    are merged rather than replaced.
     """
     path = ctx.workdir / "model.keras"
     without_training_state(float32_copy(model)).save(path)
-    metadata = {**(parent.metadata if parent is not None else {}), **metadata}
+    inherited = parent.metadata if parent is not None else {}
+    metrics = {**inherited.get("metrics", {}), **metadata.pop("metrics", {})}
+    metadata = {**inherited, **metadata, **({"metrics": metrics} if metrics else {})}
     return ModelArtifact(path, ModelFormat.KERAS, ctx.name, parent, metadata)
 
 

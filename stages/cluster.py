@@ -9,8 +9,9 @@ from pydantic import Field
 
 from pipeline.artifact import ModelArtifact
 from pipeline.errors import PipelineError
+from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.stage import Stage, StageContext
-from stages._layers import LayerChoice, wrap_chosen
+from stages._layers import LayerChoice, acted_on, choose_layers, kernel_share, left_alone, wrap_layers
 from stages._training import FitParams, compile_model, fit, save_keras
 from stages.prune import SPARSITY_TOLERANCE, pruned_sparsity
 
@@ -35,20 +36,40 @@ class ClusterStage(Stage):
 
     Config: ClassVar = ClusterParams
 
+    def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
+        """Which layers are clustered and which keep their values (and why), before any training."""
+        actions = self.choose(model, where)
+        keeps = " keeping pruned zeros" if self.preserves(bool(earlier.layers("pruned"))) else ""
+        summary = f"clusters to {self.config.number_of_clusters} values{keeps}; left unclustered: {left_alone(model, actions, 'clustered')}"
+        return StagePlan(actions, summary)
+
+    def choose(self, model: Any, where: str) -> dict[str, Action]:
+        """`clustered` or `unclustered` with the reason, for every layer with a kernel."""
+        from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import ClusteringRegistry
+
+        def why_not(layer: Any) -> str | None:
+            return None if ClusteringRegistry.supports(layer) else "not clusterable"
+
+        return choose_layers(model, self.config, why_not, where, "clustered", "unclustered")
+
+    def preserves(self, pruned: bool) -> bool:
+        """Whether pruned zeros stay zero: asked for, or (auto) when an earlier stage pruned."""
+        return self.config.preserve_sparsity == "true" or (self.config.preserve_sparsity == "auto" and pruned)
+
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         import tensorflow_model_optimization as tfmot
-        from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import ClusteringRegistry
         from tensorflow_model_optimization.python.core.clustering.keras.experimental import cluster
 
         assert model is not None  # guaranteed by `accepts`
         params: ClusterParams = self.config
-        preserve = params.preserve_sparsity == "true" or (
-            params.preserve_sparsity == "auto" and bool(model.metadata.get("pruned"))
-        )
+        preserve = self.preserves(bool(model.metadata.get("pruned")))
         init = tfmot.clustering.keras.CentroidInitialization[params.centroid_init.upper()]
-
-        def supported(layer: Any) -> bool:
-            return ClusteringRegistry.supports(layer) and bool(layer.get_weights())
+        keras_model = model.load_keras()
+        actions = self.choose(keras_model, f"stages.{ctx.name}")
+        names = acted_on(actions, "clustered")
+        unclustered = [n for n, a in actions.items() if a.kind != "clustered"]
+        ctx.log.info("    clustering %d layers to %d values%s; left unclustered: %s", len(names), params.number_of_clusters,
+                     ", keeping zeros" if preserve else "", left_alone(keras_model, actions, "clustered"))
 
         def wrap(layer: Any) -> Any:
             return cluster.cluster_weights(
@@ -56,9 +77,7 @@ class ClusterStage(Stage):
                 preserve_sparsity=preserve, cluster_per_channel=params.per_channel,
             )
 
-        clustered, names = wrap_chosen(model.load_keras(), params, supported, wrap, f"stages.{ctx.name}")
-        ctx.log.info("    clustering %s to %d values%s", ", ".join(names), params.number_of_clusters,
-                     ", keeping zeros" if preserve else "")
+        clustered = wrap_layers(keras_model, names, wrap)
         compile_model(clustered, params)
         fit(clustered, ctx, params)
         stripped = tfmot.clustering.keras.strip_clustering(clustered)
@@ -72,7 +91,8 @@ class ClusterStage(Stage):
                 facts = {"pruned": False, "target_sparsity": 0.0}
         return save_keras(
             stripped, ctx, model, clustered=True, number_of_clusters=params.number_of_clusters,
-            clustered_layers=names, sparsity_preserved=preserve, **facts,
+            clustered_layers=names, unclustered_layers=unclustered, sparsity_preserved=preserve,
+            metrics={"unclustered_share": kernel_share(keras_model, unclustered)}, **facts,
         )
 
 

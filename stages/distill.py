@@ -12,7 +12,8 @@ from pydantic import Field
 
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
-from pipeline.models.compat import without_softmax
+from pipeline.layer_plan import LayerPlan, StagePlan
+from pipeline.models.compat import build, prepared
 from pipeline.stage import Stage, StageContext
 from stages._training import FitParams, compile_model, fit, save_keras
 
@@ -42,9 +43,6 @@ class DistillStage(Stage):
     accepts: ClassVar = frozenset({None, ModelFormat.KERAS})
 
     def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
-        from pipeline import registry
-        from pipeline.recipe import configure
-
         params: DistillParams = self.config
         if params.teacher is None and input_format is None:
             raise PipelineError(
@@ -53,24 +51,33 @@ class DistillStage(Stage):
             )
         if params.teacher is not None and not Path(params.teacher).exists():
             raise PipelineError(f"{where}.teacher: no such file '{params.teacher}'; give the path of a .keras, .h5 or SavedModel")
-        configure(registry.MODELS, params.student, f"{where}.student")
+        self.student_builder(where)
+
+    def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
+        """A new student replaces the model: later stages act on its layers."""
+        builder = self.student_builder(where)
+        student = prepared(builder.build(tuple(model.input_shape[1:]), model.output_shape[-1]), f"{where}.student")
+        return StagePlan(summary=f"trains a new {self.config.student['name']} student on the teacher's outputs", model=student)
+
+    def student_builder(self, where: str) -> Any:
+        """The configured model plugin of the student."""
+        from pipeline import registry
+        from pipeline.recipe import configure
+
+        return configure(registry.MODELS, self.config.student, f"{where}.student")
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         import tf_keras as keras
 
-        from pipeline import registry
-        from pipeline.recipe import configure
-
         params: DistillParams = self.config
         if params.teacher is not None:
-            teacher = without_softmax(keras.models.load_model(params.teacher, compile=False))
+            teacher = prepared(keras.models.load_model(params.teacher, compile=False), f"stages.{ctx.name}.teacher")
             if getattr(teacher, "softmax_removed", False):
                 ctx.log.warning("    stages.%s.teacher: %s ends in a softmax; distilling from the logits before it", ctx.name, params.teacher)
         else:
             assert model is not None  # guaranteed by check_input
             teacher = model.load_keras()
-        builder = configure(registry.MODELS, params.student, f"stages.{ctx.name}.student")
-        student = ctx.device.prepare(builder.build(ctx.data.input_shape, ctx.data.num_classes))
+        student = ctx.device.prepare(build(self.student_builder(f"stages.{ctx.name}"), ctx.data))
         data = ctx.data
         targets = (pack(data.y_train, predict(teacher, data.x_train)), pack(data.y_val, predict(teacher, data.x_val)))
         teacher_accuracy = float(np.mean(np.argmax(predict(teacher, data.x_test), -1) == data.y_test))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -9,8 +10,10 @@ from pydantic import Field
 
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
+from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.stage import Stage, StageContext
 from stages._gates import GateParams, apply_gates
+from stages._layers import require_layer_graph
 from stages._training import FitParams, compile_model, fit
 
 # What each collaborative scheme needs an earlier stage to have done.
@@ -67,6 +70,14 @@ class QuantizeAwareStage(Stage):
                 f"{' or '.join(missing)} the model; use scheme=auto or add the stage first"
             )
 
+    def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
+        """Which layers train quantization-aware and which are only calibrated at conversion (and why)."""
+        require_layer_graph(model, where)
+        scheme = chosen_scheme(self.config.scheme, {"pruned": earlier.layers("pruned"), "clustered": earlier.layers("clustered")})
+        actions = annotation(model, scheme)
+        calibrated = [name for name, action in actions.items() if action.kind != AWARE]
+        return StagePlan(actions, f"scheme {scheme}, then full-integer int8; calibrated only: {', '.join(calibrated) or 'none'}")
+
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         from stages.quantize import QuantizeParams, calibration_set, convert
 
@@ -77,8 +88,11 @@ class QuantizeAwareStage(Stage):
         missing = [need for need in NEEDS[scheme] if not model.metadata.get(need)]
         if missing:  # e.g. a model file given to an earlier stage that did not record pruning
             raise PipelineError(f"{where}.scheme: '{scheme}' needs a {' and '.join(missing)} model; use scheme=auto")
-        ctx.log.info("    quantization-aware training, scheme %s", scheme)
-        aware = quantize_aware(model.load_keras(), scheme)
+        aware, calibrated = quantize_aware(model.load_keras(), scheme)
+        ctx.log.info(
+            "    quantization-aware training, scheme %s; calibrated at conversion only (TFMOT cannot train them "
+            "quantization-aware): %s", scheme, ", ".join(f"{name} ({kind})" for name, kind in calibrated.items()) or "none",
+        )
         settle_ranges(aware, calibration_set(ctx, QuantizeParams(calibration_samples=params.calibration_samples)))
         compile_model(aware, params)
         fit(aware, ctx, params)
@@ -87,7 +101,7 @@ class QuantizeAwareStage(Stage):
         path.write_bytes(convert(aware, conversion, calibration_set(ctx, conversion), sparse=False))
         metadata: dict[str, Any] = {
             **model.metadata, "quantization": "int8", "quantize_aware": True, "qat_scheme": scheme,
-            "calibration_samples": params.calibration_samples,
+            "calibration_samples": params.calibration_samples, "calibrated_layers": list(calibrated),
         }
         metadata.update(apply_gates(params, True, aware, path, ctx.data, where))
         return ModelArtifact(path, ModelFormat.TFLITE, ctx.name, model, metadata)
@@ -118,19 +132,109 @@ def settle_ranges(aware: Any, calibration: Any, rounds: int = 3) -> None:
             ranges[i].assign((after[i] - 0.999 * before[i]) / 0.001)
 
 
-def quantize_aware(keras_model: Any, scheme: str) -> Any:
-    """`keras_model` wrapped by TFMOT's quantize_apply with the scheme's quantization registry."""
+AWARE = "quantization-aware"
+
+
+def scheme_of(name: str) -> Any:
+    """TFMOT's quantization scheme for `name`, restricted to the layers its configs can quantize."""
     import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
         default_8bit_cluster_preserve_quantize_scheme as cluster_preserve,
     )
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_scheme
 
-    quantization = tfmot.quantization.keras
-    if scheme == "default":
-        return quantization.quantize_model(keras_model)
     schemes = {
-        "pqat": lambda: tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme(),
+        "default": default_8bit_quantize_scheme.Default8BitQuantizeScheme,
+        "pqat": tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme,
         "cqat": lambda: cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False),
         "pcqat": lambda: cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True),
     }
-    return quantization.quantize_apply(quantization.quantize_annotate_model(keras_model), schemes[scheme]())
+    return _Supported(schemes[name]())
+
+
+class _Supported:
+    """A quantization scheme whose registry supports only layers the default 8-bit configs can quantize.
+
+    The collaborative schemes' registries claim every layer without trainable weights but take
+    their configs from the default registry, which refuses many of them (Resizing, RandomFlip):
+    `quantize_apply` would fail on such a layer when it feeds an annotated one, instead of
+    leaving it to conversion.
+    """
+
+    def __init__(self, scheme: Any):
+        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+            default_8bit_quantize_registry,
+        )
+
+        self.scheme, self.registry = scheme, scheme.get_quantize_registry()
+        self.default = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+
+    def get_layout_transformer(self) -> Any:
+        return self.scheme.get_layout_transformer()
+
+    def get_quantize_registry(self) -> Any:
+        return self
+
+    def supports(self, layer: Any) -> bool:
+        return self.registry.supports(layer) and self.default.supports(layer)
+
+    def get_quantize_config(self, layer: Any) -> Any:
+        return self.registry.get_quantize_config(layer)
+
+
+def annotation(model: Any, scheme: str) -> dict[str, Action]:
+    """`quantization-aware` for each layer the scheme supports; `calibrated` with the reason for the rest.
+
+    BatchNormalization counts as supported after a Conv2D, DepthwiseConv2D or Dense with no
+    activation: TFMOT's transforms fold those pairs.
+    """
+    import tf_keras as keras
+
+    registry = scheme_of(scheme)
+    actions = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        supported = registry.supports(layer) or folded_batch_norm(layer)
+        actions[layer.name] = Action(AWARE) if supported else Action("calibrated", f"no TFMOT support for {type(layer).__name__}")
+    return actions
+
+
+def folded_batch_norm(layer: Any) -> bool:
+    """Whether `layer` is a BatchNormalization right after a linear Conv2D, DepthwiseConv2D or Dense."""
+    import tf_keras as keras
+
+    if not isinstance(layer, keras.layers.BatchNormalization) or len(layer.inbound_nodes) != 1:
+        return False
+    before = layer.inbound_nodes[0].inbound_layers
+    linear = isinstance(before, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense))
+    return linear and before.get_config().get("activation") == "linear"
+
+
+def quantize_aware(keras_model: Any, scheme: str) -> tuple[Any, dict[str, str]]:
+    """`keras_model` with the layers TFMOT supports trained quantization-aware under `scheme`.
+
+    TFMOT's "quantize some layers" pattern: supported layers are annotated, the others stay float
+    in the Keras model, and the converter quantizes them from the calibration data. Returns the
+    model and the layers left out, with their types.
+    """
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    quantization = tfmot.quantization.keras
+    actions = annotation(keras_model, scheme)
+    aware_names = {name for name, action in actions.items() if action.kind == AWARE}
+    while True:
+        annotated = keras.models.clone_model(
+            keras_model, clone_function=lambda layer: quantization.quantize_annotate_layer(layer) if layer.name in aware_names else layer
+        )
+        try:
+            with quantization.quantize_scope():
+                aware = quantization.quantize_apply(annotated, scheme_of(scheme))
+            break
+        except RuntimeError as error:  # a layer TFMOT's transforms did not take after all: leave it out
+            refused = re.match(r"Layer (\S+?):", str(error))
+            if refused is None or refused.group(1) not in aware_names:
+                raise
+            aware_names.discard(refused.group(1))
+    return aware, {name: type(keras_model.get_layer(name)).__name__ for name in actions if name not in aware_names}

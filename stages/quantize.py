@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
+from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.stage import Stage, StageContext
 from stages._gates import GateParams, apply_gates
 
@@ -19,6 +20,8 @@ from stages._gates import GateParams, apply_gates
 CALIBRATED = {"int8", "int16x8"}
 # Modes whose weights stay floating point.
 FLOAT_MODES = {"none", "float16"}
+# What each mode makes of a layer, in the layer plan.
+MODE_WORDS = {"none": "float32", "dynamic": "int8 weights", "float16": "float16 weights", "int8": "int8", "int16x8": "int16x8"}
 
 
 class QuantizeParams(GateParams):
@@ -54,6 +57,13 @@ class QuantizeStage(Stage):
 
     Config: ClassVar = QuantizeParams
     produces: ClassVar = ModelFormat.TFLITE
+
+    def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
+        """The number format of each layer with weights in the TFLite file."""
+        mode = self.config.mode
+        actions = {layer.name: Action(MODE_WORDS[mode]) for layer in model.layers if layer.weights}
+        calibrated = f", calibrated on {self.config.calibration_samples} training examples" if mode in CALIBRATED else ""
+        return StagePlan(actions, f"TFLite {MODE_WORDS[mode]}{calibrated}; layers TFLite runs only in float are named after conversion")
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         assert model is not None  # guaranteed by `accepts`

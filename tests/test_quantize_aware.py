@@ -123,7 +123,7 @@ def test_activation_ranges_start_at_the_data_not_at_tfmot_defaults(trained):
     x = digits().x_train[:256]
     model = trained.load_keras()
     hidden = keras.Model(model.inputs, model.layers[-2].output)(x).numpy()  # the ReLU dense layer's outputs
-    aware = quantize_aware(model, "default")
+    aware, _ = quantize_aware(model, "default")
     low, high = (next(v for v in aware.non_trainable_variables if v.name.endswith(f"{model.layers[-2].name}/post_activation_{end}:0"))
                  for end in ("min", "max"))
     aware(x, training=True)  # a training step moves TFMOT's [-6, 6] start by only 0.1%

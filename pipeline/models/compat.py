@@ -6,12 +6,26 @@ import logging
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.models.flatten import flatten
 
 log = logging.getLogger("pipeline")
 
 
-def check_compatible(builder: Any, data: Any) -> None:
-    """Raise PipelineError when the model cannot take `data`'s examples or predict its classes.
+def build(builder: Any, data: Any) -> Any:
+    """The model of `builder` for `data` as every stage gets it: one flat graph that outputs logits."""
+    return prepared(builder.build(data.input_shape, data.num_classes), describe(builder), data.x_train[:32])
+
+
+def prepared(model: Any, where: str, sample: Any = None) -> Any:
+    """`model` with nested models flattened into one graph (checked on `sample`) and a final softmax removed.
+
+    Flattening comes first, so that a softmax at the end of a nested head is found too.
+    """
+    return without_softmax(flatten(model, sample, where))
+
+
+def check_compatible(builder: Any, data: Any) -> Any:
+    """The model as the stages will get it, or PipelineError when it cannot take `data`'s examples or classes.
 
     Built-in architectures state their needs in `check` (no model is built for that); every model
     is then built once and its actual input and output shapes compared with the data, which
@@ -37,11 +51,13 @@ def check_compatible(builder: Any, data: Any) -> None:
             f"{origin} outputs {plain(outputs)} but the data has {data.num_classes} classes; "
             f"give the model a final Dense({data.num_classes}) layer with no activation (logits)"
         )
+    model = prepared(model, origin, data.x_train[:32])
     if getattr(model, "softmax_removed", False):
         log.warning(
             "%s ends in a softmax; the stages train on the logits before it, and the exported model "
             "outputs those logits (the same top class)", origin,
         )
+    return model
 
 
 def without_softmax(model: Any) -> Any:

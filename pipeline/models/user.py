@@ -19,7 +19,6 @@ from pydantic import Field, field_validator
 
 from pipeline.errors import PipelineError
 from pipeline.fields import ExistingPath, Required
-from pipeline.models.compat import without_softmax
 from pipeline.schema import Params, Plugin
 from pipeline.security import check_target
 
@@ -67,7 +66,7 @@ class FileModel(Plugin):
             raise PipelineError(load_failure(path, error)) from None
         if not isinstance(model, keras.Model):
             raise PipelineError(f"model.path: {path} is not a Keras model; save it with tf_keras model.save()")
-        return without_softmax(model)
+        return model
 
 
 def load_failure(path: str, error: Exception) -> str:
@@ -124,7 +123,7 @@ class CustomModel(Plugin):
                 f"model.target: {self.config.target} returned {type(model).__name__}, not a tf_keras model; "
                 "build it with `import tf_keras as keras` (TFMOT needs Keras 2)"
             )
-        return without_softmax(model)
+        return model
 
 
 def resolve(target: str) -> Any:
