@@ -45,3 +45,12 @@ ExistingFolder = Annotated[str, BeforeValidator(_required), AfterValidator(_exis
 
 ExistingPath = Annotated[str, BeforeValidator(_required), AfterValidator(_exists("any"))]
 """A required path to an existing file or folder (a SavedModel is a folder, a .keras file is not)."""
+
+
+def _switch_words(value: Any) -> Any:
+    # `key=false` on the command line (and `key: false` in YAML) arrives as a boolean.
+    return str(value).lower() if isinstance(value, bool) else value
+
+
+Switch = Annotated[Literal["auto", "true", "false"], BeforeValidator(_switch_words)]
+"""auto, true or false; booleans as Hydra and YAML parse `true`/`false` are taken as their words."""

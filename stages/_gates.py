@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import Field
 
 from pipeline.errors import PipelineError
+from pipeline.fields import Switch
 from pipeline.schema import Params
 
 # TFLite schema TensorType ids of floating-point tensors.
@@ -22,7 +23,7 @@ class GateParams(Params):
         None, ge=-1, le=1,
         description="Fail when TFLite test accuracy is more than this below the Keras model's (0.01 = 1 point); unset: no check.",
     )
-    require_integer: Literal["auto", "true", "false"] = Field(
+    require_integer: Switch = Field(
         "auto", description="Fail unless every op is integer with int8 input and output; auto: for int8 output."
     )
 

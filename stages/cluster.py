@@ -9,6 +9,7 @@ from pydantic import Field
 
 from pipeline.artifact import ModelArtifact
 from pipeline.errors import PipelineError
+from pipeline.fields import Switch
 from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.stage import Stage, StageContext
 from stages._layers import LayerChoice, acted_on, choose_layers, kernel_share, left_alone, wrap_layers
@@ -24,7 +25,7 @@ class ClusterParams(FitParams, LayerChoice):
         "kmeans_plus_plus", description="How the initial centroids are placed among each kernel's weights."
     )
     per_channel: bool = Field(False, description="Cluster each output channel of a convolution on its own.")
-    preserve_sparsity: Literal["auto", "true", "false"] = Field(
+    preserve_sparsity: Switch = Field(
         "auto", description="Keep pruned zeros at zero; auto: when an earlier stage pruned the model."
     )
     epochs: int = Field(3, ge=1, le=10_000, description="Fine-tuning passes over the training split.")

@@ -113,12 +113,14 @@ def settle_ranges(aware: Any, calibration: Any, rounds: int = 3) -> None:
     TFMOT moves each activation range towards the batch's by 0.1% per training step (an EMA
     with decay 0.999, no bias correction), so a fine-tune of a few hundred steps converts with
     ranges still near their start and loses accuracy to coarse steps. One training-mode pass
-    over a calibration batch updates each moving range as `new = 0.999 * old + 0.001 * batch`;
-    solving for `batch` and assigning it sets the range at once. Weight ranges (last-value
+    over a calibration batch updates each moving range once per call of its layer (a shared
+    layer: several times) as `new = 0.999 * old + 0.001 * batch`; solving for the value those
+    updates converge to and assigning it sets the range at once. Weight ranges (last-value
     quantizers) are assigned directly by every pass and recognised by not changing on a repeat.
     """
     import numpy as np
 
+    calls = {id(v): max(1, len(layer.inbound_nodes)) for layer in aware.layers for v in layer.non_trainable_variables}
     ranges = [v for v in aware.non_trainable_variables if v.name.endswith(("_min:0", "_max:0"))]
     aware(calibration, training=True)  # weight ranges take their values
     moving = None
@@ -129,7 +131,8 @@ def settle_ranges(aware: Any, calibration: Any, rounds: int = 3) -> None:
         if moving is None:
             moving = [i for i, (b, a) in enumerate(zip(before, after)) if not np.array_equal(a, b)]
         for i in moving:
-            ranges[i].assign((after[i] - 0.999 * before[i]) / 0.001)
+            decay = 0.999 ** calls.get(id(ranges[i]), 1)
+            ranges[i].assign((after[i] - decay * before[i]) / (1 - decay))
 
 
 AWARE = "quantization-aware"
@@ -191,24 +194,34 @@ def annotation(model: Any, scheme: str) -> dict[str, Action]:
     import tf_keras as keras
 
     registry = scheme_of(scheme)
+    folded = folded_batch_norms(model)
     actions = {}
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        supported = registry.supports(layer) or folded_batch_norm(layer)
+        supported = registry.supports(layer) or layer.name in folded
         actions[layer.name] = Action(AWARE) if supported else Action("calibrated", f"no TFMOT support for {type(layer).__name__}")
     return actions
 
 
-def folded_batch_norm(layer: Any) -> bool:
-    """Whether `layer` is a BatchNormalization right after a linear Conv2D, DepthwiseConv2D or Dense."""
+def folded_batch_norms(model: Any) -> set[str]:
+    """Names of the BatchNormalization layers that directly follow a linear Conv2D, DepthwiseConv2D or Dense.
+
+    Read from the model's config, as TFMOT's transforms read it: a layer object may also belong to
+    other graphs (the nested model it was flattened from).
+    """
     import tf_keras as keras
 
-    if not isinstance(layer, keras.layers.BatchNormalization) or len(layer.inbound_nodes) != 1:
-        return False
-    before = layer.inbound_nodes[0].inbound_layers
-    linear = isinstance(before, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense))
-    return linear and before.get_config().get("activation") == "linear"
+    linear = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+    found = set()
+    for entry in model.get_config()["layers"]:
+        nodes = entry["inbound_nodes"]
+        if entry["class_name"] != "BatchNormalization" or len(nodes) != 1 or len(nodes[0]) != 1:
+            continue
+        before = model.get_layer(nodes[0][0][0])
+        if isinstance(before, linear) and before.get_config().get("activation") == "linear":
+            found.add(entry["name"])
+    return found
 
 
 def quantize_aware(keras_model: Any, scheme: str) -> tuple[Any, dict[str, str]]:

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
+from pipeline.fields import Switch
 from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.stage import Stage, StageContext
 from stages._gates import GateParams, apply_gates
@@ -37,7 +38,7 @@ class QuantizeParams(GateParams):
     calibration_samples: int = Field(
         200, ge=1, le=100_000, description="Training examples used to calibrate int8/int16x8 ranges."
     )
-    keep_sparsity: Literal["auto", "true", "false"] = Field(
+    keep_sparsity: Switch = Field(
         "auto",
         description=(
             "Store pruned weights sparse-encoded (Optimize.EXPERIMENTAL_SPARSITY); auto: after pruning, for "

@@ -10,6 +10,7 @@ new head, preprocessing layers inside the model, and layers no compression techn
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -74,9 +75,9 @@ def branches(input_shape, num_classes, filters=8):
 
 
 def shared_layer(input_shape, num_classes, filters=8):
-    """One convolution applied to the image and to a blurred copy of it (a shared layer), then summed."""
+    """One block (a shared convolution) applied to the image and to a blurred copy of it, then summed."""
+    shared = keras.Sequential([layers.Conv2D(filters, 3, padding="same", name="shared_conv"), layers.ReLU()], name="shared_block")
     inputs = keras.Input(input_shape)
-    shared = layers.Conv2D(filters, 3, padding="same", activation="relu", name="shared_conv")
     blurred = layers.AveragePooling2D(3, strides=1, padding="same")(inputs)
     x = layers.Add()([shared(inputs), shared(blurred)])
     x = layers.Flatten()(x)
@@ -117,7 +118,7 @@ class ChannelMix(layers.Layer):
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        self.mix = self.add_weight(name="mix", shape=(channels, channels), initializer="identity")
+        self.mix = self.add_weight(name="mix", shape=(channels, channels), initializer="glorot_uniform")
 
     def call(self, inputs):
         return tf.tensordot(inputs, self.mix, axes=1)
@@ -134,12 +135,12 @@ class SineFeatures(layers.Layer):
         return tf.sin(inputs * self.frequency)
 
 
-def custom_layer(input_shape, num_classes, filters=8):
-    """A functional model with a custom layer that has a weight matrix."""
+def custom_layer(input_shape, num_classes, filters=16, units=32):
+    """A functional model with a custom layer that holds about half of the weight matrices' values."""
     inputs = keras.Input(input_shape)
     x = layers.Conv2D(filters, 3, padding="same", activation="relu")(inputs)
+    x = layers.Dense(units, activation="relu")(layers.GlobalAveragePooling2D()(x))
     x = ChannelMix(name="mix")(x)
-    x = layers.Flatten()(x)
     return keras.Model(inputs, layers.Dense(num_classes)(x), name="custom_layer")
 
 
@@ -179,3 +180,40 @@ def subclassed(input_shape, num_classes, filters=8):
     model = _Subclassed(num_classes, filters)
     model.build((None, *input_shape))
     return model
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A builder of this module and what a user should find after running it through the recipes.
+
+    Layers are named by type (names depend on what else Keras built in the process):
+    `dense`: layers with a kernel that pruning and clustering cannot wrap (left dense, named);
+    `unclustered`: layers with a kernel that clustering cannot wrap;
+    `calibrated`: layers quantization-aware training cannot wrap (int8 from calibration instead);
+    `float_layers`: layers TFLite runs only in float, named by the full-integer check;
+    `nested`: whether the builder's model has models inside it (flattened before any stage).
+    """
+
+    builder: str
+    nested: bool = False
+    dense: tuple[str, ...] = ()
+    unclustered: tuple[str, ...] = ()
+    calibrated: tuple[str, ...] = ()
+    float_layers: tuple[str, ...] = ()
+
+
+SHAPES = {
+    shape.builder: shape
+    for shape in (
+        Shape("nested_blocks", nested=True, calibrated=("RandomFlip", "RandomTranslation")),
+        # TFMOT 0.8 prunes no DepthwiseConv2D (its registry lists no weights for them).
+        Shape("transfer", nested=True, dense=("DepthwiseConv2D",), calibrated=("Resizing",)),
+        Shape("branches", nested=True),
+        Shape("shared_layer", nested=True),
+        Shape("preprocessing", nested=True, calibrated=("Normalization", "Rescaling", "Resizing")),
+        Shape("layer_norm", calibrated=("LayerNormalization",)),
+        Shape("custom_layer", dense=("ChannelMix",), unclustered=("ChannelMix",), calibrated=("ChannelMix",)),
+        Shape("softmax_head", nested=True),
+        Shape("float_island", calibrated=("SineFeatures",), float_layers=("SineFeatures",)),
+    )
+}

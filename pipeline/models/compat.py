@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.models.flatten import flatten
+from pipeline.models.flatten import flatten, is_graph_model
 
 log = logging.getLogger("pipeline")
 
@@ -38,14 +38,14 @@ def check_compatible(builder: Any, data: Any) -> Any:
     if check is not None:
         check(data.input_shape, data.num_classes)
     model = builder.build(data.input_shape, data.num_classes)
-    expected = tuple(model.input_shape[1:]) if isinstance(model.input_shape, tuple) else None
+    declared, outputs = shapes(model, data, origin)
+    expected = tuple(declared[1:]) if isinstance(declared, tuple) else None
     if expected is None or not shapes_match(expected, data.input_shape):
         raise PipelineError(
-            f"{origin} takes inputs of shape {plain(expected or model.input_shape)} but the data gives "
+            f"{origin} takes inputs of shape {plain(expected or declared)} but the data gives "
             f"{plain(data.input_shape)}; use data of that shape (data.image_size, data.color_mode for "
             "image_folder) or a model for this data"
         )
-    outputs = model.output_shape
     if not isinstance(outputs, tuple) or len(outputs) != 2 or outputs[-1] != data.num_classes:
         raise PipelineError(
             f"{origin} outputs {plain(outputs)} but the data has {data.num_classes} classes; "
@@ -58,6 +58,18 @@ def check_compatible(builder: Any, data: Any) -> Any:
             "outputs those logits (the same top class)", origin,
         )
     return model
+
+
+def shapes(model: Any, data: Any, origin: str) -> tuple[Any, Any]:
+    """The model's input and output shapes; a subclassed model (which declares none) is called on the data."""
+    if is_graph_model(model):
+        return model.input_shape, model.output_shape
+    try:
+        outputs = model(data.x_train[:2], training=False)
+    except Exception as error:  # noqa: BLE001 - a user's call() may raise anything on the wrong input
+        reason = " ".join(str(error).split())[:200]
+        raise PipelineError(f"{origin} cannot take the data's examples of shape {plain(data.input_shape)} ({reason})") from None
+    return (None, *data.input_shape), (None, *outputs.shape[1:])
 
 
 def without_softmax(model: Any) -> Any:

@@ -1,0 +1,129 @@
+"""Models built the way users build them (tests/_user_models.py) through mobile_int8, qat_int8 and cluster_int8.
+
+Each shape runs the three recipes on a small digits subset, sharing a stage cache (so the
+recipes train it once), and is checked for what a user would look at: the sparsity of the
+weights that could be pruned, an int8 file that loads and predicts, the layers left dense or
+only calibrated named in the plan and the log, and one-line errors where a file cannot be integer.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from pipeline import litert
+from pipeline.errors import PipelineError
+from pipeline.runner import RunInfo, run
+from tests._user_models import SHAPES
+from tests.conftest import compose_config
+
+SMALL = ["data.max_examples=600", "stages.train.epochs=2", "measure.latency_runs=2", "measure.warmup_runs=0", "model=custom"]
+RECIPES = {
+    "mobile_int8": ["stages.prune.epochs=2"],
+    "cluster_int8": ["stages.prune.epochs=2", "stages.cluster.epochs=1", "stages.qat.epochs=1", "stages.qat.accuracy_tolerance=null"],
+    "qat_int8": ["stages.qat.epochs=1", "stages.qat.accuracy_tolerance=null"],
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _builders_may_be_imported():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PIPELINE_ALLOWED_MODULES", "tests")
+        yield
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """One outputs folder (and stage cache) for every run of this module."""
+    return tmp_path_factory.mktemp("user_models")
+
+
+def run_recipe(outputs, shape: str, recipe: str, *extra: str):
+    """The recipe on `shape`'s model, small; its result."""
+    cfg = compose_config(outputs, f"recipe={recipe}", *SMALL, *RECIPES[recipe], f"model.target=tests._user_models:{shape}", *extra)
+    return run(cfg, RunInfo(run_dir=outputs / f"{shape}_{recipe}_{len(extra)}", recipe=recipe))
+
+
+def stage(result, name):
+    """The artifact a stage made, from the final artifact's lineage."""
+    return next(a for a in result.artifact.lineage() if a.stage == name)
+
+
+def int8_file_predicts(result, data_shape=(8, 8, 1)):
+    """The exported .tflite takes int8 input, gives int8 output and predicts every class."""
+    tflite = next(p for p in result.exports if p.suffix == ".tflite")
+    runner = litert.interpreter(tflite, threads=1)
+    assert runner.get_input_details()[0]["dtype"] == np.int8 and runner.get_output_details()[0]["dtype"] == np.int8
+    logits = litert.predict(tflite, np.random.default_rng(0).random((4, *data_shape), np.float32))
+    assert logits.shape == (4, 10) and np.isfinite(logits).all()
+
+
+GRAPH_SHAPES = [name for name, shape in SHAPES.items() if not shape.float_layers]
+
+
+def types(result, names):
+    """The sorted distinct types of the named layers of the run's trained model."""
+    model = stage(result, "train").load_keras()
+    return sorted({type(model.get_layer(name)).__name__ for name in names})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", GRAPH_SHAPES)
+def test_every_recipe_acts_on_the_layers_inside(outputs, name, caplog):
+    shape = SHAPES[name]
+    with caplog.at_level("INFO", logger="pipeline"):
+        pruned = run_recipe(outputs, name, "mobile_int8")
+    prune = stage(pruned, "prune")
+    assert prune.metadata["metrics"]["pruned_layers_sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert types(pruned, prune.metadata["dense_layers"]) == sorted(shape.dense)
+    # The table's sparsity counts every weight matrix, so a partial prune shows there.
+    share = prune.metadata["metrics"]["dense_share"]
+    assert (share > 0) == bool(shape.dense)
+    assert pruned.rows[1].metrics["sparsity"] == pytest.approx(0.5 * (1 - share), abs=0.02)
+    if shape.dense:
+        assert f"(not prunable): {share:.1%} of the weights" in caplog.text
+    assert stage(pruned, "quantize").metadata["fully_integer"] is True
+    int8_file_predicts(pruned)
+    plan = (pruned.run_dir / "layer_plan.md").read_text()
+    assert "| prune " in plan and "| pruned " in plan
+
+    aware = run_recipe(outputs, name, "qat_int8")
+    assert aware.rows[0].cached  # the same training as mobile_int8
+    qat = stage(aware, "qat")
+    assert qat.metadata["fully_integer"] is True
+    assert types(aware, qat.metadata["calibrated_layers"]) == sorted(shape.calibrated)
+    int8_file_predicts(aware)
+
+    clustered = run_recipe(outputs, name, "cluster_int8")
+    cluster = stage(clustered, "cluster")
+    assert types(clustered, cluster.metadata["unclustered_layers"]) == sorted(shape.unclustered)
+    assert stage(clustered, "qat").metadata["qat_scheme"] == "pcqat"
+    assert clustered.rows[-1].metrics["sparsity"] == pytest.approx(0.5 * (1 - share), abs=0.03)
+    int8_file_predicts(clustered)
+
+
+@pytest.mark.slow
+def test_a_layer_without_int8_kernels_is_named_and_can_ship_as_float(outputs):
+    with pytest.raises(PipelineError, match=r"^stages.qat.require_integer: layers the int8 kernels cannot run stay float: "
+                                            r"sine \(SineFeatures\): SIN; set stages.qat.require_integer=false"):
+        run_recipe(outputs, "float_island", "qat_int8")
+    shipped = run_recipe(outputs, "float_island", "qat_int8", "stages.qat.require_integer=false")
+    assert stage(shipped, "qat").metadata["float_layers"] == ["sine (SineFeatures)"]
+    assert "fully_integer" not in stage(shipped, "qat").metadata
+    tflite = next(p for p in shipped.exports if p.suffix == ".tflite")
+    assert litert.predict(tflite, np.zeros((2, 8, 8, 1), np.float32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_a_subclassed_model_is_refused_before_training(tmp_path, recipe):
+    with pytest.raises(PipelineError) as refused:
+        run_recipe(tmp_path, "subclassed", recipe)
+    message = str(refused.value)
+    assert message.startswith("model.target: tests._user_models:subclassed: a subclassed model has no layer graph")
+    assert "build it with keras.Model(inputs, outputs) or keras.Sequential" in message
+    acting = {"mobile_int8": "stages.prune", "cluster_int8": "stages.prune, stages.cluster, stages.qat", "qat_int8": "stages.qat"}
+    assert f"and {acting[recipe]} work" in message and "\n" not in message
+    assert not (tmp_path / f"subclassed_{recipe}_0" / "stages").exists()  # nothing trained
+    assert not os.path.exists(tmp_path / "outputs" / "cache")
