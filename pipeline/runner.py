@@ -139,6 +139,7 @@ def load_data(plan: Plan) -> Dataset:
 
 def planned_layers(plan: Plan, data: Dataset) -> LayerPlan:
     """Build the model once (a data/model mismatch fails here), then ask every stage what it will do to each layer."""
+    seed_everything(plan.settings.seed)  # a fresh session: layer names as the first stage will build them
     model = check_compatible(plan.model_builder, data)
     return plan_layers(model, plan.stages, describe(plan.model_builder))
 
