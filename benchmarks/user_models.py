@@ -63,7 +63,7 @@ def run_recipe(model: str, recipe: str, args: argparse.Namespace, outputs: Path)
         cfg = compose("config", overrides=[with_stage_prefix(o) for o in overrides])
     started = time.perf_counter()
     result = run(cfg, RunInfo(run_dir=outputs / "runs" / f"{model}_{recipe}", recipe=recipe))
-    facts = {artifact.stage: artifact.metadata for artifact in result.artifact.lineage()}
+    facts = {artifact.stage: {**artifact.metadata, **artifact.metrics} for artifact in result.artifact.lineage()}
     print(f"  {model} {recipe}: {time.perf_counter() - started:.0f} s", flush=True)
     return {row.stage: {**row.metrics, "seconds": row.seconds, "facts": facts.get(row.stage, {})} for row in result.rows}
 
@@ -84,7 +84,7 @@ def comparison(m: dict[str, dict[str, dict]]) -> str:
         for label, x in (("float (train)", mobile["train"]), ("50% pruned", mobile["prune"]),
                          ("pruned + int8", mobile["quantize"]), ("QAT int8", qat["qat"])):
             facts = x["facts"]
-            layers = facts.get("metrics", {}).get("pruned_layers_sparsity") if label == "50% pruned" else None
+            layers = facts.get("pruned_layers_sparsity") if label == "50% pruned" else None
             rows.append((
                 model, label, f"{x['params']:,.0f}", f"{x['size_bytes'] / 1024:.0f}", f"{x['gzip_bytes'] / 1024:.0f}",
                 f"{x['sparsity']:.1%}", f"{layers:.1%}" if layers is not None else "",
@@ -102,7 +102,7 @@ def targets(m: dict[str, dict[str, dict]]) -> list[tuple[str, str, str, str, boo
     found = []
     for model in MODELS:
         mobile, qat = m[model]["mobile_int8"], m[model]["qat_int8"]
-        keras, layers = mobile["train"]["accuracy"], mobile["prune"]["facts"]["metrics"]["pruned_layers_sparsity"]
+        keras, layers = mobile["train"]["accuracy"], mobile["prune"]["facts"]["pruned_layers_sparsity"]
         integer = [bool(mobile["quantize"]["facts"].get("fully_integer")), bool(qat["qat"]["facts"].get("fully_integer"))]
         drop = 100 * (keras - qat["qat"]["accuracy"])
         found += [

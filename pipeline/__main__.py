@@ -44,8 +44,10 @@ def model_overrides(overrides: list[str]) -> tuple[str, ...]:
 
 def cli() -> None:
     """Entry point: check what Hydra would report verbosely, then hand over to Hydra."""
+    from pipeline import quiet
     from pipeline.cli import prepare
 
+    quiet.install()
     try:
         sys.argv[1:] = prepare(sys.argv[1:])
     except PipelineError as error:

@@ -1,7 +1,8 @@
 """The TensorFlow side of `pipeline.devices`: find devices, pick a strategy, create it.
 
-Kept apart so that `pipeline.devices` (imported while recipes are validated) stays free of
-TensorFlow; everything here runs only when a run or `pipeline.doctor` asks for the device.
+TensorFlow is imported inside the functions, so `pipeline.devices` (imported while recipes are
+validated) stays free of it; everything here runs only when a run or `pipeline.doctor` asks for
+the device.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import os
 from typing import Any
 
-from pipeline.devices import DeviceParams, Kind, Resolution, WorkerRole, tpu_needs_tpu_strategy
+from pipeline.device_config import DeviceParams, Kind, Resolution, WorkerRole, tpu_needs_tpu_strategy
 from pipeline.errors import PipelineError
 
 log = logging.getLogger("pipeline")

@@ -8,6 +8,14 @@ from pathlib import Path
 from typing import Any
 
 
+class Effect(str, Enum):
+    """Something a stage did to a model that a later stage may rely on or must keep."""
+
+    PRUNED = "pruned"  # many weights held at exactly zero
+    CLUSTERED = "clustered"  # each kernel holds a few shared values
+    QUANTIZE_AWARE = "quantize_aware"  # trained with simulated int8 arithmetic
+
+
 class ModelFormat(str, Enum):
     """On-disk model formats that stages exchange and the runner knows how to measure."""
 
@@ -23,6 +31,9 @@ class ModelArtifact:
     `parent` is the artifact this one was made from, so a later stage can reach an earlier
     format: export finds the Keras model behind an int8 TFLite file this way.
     `metadata` holds facts a later stage or the export needs (quantization mode, target sparsity).
+    `effects` is what the model has been through (pruned, clustered, ...), as the stages declare.
+    `metrics` are numbers the stage measured about its own work (a teacher's accuracy) and `gate`
+    the accuracies a ship gate compared; the runner logs both. `exports` are the files it shipped.
     """
 
     path: Path
@@ -30,6 +41,10 @@ class ModelArtifact:
     stage: str
     parent: ModelArtifact | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    effects: frozenset[Effect] = frozenset()
+    metrics: dict[str, float] = field(default_factory=dict)
+    gate: dict[str, float] = field(default_factory=dict)
+    exports: tuple[Path, ...] = ()
 
     def lineage(self) -> list[ModelArtifact]:
         """This artifact, then its parent, and so on back to the first model."""

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pipeline
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,9 @@ class StageCache:
             "format": artifact.format.value,
             "path": str(artifact.path.relative_to(workdir)),
             "metadata": artifact.metadata,
+            "effects": sorted(effect.value for effect in artifact.effects),
+            "metrics": artifact.metrics,
+            "gate": artifact.gate,
             "measurements": dict(measurements),
             "files": files,
             "created": time.time(),
@@ -141,7 +144,10 @@ class StageCache:
             except OSError:  # another file system: copy instead
                 shutil.copy2(entry.folder / name, target)
         record = entry.record
-        return ModelArtifact(workdir / record["path"], ModelFormat(record["format"]), stage, parent, record["metadata"])
+        return ModelArtifact(
+            workdir / record["path"], ModelFormat(record["format"]), stage, parent, record["metadata"],
+            frozenset(Effect(value) for value in record.get("effects", [])), record.get("metrics", {}), record.get("gate", {}),
+        )
 
     def entries(self) -> list[Entry]:
         """Every intact entry, newest first."""

@@ -31,6 +31,8 @@ def prepare(argv: list[str]) -> list[str]:
     search = [Path(args.config_dir)] if args.config_dir else []
     for override in args.overrides:
         check_choice(override, search)
+        for path in chosen_files(override, search):
+            check_config_file(path)
     return [with_stage_prefix(a) if a in args.overrides else a for a in argv]
 
 
@@ -46,6 +48,41 @@ def check_choice(override: str, extra_dirs: list[Path]) -> None:
                 f"{key}={choice.strip()}: no such {key}{suggest(choice.strip(), sorted(known))}; "
                 f"add your own as DIR/{key}/NAME.yaml and pass --config-dir DIR"
             )
+
+
+def chosen_files(override: str, extra_dirs: list[Path]) -> list[Path]:
+    """The user's config files an override like `recipe=a,b` picks from `extra_dirs`."""
+    key, _, value = override.partition("=")
+    if key not in CHECKED_GROUPS:
+        return []
+    found = (folder / key / f"{choice.strip()}.yaml" for folder in extra_dirs for choice in value.split(","))
+    return [path for path in found if path.is_file()]
+
+
+def check_config_file(path: Path) -> None:
+    """Raise PipelineError unless `path` is YAML holding a mapping, with `stages` (if any) a mapping too.
+
+    Hydra would stop on such a file with a parser traceback or a message about merging types.
+    """
+    import yaml
+
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise PipelineError(f"{path}: not valid YAML: {problem}{where}; fix the file") from None
+    except (UnicodeDecodeError, OSError) as error:
+        raise PipelineError(f"{path}: cannot read it as a UTF-8 text file ({error}); fix the file") from None
+    if content is not None and not isinstance(content, dict):
+        raise PipelineError(f"{path}: expected a mapping of keys to values, got a {type(content).__name__}; see recipes/recipe/*.yaml")
+    stages = (content or {}).get("stages")
+    if stages is not None and not isinstance(stages, dict):
+        raise PipelineError(
+            f"{path}: stages must map each stage name to its parameters, got a {type(stages).__name__}; "
+            "write e.g. `stages: {train: {epochs: 5}, quantize: {mode: int8}}`"
+        )
 
 
 def options(group: str, extra_dirs: list[Path]) -> set[str]:

@@ -1,129 +1,23 @@
-"""Where training runs: the `device` config group and its lazy resolution to a tf.distribute strategy.
+"""Where training runs: the `device` config group's lazy resolution to a tf.distribute strategy.
 
-`DeviceParams` is checked with the rest of the recipe, without TensorFlow. `DeviceSetup` turns it
-into facts (device kind, strategy, precision, XLA) the first time a run needs them, and gives
-stages a `scope()` that creates models and optimizers on the right devices, fixed batch sizes,
-and tf.data input pipelines. Multi-worker roles come from the standard `TF_CONFIG` variable.
+`DeviceParams` (in pipeline.device_config) is checked with the rest of the recipe, without
+TensorFlow. `DeviceSetup` turns it into facts (device kind, strategy, precision, XLA) the first
+time a run needs them, and gives stages a `scope()` that creates models and optimizers on the
+right devices, fixed batch sizes, and tf.data input pipelines.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, model_validator
-
+from pipeline import _device_probe
+from pipeline.device_config import DeviceParams, Kind, Resolution, WorkerRole, worker_role
 from pipeline.errors import PipelineError
 from pipeline.precision import MIXED, with_dtypes
-from pipeline.schema import Params
 
-Kind = Literal["cpu", "gpu", "tpu"]
-
-
-class DeviceParams(Params):
-    """The `device` group: which device, which tf.distribute strategy, precision and XLA."""
-
-    name: Literal["auto", "cpu", "gpu", "tpu"] = Field(
-        "auto", description="Device kind to train on; auto: TPU, else GPU, else CPU, whichever is present."
-    )
-    strategy: Literal["auto", "one_device", "mirrored", "multi_worker", "tpu"] = Field(
-        "auto",
-        description=(
-            "tf.distribute strategy; auto: tpu on a TPU, multi_worker when TF_CONFIG names several tasks, "
-            "mirrored with several GPUs (or cpu_devices > 1), else one_device."
-        ),
-    )
-    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = Field(
-        "auto", description="Dtype policy of models a stage builds (output layers stay float32); auto: mixed_bfloat16 on TPU, float32 elsewhere."
-    )
-    jit_compile: bool | Literal["auto"] = Field(
-        "auto", description="Compile training steps with XLA; auto: on TPU only (it always compiles)."
-    )
-    batch_size: Literal["global", "per_replica"] = Field(
-        "global",
-        description="How stages' batch_size counts: global: examples per step over all replicas; per_replica: per replica.",
-    )
-    drop_remainder: bool | Literal["auto"] = Field(
-        "auto", description="Drop the last partial batch so every step has one shape; auto: on with TPU or XLA."
-    )
-    cache: bool = Field(True, description="Cache the prepared training examples in the tf.data pipeline after the first epoch.")
-    cpu_devices: int = Field(
-        1, ge=1, le=64, description="Split the host CPU into this many logical devices (mirrored training on a CPU-only host)."
-    )
-    tpu: str = Field("", description="TPU name or grpc:// address for TPUClusterResolver; empty: the local TPU.")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> DeviceParams:
-        if self.strategy == "tpu" and self.name in ("cpu", "gpu"):
-            raise PipelineError(f"device.strategy=tpu: needs a TPU but device.name={self.name}; use device=tpu")
-        if self.name == "tpu" and self.strategy in ("one_device", "mirrored", "multi_worker"):
-            raise tpu_needs_tpu_strategy(self.strategy)
-        if self.cpu_devices > 1 and self.name in ("gpu", "tpu"):
-            raise PipelineError(f"device.cpu_devices={self.cpu_devices}: splits the CPU only; use device=cpu or remove it")
-        return self
-
-
-def tpu_needs_tpu_strategy(strategy: str) -> PipelineError:
-    """The error for a GPU/CPU strategy asked of a TPU."""
-    return PipelineError(f"device.strategy={strategy}: a TPU trains under strategy=tpu; use device.strategy=auto")
-
-
-@dataclass(frozen=True)
-class WorkerRole:
-    """This process's place in a multi-worker cluster, read from `TF_CONFIG` (one worker without it)."""
-
-    workers: int = 1
-    task_type: str = "worker"
-    index: int = 0
-    has_chief: bool = False
-
-    @property
-    def is_chief(self) -> bool:
-        """The chief writes outputs, the cache and the MLflow run; the task `chief`, else worker 0."""
-        return self.task_type == "chief" or (not self.has_chief and self.task_type == "worker" and self.index == 0)
-
-
-def worker_role(environ: dict[str, str] | None = None) -> WorkerRole:
-    """Parse `TF_CONFIG`; a malformed value is a user mistake reported in one line."""
-    raw = (environ if environ is not None else os.environ).get("TF_CONFIG", "")
-    if not raw.strip():
-        return WorkerRole()
-    try:
-        config = json.loads(raw)
-        cluster, task = config.get("cluster", {}), config.get("task", {})
-        workers = sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
-        return WorkerRole(max(workers, 1), str(task.get("type", "worker")), int(task.get("index", 0)), "chief" in cluster)
-    except (ValueError, AttributeError, TypeError) as error:
-        raise PipelineError(
-            f"TF_CONFIG: not a valid cluster description ({error}); expected "
-            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}'
-        ) from None
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """What `auto` and the config resolved to on this machine."""
-
-    kind: Kind
-    devices: tuple[str, ...]  # local logical devices the strategy uses, e.g. ("CPU:0",)
-    available: tuple[str, ...]  # every physical device TensorFlow sees
-    strategy: str
-    precision: str
-    jit_compile: bool
-    drop_remainder: bool
-    replicas: int
-
-    def describe(self) -> str:
-        """One line for the run log and `pipeline.doctor`."""
-        return (
-            f"device {self.kind} ({', '.join(self.devices)}), strategy {self.strategy} with {self.replicas} "
-            f"replica{'s' if self.replicas != 1 else ''}, precision {self.precision}, "
-            f"XLA {'on' if self.jit_compile else 'off'}, drop_remainder {'on' if self.drop_remainder else 'off'}"
-        )
+__all__ = ["DeviceParams", "DeviceSetup", "Kind", "Resolution", "WorkerRole", "worker_role"]
 
 
 class DeviceSetup:
@@ -138,8 +32,6 @@ class DeviceSetup:
     def resolve(self) -> Resolution:
         """Pick the device, strategy and precision; PipelineError when what is asked for is absent."""
         if self._resolution is None:
-            from pipeline import _device_probe
-
             self._resolution = _device_probe.resolve(self.params, self.role)
         return self._resolution
 
@@ -153,8 +45,6 @@ class DeviceSetup:
     def strategy(self) -> Any:
         """The tf.distribute strategy, created once (multi-worker needs it before other TF work)."""
         if self._strategy is None:
-            from pipeline import _device_probe
-
             self._strategy, self._resolution = _device_probe.make_strategy(self.resolve(), self.params)
         return self._strategy
 

@@ -69,6 +69,9 @@ def parse_overrides(argv: list[str]) -> DeviceParams:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the report; a device that is asked for but absent ends with one line and status 2."""
+    from pipeline import quiet
+
+    quiet.install()
     try:
         setup = DeviceSetup(parse_overrides(sys.argv[1:] if argv is None else argv))
         print("versions:")

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.artifact import Effect
 from pipeline.errors import PipelineError
 from pipeline.summary import markdown
 
@@ -67,16 +68,14 @@ class Section:
 
 @dataclass
 class LayerPlan:
-    """Every stage's plan, per layer, in recipe order."""
+    """Every stage's plan, per layer, in recipe order.
+
+    `effects` is what the model will have been through so far (the stages' `effects_after`),
+    so a stage can plan as it will run (a QAT scheme that keeps the pruned zeros).
+    """
 
     sections: list[Section]
-
-    def layers(self, kind: str) -> list[str]:
-        """Names of the current model's layers that some stage so far marked `kind`."""
-        found: dict[str, None] = {}
-        for stage in self.sections[-1].stages.values():
-            found.update({name: None for name, action in stage.actions.items() if action.kind == kind})
-        return list(found)
+    effects: frozenset[Effect] = frozenset()
 
     def table(self) -> str:
         """The plan as Markdown tables, one per model, then each stage's summary line."""
@@ -147,6 +146,7 @@ def plan_layers(model: Any, stages: Sequence[Any], origin: str) -> LayerPlan:
         except NeedsLayerGraph:
             needing.append(where)
             continue
+        plan.effects = planned.stage.effects_after(plan.effects)
         if stage_plan is None:
             continue
         plan.sections[-1].stages[planned.name] = stage_plan

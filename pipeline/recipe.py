@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import Field
 
 from pipeline import registry
-from pipeline.artifact import ModelFormat
+from pipeline.artifact import Effect, ModelFormat
 from pipeline.devices import DeviceParams, DeviceSetup
 from pipeline.errors import PipelineError
 from pipeline.schema import Params, parse
@@ -128,10 +128,12 @@ def plan_stage(name: str, values: Any) -> PlannedStage:
 
 
 def check_order(stages: list[PlannedStage]) -> None:
-    """Each stage must accept the format its predecessor hands on (or start from nothing)."""
+    """Each stage must accept the format its predecessor hands on (or start from nothing), and
+    what the earlier stages did to the model (its `check_input`, fed their `effects_after`)."""
     current: ModelFormat | None = None
+    effects: frozenset[Effect] = frozenset()
     made_by = "the start of the recipe"
-    for index, planned in enumerate(stages):
+    for planned in stages:
         accepts = type(planned.stage).accepts
         if current not in accepts:
             wanted = " or ".join(sorted(f.value for f in accepts if f is not None))
@@ -140,6 +142,7 @@ def check_order(stages: list[PlannedStage]) -> None:
                 f"stages.{planned.name}: needs a {wanted} model but gets {have}; "
                 f"reorder the stages so that a stage producing {wanted} comes first"
             )
-        planned.stage.check_input(current, [p.stage for p in stages[:index]], f"stages.{planned.name}")
+        planned.stage.check_input(current, effects, f"stages.{planned.name}")
         current = type(planned.stage).output_format(current)
+        effects = planned.stage.effects_after(effects)
         made_by = f"stages.{planned.name}"

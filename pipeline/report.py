@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep", help="a sweep id (the `sweep` tag of its runs), or 'latest'")
     parser.add_argument("--out", default="outputs/reports", help="folder for the PNG plots")
     args = parser.parse_args(argv)
+    from pipeline import quiet
+
+    quiet.install()
     try:
         run_report(args.tracking_uri, args.experiment, args.sweep, Path(args.out))
     except PipelineError as error:

@@ -22,6 +22,7 @@ import yaml
 import pipeline
 from pipeline.artifact import ModelArtifact
 from pipeline.cache import StageCache, cache_key, referenced_files
+from pipeline.data.dataset import check_finite
 from pipeline.layer_plan import LayerPlan, plan_layers
 from pipeline.models import build, check_compatible
 from pipeline.models.compat import describe
@@ -109,7 +110,7 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
             tracker.log_stage(index, planned.name, {**outcome.metrics, "seconds": outcome.seconds})
             tracker.log_metrics({f"{planned.name}.{k}": v for k, v in reported_metrics(artifact).items()})
             log.info("    %s", ", ".join(f"{k}={v:.4g}" for k, v in outcome.metrics.items()))
-            exports += [Path(p) for p in artifact.metadata.get("exports", [])]
+            exports += artifact.exports
         tracker.set_tag("cached_stages", ",".join(row.stage for row in rows if row.cached) or "none")
         summary = table(rows)
         (info.run_dir / "summary.md").write_text(summary + "\n")
@@ -134,6 +135,7 @@ def load_data(plan: Plan) -> Dataset:
         "data: %d train, %d validation, %d test examples of shape %s, %d classes",
         len(data.x_train), len(data.x_val), len(data.x_test), data.input_shape, data.num_classes,
     )
+    check_finite(data, plan.settings.data["name"])
     return data
 
 
@@ -229,16 +231,10 @@ def same_file(first: Path, second: Path) -> bool:
 
 
 def reported_metrics(artifact: ModelArtifact) -> dict[str, float]:
-    """Numbers a stage reports about its own work: `metadata["metrics"]` (e.g. distill's teacher)
-    and `metadata["gate"]` (the accuracies a gate compared), new in this stage rather than inherited.
-    """
-
-    def numbers(metadata: dict[str, Any]) -> dict[str, float]:
-        found = {**metadata.get("metrics", {}), **{f"gate_{k}": v for k, v in metadata.get("gate", {}).items()}}
-        return {k: float(v) for k, v in found.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-    inherited = numbers(artifact.parent.metadata) if artifact.parent else {}
-    return {k: v for k, v in numbers(artifact.metadata).items() if inherited.get(k) != v}
+    """Numbers a stage reports about its own work: its `metrics` (e.g. distill's teacher) and
+    its `gate` (the accuracies a gate compared, as `gate_NAME`)."""
+    found = {**artifact.metrics, **{f"gate_{k}": v for k, v in artifact.gate.items()}}
+    return {k: float(v) for k, v in found.items()}
 
 
 def seed_everything(seed: int) -> None:

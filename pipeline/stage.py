@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.devices import DeviceParams, DeviceSetup
 from pipeline.schema import Params, Plugin
 
@@ -62,12 +62,13 @@ class Stage(Plugin):
         """Make this stage's output artifact under `ctx.workdir` from `model`."""
         raise NotImplementedError
 
-    def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
-        """Raise PipelineError if this stage cannot follow `earlier` (the stages before it, in order).
+    def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
+        """Raise PipelineError if this stage cannot take the model the earlier stages hand it.
 
         Called at validation time after `accepts` has passed, for rules a set of formats cannot
-        express: a stage that needs a teacher file when no model precedes it, or one that cannot
-        take a model wrapped for quantization-aware training. `where` is `stages.NAME`.
+        express: a stage that needs a teacher file when no model precedes it, or one that keeps
+        sparsity and so needs a pruned model. `effects` is what the incoming model will have been
+        through, from the earlier stages' `effects_after`. `where` is `stages.NAME`.
         """
 
     def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan | None:
@@ -78,6 +79,18 @@ class Stage(Plugin):
         by layer raises `pipeline.layer_plan.NeedsLayerGraph` for a model without a layer graph.
         """
         return None
+    def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
+        """What the model this stage hands on has been through, given what its input had.
+
+        The default keeps everything (conversion and export change no weights). A stage that
+        prunes or clusters adds its effect; one that trains without keeping them takes them away.
+        Validation and the artifacts a stage makes both read this, so it is the one declaration.
+        """
+        return incoming
+
+    def output_effects(self, model: ModelArtifact | None) -> frozenset[Effect]:
+        """`effects_after` applied to the effects of `model` (none when the stage starts from nothing)."""
+        return self.effects_after(model.effects if model is not None else frozenset())
 
     @classmethod
     def output_format(cls, input_format: ModelFormat | None) -> ModelFormat:

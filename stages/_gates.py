@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +29,25 @@ class GateParams(Params):
     )
 
 
-def apply_gates(params: GateParams, int8: bool, keras_model: Any, path: Path, data: Any, where: str) -> dict[str, Any]:
-    """Run the gates `params` asks for on the TFLite file at `path`; their findings as metadata."""
-    facts: dict[str, Any] = {}
+@dataclass(frozen=True)
+class GateResult:
+    """What the gates found: facts for the artifact's metadata, and the accuracies they compared."""
+
+    facts: dict[str, Any] = field(default_factory=dict)
+    accuracies: dict[str, float] = field(default_factory=dict)
+
+
+def apply_gates(params: GateParams, int8: bool, keras_model: Any, path: Path, data: Any, where: str) -> GateResult:
+    """Run the gates `params` asks for on the TFLite file at `path`."""
+    result = GateResult()
     if params.require_integer == "true" or (params.require_integer == "auto" and int8):
         integer_gate(path, where, keras_model)
-        facts["fully_integer"] = True
+        result.facts["fully_integer"] = True
     elif int8:  # shipped with float layers on purpose: say which
-        facts["float_layers"] = list(float_layers(path, keras_model))
+        result.facts["float_layers"] = list(float_layers(path, keras_model))
     if params.accuracy_tolerance is not None:
-        facts["gate"] = accuracy_gate(keras_model, path, data, params.accuracy_tolerance, where)
-    return facts
+        result.accuracies.update(accuracy_gate(keras_model, path, data, params.accuracy_tolerance, where))
+    return result
 
 
 def accuracy_gate(keras_model: Any, tflite_path: Path, data: Any, tolerance: float, where: str) -> dict[str, float]:

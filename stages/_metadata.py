@@ -28,7 +28,11 @@ def describe(model: ModelArtifact, exports: dict[str, Path], ctx: StageContext) 
         "io": io_details(shipped),
         "quantization": {key: model.metadata.get(key) for key in ("quantization", "calibration_samples", "sparse_encoding", "fully_integer")},
         "lineage": [
-            {"stage": a.stage, "format": a.format.value, "file": a.path.name, "facts": plain(a.metadata)}
+            {
+                "stage": a.stage, "format": a.format.value, "file": a.path.name,
+                "effects": sorted(effect.value for effect in a.effects),
+                "metrics": a.metrics, "gate": a.gate, "facts": plain(a.metadata),
+            }
             for a in reversed(model.lineage())
         ],
     }

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.precision import float32_copy, is_mixed
 from pipeline.schema import Params
@@ -219,19 +219,20 @@ def check_finite(model: Any, history: Any, ctx: StageContext) -> None:
         )
 
 
-def save_keras(model: Any, ctx: StageContext, parent: ModelArtifact | None, **metadata: Any) -> ModelArtifact:
+def save_keras(
+    model: Any, ctx: StageContext, parent: ModelArtifact | None, *, effects: frozenset[Effect],
+    metrics: dict[str, float] | None = None, **metadata: Any,
+) -> ModelArtifact:
     """Save `model` as `<workdir>/model.keras` and describe it as this stage's artifact.
 
-    Metadata of earlier stages is carried over (a later stage learns that the model was pruned
-    or clustered), then updated with this stage's facts; `metrics` (numbers the runner logs)
-    are merged rather than replaced.
+    `effects` is what the model has been through (the stage's `output_effects`). Metadata of
+    earlier stages is carried over (a later stage learns which layers were pruned), then updated
+    with this stage's facts; `metrics` are numbers about this stage's own work.
     """
     path = ctx.workdir / "model.keras"
     without_training_state(float32_copy(model)).save(path)
-    inherited = parent.metadata if parent is not None else {}
-    metrics = {**inherited.get("metrics", {}), **metadata.pop("metrics", {})}
-    metadata = {**inherited, **metadata, **({"metrics": metrics} if metrics else {})}
-    return ModelArtifact(path, ModelFormat.KERAS, ctx.name, parent, metadata)
+    metadata = {**(parent.metadata if parent is not None else {}), **metadata}
+    return ModelArtifact(path, ModelFormat.KERAS, ctx.name, parent, metadata, effects, metrics or {})
 
 
 def without_training_state(model: Any) -> Any:

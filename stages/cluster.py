@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from pipeline.artifact import ModelArtifact
+from pipeline.artifact import Effect, ModelArtifact
 from pipeline.errors import PipelineError
 from pipeline.fields import Switch
 from pipeline.layer_plan import Action, LayerPlan, StagePlan
@@ -37,10 +37,14 @@ class ClusterStage(Stage):
 
     Config: ClassVar = ClusterParams
 
+    def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
+        """Clustered; pruned zeros stay unless preserve_sparsity=false gives them up."""
+        kept = incoming - {Effect.PRUNED} if self.config.preserve_sparsity == "false" else incoming
+        return kept | {Effect.CLUSTERED}
     def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
         """Which layers are clustered and which keep their values (and why), before any training."""
         actions = self.choose(model, where)
-        keeps = " keeping pruned zeros" if self.preserves(bool(earlier.layers("pruned"))) else ""
+        keeps = " keeping pruned zeros" if self.preserves(Effect.PRUNED in earlier.effects) else ""
         summary = f"clusters to {self.config.number_of_clusters} values{keeps}; left unclustered: {left_alone(model, actions, 'clustered')}"
         return StagePlan(actions, summary)
 
@@ -63,7 +67,7 @@ class ClusterStage(Stage):
 
         assert model is not None  # guaranteed by `accepts`
         params: ClusterParams = self.config
-        preserve = self.preserves(bool(model.metadata.get("pruned")))
+        preserve = self.preserves(Effect.PRUNED in model.effects)
         init = tfmot.clustering.keras.CentroidInitialization[params.centroid_init.upper()]
         keras_model = model.load_keras()
         actions = self.choose(keras_model, f"stages.{ctx.name}")
@@ -84,14 +88,14 @@ class ClusterStage(Stage):
         stripped = tfmot.clustering.keras.strip_clustering(clustered)
         check_clusters(stripped, names, params, ctx.name)
         facts: dict[str, Any] = {}
-        if model.metadata.get("pruned"):
+        if Effect.PRUNED in model.effects:
             if preserve:
                 check_kept_sparsity(stripped, model.metadata, ctx.name)
             else:  # asked for: later stages must not treat the model as sparse any more
                 ctx.log.warning("    preserve_sparsity=false: clustering gives up the pruned zeros")
-                facts = {"pruned": False, "target_sparsity": 0.0}
+                facts = {"target_sparsity": 0.0}
         return save_keras(
-            stripped, ctx, model, clustered=True, number_of_clusters=params.number_of_clusters,
+            stripped, ctx, model, effects=self.output_effects(model), number_of_clusters=params.number_of_clusters,
             clustered_layers=names, unclustered_layers=unclustered, sparsity_preserved=preserve,
             metrics={"unclustered_share": kernel_share(keras_model, unclustered)}, **facts,
         )

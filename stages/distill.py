@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.layer_plan import LayerPlan, StagePlan
 from pipeline.models.compat import build, prepared
+from pipeline.models.user import load_model_file, model_file_problem
 from pipeline.stage import Stage, StageContext
 from stages._training import FitParams, compile_model, fit, save_keras
 
@@ -42,7 +42,11 @@ class DistillStage(Stage):
     Config: ClassVar = DistillParams
     accepts: ClassVar = frozenset({None, ModelFormat.KERAS})
 
-    def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
+    def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
+        """The student is a new model: nothing done to the teacher carries over."""
+        return frozenset()
+
+    def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
         params: DistillParams = self.config
         if params.teacher is None and input_format is None:
             raise PipelineError(
@@ -51,6 +55,9 @@ class DistillStage(Stage):
             )
         if params.teacher is not None and not Path(params.teacher).exists():
             raise PipelineError(f"{where}.teacher: no such file '{params.teacher}'; give the path of a .keras, .h5 or SavedModel")
+        problem = model_file_problem(Path(params.teacher)) if params.teacher is not None else None
+        if problem:
+            raise PipelineError(f"{where}.teacher: {params.teacher} {problem}")
         self.student_builder(where)
 
     def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
@@ -67,11 +74,9 @@ class DistillStage(Stage):
         return configure(registry.MODELS, self.config.student, f"{where}.student")
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
-        import tf_keras as keras
-
         params: DistillParams = self.config
         if params.teacher is not None:
-            teacher = prepared(keras.models.load_model(params.teacher, compile=False), f"stages.{ctx.name}.teacher")
+            teacher = prepared(load_model_file(params.teacher, f"stages.{ctx.name}.teacher"), f"stages.{ctx.name}.teacher")
             if getattr(teacher, "softmax_removed", False):
                 ctx.log.warning("    stages.%s.teacher: %s ends in a softmax; distilling from the logits before it", ctx.name, params.teacher)
         else:
@@ -92,7 +97,8 @@ class DistillStage(Stage):
         fit(student, ctx, params, targets=targets)
         teacher_facts = {"teacher_params": float(teacher.count_params()), "teacher_accuracy": teacher_accuracy}
         artifact = save_keras(
-            student, ctx, None, distilled=True, teacher=params.teacher or str(model.path), metrics=teacher_facts
+            student, ctx, None, effects=self.output_effects(model), metrics=teacher_facts,
+            distilled=True, teacher=params.teacher or str(model.path),
         )
         return dataclasses.replace(artifact, parent=model)
 

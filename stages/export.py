@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 import shutil
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.schema import Params
 from pipeline.stage import Stage, StageContext
@@ -74,21 +73,21 @@ class ExportStage(Stage):
                     "the .tflite holds the quantization-aware result",
                     written[target].name, source.stage,
                 )
-        facts = {**model.metadata, "exports": [str(p) for p in written.values()]}
+        exports = list(written.values())
         if params.metadata:
             from stages import _metadata
 
-            facts["metadata_file"] = str(_metadata.write(model, written, ctx, folder / f"{params.name}.json"))
-            facts["exports"].append(facts["metadata_file"])
-            ctx.log.info("    wrote %s", facts["metadata_file"])
+            exports.append(_metadata.write(model, written, ctx, folder / f"{params.name}.json"))
+            ctx.log.info("    wrote %s", exports[-1])
         handed_on = written.get(model.format.value, model.path)
-        return ModelArtifact(handed_on, model.format, ctx.name, model, facts)
+        return ModelArtifact(
+            handed_on, model.format, ctx.name, model, dict(model.metadata), self.output_effects(model), exports=tuple(exports)
+        )
 
 
 def trained_past(model: ModelArtifact, source: ModelArtifact) -> bool:
     """Whether quantization-aware training happened between `source` and `model`."""
-    later = itertools.takewhile(lambda artifact: artifact is not source, model.lineage())
-    return any(artifact.metadata.get("quantize_aware") for artifact in later)
+    return Effect.QUANTIZE_AWARE in model.effects - source.effects
 
 
 def write(source: ModelArtifact, target: str, stem: Path) -> Path:

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.artifact import ModelArtifact
+from pipeline.artifact import Effect, ModelArtifact
 from pipeline.errors import PipelineError
 from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.stage import Stage, StageContext
@@ -77,6 +77,9 @@ class PruneStage(Stage):
 
     Config: ClassVar = PruneParams
 
+    def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
+        """Pruned; fine-tuning moves clustered weights off their shared values."""
+        return (incoming - {Effect.CLUSTERED}) | {Effect.PRUNED}
     def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
         """Which layers are pruned and which stay dense (and why), before any training."""
         actions = self.choose(model, where)
@@ -127,7 +130,7 @@ class PruneStage(Stage):
         stripped = sparsity.strip_pruning(pruned)
         achieved = check_sparsity(stripped, names, params, ctx.name)
         return save_keras(
-            stripped, ctx, model, pruned=True, target_sparsity=params.final_sparsity,
+            stripped, ctx, model, effects=self.output_effects(model), target_sparsity=params.final_sparsity,
             m_by_n=list(pattern) if pattern else None, pruned_layers=names, dense_layers=dense,
             metrics={"pruned_layers_sparsity": achieved, "dense_share": share},
         )

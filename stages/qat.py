@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.stage import Stage, StageContext
@@ -16,8 +15,13 @@ from stages._gates import GateParams, apply_gates
 from stages._layers import require_layer_graph
 from stages._training import FitParams, compile_model, fit
 
-# What each collaborative scheme needs an earlier stage to have done.
-NEEDS = {"default": (), "pqat": ("pruned",), "cqat": ("clustered",), "pcqat": ("pruned", "clustered")}
+# What each scheme needs an earlier stage to have done to the model, and keeps of it.
+KEEPS = {
+    "default": frozenset(),
+    "pqat": frozenset({Effect.PRUNED}),
+    "cqat": frozenset({Effect.CLUSTERED}),
+    "pcqat": frozenset({Effect.PRUNED, Effect.CLUSTERED}),
+}
 
 
 class QuantizeAwareParams(FitParams, GateParams):
@@ -37,14 +41,11 @@ class QuantizeAwareParams(FitParams, GateParams):
     )
 
 
-def chosen_scheme(requested: str, metadata: dict[str, Any]) -> str:
+def chosen_scheme(requested: str, effects: frozenset[Effect]) -> str:
     """The scheme to apply: `requested`, or for auto the one that keeps what earlier stages made."""
     if requested != "auto":
         return requested
-    pruned, clustered = bool(metadata.get("pruned")), bool(metadata.get("clustered"))
-    if pruned and clustered:
-        return "pcqat"
-    return "pqat" if pruned else "cqat" if clustered else "default"
+    return next(scheme for scheme, keeps in KEEPS.items() if keeps == effects & {Effect.PRUNED, Effect.CLUSTERED})
 
 
 class QuantizeAwareStage(Stage):
@@ -57,23 +58,23 @@ class QuantizeAwareStage(Stage):
     Config: ClassVar = QuantizeAwareParams
     produces: ClassVar = ModelFormat.TFLITE
 
-    def check_input(self, input_format: ModelFormat | None, earlier: Sequence[Stage], where: str) -> None:
-        from stages.cluster import ClusterStage
-        from stages.prune import PruneStage
-
-        did = {"pruned": any(isinstance(s, PruneStage) for s in earlier),
-               "clustered": any(isinstance(s, ClusterStage) for s in earlier)}
-        missing = [need for need in NEEDS.get(self.config.scheme, ()) if not did[need]]
+    def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
+        missing = sorted(KEEPS.get(self.config.scheme, frozenset()) - effects)
         if missing:
             raise PipelineError(
-                f"{where}.scheme: '{self.config.scheme}' keeps what an earlier stage made, but no earlier stage "
-                f"{' or '.join(missing)} the model; use scheme=auto or add the stage first"
+                f"{where}.scheme: '{self.config.scheme}' keeps what an earlier stage made, but the model reaching it "
+                f"is not {' or '.join(m.value for m in missing)}; use scheme=auto or add such a stage first"
             )
+
+    def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
+        """Quantization-aware, keeping what the scheme preserves (auto keeps all it finds)."""
+        kept = incoming if self.config.scheme == "auto" else incoming & KEEPS[self.config.scheme]
+        return kept | {Effect.QUANTIZE_AWARE}
 
     def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
         """Which layers train quantization-aware and which are only calibrated at conversion (and why)."""
         require_layer_graph(model, where)
-        scheme = chosen_scheme(self.config.scheme, {"pruned": earlier.layers("pruned"), "clustered": earlier.layers("clustered")})
+        scheme = chosen_scheme(self.config.scheme, earlier.effects)
         actions = annotation(model, scheme)
         calibrated = [name for name, action in actions.items() if action.kind != AWARE]
         return StagePlan(actions, f"scheme {scheme}, then full-integer int8; calibrated only: {', '.join(calibrated) or 'none'}")
@@ -84,10 +85,8 @@ class QuantizeAwareStage(Stage):
         assert model is not None  # guaranteed by `accepts`
         params: QuantizeAwareParams = self.config
         where = f"stages.{ctx.name}"
-        scheme = chosen_scheme(params.scheme, model.metadata)
-        missing = [need for need in NEEDS[scheme] if not model.metadata.get(need)]
-        if missing:  # e.g. a model file given to an earlier stage that did not record pruning
-            raise PipelineError(f"{where}.scheme: '{scheme}' needs a {' and '.join(missing)} model; use scheme=auto")
+        self.check_input(model.format, model.effects, where)  # also when called without a checked recipe
+        scheme = chosen_scheme(params.scheme, model.effects)
         aware, calibrated = quantize_aware(model.load_keras(), scheme)
         ctx.log.info(
             "    quantization-aware training, scheme %s; calibrated at conversion only (TFMOT cannot train them "
@@ -100,11 +99,14 @@ class QuantizeAwareStage(Stage):
         path = ctx.workdir / "model.tflite"
         path.write_bytes(convert(aware, conversion, calibration_set(ctx, conversion), sparse=False))
         metadata: dict[str, Any] = {
-            **model.metadata, "quantization": "int8", "quantize_aware": True, "qat_scheme": scheme,
+            **model.metadata, "quantization": "int8", "qat_scheme": scheme,
             "calibration_samples": params.calibration_samples, "calibrated_layers": list(calibrated),
         }
-        metadata.update(apply_gates(params, True, aware, path, ctx.data, where))
-        return ModelArtifact(path, ModelFormat.TFLITE, ctx.name, model, metadata)
+        gates = apply_gates(params, True, aware, path, ctx.data, where)
+        metadata.update(gates.facts)
+        return ModelArtifact(
+            path, ModelFormat.TFLITE, ctx.name, model, metadata, self.output_effects(model), gate=gates.accuracies
+        )
 
 
 def settle_ranges(aware: Any, calibration: Any, rounds: int = 3) -> None:

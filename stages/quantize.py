@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.fields import Switch
 from pipeline.layer_plan import Action, LayerPlan, StagePlan
@@ -79,9 +79,11 @@ class QuantizeStage(Stage):
             **model.metadata, "quantization": params.mode, "sparse_encoding": sparse,
             "calibration_samples": len(calibration) if params.mode in CALIBRATED else 0,
         }
-        metadata.pop("exports", None)
-        metadata.update(apply_gates(params, params.mode == "int8", keras_model, path, ctx.data, where))
-        return ModelArtifact(path, ModelFormat.TFLITE, ctx.name, model, metadata)
+        gates = apply_gates(params, params.mode == "int8", keras_model, path, ctx.data, where)
+        metadata.update(gates.facts)
+        return ModelArtifact(
+            path, ModelFormat.TFLITE, ctx.name, model, metadata, self.output_effects(model), gate=gates.accuracies
+        )
 
     def sparse_encoding(
         self, keras_model: Any, model: ModelArtifact, calibration: np.ndarray, path: Path, ctx: StageContext
@@ -90,7 +92,7 @@ class QuantizeStage(Stage):
         choice = self.config.keep_sparsity
         # XNNPACK's sparse kernels are floating-point only: a sparse-encoded integer model came out
         # larger and did not run, so `auto` does not spend a second conversion finding that out.
-        worth_trying = model.metadata.get("pruned") and self.config.mode in FLOAT_MODES
+        worth_trying = Effect.PRUNED in model.effects and self.config.mode in FLOAT_MODES
         if choice == "false" or (choice == "auto" and not worth_trying):
             return False
         candidate = ctx.workdir / "sparse.tflite"

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.stage import Stage, StageContext
 from stages._training import FitParams, compile_model, fit, save_keras
 
@@ -23,8 +23,12 @@ class TrainStage(Stage):
     Config: ClassVar = TrainParams
     accepts: ClassVar = frozenset({None, ModelFormat.KERAS})
 
+    def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
+        """Plain training lets pruned weights grow back and clustered ones drift apart."""
+        return frozenset()
+
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         keras_model = ctx.build_model() if model is None else model.load_keras()
         compile_model(keras_model, self.config)
         fit(keras_model, ctx, self.config)
-        return save_keras(keras_model, ctx, model)
+        return save_keras(keras_model, ctx, model, effects=self.output_effects(model))

@@ -43,3 +43,19 @@ def write_csv(path: Path, count=90) -> Path:
         lines.append(f"{10 * k + rng.normal():.3f},{['setosa', 'versicolor', 'virginica'][k]},{rng.normal():.3f},7")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def image_tree(root: Path, sizes=((12, 10), (9, 14)), per_class=10) -> Path:
+    """PNG and JPEG files in three class folders; class k is coloured in channel k."""
+    import tensorflow as tf
+
+    for k, name in enumerate(["red", "green", "blue"]):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            height, width = sizes[i % len(sizes)]
+            pixels = np.full((height, width, 3), 30, np.uint8)
+            pixels[..., k] = 220
+            encoded = tf.io.encode_png(pixels) if i % 2 else tf.io.encode_jpeg(pixels, quality=95)
+            (root / name / f"{i}.{'png' if i % 2 else 'jpg'}").write_bytes(encoded.numpy())
+    (root / "notes.txt").write_text("not a class")
+    return root

@@ -1,47 +1,29 @@
-"""Shared fixtures: real configs composed by Hydra, tiny settings, each test in its own tmp_path."""
+"""Fixtures shared by every test module; helpers live in tests/_runs.py, tests/_tiny.py and tests/_data_files.py."""
 
 from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-
-from pipeline.cli import with_stage_prefix
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# Keeps end-to-end runs to seconds: few epochs, few latency repetitions.
-TINY = [
-    "stages.train.epochs=3",
-    "stages.prune.epochs=2",
-    "measure.latency_runs=5",
-    "measure.warmup_runs=1",
-]
-
-
-def compose_config(tmp_path: Path, *overrides: str):
-    """The composed config `python -m pipeline` would see, with outputs under tmp_path."""
-    with initialize_config_module(config_module="recipes", version_base="1.3"):
-        return compose("config", overrides=[f"outputs={tmp_path / 'outputs'}", *map(with_stage_prefix, overrides)])
-
-
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`python -m pipeline ARGS` in `cwd`, as a user would type it."""
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 @pytest.fixture(autouse=True)
 def _quiet_tensorflow_logs():
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """The small CNN trained on digits for 4 epochs, shared by the stage tests.
+
+    Stages never change their input artifact (they load it and write to their own folder), so
+    one trained model serves every test that needs one.
+    """
+    from stages.train import TrainParams, TrainStage
+    from tests._tiny import context
+
+    return TrainStage(TrainParams(epochs=4)).run(None, context(tmp_path_factory.mktemp("trained"), "train"))

@@ -8,18 +8,21 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.cache import StageCache, cache_key
 from pipeline.cache import main as cache_cli
 from pipeline.runner import RunInfo, run
-from tests.conftest import TINY, compose_config
+from tests._runs import TINY, compose_config
 
 
 def fake_output(folder, text="weights"):
     """A stage work folder holding one model file (the cache stores any files)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.keras").write_text(text)
-    return ModelArtifact(folder / "model.keras", ModelFormat.KERAS, "train", None, {"pruned": True})
+    return ModelArtifact(
+        folder / "model.keras", ModelFormat.KERAS, "train", None, {"target_sparsity": 0.5}, frozenset({Effect.PRUNED}),
+        {"teacher_accuracy": 0.9}, {"tflite_accuracy": 0.8},
+    )
 
 
 def test_round_trip_restores_files_and_metadata(tmp_path):
@@ -29,7 +32,9 @@ def test_round_trip_restores_files_and_metadata(tmp_path):
     entry = cache.get("k1")
     restored = cache.restore(entry, tmp_path / "run2" / "0_train", "train", None)
     assert restored.path.read_text() == "weights"
-    assert restored.metadata == {"pruned": True} and restored.format is ModelFormat.KERAS
+    assert restored.metadata == {"target_sparsity": 0.5} and restored.format is ModelFormat.KERAS
+    assert restored.effects == {Effect.PRUNED}
+    assert restored.metrics == {"teacher_accuracy": 0.9} and restored.gate == {"tflite_accuracy": 0.8}
     assert entry.record["measurements"] == {"m": {"accuracy": 0.9}}
 
 

@@ -5,17 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.artifact import Effect
 from pipeline.errors import PipelineError
 from stages.cluster import ClusterParams, ClusterStage, check_kept_sparsity, unique_values
 from stages.prune import PruneParams, PruneStage, pruned_sparsity
-from stages.train import TrainParams, TrainStage
 from tests._tiny import accuracy, context
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("trained")
-    return TrainStage(TrainParams(epochs=3)).run(None, context(tmp_path, "train"))
 
 
 @pytest.mark.parametrize("init", ["kmeans_plus_plus", "linear"])
@@ -24,7 +18,7 @@ def test_each_clustered_kernel_has_at_most_n_values(tmp_path, trained, init):
         trained, context(tmp_path, "cluster", 1)
     )
     model = out.load_keras()
-    assert out.metadata["clustered"] is True and out.metadata["number_of_clusters"] == 8
+    assert out.effects == {Effect.CLUSTERED} and out.metadata["number_of_clusters"] == 8
     assert out.metadata["clustered_layers"] == [layer.name for layer in model.layers if hasattr(layer, "kernel")]
     for name in out.metadata["clustered_layers"]:
         assert unique_values(model.get_layer(name).get_weights()[0], per_channel=False) <= 8
@@ -34,7 +28,7 @@ def test_each_clustered_kernel_has_at_most_n_values(tmp_path, trained, init):
 def test_clustering_after_pruning_keeps_the_zeros(tmp_path, trained):
     pruned = PruneStage(PruneParams(final_sparsity=0.5, epochs=2)).run(trained, context(tmp_path, "prune", 1))
     out = ClusterStage(ClusterParams(number_of_clusters=8, epochs=1)).run(pruned, context(tmp_path, "cluster", 2))
-    assert out.metadata["sparsity_preserved"] is True and out.metadata["pruned"] is True
+    assert out.metadata["sparsity_preserved"] is True and out.effects == {Effect.PRUNED, Effect.CLUSTERED}
     assert pruned_sparsity(out.load_keras(), pruned.metadata["pruned_layers"]) >= 0.48
 
 
@@ -43,7 +37,7 @@ def test_clustering_without_preservation_gives_up_the_zeros_openly(tmp_path, tra
     out = ClusterStage(ClusterParams(number_of_clusters=4, epochs=1, preserve_sparsity="false")).run(
         pruned, context(tmp_path, "cluster", 2)
     )
-    assert out.metadata["pruned"] is False and out.metadata["sparsity_preserved"] is False
+    assert out.effects == {Effect.CLUSTERED} and out.metadata["sparsity_preserved"] is False
     assert pruned_sparsity(out.load_keras(), pruned.metadata["pruned_layers"]) < 0.4
 
 

@@ -16,8 +16,8 @@ from pipeline.data.idx import IdxParams, IdxSource
 from pipeline.data.images import ImageFolderParams, ImageFolderSource
 from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
-from tests._data_files import MNIST10K, idx_folder, write_csv, write_idx
-from tests.conftest import compose_config
+from tests._data_files import MNIST10K, idx_folder, image_tree, write_csv, write_idx
+from tests._runs import compose_config
 
 
 def load_idx(folder: Path, seed=0, **params) -> Dataset:
@@ -229,22 +229,6 @@ def test_csv_is_configured_from_the_command_line(tmp_path):
 
 
 # --- image_folder ---------------------------------------------------------------------------------
-
-
-def image_tree(root: Path, sizes=((12, 10), (9, 14)), per_class=10) -> Path:
-    """PNG and JPEG files in three class folders; class k is coloured in channel k."""
-    import tensorflow as tf
-
-    for k, name in enumerate(["red", "green", "blue"]):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            height, width = sizes[i % len(sizes)]
-            pixels = np.full((height, width, 3), 30, np.uint8)
-            pixels[..., k] = 220
-            encoded = tf.io.encode_png(pixels) if i % 2 else tf.io.encode_jpeg(pixels, quality=95)
-            (root / name / f"{i}.{'png' if i % 2 else 'jpg'}").write_bytes(encoded.numpy())
-    (root / "notes.txt").write_text("not a class")
-    return root
 
 
 def test_image_folder_resizes_every_image(tmp_path):

@@ -11,11 +11,12 @@ import textwrap
 import numpy as np
 import pytest
 
+from pipeline.artifact import Effect
 from pipeline.devices import DeviceParams, DeviceSetup, worker_role
 from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
 from tests._tiny import accuracy, context, digits
-from tests.conftest import ROOT, compose_config, run_cli
+from tests._runs import ROOT, compose_config, run_cli
 
 
 def gpu_present() -> bool:
@@ -29,7 +30,7 @@ def test_device_group_is_checked_without_importing_tensorflow(tmp_path):
         f"""
         import sys
         from pathlib import Path
-        from tests.conftest import compose_config
+        from tests._runs import compose_config
         from pipeline.recipe import build_plan
         plan = build_plan(compose_config(Path({str(tmp_path)!r}), "device=gpu", "device.jit_compile=true"))
         print(plan.device.params.name, plan.device.params.precision, plan.device.params.jit_compile)
@@ -213,7 +214,7 @@ def test_tfmot_fine_tuning_under_mixed_precision_warns_and_trains_in_float32(tmp
     with caplog.at_level("WARNING"), ctx.device.scope():
         pruned = PruneStage(PruneParams(epochs=1, final_sparsity=0.5)).run(trained, ctx)
     assert "prune: trains in float32; device.precision=mixed_float16 applies to newly built models" in caplog.text
-    assert pruned.metadata["pruned"] and {layer.dtype_policy.name for layer in pruned.load_keras().layers} == {"float32"}
+    assert Effect.PRUNED in pruned.effects and {layer.dtype_policy.name for layer in pruned.load_keras().layers} == {"float32"}
 
 
 def test_distillation_student_follows_mixed_precision(tmp_path, caplog):

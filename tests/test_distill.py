@@ -8,9 +8,8 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
 from stages.distill import DistillParams, DistillStage, distillation_loss, pack
-from stages.train import TrainParams, TrainStage
 from tests._tiny import accuracy, context
-from tests.conftest import compose_config
+from tests._runs import compose_config
 
 
 def softmax(z):
@@ -43,10 +42,10 @@ def test_alpha_one_ignores_labels_and_zero_ignores_teacher():
     assert float(distillation_loss("kl", 1.0, 3.0)(label_is_student_pick, student)[0]) > 1.0
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("teacher")
-    return TrainStage(TrainParams(epochs=6)).run(None, context(tmp_path, "train"))
+@pytest.fixture
+def teacher(trained):
+    """The shared trained small CNN, as the model to distil from."""
+    return trained
 
 
 def test_student_learns_from_the_preceding_model(tmp_path, teacher):
@@ -54,10 +53,10 @@ def test_student_learns_from_the_preceding_model(tmp_path, teacher):
     out = DistillStage(params).run(teacher, context(tmp_path, "distill", 1))
     student = out.load_keras()
     assert student.count_params() < teacher.load_keras().count_params() / 4
-    facts = out.metadata["metrics"]
+    facts = out.metrics
     assert facts["teacher_params"] == teacher.load_keras().count_params()
     assert 0.8 < facts["teacher_accuracy"] <= 1
-    assert out.parent is teacher and out.metadata["distilled"] is True
+    assert out.parent is teacher and out.metadata["distilled"] is True and out.effects == frozenset()
     assert accuracy(out, context(tmp_path, "x").data) > 0.8
 
 

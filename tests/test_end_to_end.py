@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from pipeline import litert
 from pipeline.runner import RunInfo, run
-from tests.conftest import TINY, compose_config, run_cli
+from tests._runs import TINY, compose_config, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,9 @@ def test_readme_command_runs_the_default_recipe(tmp_path):
     done = run_cli("recipe=mobile_int8", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| export   | tflite |" in done.stdout
+    assert done.stderr == ""  # TensorFlow's and LiteRT's own notes stay out of the terminal...
+    run_log = next((tmp_path / "outputs" / "runs").glob("*_mobile_int8/*.log")).read_text()
+    assert "fully_quantize:" in run_log  # ...and go to the run's log
     assert (tmp_path / "outputs" / "mlflow.db").exists()
     exports = list((tmp_path / "outputs" / "runs").glob("*_mobile_int8/export/model.tflite"))
     assert len(exports) == 1

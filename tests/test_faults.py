@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pipeline.errors import PipelineError
 from pipeline.preflight import check_environment
 from pipeline.recipe import build_plan
 from pipeline.runner import RunInfo, run
-from tests.conftest import TINY, compose_config, run_cli
+from tests._runs import TINY, compose_config, run_cli
 
 
 @pytest.mark.parametrize(
@@ -89,8 +90,11 @@ def test_a_killed_run_resumes_from_its_last_finished_stage(tmp_path):
     done = run_cli(*args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| train (cached)" in done.stdout  # the finished stage was kept
-    assert "| prune    " in done.stdout or "| prune " in done.stdout
-    assert not list((tmp_path / "outputs" / "cache").glob("*/entry.json.tmp"))
+    assert re.search(r"^\| prune +\| keras", done.stdout, re.MULTILINE)  # the killed stage ran again...
+    assert "| prune (cached)" not in done.stdout  # ...and was not taken from a half-written entry
+    cache = tmp_path / "outputs" / "cache"
+    assert not list(cache.glob(".tmp-*"))  # no staging folder left behind
+    assert len(list(cache.glob("*/entry.json"))) == 3  # train, prune, quantize (export is never cached)
 
 
 def test_ctrl_c_ends_the_run_killed_with_one_line(tmp_path):

@@ -12,19 +12,12 @@ from stages._gates import float_operators, integer_gate
 from stages.export import ExportParams, ExportStage
 from stages.prune import PruneParams, PruneStage
 from stages.quantize import QuantizeParams, QuantizeStage
-from stages.train import TrainParams, TrainStage
 from tests._tiny import accuracy, context
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("trained")
-    return TrainStage(TrainParams(epochs=3)).run(None, context(tmp_path, "train"))
 
 
 def test_accuracy_gate_passes_and_records_both_accuracies(tmp_path, trained):
     out = QuantizeStage(QuantizeParams(mode="int8", accuracy_tolerance=0.05)).run(trained, context(tmp_path, "quantize", 1))
-    gate = out.metadata["gate"]
+    gate = out.gate
     data = context(tmp_path, "x").data
     assert gate["tflite_accuracy"] == pytest.approx(accuracy(out, data))
     assert gate["keras_accuracy"] == pytest.approx(accuracy(trained, data))
@@ -58,7 +51,7 @@ def test_metadata_json_describes_the_shipped_model(tmp_path, trained):
     pruned = PruneStage(PruneParams(final_sparsity=0.5, epochs=1)).run(trained, context(tmp_path, "prune", 1))
     tflite = QuantizeStage(QuantizeParams(mode="int8")).run(pruned, context(tmp_path, "quantize", 2))
     out = ExportStage(ExportParams(formats=["tflite", "keras"], name="digits")).run(tflite, context(tmp_path, "export", 3))
-    assert out.metadata["metadata_file"] == str(tmp_path / "export" / "digits.json")
+    assert out.exports[-1] == tmp_path / "export" / "digits.json"
     meta = json.loads((tmp_path / "export" / "digits.json").read_text())
     assert meta["files"] == {"tflite": "digits.tflite", "keras": "digits.keras"}
     assert meta["quantization"]["quantization"] == "int8" and meta["quantization"]["fully_integer"] is True
@@ -67,6 +60,7 @@ def test_metadata_json_describes_the_shipped_model(tmp_path, trained):
     assert target["dtype"] == "int8" and target["shape"] == [1, 10]
     assert [step["stage"] for step in meta["lineage"]] == ["train", "prune", "quantize"]
     assert meta["lineage"][1]["facts"]["target_sparsity"] == 0.5
+    assert meta["lineage"][2]["effects"] == ["pruned"]
     assert meta["metrics"]["accuracy"] == pytest.approx(accuracy(tflite, context(tmp_path, "x").data))
     assert meta["metrics"]["sparsity"] == pytest.approx(0.5, abs=0.03)
     assert np.isclose(meta["metrics"]["size_bytes"], (tmp_path / "export" / "digits.tflite").stat().st_size)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from pipeline.inspect import layer_plan
-from tests.conftest import compose_config
+from tests._runs import compose_config
 
 
 @pytest.fixture(autouse=True)

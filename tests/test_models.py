@@ -14,7 +14,7 @@ from pipeline.models.builtin import MLPParams, ModelParams
 from pipeline.models.mobilenet import MobileNetV2, MobileNetV2Params
 from pipeline.models.user import CustomModel, CustomModelParams, FileModel, FileModelParams
 from pipeline.recipe import build_plan
-from tests.conftest import compose_config
+from tests._runs import compose_config
 
 
 def dataset(shape: tuple[int, ...], classes: int = 3, count: int = 30) -> Dataset:
@@ -139,9 +139,19 @@ def test_model_path_problems_fail_at_validation(tmp_path):
             build_plan(compose_config(tmp_path, "model=file", f"model.path={path}"))
 
 
-def test_damaged_model_file_names_the_file(tmp_path):
+def test_damaged_model_file_is_refused_at_validation(tmp_path):
     path = tmp_path / "broken.keras"
     path.write_bytes(b"not a zip")
+    with pytest.raises(PipelineError, match=r"^model.path: is not a .keras archive"):
+        build_plan(compose_config(tmp_path, "model=file", f"model.path={path}"))
+
+
+def test_a_model_file_that_looks_right_but_does_not_load_names_the_file(tmp_path):
+    import zipfile
+
+    path = tmp_path / "broken.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "{not json")
     with pytest.raises(PipelineError, match=r"model.path: cannot load .*broken.keras .*model.save\('model.keras'\)"):
         FileModel(FileModelParams(name="file", path=str(path))).build((4,), 3)
 

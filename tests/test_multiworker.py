@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.devices import worker_role
 from pipeline.launch import free_ports, stop, tf_config, wait_for
-from tests.conftest import ROOT
+from tests._runs import ROOT
 
 TINY_RECIPE = """# @package _global_
 description: Two-worker smoke test.

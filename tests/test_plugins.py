@@ -9,8 +9,9 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline import registry
+from pipeline.errors import PipelineError
 from pipeline.runner import RunInfo, run
-from tests.conftest import TINY, compose_config, run_cli
+from tests._runs import TINY, compose_config, run_cli
 
 PLUGIN = '''
 """A third-party package's stages."""
@@ -19,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.schema import Params
 from pipeline.stage import Stage
 
@@ -33,12 +34,15 @@ class RoundWeights(Stage):
 
     Config: ClassVar = RoundParams
 
+    def effects_after(self, incoming):
+        return incoming | {Effect.PRUNED}
+
     def run(self, model, ctx):
         keras_model = model.load_keras()
         keras_model.set_weights([np.round(w, self.config.decimals) for w in keras_model.get_weights()])
         path = ctx.workdir / "rounded.keras"
         keras_model.save(path)
-        return ModelArtifact(path, ModelFormat.KERAS, ctx.name, model)
+        return ModelArtifact(path, ModelFormat.KERAS, ctx.name, model, effects=self.output_effects(model))
 
 
 class Explode(Stage):
@@ -71,6 +75,17 @@ def plugin_dir(tmp_path, monkeypatch):
 def test_plugin_is_listed_with_the_builtins(plugin_dir):
     names = set(registry.available(registry.STAGES))
     assert {"train", "prune", "quantize", "export", "round_weights", "explode"} <= names
+
+
+def test_a_plugin_that_declares_pruning_satisfies_sparsity_preserving_qat(tmp_path, plugin_dir):
+    from pipeline.recipe import build_plan
+
+    cfg = compose_config(tmp_path)
+    cfg.stages = {"train": {}, "round_weights": {}, "qat": {"scheme": "pqat"}}
+    assert [p.name for p in build_plan(cfg).stages] == ["train", "round_weights", "qat"]
+    cfg.stages = {"train": {}, "qat": {"scheme": "pqat"}}
+    with pytest.raises(PipelineError, match="the model reaching it is not pruned"):
+        build_plan(cfg)
 
 
 def test_plugin_stage_runs_from_a_user_recipe_on_the_command_line(tmp_path, plugin_dir):

@@ -9,15 +9,8 @@ from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
 from stages.prune import PruneParams, PruneStage, follows_m_by_n, pruned_sparsity
 from stages.quantize import QuantizeParams, QuantizeStage
-from stages.train import TrainParams, TrainStage
 from tests._tiny import context
-from tests.conftest import compose_config
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("trained")
-    return TrainStage(TrainParams(epochs=3)).run(None, context(tmp_path, "train"))
+from tests._runs import compose_config
 
 
 def test_two_of_four_pattern_holds_in_every_pruned_kernel(tmp_path, trained):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline import litert
+from pipeline.artifact import Effect
 from pipeline.errors import PipelineError
 from pipeline.measure import sparsity_of
 from pipeline.recipe import build_plan
@@ -13,15 +14,8 @@ from stages.cluster import ClusterParams, ClusterStage
 from stages.export import ExportParams, ExportStage
 from stages.prune import PruneParams, PruneStage
 from stages.qat import QuantizeAwareParams, QuantizeAwareStage, chosen_scheme
-from stages.train import TrainParams, TrainStage
 from tests._tiny import accuracy, context
-from tests.conftest import compose_config
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("trained")
-    return TrainStage(TrainParams(epochs=4)).run(None, context(tmp_path, "train"))
+from tests._runs import compose_config
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +29,17 @@ def qat(model, tmp_path, index=2, **params):
 
 
 def test_auto_scheme_follows_earlier_stages():
-    assert chosen_scheme("auto", {}) == "default"
-    assert chosen_scheme("auto", {"pruned": True}) == "pqat"
-    assert chosen_scheme("auto", {"clustered": True}) == "cqat"
-    assert chosen_scheme("auto", {"pruned": True, "clustered": True}) == "pcqat"
-    assert chosen_scheme("default", {"pruned": True}) == "default"
+    pruned, clustered = Effect.PRUNED, Effect.CLUSTERED
+    assert chosen_scheme("auto", frozenset()) == "default"
+    assert chosen_scheme("auto", frozenset({pruned})) == "pqat"
+    assert chosen_scheme("auto", frozenset({clustered})) == "cqat"
+    assert chosen_scheme("auto", frozenset({pruned, clustered})) == "pcqat"
+    assert chosen_scheme("default", frozenset({pruned})) == "default"
 
 
 def test_plain_qat_converts_to_full_integer(tmp_path, trained):
     out = qat(trained, tmp_path, 1)
-    assert out.metadata["quantize_aware"] is True and out.metadata["qat_scheme"] == "default"
+    assert out.effects == {Effect.QUANTIZE_AWARE} and out.metadata["qat_scheme"] == "default"
     assert out.path.suffix == ".tflite" and out.metadata["fully_integer"] is True
     data = context(tmp_path, "x").data
     assert accuracy(out, data) >= accuracy(trained, data) - 0.05
@@ -98,7 +93,19 @@ def test_accuracy_gate_fails_when_nothing_can_pass(tmp_path, trained):
 def test_explicit_scheme_without_its_stage_fails_at_validation(tmp_path):
     cfg = compose_config(tmp_path)
     cfg.stages = {"train": {}, "qat": {"scheme": "pqat"}, "export": {}}
-    with pytest.raises(PipelineError, match=r"stages.qat.scheme: 'pqat' .* no earlier stage pruned"):
+    with pytest.raises(PipelineError, match=r"stages.qat.scheme: 'pqat' .* the model reaching it is not pruned"):
+        build_plan(cfg)
+
+
+@pytest.mark.parametrize("stages, missing", [
+    ({"train": {}, "prune": {}, "retrain": {"type": "train"}, "qat": {"scheme": "pqat"}}, "pruned"),
+    ({"train": {}, "prune": {}, "cluster": {"preserve_sparsity": "false"}, "qat": {"scheme": "pcqat"}}, "pruned"),
+    ({"train": {}, "cluster": {}, "prune": {}, "qat": {"scheme": "cqat"}}, "clustered"),
+])
+def test_stages_that_undo_an_effect_are_seen_at_validation(tmp_path, stages, missing):
+    cfg = compose_config(tmp_path)
+    cfg.stages = stages
+    with pytest.raises(PipelineError, match=rf"stages.qat.scheme: .* the model reaching it is not {missing}"):
         build_plan(cfg)
 
 
@@ -110,7 +117,7 @@ def test_nothing_compresses_after_qat(tmp_path):
 
 
 def test_explicit_pqat_on_an_unpruned_model_fails_at_run(tmp_path, trained):
-    with pytest.raises(PipelineError, match=r"stages.qat.scheme: 'pqat' needs a pruned model"):
+    with pytest.raises(PipelineError, match=r"stages.qat.scheme: 'pqat' .* the model reaching it is not pruned"):
         qat(trained, tmp_path, 1, scheme="pqat")
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.recipe import build_plan
 from pipeline.runner import RunInfo, run
-from tests.conftest import compose_config
+from tests._runs import compose_config
 
 RECIPES = sorted(p.stem for p in (Path(__file__).parents[1] / "recipes" / "recipe").glob("*.yaml"))
 

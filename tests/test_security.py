@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
-from tests.conftest import compose_config, run_cli
+from tests._runs import compose_config, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

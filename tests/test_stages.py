@@ -14,29 +14,22 @@ from stages.export import ExportParams, ExportStage
 from stages.prune import PruneParams, mask_schedule
 from stages.quantize import QuantizeParams, QuantizeStage
 from stages.train import TrainParams, TrainStage
-from tests._tiny import context
+from tests._tiny import context, digits
 
 QUICK = MeasureParams(latency_runs=3, warmup_runs=1)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("trained")
-    ctx = context(tmp_path, "train")
-    return TrainStage(TrainParams(epochs=4)).run(None, ctx), ctx
-
-
 @pytest.mark.parametrize("mode", ["none", "dynamic", "float16", "int8", "int16x8"])
 def test_every_quantize_mode_converts_and_keeps_accuracy(tmp_path, trained, mode):
-    keras_model, train_ctx = trained
-    baseline = measure(keras_model, train_ctx.data, QUICK)["accuracy"]
+    keras_model, data = trained, digits()
+    baseline = measure(keras_model, data, QUICK)["accuracy"]
     tflite = QuantizeStage(QuantizeParams(mode=mode)).run(keras_model, context(tmp_path, "quantize", 1))
     assert tflite.format is ModelFormat.TFLITE and tflite.metadata["quantization"] == mode
-    assert measure(tflite, train_ctx.data, QUICK)["accuracy"] >= baseline - 0.03
+    assert measure(tflite, data, QUICK)["accuracy"] >= baseline - 0.03
 
 
 def test_int8_tflite_is_under_a_third_of_float(tmp_path, trained):
-    keras_model, _ = trained
+    keras_model = trained
     float_file = QuantizeStage(QuantizeParams(mode="none")).run(keras_model, context(tmp_path / "f", "q"))
     int8_file = QuantizeStage(QuantizeParams(mode="int8")).run(keras_model, context(tmp_path / "i", "q"))
     ratio = file_sizes(int8_file.path)[0] / file_sizes(float_file.path)[0]
@@ -46,17 +39,17 @@ def test_int8_tflite_is_under_a_third_of_float(tmp_path, trained):
 def test_export_writes_every_format_from_the_lineage(tmp_path, trained):
     import tf_keras as keras
 
-    keras_model, train_ctx = trained
+    keras_model, data = trained, digits()
     tflite = QuantizeStage(QuantizeParams(mode="int8")).run(keras_model, context(tmp_path, "quantize", 1))
     ctx = context(tmp_path, "export", 2)
     out = ExportStage(ExportParams(formats=["tflite", "keras", "h5", "saved_model"])).run(tflite, ctx)
-    names = sorted(p.rsplit("/", 1)[-1] for p in out.metadata["exports"])
+    names = sorted(path.name for path in out.exports)
     assert names == ["model.h5", "model.json", "model.keras", "model.tflite", "model_saved_model"]
     assert out.format is ModelFormat.TFLITE and out.path == tmp_path / "export" / "model.tflite"
-    reference = keras_model.load_keras().predict(train_ctx.data.x_test[:8], verbose=0)
+    reference = keras_model.load_keras().predict(data.x_test[:8], verbose=0)
     for name in ("model.h5", "model_saved_model"):
         reloaded = keras.models.load_model(tmp_path / "export" / name, compile=False)
-        np.testing.assert_allclose(reloaded.predict(train_ctx.data.x_test[:8], verbose=0), reference, atol=1e-5)
+        np.testing.assert_allclose(reloaded.predict(data.x_test[:8], verbose=0), reference, atol=1e-5)
 
 
 def test_export_without_a_source_format_names_the_fix(tmp_path):

@@ -17,7 +17,7 @@ from pipeline import litert
 from pipeline.errors import PipelineError
 from pipeline.runner import RunInfo, run
 from tests._user_models import SHAPES
-from tests.conftest import compose_config
+from tests._runs import compose_config
 
 SMALL = ["data.max_examples=600", "stages.train.epochs=2", "measure.latency_runs=2", "measure.warmup_runs=0", "model=custom"]
 RECIPES = {
@@ -76,10 +76,10 @@ def test_every_recipe_acts_on_the_layers_inside(outputs, name, caplog):
     with caplog.at_level("INFO", logger="pipeline"):
         pruned = run_recipe(outputs, name, "mobile_int8")
     prune = stage(pruned, "prune")
-    assert prune.metadata["metrics"]["pruned_layers_sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert prune.metrics["pruned_layers_sparsity"] == pytest.approx(0.5, abs=0.02)
     assert types(pruned, prune.metadata["dense_layers"]) == sorted(shape.dense)
     # The table's sparsity counts every weight matrix, so a partial prune shows there.
-    share = prune.metadata["metrics"]["dense_share"]
+    share = prune.metrics["dense_share"]
     assert (share > 0) == bool(shape.dense)
     assert pruned.rows[1].metrics["sparsity"] == pytest.approx(0.5 * (1 - share), abs=0.02)
     if shape.dense:

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
-from tests.conftest import compose_config
+from tests._runs import compose_config
 
 # (overrides, text the one-line message must contain)
 BAD_OVERRIDES = [
@@ -68,7 +68,7 @@ def test_validation_does_not_import_tensorflow(tmp_path):
     code = textwrap.dedent(
         f"""
         import sys
-        from tests.conftest import compose_config
+        from tests._runs import compose_config
         from pipeline.recipe import build_plan
         build_plan(compose_config(__import__("pathlib").Path({str(tmp_path)!r})))
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_keras", "mlflow")))

@@ -7,6 +7,7 @@ training split only, so the test split stays unseen.
 from __future__ import annotations
 
 import csv
+import math
 import zipfile
 from pathlib import Path
 from typing import ClassVar
@@ -81,6 +82,12 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
                 f"data.path: array {key} in {path} has shape {arrays[key].shape} and type {arrays[key].dtype}; "
                 "expected numbers shaped (examples, ...)"
             )
+        if key in arrays and not np.isfinite(arrays[key]).all():
+            first = tuple(int(i) for i in np.argwhere(~np.isfinite(arrays[key]))[0])
+            raise PipelineError(
+                f"data.path: array {key} in {path} holds NaN or infinite values (first at index {first}); "
+                "fill in or drop those examples"
+            )
     for x_key, y_key in (("x", "y"), ("x_train", "y_train"), ("x_test", "y_test")):
         if x_key in arrays and y_key in arrays and len(arrays[x_key]) != len(arrays[y_key]):
             raise PipelineError(
@@ -122,8 +129,13 @@ class CsvSource(Plugin):
 
 def read_csv(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header and the non-empty rows with their line numbers; every row as long as the header."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        lines = [(number, row) for number, row in enumerate(csv.reader(handle, delimiter=delimiter), 1) if row]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            lines = [(number, row) for number, row in enumerate(csv.reader(handle, delimiter=delimiter), 1) if row]
+    except (UnicodeDecodeError, csv.Error) as error:  # a binary file, or NUL bytes in the text
+        raise PipelineError(
+            f"data.path: {path} is not a UTF-8 CSV text file ({error}); export the table as CSV"
+        ) from None
     if len(lines) < 2:
         raise PipelineError(f"data.path: {path} needs a header row and at least one data row")
     header = [name.strip() for name in lines[0][1]]
@@ -146,9 +158,15 @@ def column(header: list[str], name: str, key: str) -> int:
 def number(row: list[str], at: int, header: list[str], line: int) -> float:
     """One feature value; a non-number names its line and column."""
     try:
-        return float(row[at])
+        value = float(row[at])
     except ValueError:
         raise PipelineError(
             f"data.features: column '{header[at]}' line {line} holds {row[at]!r}, not a number; "
             "list only numeric columns in data.features"
         ) from None
+    if not math.isfinite(value):
+        raise PipelineError(
+            f"data.path: column '{header[at]}' line {line} holds {row[at]!r}; "
+            "fill in or drop rows with missing or infinite values"
+        )
+    return value

@@ -52,6 +52,17 @@ class Dataset:
         return digest.hexdigest()[:16]
 
 
+def check_finite(data: Dataset, source: str) -> None:
+    """Raise PipelineError when any split holds NaN or infinite values: training would only diverge later."""
+    for split_name, x in (("training", data.x_train), ("validation", data.x_val), ("test", data.x_test)):
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum())
+            raise PipelineError(
+                f"data.name={source}: {bad} {split_name} examples hold NaN or infinite values; "
+                "fill in or drop them in the data source"
+            )
+
+
 class SplitParams(Params):
     """How a source divides its examples; shared by every source."""
 

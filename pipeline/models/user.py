@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,12 +39,32 @@ class FileModelParams(Params):
     @field_validator("path")
     @classmethod
     def _is_a_model(cls, path: str) -> str:
-        location = Path(path)
-        if location.is_dir() and not (location / "saved_model.pb").exists():
-            raise ValueError("is a folder without saved_model.pb; point it at a .keras/.h5 file or a SavedModel folder")
-        if location.is_file() and location.suffix.lower() not in MODEL_FILES:
-            raise ValueError(f"expected a {', '.join(MODEL_FILES)} file or a SavedModel folder")
+        problem = model_file_problem(Path(path))
+        if problem:
+            raise ValueError(problem)
         return path
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def model_file_problem(location: Path) -> str | None:
+    """What makes `location` not a saved model, judged from its layout alone (no TensorFlow), or None.
+
+    Catches a wrong path or a damaged download before any stage runs, instead of after training.
+    """
+    if location.is_dir():
+        return None if (location / "saved_model.pb").exists() else (
+            "is a folder without saved_model.pb; point it at a .keras/.h5 file or a SavedModel folder"
+        )
+    suffix = location.suffix.lower()
+    if suffix not in MODEL_FILES:
+        return f"expected a {', '.join(MODEL_FILES)} file or a SavedModel folder"
+    if suffix == ".keras" and not (zipfile.is_zipfile(location) and "config.json" in zipfile.ZipFile(location).namelist()):
+        return "is not a .keras archive (a zip holding config.json); the file is damaged or was saved otherwise"
+    if suffix != ".keras" and location.open("rb").read(8) != HDF5_SIGNATURE:
+        return f"is not an HDF5 file; the file is damaged or is not a {suffix} model"
+    return None
 
 
 class FileModel(Plugin):
@@ -53,31 +74,35 @@ class FileModel(Plugin):
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> Any:
         """The saved model, uncompiled; check_compatible compares it with the data."""
-        import tf_keras as keras
-        # Keras applies safe mode to .keras files only; the scope extends it to the legacy
-        # .h5/SavedModel loaders, which otherwise rebuild Lambda layers from raw bytecode.
-        from tf_keras.src.saving.serialization_lib import SafeModeScope
-
-        path = self.config.path
-        try:
-            with SafeModeScope(self.config.safe_mode):
-                model = keras.models.load_model(path, compile=False, safe_mode=self.config.safe_mode)
-        except Exception as error:  # noqa: BLE001 - loaders raise anything from ValueError to OSError
-            raise PipelineError(load_failure(path, error)) from None
-        if not isinstance(model, keras.Model):
-            raise PipelineError(f"model.path: {path} is not a Keras model; save it with tf_keras model.save()")
-        return model
+        return load_model_file(self.config.path, "model.path", self.config.safe_mode)
 
 
-def load_failure(path: str, error: Exception) -> str:
+def load_model_file(path: str, where: str, safe_mode: bool = True) -> Any:
+    """The tf-keras model saved at `path`, uncompiled; a file that does not load is one line naming `where`."""
+    import tf_keras as keras
+    # Keras applies safe mode to .keras files only; the scope extends it to the legacy
+    # .h5/SavedModel loaders, which otherwise rebuild Lambda layers from raw bytecode.
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    try:
+        with SafeModeScope(safe_mode):
+            model = keras.models.load_model(path, compile=False, safe_mode=safe_mode)
+    except Exception as error:  # noqa: BLE001 - loaders raise anything from ValueError to OSError
+        raise PipelineError(load_failure(path, error, where)) from None
+    if not isinstance(model, keras.Model):
+        raise PipelineError(f"{where}: {path} is not a Keras model; save it with tf_keras model.save()")
+    return model
+
+
+def load_failure(path: str, error: Exception, where: str = "model.path") -> str:
     """One line saying why `path` did not load and what to do."""
     reason = " ".join(str(error).split())
     if "safe_mode" in reason or "arbitrary code" in reason:
         return (
-            f"model.path: {path} runs Python code (a lambda) when loaded, refused in safe mode; "
+            f"{where}: {path} runs Python code (a lambda) when loaded, refused in safe mode; "
             "if you trust the file, set model.safe_mode=false"
         )
-    return f"model.path: cannot load {path} ({reason[:200]}); save the model with tf_keras (model.save('model.keras'))"
+    return f"{where}: cannot load {path} ({reason[:200]}); save the model with tf_keras (model.save('model.keras'))"
 
 
 class CustomModelParams(Params):

@@ -1,0 +1,37 @@
+"""Configs composed as `python -m pipeline` composes them, and the command line run as a user types it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+
+from pipeline.cli import with_stage_prefix
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Keeps end-to-end runs to seconds: few epochs, few latency repetitions.
+TINY = [
+    "stages.train.epochs=3",
+    "stages.prune.epochs=2",
+    "measure.latency_runs=5",
+    "measure.warmup_runs=1",
+]
+
+
+def compose_config(tmp_path: Path, *overrides: str):
+    """The composed config `python -m pipeline` would see, with outputs under tmp_path."""
+    with initialize_config_module(config_module="recipes", version_base="1.3"):
+        return compose("config", overrides=[f"outputs={tmp_path / 'outputs'}", *map(with_stage_prefix, overrides)])
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGS` in `cwd`, as a user would type it."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
