@@ -209,20 +209,19 @@ def annotation(model: Any, scheme: str) -> dict[str, Action]:
 def folded_batch_norms(model: Any) -> set[str]:
     """Names of the BatchNormalization layers that directly follow a linear Conv2D, DepthwiseConv2D or Dense.
 
-    Read from the model's config, as TFMOT's transforms read it: a layer object may also belong to
-    other graphs (the nested model it was flattened from).
+    Read from the model's own graph: a layer object may also belong to other graphs (the nested
+    model it was flattened from).
     """
     import tf_keras as keras
 
     linear = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
     found = set()
-    for entry in model.get_config()["layers"]:
-        nodes = entry["inbound_nodes"]
-        if entry["class_name"] != "BatchNormalization" or len(nodes) != 1 or len(nodes[0]) != 1:
-            continue
-        before = model.get_layer(nodes[0][0][0])
-        if isinstance(before, linear) and before.get_config().get("activation") == "linear":
-            found.add(entry["name"])
+    for nodes in model._nodes_by_depth.values():
+        for node in nodes:
+            before = node.inbound_layers
+            if isinstance(node.layer, keras.layers.BatchNormalization) and isinstance(before, linear):
+                if before.get_config().get("activation") == "linear":
+                    found.add(node.layer.name)
     return found
 
 

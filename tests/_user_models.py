@@ -152,12 +152,13 @@ def float_island(input_shape, num_classes, units=32):
     return keras.Model(inputs, layers.Dense(num_classes)(x), name="float_island")
 
 
-def softmax_head(input_shape, num_classes, filters=8):
-    """A body and a nested head that ends in a softmax: probabilities, as many tutorials output."""
+def softmax_head(input_shape, num_classes, filters=8, softmax_layer=False):
+    """A body and a nested head that ends in a softmax (activation or layer): probabilities, as many tutorials output."""
     body = keras.Sequential(
         [keras.Input(input_shape), layers.Conv2D(filters, 3, padding="same", activation="relu"), layers.Flatten()], name="body"
     )
-    head = keras.Sequential([layers.Dense(32, activation="relu"), layers.Dense(num_classes, activation="softmax")], name="head")
+    ending = [layers.Dense(num_classes), layers.Softmax()] if softmax_layer else [layers.Dense(num_classes, activation="softmax")]
+    head = keras.Sequential([layers.Dense(32, activation="relu"), *ending], name="head")
     inputs = keras.Input(input_shape)
     return keras.Model(inputs, head(body(inputs)), name="softmax_head")
 

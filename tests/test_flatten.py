@@ -67,8 +67,9 @@ def test_clashing_names_get_their_block_name_and_shared_layers_stay_shared():
     assert len(conv["inbound_nodes"]) == 2  # one layer, called on the image and on the blurred image
 
 
-def test_a_softmax_at_the_end_of_a_nested_head_is_removed():
-    model = build("softmax_head")
+@pytest.mark.parametrize("softmax_layer", [False, True])
+def test_a_softmax_at_the_end_of_a_nested_head_is_removed(softmax_layer):
+    model = build("softmax_head", softmax_layer=softmax_layer)
     probabilities = model(X, training=False).numpy()
     logits = prepared(model, "model.target: tests._user_models:softmax_head", X)
     assert logits.softmax_removed

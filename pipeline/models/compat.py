@@ -81,13 +81,15 @@ def without_softmax(model: Any) -> Any:
     """
     import tf_keras as keras
 
-    if not model.layers or not (isinstance(model, keras.Sequential) or model._is_graph_network):
+    if not is_graph_model(model) or len(model.outputs) != 1:
         return model  # a subclassed model's last layer need not be its last step
-    last = model.layers[-1]
+    # The layer making the output, and its call in this model's graph: a flattened model's layers
+    # also belong to the graph they were flattened from, so `last.input` could be another graph's.
+    last, node_index, _ = model.outputs[0]._keras_history
     if isinstance(last, keras.layers.Softmax) or (
         isinstance(last, keras.layers.Activation) and last.activation is keras.activations.softmax
     ):
-        model = keras.Model(model.inputs, last.input, name=model.name)
+        model = keras.Model(model.inputs, last.inbound_nodes[node_index].input_tensors, name=model.name)
     elif getattr(last, "activation", None) is keras.activations.softmax:
         last.activation = keras.activations.linear
     else:
