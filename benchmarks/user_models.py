@@ -21,6 +21,7 @@ the float model. Timings are wall-clock on whatever machine runs it.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -56,9 +57,9 @@ def run_recipe(model: str, recipe: str, args: argparse.Namespace, outputs: Path)
     from pipeline.cli import with_stage_prefix
     from pipeline.runner import RunInfo, run
 
-    overrides = [f"outputs={outputs}", f"recipe={recipe}", "data=idx", f"data.path={args.data}", *MODELS[model], *settings(args)]
-    if recipe == "qat_int8":
-        overrides = [o for o in overrides if not o.startswith("stages.prune.")]
+    absent = "stages.qat." if recipe == "mobile_int8" else "stages.prune."  # a setting would add the stage
+    stage_settings = [o for o in settings(args) if not o.startswith(absent)]
+    overrides = [f"outputs={outputs}", f"recipe={recipe}", "data=idx", f"data.path={args.data}", *MODELS[model], *stage_settings]
     with initialize_config_module(config_module="recipes", version_base="1.3"):
         cfg = compose("config", overrides=[with_stage_prefix(o) for o in overrides])
     started = time.perf_counter()
@@ -124,6 +125,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one epoch per stage, to check the script")
     parser.add_argument("--outputs", type=Path, default=None, help="outputs folder (default: a new temporary folder)")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)  # the runner's progress lines
     if args.quick:
         args.train_epochs = args.prune_epochs = args.qat_epochs = 1
     outputs = args.outputs or Path(tempfile.mkdtemp(prefix="user_models_"))

@@ -50,10 +50,13 @@ class ClusterStage(Stage):
 
     def choose(self, model: Any, where: str) -> dict[str, Action]:
         """`clustered` or `unclustered` with the reason, for every layer with a kernel."""
+        from tensorflow_model_optimization.python.core.clustering.keras.clusterable_layer import ClusterableLayer
         from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import ClusteringRegistry
 
         def why_not(layer: Any) -> str | None:
-            return None if ClusteringRegistry.supports(layer) else "not clusterable"
+            # The registry "supports" DepthwiseConv2D but lists no weight of it to cluster (TFMOT 0.8).
+            supported = ClusteringRegistry.supports(layer) and bool(ClusteringRegistry._weight_names(layer))
+            return None if isinstance(layer, ClusterableLayer) or supported else "not clusterable"
 
         return choose_layers(model, self.config, why_not, where, "clustered", "unclustered")
 

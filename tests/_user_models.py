@@ -207,8 +207,8 @@ SHAPES = {
     shape.builder: shape
     for shape in (
         Shape("nested_blocks", nested=True, calibrated=("RandomFlip", "RandomTranslation")),
-        # TFMOT 0.8 prunes no DepthwiseConv2D (its registry lists no weights for them).
-        Shape("transfer", nested=True, dense=("DepthwiseConv2D",), calibrated=("Resizing",)),
+        # TFMOT 0.8 prunes and clusters no DepthwiseConv2D (its registries list no weights of them).
+        Shape("transfer", nested=True, dense=("DepthwiseConv2D",), unclustered=("DepthwiseConv2D",), calibrated=("Resizing",)),
         Shape("branches", nested=True),
         Shape("shared_layer", nested=True),
         Shape("preprocessing", nested=True, calibrated=("Normalization", "Rescaling", "Resizing")),
