@@ -102,11 +102,21 @@ def kernel_share(model: Any, names: Iterable[str]) -> float:
 
 
 def left_alone(model: Any, actions: dict[str, Action], verb: str) -> str:
-    """One phrase for the log: the layers not acted on, why, and their share of the kernel weights."""
+    """One phrase for the log: the layers not acted on, why, and their share of the kernel weights.
+
+    Many layers of one type left for one reason (every DepthwiseConv2D of a MobileNet) are counted,
+    not listed; the layer plan names each.
+    """
     others = {name: action for name, action in actions.items() if action.kind != verb}
     if not others:
         return "none"
-    listed = ", ".join(f"{name} ({action.why})" for name, action in others.items())
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, action in others.items():
+        groups.setdefault((type(model.get_layer(name)).__name__, action.why), []).append(name)
+    listed = ", ".join(
+        f"{', '.join(names)} ({why})" if len(names) <= 3 else f"{len(names)} {kind} layers ({why})"
+        for (kind, why), names in groups.items()
+    )
     return f"{listed}: {kernel_share(model, others):.1%} of the weights"
 
 

@@ -19,7 +19,10 @@ from pipeline.runner import RunInfo, run
 from tests._user_models import SHAPES
 from tests._runs import compose_config
 
-SMALL = ["data.max_examples=600", "stages.train.epochs=2", "measure.latency_runs=2", "measure.warmup_runs=0", "model=custom"]
+SMALL = [
+    "data.max_examples=600", "stages.train.epochs=2", "measure.latency_runs=2", "measure.warmup_runs=0",
+    "stages.export.formats=[tflite,keras]", "model=custom",
+]
 RECIPES = {
     "mobile_int8": ["stages.prune.epochs=2"],
     "cluster_int8": ["stages.prune.epochs=2", "stages.cluster.epochs=1", "stages.qat.epochs=1", "stages.qat.accuracy_tolerance=null"],
@@ -51,57 +54,76 @@ def stage(result, name):
     return next(a for a in result.artifact.lineage() if a.stage == name)
 
 
-def int8_file_predicts(result, data_shape=(8, 8, 1)):
-    """The exported .tflite takes int8 input, gives int8 output and predicts every class."""
-    tflite = next(p for p in result.exports if p.suffix == ".tflite")
-    runner = litert.interpreter(tflite, threads=1)
-    assert runner.get_input_details()[0]["dtype"] == np.int8 and runner.get_output_details()[0]["dtype"] == np.int8
-    logits = litert.predict(tflite, np.random.default_rng(0).random((4, *data_shape), np.float32))
-    assert logits.shape == (4, 10) and np.isfinite(logits).all()
-
-
-GRAPH_SHAPES = [name for name, shape in SHAPES.items() if not shape.float_layers]
-
-
 def types(result, names):
     """The sorted distinct types of the named layers of the run's trained model."""
     model = stage(result, "train").load_keras()
     return sorted({type(model.get_layer(name)).__name__ for name in names})
 
 
+def check_pruning(result, shape, log: str) -> float:
+    """The prunable weights reached the target, the others are named; returns their share."""
+    prune = stage(result, "prune")
+    assert prune.metrics["pruned_layers_sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert types(result, prune.metadata["dense_layers"]) == sorted(shape.dense)
+    # The table's sparsity counts every weight matrix, so a partial prune shows there.
+    share = prune.metrics["dense_share"]
+    assert (share > 0) == bool(shape.dense)
+    assert result.rows[1].metrics["sparsity"] == pytest.approx(0.5 * (1 - share), abs=0.02)
+    if shape.dense:
+        assert f"(not prunable): {share:.1%} of the weights" in log
+    assert "| prune " in (result.run_dir / "layer_plan.md").read_text()
+    return share
+
+
+def check_clustering(result, shape, share: float) -> None:
+    """Unclustered layers are named; PCQAT kept the zeros of the pruned layers in the int8 file."""
+    assert types(result, stage(result, "cluster").metadata["unclustered_layers"]) == sorted(shape.unclustered)
+    assert stage(result, "qat").metadata["qat_scheme"] == "pcqat"
+    assert result.rows[-1].metrics["sparsity"] == pytest.approx(0.5 * (1 - share), abs=0.03)
+
+
+def check_int8(result, shape, name: str) -> None:
+    """The stage's file is fully integer, what QAT only calibrated is named, and the export predicts."""
+    made = stage(result, name)
+    assert made.metadata["fully_integer"] is True
+    if name == "qat":
+        assert types(result, made.metadata["calibrated_layers"]) == sorted(shape.calibrated)
+    tflite = next(p for p in result.exports if p.suffix == ".tflite")
+    runner = litert.interpreter(tflite, threads=1)
+    assert runner.get_input_details()[0]["dtype"] == np.int8 and runner.get_output_details()[0]["dtype"] == np.int8
+    logits = litert.predict(tflite, np.random.default_rng(0).random((4, 8, 8, 1), np.float32))
+    assert logits.shape == (4, 10) and np.isfinite(logits).all()
+
+
+# The transfer shape (a MobileNetV2 base, 150 layers) takes minutes per recipe on 2 cores: the
+# default run takes it through cluster_int8 (prune, cluster and QAT at once), the heavy run through all.
+SMALL_SHAPES = [name for name, shape in SHAPES.items() if not shape.float_layers and name != "transfer"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", GRAPH_SHAPES)
+@pytest.mark.parametrize("name", [*SMALL_SHAPES, pytest.param("transfer", marks=pytest.mark.heavy)])
 def test_every_recipe_acts_on_the_layers_inside(outputs, name, caplog):
     shape = SHAPES[name]
     with caplog.at_level("INFO", logger="pipeline"):
         pruned = run_recipe(outputs, name, "mobile_int8")
-    prune = stage(pruned, "prune")
-    assert prune.metrics["pruned_layers_sparsity"] == pytest.approx(0.5, abs=0.02)
-    assert types(pruned, prune.metadata["dense_layers"]) == sorted(shape.dense)
-    # The table's sparsity counts every weight matrix, so a partial prune shows there.
-    share = prune.metrics["dense_share"]
-    assert (share > 0) == bool(shape.dense)
-    assert pruned.rows[1].metrics["sparsity"] == pytest.approx(0.5 * (1 - share), abs=0.02)
-    if shape.dense:
-        assert f"(not prunable): {share:.1%} of the weights" in caplog.text
-    assert stage(pruned, "quantize").metadata["fully_integer"] is True
-    int8_file_predicts(pruned)
-    plan = (pruned.run_dir / "layer_plan.md").read_text()
-    assert "| prune " in plan and "| pruned " in plan
-
+    share = check_pruning(pruned, shape, caplog.text)
+    check_int8(pruned, shape, "quantize")
     aware = run_recipe(outputs, name, "qat_int8")
     assert aware.rows[0].cached  # the same training as mobile_int8
-    qat = stage(aware, "qat")
-    assert qat.metadata["fully_integer"] is True
-    assert types(aware, qat.metadata["calibrated_layers"]) == sorted(shape.calibrated)
-    int8_file_predicts(aware)
-
+    check_int8(aware, shape, "qat")
     clustered = run_recipe(outputs, name, "cluster_int8")
-    cluster = stage(clustered, "cluster")
-    assert types(clustered, cluster.metadata["unclustered_layers"]) == sorted(shape.unclustered)
-    assert stage(clustered, "qat").metadata["qat_scheme"] == "pcqat"
-    assert clustered.rows[-1].metrics["sparsity"] == pytest.approx(0.5 * (1 - share), abs=0.03)
-    int8_file_predicts(clustered)
+    check_clustering(clustered, shape, share)
+    check_int8(clustered, shape, "qat")
+
+
+@pytest.mark.slow
+def test_a_transfer_learning_model_goes_through_pruning_clustering_and_qat(outputs, caplog):
+    shape = SHAPES["transfer"]
+    with caplog.at_level("INFO", logger="pipeline"):
+        result = run_recipe(outputs, "transfer", "cluster_int8")
+    share = check_pruning(result, shape, caplog.text)
+    check_clustering(result, shape, share)
+    check_int8(result, shape, "qat")
 
 
 @pytest.mark.slow
