@@ -38,18 +38,26 @@ def nested_blocks(input_shape, num_classes, filters=8):
     return keras.Model(inputs, head(features(augment(inputs))), name="nested_blocks")
 
 
-def transfer(input_shape, num_classes, alpha=0.35, size=32, frozen_statistics=True):
+def transfer(input_shape, num_classes, alpha=0.35, size=32, frozen_statistics=True, augment=False, nested=True):
     """The transfer-learning shape: Resizing, a MobileNetV2 base called as a layer, a new head.
 
     As in Keras' transfer-learning guide the base is called with `training=False`, which keeps its
-    BatchNormalization in inference mode (here with `weights=None`: no download in tests).
+    BatchNormalization in inference mode (here with `weights=None`: no download in tests), and
+    `augment` puts the guide's augmentation block (small shifts, turns and zooms) in front.
+    `nested=False` builds the same layers as one flat graph (the base built on the tensor, as
+    the built-in mobilenet_v2 is), to compare with what flattening makes of the nested one.
     """
-    base = keras.applications.MobileNetV2(
-        input_shape=(size, size, input_shape[-1]), alpha=alpha, weights=None, include_top=False
-    )
+    augmentation = [layers.RandomTranslation(0.1, 0.1), layers.RandomRotation(0.05), layers.RandomZoom(0.1)] if augment else []
     inputs = keras.Input(input_shape)
     x = layers.Resizing(size, size)(inputs)
-    x = base(x, training=False) if frozen_statistics else base(x)
+    if nested:
+        x = keras.Sequential(augmentation, name="augmentation")(x) if augment else x
+        base = keras.applications.MobileNetV2(input_shape=(size, size, input_shape[-1]), alpha=alpha, weights=None, include_top=False)
+        x = base(x, training=False) if frozen_statistics else base(x)
+    else:
+        for layer in augmentation:
+            x = layer(x)
+        x = keras.applications.MobileNetV2(input_tensor=x, alpha=alpha, weights=None, include_top=False).output
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.2)(x)
     return keras.Model(inputs, layers.Dense(num_classes)(x), name="transfer")
