@@ -9,16 +9,20 @@ import hydra
 from omegaconf import DictConfig
 
 from pipeline.errors import PipelineError, report
+from pipeline.objectives import register_resolver
+
+register_resolver()  # before Hydra composes: the sweeper preset's direction follows `objectives`
 
 
 @hydra.main(version_base="1.3", config_path="pkg://recipes", config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Run one recipe; returns the final accuracy (what Hydra sweepers optimise)."""
+def main(cfg: DictConfig) -> float | list[float]:
+    """Run one recipe; returns its `objectives` (final-stage metrics), what Hydra sweepers optimise."""
     from pathlib import Path
 
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from pipeline.objectives import values
     from pipeline.runner import RunInfo, run
 
     hydra_cfg = HydraConfig.get()
@@ -31,8 +35,16 @@ def main(cfg: DictConfig) -> float:
     try:
         result = run(cfg, info)
     except PipelineError as error:
-        report(error)
-    return result.rows[-1].metrics["accuracy"]
+        if not failures_tolerated(hydra_cfg):
+            report(error)
+        print(f"error: {error}", file=sys.stderr)
+        raise  # the sweeper records a failed trial and goes on with the search
+    return values(result.rows[-1].metrics, list(cfg.objectives))
+
+
+def failures_tolerated(hydra_cfg: DictConfig) -> bool:
+    """Whether the sweeper goes on after a failed job (Optuna's `max_failure_rate` above 0)."""
+    return float(hydra_cfg.sweeper.get("max_failure_rate") or 0) > 0
 
 
 def model_overrides(overrides: list[str]) -> tuple[str, ...]:
@@ -44,10 +56,11 @@ def model_overrides(overrides: list[str]) -> tuple[str, ...]:
 
 def cli() -> None:
     """Entry point: check what Hydra would report verbosely, then hand over to Hydra."""
-    from pipeline import quiet
+    from pipeline import interrupts, quiet
     from pipeline.cli import prepare
 
     quiet.install()
+    interrupts.install()
     try:
         sys.argv[1:] = prepare(sys.argv[1:])
     except PipelineError as error:

@@ -14,10 +14,21 @@ class Effect(str, Enum):
     PRUNED = "pruned"  # many weights held at exactly zero
     CLUSTERED = "clustered"  # each kernel holds a few shared values
     QUANTIZE_AWARE = "quantize_aware"  # trained with simulated int8 arithmetic
+    DISTILLED = "distilled"  # a student with a teacher that later fine-tuning may keep learning from
+    CHANNEL_PRUNED = "channel_pruned"  # whole channels removed: narrower than the model it was made from
+
+
+# Effects in the model's shape rather than its weight values: no training undoes them.
+STRUCTURAL = frozenset({Effect.CHANNEL_PRUNED})
 
 
 class ModelFormat(str, Enum):
-    """On-disk model formats that stages exchange and the runner knows how to measure."""
+    """On-disk model formats that stages exchange and the runner knows how to measure.
+
+    KERAS is a tf-keras model (a .keras file, or a tf-keras SavedModel); SAVED_MODEL an
+    inference-only SavedModel: a serving signature without a Keras model, which can be run and
+    converted but not trained.
+    """
 
     KERAS = "keras"
     SAVED_MODEL = "saved_model"
@@ -46,6 +57,11 @@ class ModelArtifact:
     gate: dict[str, float] = field(default_factory=dict)
     exports: tuple[Path, ...] = ()
 
+    @property
+    def takes_raw_inputs(self) -> bool:
+        """Whether the model takes raw inputs (the data's preprocessing folded in; `metadata["serving"]`)."""
+        return self.metadata.get("serving", {}).get("inputs") == "raw"
+
     def lineage(self) -> list[ModelArtifact]:
         """This artifact, then its parent, and so on back to the first model."""
         chain, current = [], self
@@ -62,6 +78,14 @@ class ModelArtifact:
         """The model as a tf-keras object (Keras file or SavedModel), uncompiled."""
         import tf_keras as keras
 
-        if self.format is ModelFormat.TFLITE:
-            raise ValueError(f"{self.path} is a TFLite file, not a Keras model")
+        if self.format is not ModelFormat.KERAS:
+            raise ValueError(f"{self.path} is a {self.format.value} file, not a Keras model")
         return keras.models.load_model(self.path, compile=False)
+
+    def load_model(self) -> Any:
+        """A model to run for inference: the tf-keras model, or an inference-only SavedModel's signature."""
+        if self.format is ModelFormat.SAVED_MODEL:
+            from pipeline.savedmodel import SignatureModel
+
+            return SignatureModel(self.path)
+        return self.load_keras()

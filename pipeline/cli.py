@@ -4,18 +4,30 @@
   the closest name, instead of Hydra's multi-line search-path dump.
 - Stage parameters can be set without Hydra's `+` prefix (`stages.prune.frequency=10`) even when
   the recipe leaves them at their schema default: the recipe's schema, not the YAML file, defines
-  which keys exist, and a mistyped key still fails validation with a suggestion.
+  which keys exist, and a mistyped key still fails validation with a suggestion. Keys the chosen
+  recipe sets are passed on as typed, so a sweeper reports them by their plain names.
 """
 
 from __future__ import annotations
 
+from contextlib import suppress
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.schema import suggest
 
 CHECKED_GROUPS = ("recipe", "data", "model", "device")
+# Hydra plugins behind sweeper and launcher choices, with the extra that installs each.
+PLUGINS = {
+    "optuna": ("hydra_plugins.hydra_optuna_sweeper", "search"),
+    "pareto": ("hydra_plugins.hydra_optuna_sweeper", "search"),
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "sweep"),
+    "ray": ("hydra_plugins.hydra_ray_launcher", "ray"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+}
 
 
 def prepare(argv: list[str]) -> list[str]:
@@ -33,7 +45,9 @@ def prepare(argv: list[str]) -> list[str]:
         check_choice(override, search)
         for path in chosen_files(override, search):
             check_config_file(path)
-    return [with_stage_prefix(a) if a in args.overrides else a for a in argv]
+    check_plugins(args.overrides, search)
+    defined = frozenset() if args.config_name or args.config_path else recipe_keys(args.overrides, search)
+    return [with_stage_prefix(a, defined) if a in args.overrides else a for a in argv]
 
 
 def check_choice(override: str, extra_dirs: list[Path]) -> None:
@@ -47,6 +61,30 @@ def check_choice(override: str, extra_dirs: list[Path]) -> None:
             raise PipelineError(
                 f"{key}={choice.strip()}: no such {key}{suggest(choice.strip(), sorted(known))}; "
                 f"add your own as DIR/{key}/NAME.yaml and pass --config-dir DIR"
+            )
+
+
+def check_plugins(overrides: list[str], extra_dirs: list[Path]) -> None:
+    """A sweeper or launcher whose Hydra plugin is missing: one line naming the extra to install.
+
+    Choices come from the command line (`hydra/launcher=ray`) and from the chosen recipes'
+    defaults (`override /hydra/sweeper: pareto`); Hydra alone would print a search-path dump.
+    """
+    import importlib.util
+
+    import yaml
+
+    chosen = [tuple(o.split("=", 1)) for o in overrides if o.startswith(("hydra/sweeper=", "hydra/launcher="))]
+    recipes = [o.partition("=")[2] for o in overrides if o.startswith("recipe=")]
+    for name in (recipes[-1].split(",") if recipes else []):
+        with suppress(OSError, yaml.YAMLError, AttributeError):
+            defaults = yaml.safe_load(read_option("recipe", name.strip(), extra_dirs)).get("defaults", [])
+            chosen += [(k.split()[-1].strip("/"), v) for d in defaults if isinstance(d, dict) for k, v in d.items()]
+    for group, option in chosen:
+        module, extra = PLUGINS.get(option, (None, None))
+        if group.startswith("hydra/") and module and importlib.util.find_spec(module) is None:
+            raise PipelineError(
+                f"{group}={option}: needs {module.split('.')[1].replace('_', '-')}; pip install -e \".[{extra}]\""
             )
 
 
@@ -94,12 +132,53 @@ def options(group: str, extra_dirs: list[Path]) -> set[str]:
     return {name.removesuffix(".yaml") for name in names if name.endswith(".yaml")}
 
 
-def with_stage_prefix(override: str) -> str:
+def with_stage_prefix(override: str, defined: frozenset[str] = frozenset()) -> str:
     """`stages.x.y=v` -> `++stages.x.y=v` (set whether or not the recipe mentions the key).
 
     `device.x=v`, `data.x=v` and `model.x=v` likewise, so that a mistyped key reaches the
     schema's did-you-mean check and parameters a config file leaves out can still be set.
+    Keys in `defined` (set by the chosen recipe) need no prefix and keep their plain name.
     """
-    if override.startswith(("stages.", "device.", "data.", "model.")) and "=" in override:
+    key = override.partition("=")[0]
+    if override.startswith(("stages.", "device.", "data.", "model.")) and "=" in override and key not in defined:
         return f"++{override}"
     return override
+
+
+def recipe_keys(overrides: list[str], extra_dirs: list[Path]) -> frozenset[str]:
+    """Dotted keys (`stages.prune.final_sparsity`) that every chosen recipe file sets."""
+    import yaml
+
+    chosen = [o.partition("=")[2] for o in overrides if o.startswith("recipe=")]
+    names = chosen[-1].split(",") if chosen else [default_choice("recipe")]
+    keys: set[str] | None = None
+    for name in names:
+        found = set(dotted(yaml.safe_load(read_option("recipe", name.strip(), extra_dirs)) or {}))
+        keys = found if keys is None else keys & found
+    return frozenset(keys or ())
+
+
+def default_choice(group: str) -> str:
+    """The option of `group` that the packaged config.yaml picks."""
+    import yaml
+
+    defaults = yaml.safe_load((files("recipes") / "config.yaml").read_text())["defaults"]
+    return next(entry[group] for entry in defaults if isinstance(entry, dict) and group in entry)
+
+
+def read_option(group: str, name: str, extra_dirs: list[Path]) -> str:
+    """The text of option `name` of `group`: a --config-dir's file first, as Hydra searches."""
+    for folder in extra_dirs:
+        if (folder / group / f"{name}.yaml").is_file():
+            return (folder / group / f"{name}.yaml").read_text()
+    return (files("recipes") / group / f"{name}.yaml").read_text()
+
+
+def dotted(tree: Any, prefix: str = "") -> list[str]:
+    """Every key path of a nested mapping, inner nodes included: `{"a": {"b": 1}}` -> ["a", "a.b"]."""
+    if not isinstance(tree, dict):
+        return []
+    paths = []
+    for key, value in tree.items():
+        paths += [f"{prefix}{key}", *dotted(value, f"{prefix}{key}.")]
+    return paths

@@ -43,6 +43,9 @@ ExistingFile = Annotated[str, BeforeValidator(_required), AfterValidator(_exists
 ExistingFolder = Annotated[str, BeforeValidator(_required), AfterValidator(_exists("folder"))]
 """A required path to an existing folder."""
 
+OptionalFile = Annotated[str, AfterValidator(_exists("file"))]
+"""A path to an existing file, for optional fields (`OptionalFile | None`: null means unset)."""
+
 ExistingPath = Annotated[str, BeforeValidator(_required), AfterValidator(_exists("any"))]
 """A required path to an existing file or folder (a SavedModel is a folder, a .keras file is not)."""
 

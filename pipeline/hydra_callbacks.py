@@ -14,8 +14,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import PipelineError, report
+from pipeline.objectives import check_directions
 from pipeline.preflight import check_environment
-from pipeline.recipe import build_plan
+from pipeline.recipe import Plan, build_plan
 
 
 class ValidateBeforeRun(Callback):
@@ -31,9 +32,23 @@ class ValidateBeforeRun(Callback):
         try:
             for variant in sweep_variants(config):
                 build_plan(variant)
-            check_environment(build_plan(config).settings)
+            plan = build_plan(config)
+            check_search(plan, config.hydra.sweeper)
+            check_environment(plan.settings)
         except PipelineError as error:
             report(error)
+
+
+def check_search(plan: Plan, sweeper: DictConfig) -> None:
+    """A search must be able to measure its objectives and must move each the right way."""
+    names = plan.settings.objectives
+    if "val_accuracy" in names and getattr(plan.data_source.config, "val_fraction", None) == 0:
+        raise PipelineError(
+            "data.val_fraction: 0 leaves no validation split, but objectives name val_accuracy; "
+            "set data.val_fraction=0.1 (the test split never steers a search)"
+        )
+    if "direction" in sweeper:  # Optuna's sweeper; the basic sweeper optimises nothing
+        check_directions(sweeper.direction, names)
 
 
 def sweep_variants(config: DictConfig) -> Iterator[DictConfig]:

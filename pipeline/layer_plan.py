@@ -81,6 +81,9 @@ class LayerPlan:
         """The plan as Markdown tables, one per model, then each stage's summary line."""
         blocks = []
         for section in self.sections:
+            if not section.layers:
+                blocks.append(section.title)
+                continue
             acting = [name for name, stage in section.stages.items() if stage.actions]
             header = ["layer", "type", "params", *acting]
             rows = [
@@ -136,7 +139,11 @@ def plan_layers(model: Any, stages: Sequence[Any], origin: str) -> LayerPlan:
 
     Stages that need a layer graph the model lacks (a subclassed model) are collected into one
     PipelineError naming `origin` (the model's config key), so the run stops before any training.
+    An inference-only SavedModel (a signature, no layers) gets a plan that says so: its stages
+    convert or run it whole.
     """
+    if not hasattr(model, "layers"):
+        return LayerPlan([Section(f"model ({origin}): an inference-only SavedModel, no Keras layers; its stages take it whole", [])])
     plan = LayerPlan([Section(f"model ({origin})", layer_rows(model))])
     needing: list[str] = []
     for planned in stages:
@@ -162,4 +169,3 @@ def plan_layers(model: Any, stages: Sequence[Any], origin: str) -> LayerPlan:
             + (f" ({', '.join(others)} take it as it is)" if others else "")
         )
     return plan
-

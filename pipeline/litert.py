@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,9 +78,7 @@ def constant_tensors(path: Path) -> list[tuple[tuple[int, ...], int, int | None]
     Sparse-encoded tensors store only their non-zeros, so their zeros are the shape's size
     minus the stored values.
     """
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model(str(path))
+    model = read_model(path)
     found = []
     for subgraph in model.subgraphs:
         for tensor in subgraph.tensors:
@@ -95,3 +95,19 @@ def constant_tensors(path: Path) -> list[tuple[tuple[int, ...], int, int | None]
             zeros = count - int(np.count_nonzero(values)) if tensor.sparsity is None else count - values.size
             found.append((shape, count, zeros))
     return found
+
+
+def read_model(path: Path) -> Any:
+    """The parsed flatbuffer of a .tflite file (schema object API), read once per file version.
+
+    The runner's measurements read the same file for its weights and for its operators.
+    """
+    stat = Path(path).stat()
+    return _read_model(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_model(path: str, mtime_ns: int, size: int) -> Any:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils.read_model(path)

@@ -1,8 +1,10 @@
 """The runner's measurements of an artifact, the same for every stage.
 
 Size and gzip size of the file as shipped, parameter count and actual sparsity (zeros among
-weight matrices and kernels, the tensors pruning acts on), test accuracy, and batch-1 latency
-(median and p90 after warm-up). TFLite files are run through the LiteRT interpreter.
+weight matrices and kernels, the tensors pruning acts on), multiply-accumulates per example
+(pipeline.macs), test accuracy, validation accuracy (what a search may steer by; the test split
+never steers anything), and batch-1 latency (median and p90 after warm-up). TFLite files are run
+through the LiteRT interpreter.
 """
 
 from __future__ import annotations
@@ -16,16 +18,23 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import litert
+from pipeline.macs import keras_macs, tflite_macs
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.data import Dataset
 from pipeline.recipe import MeasureParams
 
-METRICS = ("size_bytes", "gzip_bytes", "params", "sparsity", "accuracy", "latency_p50_ms", "latency_p90_ms")
+METRICS = (
+    "size_bytes", "gzip_bytes", "params", "sparsity", "macs", "accuracy", "val_accuracy", "latency_p50_ms",
+    "latency_p90_ms",
+)
 
 
 def measure(artifact: ModelArtifact, data: Dataset, params: MeasureParams) -> dict[str, float]:
-    """All of METRICS for `artifact`, evaluated on the test split."""
+    """All of METRICS for `artifact`: accuracy on the test split, val_accuracy on the validation split
+    (NaN when the data has none), each raw or preprocessed as the model takes it."""
     size, gzipped = file_sizes(artifact.path)
+    if artifact.takes_raw_inputs:  # measured on what a user feeds it: raw test and validation inputs
+        data = data.raw()
     if artifact.format is ModelFormat.TFLITE:
         model_metrics = measure_tflite(artifact.path, data, params)
     else:
@@ -65,32 +74,48 @@ def percentiles(timings_ms: np.ndarray) -> dict[str, float]:
 def measure_tflite(path: Path, data: Dataset, params: MeasureParams) -> dict[str, float]:
     """Parameters, sparsity, accuracy and latency of a .tflite file through LiteRT."""
     tensors = litert.constant_tensors(path)
-    logits = litert.predict(path, data.x_test, params.threads)
+    logits = litert.predict(path, np.concatenate([data.x_test, data.x_val]), params.threads)
     timings = litert.latency_ms(path, data.x_test[0], params.latency_runs, params.warmup_runs, params.threads)
     return {
         "params": float(sum(count for _, count, _ in tensors)),
         "sparsity": sparsity_of(tensors),
-        "accuracy": float(np.mean(np.argmax(logits, axis=-1) == data.y_test)),
+        "macs": float(tflite_macs(path)),
+        **accuracies(logits, data),
         **percentiles(timings),
     }
 
 
-def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams) -> dict[str, float]:
-    """Parameters, sparsity, accuracy and latency of a Keras model or SavedModel."""
+def accuracies(logits: np.ndarray, data: Dataset) -> dict[str, float]:
+    """Test and validation accuracy from the logits of the test examples followed by the validation ones."""
+    correct = np.argmax(logits, axis=-1) == np.concatenate([data.y_test, data.y_val])
+    test, val = correct[: len(data.y_test)], correct[len(data.y_test) :]
+    return {"accuracy": float(np.mean(test)), "val_accuracy": float(np.mean(val)) if len(val) else float("nan")}
+
+
+def keras_predict(model, x: np.ndarray) -> tuple[object, np.ndarray]:
+    """A traced forward pass for any batch size, and its outputs for `x` in batches of 256.
+
+    One graph serves both the accuracy pass and the batch-1 timing: tracing costs more than the
+    whole test pass on small models. `pipeline.predict` runs Keras exports through it too.
+    """
     import tensorflow as tf
 
-    model = artifact.load_keras()
-    tensors = [(w.shape, w.size, w.size - int(np.count_nonzero(w))) for w in model.get_weights()]
-    # One graph for any batch size serves both the accuracy pass and the batch-1 timing: tracing
-    # costs more than the whole test pass on small models.
-    x = data.x_test
     forward = tf.function(
         lambda batch: model(batch, training=False),
         input_signature=[tf.TensorSpec((None, *x.shape[1:]), tf.as_dtype(x.dtype))],
     )
-    logits = np.concatenate([forward(x[start : start + 256]).numpy() for start in range(0, len(x), 256)])
+    return forward, np.concatenate([forward(x[start : start + 256]).numpy() for start in range(0, len(x), 256)])
 
-    sample = tf.constant(x[:1])
+
+def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams) -> dict[str, float]:
+    """Parameters, sparsity, accuracy and latency of a Keras model or SavedModel (inference-only ones too)."""
+    import tensorflow as tf
+
+    model = artifact.load_model()
+    tensors = [(w.shape, w.size, w.size - int(np.count_nonzero(w))) for w in model.get_weights()]
+    forward, logits = keras_predict(model, np.concatenate([data.x_test, data.x_val]))
+
+    sample = tf.constant(data.x_test[:1])
     for _ in range(params.warmup_runs):
         forward(sample)
     timings = np.empty(params.latency_runs)
@@ -101,6 +126,8 @@ def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams)
     return {
         "params": float(model.count_params()),
         "sparsity": sparsity_of(tensors),
-        "accuracy": float(np.mean(np.argmax(logits, axis=-1) == data.y_test)),
+        # An inference-only SavedModel is a serving signature without layers to count.
+        **({"macs": float(keras_macs(model))} if hasattr(model, "layers") else {}),
+        **accuracies(logits, data),
         **percentiles(timings),
     }

@@ -15,10 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import Field
 
-from pipeline import registry
+from pipeline import objectives, registry
 from pipeline.artifact import Effect, ModelFormat
 from pipeline.devices import DeviceParams, DeviceSetup
 from pipeline.errors import PipelineError
+from pipeline.models import starting_format
+from pipeline.models.compat import describe
 from pipeline.schema import Params, parse
 from pipeline.stage import Stage
 
@@ -36,6 +38,10 @@ class TrackingParams(Params):
 
     uri: str = Field(description="MLflow tracking URI, e.g. sqlite:///outputs/mlflow.db or http://127.0.0.1:5000.")
     experiment: str = Field("pipeline", min_length=1, description="MLflow experiment name.")
+    register_as: str | None = Field(
+        None, min_length=1,
+        description="Register the shipped model as a new version of this MLflow registered model (null: do not).",
+    )
 
 
 class RunSettings(Params):
@@ -44,6 +50,10 @@ class RunSettings(Params):
     seed: int = Field(42, ge=0, description="Seed for data splits, weight initialisation and shuffling.")
     outputs: str = Field("outputs", description="Folder for run directories, the stage cache and the local MLflow store.")
     cache: bool = Field(True, description="Reuse stage outputs whose inputs and settings are unchanged.")
+    objectives: list[str] = Field(
+        default_factory=lambda: ["val_accuracy"],
+        description="Final-stage metrics the run returns to a sweeper, e.g. [val_accuracy, gzip_bytes].",
+    )
     description: str = Field("", description="One line saying what the recipe does.")
     measure: MeasureParams = Field(default_factory=MeasureParams)
     tracking: TrackingParams
@@ -78,12 +88,13 @@ def build_plan(cfg: DictConfig | Mapping[str, Any]) -> Plan:
     """Check the whole composed config; raise PipelineError on the first problem found."""
     config = to_plain(cfg)
     settings = parse(RunSettings, config, "")
+    objectives.check(settings.objectives)
     data_source = configure(registry.DATA, settings.data, "data")
     model_builder = configure(registry.MODELS, settings.model, "model")
     stages = [plan_stage(name, values) for name, values in settings.stages.items()]
     if not stages:
         raise PipelineError("stages: the recipe has no stages; pick one with recipe=NAME or add a `stages:` mapping")
-    check_order(stages)
+    check_order(stages, starting_format(model_builder), describe(model_builder))
     device = DeviceSetup(parse(DeviceParams, settings.device, "device"))
     return Plan(settings, config, data_source, model_builder, stages, device)
 
@@ -127,22 +138,44 @@ def plan_stage(name: str, values: Any) -> PlannedStage:
     return PlannedStage(name, stage_type, plugin(parse(plugin.Config, params, where)))
 
 
-def check_order(stages: list[PlannedStage]) -> None:
-    """Each stage must accept the format its predecessor hands on (or start from nothing), and
-    what the earlier stages did to the model (its `check_input`, fed their `effects_after`)."""
-    current: ModelFormat | None = None
+def check_order(stages: list[PlannedStage], start: ModelFormat | None = None, origin: str = "model") -> None:
+    """Each stage must accept the format its predecessor hands on (or what the recipe starts from),
+    and what the earlier stages did to the model (its `check_input`, fed their `effects_after`).
+
+    `start` is the format of the model file the recipe starts from (a file model); None means
+    the first stage starts from nothing and builds the model. `origin` names the model's config key.
+    """
+    current = start
     effects: frozenset[Effect] = frozenset()
-    made_by = "the start of the recipe"
-    for planned in stages:
+    made_by = "the start of the recipe" if start is None else origin
+    for index, planned in enumerate(stages):
         accepts = type(planned.stage).accepts
         if current not in accepts:
             wanted = " or ".join(sorted(f.value for f in accepts if f is not None))
+            if start is ModelFormat.SAVED_MODEL and index == 0:
+                raise PipelineError(cannot_start_from(planned.name, wanted, origin))
             have = "no model yet" if current is None else f"a {current.value} model from {made_by}"
+            # A recipe that trains nothing (quantize first) is meant for a saved model.
+            or_file = " or start from a saved model (model=file model.path=FILE)" if current is None and index == 0 else ""
             raise PipelineError(
                 f"stages.{planned.name}: needs a {wanted} model but gets {have}; "
-                f"reorder the stages so that a stage producing {wanted} comes first"
+                f"reorder the stages so that a stage producing {wanted} comes first{or_file}"
             )
         planned.stage.check_input(current, effects, f"stages.{planned.name}")
         current = type(planned.stage).output_format(current)
         effects = planned.stage.effects_after(effects)
         made_by = f"stages.{planned.name}"
+
+
+def cannot_start_from(stage: str, wanted: str, origin: str) -> str:
+    """Why the first stage cannot take the inference-only SavedModel the recipe starts from, and what to do."""
+    takers = sorted(
+        name for name, entry in registry.available(registry.STAGES).items()
+        if ModelFormat.SAVED_MODEL in getattr(entry.load(), "accepts", ())
+    )
+    return (
+        f"stages.{stage}: needs a {wanted} model, but the model ({origin}) is an inference-only SavedModel "
+        "(a serving signature, no Keras model), which cannot be trained; start the recipe with a stage that "
+        f"takes it ({', '.join(takers)}; e.g. recipe=ptq_int8), or give model.path the Keras model "
+        "(model.save('model.keras'))"
+    )

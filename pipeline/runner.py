@@ -23,8 +23,9 @@ import pipeline
 from pipeline.artifact import ModelArtifact
 from pipeline.cache import StageCache, cache_key, referenced_files
 from pipeline.data.dataset import check_finite
+from pipeline.interrupts import raise_if_interrupted
 from pipeline.layer_plan import LayerPlan, plan_layers
-from pipeline.models import build, check_compatible
+from pipeline.models import build, check_compatible, prepare, starting_artifact
 from pipeline.models.compat import describe
 from pipeline.preflight import check_environment
 from pipeline.recipe import Plan, PlannedStage, build_plan
@@ -91,7 +92,7 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
     tracker = BackgroundTracker(settings.tracking, Path(settings.outputs)) if chief else NoTracking()
     rows: list[StageRow] = []
     exports: list[Path] = []
-    artifact: ModelArtifact | None = None
+    artifact = starting_artifact(plan.model_builder)  # a file model's file; None: the first stage builds one
     input_key = "start"
     with tracker.start(" ".join([info.recipe, *info.overrides]), run_tags(plan, info, data)):
         tracker.log_params(flatten(resolved_config(plan)))
@@ -100,6 +101,7 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
         tracker.log_file(info.run_dir / "layer_plan.json")
         measured: dict[str, dict[str, float]] = {}
         for index, planned in enumerate(plan.stages):
+            raise_if_interrupted()
             log.info("[%d/%d] %s (%s)", index + 1, len(plan.stages), planned.name, planned.type)
             ctx = stage_context(plan, planned, index, info, data, measured)
             input_key = stage_key(plan, planned, input_key, data)
@@ -119,23 +121,38 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
         tracker.log_file(info.run_dir / "metrics.json")
         for path in exports:
             tracker.log_file(path, "model")
+        if settings.tracking.register_as:
+            tracker.register(settings.tracking.register_as)
     log.info("summary of %s:\n%s", info.recipe, summary)
     log.info("MLflow run %s in %s (experiment '%s')", tracker.run_id, settings.tracking.uri, settings.tracking.experiment)
     if exports:
         log.info("exported: %s", ", ".join(str(p) for p in exports))
+    if tracker.registered:
+        log.info("registered in the MLflow Model Registry as %s", tracker.registered)
     assert artifact is not None  # build_plan guarantees at least one stage
     return RunResult(rows, artifact, tracker.run_id, info.run_dir, exports)
+
+
+# The data of the latest run in this process: the jobs of a sweep under Hydra's basic launcher
+# run one after another in one process and mostly read the same data.
+_loaded: dict[str, Dataset] = {}
 
 
 def load_data(plan: Plan) -> Dataset:
     """Load the configured data source, logging the split sizes."""
     log.info("loading data '%s'", plan.settings.data["name"])
-    data = plan.data_source.load(plan.settings.seed)
+    config = plan.data_source.config.model_dump(mode="json")
+    source = json.dumps([config, plan.settings.seed, file_stamps(config)], sort_keys=True)
+    if source not in _loaded:
+        _loaded.clear()
+        _loaded[source] = plan.data_source.load(plan.settings.seed)
+    data = _loaded[source]
     log.info(
         "data: %d train, %d validation, %d test examples of shape %s, %d classes",
         len(data.x_train), len(data.x_val), len(data.x_test), data.input_shape, data.num_classes,
     )
     check_finite(data, plan.settings.data["name"])
+    prepare(plan.model_builder, data)  # before any model is built (a Keras 3 file is checked on the data)
     return data
 
 
@@ -144,6 +161,19 @@ def planned_layers(plan: Plan, data: Dataset) -> LayerPlan:
     seed_everything(plan.settings.seed)  # a fresh session: layer names as the first stage will build them
     model = check_compatible(plan.model_builder, data)
     return plan_layers(model, plan.stages, describe(plan.model_builder))
+
+
+def file_stamps(tree: Any) -> list[Any]:
+    """Size and modification time of every file a config names (a folder's files included), so
+    that data changed on disk between two runs in one process is read again."""
+    if isinstance(tree, dict):
+        return [file_stamps(value) for value in tree.values()]
+    if isinstance(tree, list):
+        return [file_stamps(value) for value in tree]
+    if not (isinstance(tree, str) and tree and Path(tree).exists()):
+        return []
+    paths = sorted(Path(tree).rglob("*")) if Path(tree).is_dir() else [Path(tree)]
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.is_file()]
 
 
 def stage_context(
@@ -189,9 +219,10 @@ def run_stage(
     key: str, cache: StageCache | None, data: Dataset, plan: Plan,
 ) -> StageOutcome:
     """Reuse the stage's cached output when present, else run and measure it (and store it)."""
-    from pipeline.measure import measure
+    from pipeline.measure import METRICS, measure
 
-    measure_id = json.dumps(plan.settings.measure.model_dump(), sort_keys=True)
+    # Stored measurements are reused only if they hold every metric the runner takes today.
+    measure_id = json.dumps({**plan.settings.measure.model_dump(), "metrics": METRICS}, sort_keys=True)
     if cache is None or not type(planned.stage).cacheable:
         return compute(planned, model, ctx, data, plan)
     with cache.lock(key):
@@ -275,6 +306,7 @@ def run_tags(plan: Plan, info: RunInfo, data: Dataset) -> dict[str, str]:
         "device": plan.device.resolve().kind,
         "strategy": plan.device.resolve().strategy,
         "pipeline_version": pipeline.__version__,
+        "objectives": ",".join(plan.settings.objectives),
         "mlflow.note.content": plan.settings.description,
     }
     if info.sweep:

@@ -24,6 +24,7 @@ COLUMNS = (
     ("gzip", "gzip_bytes"),
     ("params", "params"),
     ("sparsity", "sparsity"),
+    ("MACs", "macs"),
     ("accuracy", "accuracy"),
     ("p50 ms", "latency_p50_ms"),
     ("p90 ms", "latency_p90_ms"),
@@ -40,6 +41,14 @@ def human_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
+def human_count(count: float) -> str:
+    """4127616 -> '4.13M': operation counts at a glance."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.3g}{unit}"
+    return f"{count:.0f}"
+
+
 def cells(row: StageRow) -> list[str]:
     """Formatted cells of one row, in COLUMNS order."""
     m = row.metrics
@@ -50,6 +59,7 @@ def cells(row: StageRow) -> list[str]:
         human_bytes(m["gzip_bytes"]),
         f"{m['params']:,.0f}",
         f"{m['sparsity']:.1%}",
+        human_count(m["macs"]) if "macs" in m else "-",
         f"{m['accuracy']:.4f}",
         f"{m['latency_p50_ms']:.3g}",
         f"{m['latency_p90_ms']:.3g}",

@@ -9,10 +9,13 @@ Importing MLflow and opening its store takes about two seconds, as long as a sho
 stage. `BackgroundTracker` hands the writing to a child process (`python -m pipeline.tracking`),
 so that cost overlaps TensorFlow's start-up and the stages instead of adding to them. The child
 also closes the run as KILLED when the pipeline process dies without saying how the run ended.
+The jobs of a sweep that run one after another in one process (Hydra's basic launcher, a joblib
+or Ray worker) share one child, so MLflow is imported once per process, not once per job.
 """
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import logging
@@ -54,6 +57,7 @@ class Tracker:
         self.params = params
         self.outputs = outputs
         self.run_id: str | None = None
+        self.registered: str | None = None  # "NAME version N" once the run's model is registered
         with self.store_lock():  # the client creates (and migrates) a new store right away
             self.client = MlflowClient(tracking_uri=params.uri)
 
@@ -151,24 +155,51 @@ class Tracker:
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def register(self, name: str) -> None:
+        """The run's shipped model (its `model/` artifacts) as a new version of registered model `name`."""
+        from pipeline.model_registry import register
+
+        version = register(self.client, name, self.run_id)
+        self.registered = f"{name} version {version.version}"
+
 
 class BackgroundTracker:
     """`Tracker`'s interface; a child process does the writing, in the order of the calls.
 
-    Calls return at once. `end` waits for the child to finish and reports a failure of the
-    tracking store as a PipelineError, after the run's own files are written.
+    Calls return at once. `end` waits for the child to write everything and reports a failure of
+    the tracking store as a PipelineError, after the run's own files are written.
     """
+
+    _shared: subprocess.Popen | None = None  # the child, kept for the next run in this process
 
     def __init__(self, params: TrackingParams, outputs: Path):
         self.uri = params.uri
         self.run_id: str | None = None
-        # The child imports this package from where the parent did, installed or not.
-        root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.tracking"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-        )
+        self.registered: str | None = None
+        self.process = self.writer()
         self.send("open", params.model_dump(), str(outputs))
+
+    @classmethod
+    def writer(cls) -> subprocess.Popen:
+        """The shared child, started when there is none or the last one stopped."""
+        if cls._shared is None or cls._shared.poll() is not None:
+            # The child imports this package from where the parent did, installed or not.
+            root = str(Path(__file__).resolve().parents[1])
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+            cls._shared = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.tracking"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                text=True, env=env,
+            )
+            atexit.register(cls.close, cls._shared)
+        return cls._shared
+
+    @staticmethod
+    def close(process: subprocess.Popen) -> None:
+        """Let an idle child go at exit (it ends when its input closes) instead of leaving it orphaned."""
+        with suppress(BrokenPipeError, ValueError, OSError):
+            process.stdin.close()
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
 
     def send(self, call: str, *args: Any) -> None:
         """Queue one call for the child; a child that already failed says why in `end`."""
@@ -195,64 +226,87 @@ class BackgroundTracker:
                     self.end(status)
 
     def end(self, status: str) -> None:
-        """Close the run and wait for every queued call to be written."""
+        """Close the run and wait until every queued call is written."""
         self.send("end", status)
-        with suppress(BrokenPipeError):
-            self.process.stdin.close()
-        reply = self.process.stdout.readline()
-        self.process.stdout.close()
-        self.process.wait()
+        try:
+            reply = self.process.stdout.readline()
+        except ValueError:  # its pipe was closed after an earlier failure
+            reply = ""
         outcome = json.loads(reply) if reply.strip() else {"error": "its writer stopped"}
+        if "error" in outcome or status == "KILLED":  # a Ctrl-C'd process is on its way out
+            self.stop()
         self.run_id = outcome.get("run_id")
+        self.registered = outcome.get("registered")
         if "error" in outcome:
             raise PipelineError(
                 f"tracking.uri={self.uri}: MLflow could not record the run ({outcome['error']}); "
                 "the run's files are in its run folder; check the store or the server and rerun"
             )
 
+    def stop(self) -> None:
+        """End the child (it exits when its input closes); the next run starts a new one."""
+        self.close(self.process)
+        self.process.stdout.close()
+        if BackgroundTracker._shared is self.process:
+            BackgroundTracker._shared = None
+
     def __getattr__(self, call: str) -> Any:
-        # log_params, log_stage, log_metrics, set_tag, log_text, log_file: forwarded as they are.
-        if call.startswith("log_") or call == "set_tag":
+        # log_params, log_stage, log_metrics, set_tag, log_text, log_file, register: forwarded as they are.
+        if call.startswith("log_") or call in ("set_tag", "register"):
             return lambda *args: self.send(call, *args)
         raise AttributeError(call)
 
 
 def serve(calls: Iterator[str], reply: Any) -> None:
-    """The child's side: apply queued calls to a `Tracker`; answer with the run id or the error.
+    """The child's side: one run after another, each answered with its run id or its error."""
+    while serve_run(calls, reply):
+        pass
 
-    If the queue ends before `end` (the pipeline process died), the run is closed as KILLED.
+
+def serve_run(calls: Iterator[str], reply: Any) -> bool:
+    """Apply one run's queued calls (`open` ... `end`) to a `Tracker`; False when the input ended.
+
+    After a failed call the run's remaining calls are skipped up to its `end`. If the input ends
+    before `end` (the pipeline process died), the run is closed as KILLED.
     """
     tracker: Tracker | None = None
-    status = "KILLED"
-    try:
-        for line in calls:
-            call, *args = json.loads(line)
+    status, outcome, ended = "KILLED", {}, False
+    for line in calls:
+        call, *args = json.loads(line)
+        if call == "end":
+            status, ended = args[0], True
+            break
+        if "error" in outcome:
+            continue
+        try:
             if call == "open":
                 tracker = Tracker(TrackingParams(**args[0]), Path(args[1]))
-            elif call == "end":
-                status = args[0]
-                break
             else:
                 getattr(tracker, call)(*args)
-    except Exception as error:  # reported to the pipeline process, which fails the run with it
-        outcome: dict[str, str] = {"error": f"{type(error).__name__}: {error}".splitlines()[0]}
+        except Exception as error:  # reported to the pipeline process, which fails the run with it
+            outcome = {"error": f"{type(error).__name__}: {error}".splitlines()[0]}
+    if tracker is None and not ended:
+        return False  # the input ended between runs
+    if "error" in outcome:
         status = "FAILED"
-    else:
-        outcome = {}
     if tracker is not None and tracker.run_id is not None:
         try:
             tracker.end(status)
         except Exception as error:
             outcome.setdefault("error", f"{type(error).__name__}: {error}".splitlines()[0])
         outcome["run_id"] = tracker.run_id
+        if tracker.registered:
+            outcome["registered"] = tracker.registered
     reply.write(json.dumps(outcome) + "\n")
     reply.flush()
+    return ended
 
 
 class NoTracking:
     """Stands in for `BackgroundTracker` on the non-chief workers of a multi-worker run: records nothing."""
 
     run_id = "(recorded by the chief)"
+    registered = None
 
     @contextmanager
     def start(self, run_name: str, tags: Mapping[str, str]) -> Iterator[NoTracking]:

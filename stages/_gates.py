@@ -99,8 +99,10 @@ def float_layers(path: Path, keras_model: Any) -> dict[str, list[str]]:
 
     The converter names each tensor after the layer that made it (`model/norm/add`); the
     QUANTIZE and DEQUANTIZE operators around a float layer are its boundary, not the layer.
+    Layers of nested models count (a serving model wraps the trained one); an inference-only
+    SavedModel has no layers, and its float operators are all `other`.
     """
-    known = {layer.name: f"{layer.name} ({type(layer).__name__})" for layer in keras_model.layers}
+    known = {layer.name: f"{layer.name} ({type(layer).__name__})" for layer in leaf_layers(keras_model)}
     found: dict[str, list[str]] = {}
     for op, outputs in float_ops(path):
         if op in ("QUANTIZE", "DEQUANTIZE"):
@@ -109,6 +111,16 @@ def float_layers(path: Path, keras_model: Any) -> dict[str, list[str]]:
         ops = found.setdefault(next((known[part] for part in parts if part in known), "other"), [])
         if op not in ops:
             ops.append(op)
+    return found
+
+
+def leaf_layers(model: Any) -> list[Any]:
+    """The layers of `model` that are not models themselves, also inside nested models."""
+    import tf_keras as keras
+
+    found = []
+    for layer in getattr(model, "layers", []):
+        found += leaf_layers(layer) if isinstance(layer, keras.Model) else [layer]
     return found
 
 

@@ -37,13 +37,16 @@ def matches(layer: Any, patterns: list[str]) -> bool:
 
 def check_names(model: Any, choice: LayerChoice, where: str) -> None:
     """Fail on a name or type that matches no layer: a typo would otherwise select nothing."""
-    known = {layer.name for layer in model.layers} | {type(layer).__name__ for layer in model.layers}
     for key in ("layers", "skip_layers"):
-        for pattern in getattr(choice, key):
-            if pattern not in known:
-                raise PipelineError(
-                    f"{where}.{key}: '{pattern}' matches no layer name or type; the model has {', '.join(sorted(known))}"
-                )
+        check_patterns(model, getattr(choice, key), f"{where}.{key}")
+
+
+def check_patterns(model: Any, patterns: Iterable[str], key: str) -> None:
+    """Fail, naming `key`, on the first of `patterns` that is neither a layer name nor a layer type of `model`."""
+    known = {layer.name for layer in model.layers} | {type(layer).__name__ for layer in model.layers}
+    for pattern in patterns:
+        if pattern not in known:
+            raise PipelineError(f"{key}: '{pattern}' matches no layer name or type; the model has {', '.join(sorted(known))}")
 
 
 def require_layer_graph(model: Any, where: str) -> None:

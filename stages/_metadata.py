@@ -1,4 +1,9 @@
-"""The metadata JSON written beside exported models: recipe, lineage, metrics, I/O and quantization."""
+"""The files written beside exported models: the metadata JSON and the labels file.
+
+The JSON states each file's input contract (raw inputs with the preprocessing folded in, or
+inputs after the listed steps), its serving signature, the class names, and the recipe, metrics,
+I/O details, quantization and lineage. `pipeline.predict` needs nothing else.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +17,28 @@ from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.stage import StageContext
 
 
-def describe(model: ModelArtifact, exports: dict[str, Path], ctx: StageContext) -> dict[str, Any]:
-    """Everything a consumer of the exported files needs to know about them."""
+def describe(
+    shipped: ModelArtifact, exports: dict[str, Path], contracts: dict[str, dict[str, str]], ctx: StageContext, labels: Path
+) -> dict[str, Any]:
+    """Everything a consumer of the exported files needs to know about them.
+
+    `shipped` is the export stage's output; its parent is the model the stage was given.
+    """
     from pipeline.measure import measure
     from pipeline.recipe import MeasureParams
 
-    shipped = ModelArtifact(exports.get(model.format.value, model.path), model.format, ctx.name, model, model.metadata)
-    # The shipped file is a copy of the incoming model, which the runner has measured already.
-    metrics = ctx.measurements.get(model.stage) or measure(shipped, ctx.data, MeasureParams(latency_runs=10, warmup_runs=2))
+    model = shipped.parent or shipped
+    # A copy of the incoming model under the same contract was measured by the runner already.
+    same = model.metadata.get("serving") == shipped.metadata.get("serving")
+    measured = ctx.measurements.get(model.stage) if same else None
+    metrics = measured or measure(shipped, ctx.data, MeasureParams(latency_runs=10, warmup_runs=2))
     return {
-        "recipe": dict(ctx.config) or None,
         "files": {target: path.name for target, path in exports.items()},
+        "classes": list(ctx.data.labels),
+        "labels_file": labels.name,
+        "input": ctx.data.preprocessing.to_json(ctx.data.input_shape),
+        "serving": {target: serving_facts(target, exports[target], contracts[target]) for target in exports},
+        "recipe": dict(ctx.config) or None,
         "metrics": dict(metrics),
         "metrics_split": "test",
         "io": io_details(shipped),
@@ -52,7 +68,7 @@ def io_details(model: ModelArtifact) -> dict[str, Any]:
 
         return {"inputs": [tensor(d) for d in runner.get_input_details()],
                 "outputs": [tensor(d) for d in runner.get_output_details()]}
-    keras_model = model.load_keras()
+    keras_model = model.load_model()
     return {
         "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name} for t in keras_model.inputs],
         "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name} for t in keras_model.outputs],
@@ -64,7 +80,22 @@ def plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def write(model: ModelArtifact, exports: dict[str, Path], ctx: StageContext, path: Path) -> Path:
-    """Write the metadata JSON to `path`."""
-    path.write_text(json.dumps(describe(model, exports, ctx), indent=2, default=str) + "\n")
-    return path
+def serving_facts(target: str, path: Path, contract: dict[str, str]) -> dict[str, Any]:
+    """One export's contract: raw or preprocessed inputs, outputs, signature and tensor names, and for
+    TFLite the input and output tensors' dtype, scale and zero point."""
+    facts: dict[str, Any] = dict(contract)
+    if target == "tflite":
+        io = io_details(ModelArtifact(path, ModelFormat.TFLITE, "export"))
+        facts.update(input_tensor=io["inputs"][0], output_tensor=io["outputs"][0])
+    return facts
+
+
+def write(
+    model: ModelArtifact, exports: dict[str, Path], contracts: dict[str, dict[str, str]], ctx: StageContext, stem: Path
+) -> list[Path]:
+    """Write `stem`.labels.txt and `stem`.json; their paths, the JSON last."""
+    labels = stem.with_name(f"{stem.name}.labels.txt")
+    labels.write_text("".join(f"{name}\n" for name in ctx.data.labels))
+    path = stem.with_suffix(".json")
+    path.write_text(json.dumps(describe(model, exports, contracts, ctx, labels), indent=2, default=str) + "\n")
+    return [labels, path]

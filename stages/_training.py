@@ -64,6 +64,8 @@ def fit(
     if device.resolve().jit_compile:
         model.jit_compile = True  # resets the compiled train function, so it applies to an already compiled model
     warn_if_not_mixed(model, ctx)
+    if device.resolve().strategy == "one_device":
+        create_step_variables(model, data.x_train[:1], y_train[:1])
     history = model.fit(
         train,
         epochs=params.epochs,
@@ -154,6 +156,23 @@ def warn_if_chance(history: Any, ctx: StageContext) -> None:
         )
 
 
+def create_step_variables(model: Any, x: Any, y: Any) -> None:
+    """Create the optimizer's slots and the loss and metric trackers before `fit` traces its step.
+
+    A training step that creates variables is traced twice (once creating them, once without),
+    and tracing a TFMOT-wrapped model costs more than a short fine-tune's steps on small data.
+    One example through the model in inference mode changes no weight and no pruning mask.
+    """
+    import tensorflow as tf
+
+    logits = model(x, training=False)
+    model.compiled_loss(tf.constant(y), logits)
+    model.compiled_metrics.update_state(tf.constant(y), logits)
+    model.reset_metrics()
+    if hasattr(model.optimizer, "build"):
+        model.optimizer.build(model.trainable_variables)
+
+
 def weights_digest(model: Any) -> str:
     """A short hash of every weight value, to compare models across processes."""
     import hashlib
@@ -230,9 +249,25 @@ def save_keras(
     with this stage's facts; `metrics` are numbers about this stage's own work.
     """
     path = ctx.workdir / "model.keras"
+    unfreeze(model, ctx)
     without_training_state(float32_copy(model)).save(path)
     metadata = {**(parent.metadata if parent is not None else {}), **metadata}
     return ModelArtifact(path, ModelFormat.KERAS, ctx.name, parent, metadata, effects, metrics or {})
+
+
+def unfreeze(model: Any, ctx: StageContext) -> None:
+    """Make the layers a model plugin froze for the first training stage trainable again.
+
+    A backbone frozen for its first fit (`trainable_backbone: false`) lists them in
+    `frozen_layers`; the saved model is handed on whole, so later stages fine-tune every layer.
+    """
+    names = getattr(model, "frozen_layers", None)
+    if not names:
+        return
+    for name in names:
+        model.get_layer(name).trainable = True
+    ctx.log.info("    %s: %d backbone layers were frozen for this stage; later stages train the whole model", ctx.name, len(names))
+    model.frozen_layers = []
 
 
 def without_training_state(model: Any) -> Any:
@@ -259,11 +294,14 @@ def epoch_logger(ctx: StageContext, epochs: int) -> Any:
     """
     import tf_keras as keras
 
+    from pipeline.interrupts import raise_if_interrupted
+
     class _EpochLog(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs or {}
             shown = ", ".join(f"{k}={v:.4f}" for k, v in logs.items())
             ctx.log.info("    %s epoch %d/%d: %s", ctx.name, epoch + 1, epochs, shown)
+            raise_if_interrupted()
             if not math.isfinite(logs.get("loss", 0.0)):
                 self.model.stop_training = True  # check_finite then reports it
 

@@ -12,8 +12,9 @@ from pydantic import Field
 from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.layer_plan import LayerPlan, StagePlan
-from pipeline.models.compat import build, prepared
-from pipeline.models.user import load_model_file, model_file_problem
+from pipeline.models import build, prepare, starting_format
+from pipeline.models.compat import prepared
+from pipeline.models.user import model_file_problem
 from pipeline.stage import Stage, StageContext
 from stages._training import FitParams, compile_model, fit, save_keras
 
@@ -22,11 +23,18 @@ class DistillParams(FitParams):
     """Parameters of the distill stage."""
 
     teacher: str | None = Field(
-        None, min_length=1, description="Teacher model file (.keras, .h5 or SavedModel); unset: the preceding stage's model."
+        None, min_length=1,
+        description=(
+            "Teacher model file (.keras or .h5, tf-keras or Keras 3, or any SavedModel); unset: the preceding "
+            "stage's model, or with student=incoming the model before channel pruning."
+        ),
     )
-    student: dict[str, Any] = Field(
+    student: dict[str, Any] | Literal["incoming"] = Field(
         default_factory=lambda: {"name": "small_cnn", "width": 0.5},
-        description="Student model config, as in the model group: {name: small_cnn, width: 0.5}.",
+        description=(
+            "Student model config, as in the model group: {name: small_cnn, width: 0.5}; or incoming: the preceding "
+            "stage's model (e.g. channel-pruned) is the student and keeps its weights."
+        ),
     )
     loss: Literal["kl", "mse"] = Field(
         "kl", description="kl: T^2-scaled KL divergence of softened outputs; mse: squared error between logits."
@@ -37,14 +45,20 @@ class DistillParams(FitParams):
 
 
 class DistillStage(Stage):
-    """Knowledge distillation from the incoming model (or a teacher file) into a fresh student."""
+    """Knowledge distillation from the incoming model (or a teacher file) into a fresh student.
+
+    The teacher only predicts, so it may be an inference-only SavedModel; the student is built
+    from `student` and trained here, so that config must describe a Keras model.
+    """
 
     Config: ClassVar = DistillParams
-    accepts: ClassVar = frozenset({None, ModelFormat.KERAS})
+    accepts: ClassVar = frozenset({None, ModelFormat.KERAS, ModelFormat.SAVED_MODEL})
 
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
-        """The student is a new model: nothing done to the teacher carries over."""
-        return frozenset()
+        """A new student has been through nothing; an incoming one stays narrow but loses its zeros and
+        clusters. Either has a teacher that later fine-tuning may keep learning from."""
+        kept = incoming & {Effect.CHANNEL_PRUNED} if self.config.student == "incoming" else frozenset()
+        return kept | {Effect.DISTILLED}
 
     def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
         params: DistillParams = self.config
@@ -58,10 +72,20 @@ class DistillStage(Stage):
         problem = model_file_problem(Path(params.teacher)) if params.teacher is not None else None
         if problem:
             raise PipelineError(f"{where}.teacher: {params.teacher} {problem}")
-        self.student_builder(where)
+        if params.student == "incoming":
+            check_incoming_student(params, input_format, effects, where)
+            return
+        student = self.student_builder(where)
+        if starting_format(student) is ModelFormat.SAVED_MODEL:
+            raise PipelineError(
+                f"{where}.student: {student.config.path} is an inference-only SavedModel (a serving signature, no "
+                "Keras model) and cannot be trained as the student; give a Keras model file or an architecture"
+            )
 
     def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
-        """A new student replaces the model: later stages act on its layers."""
+        """A new student replaces the model: later stages act on its layers. An incoming student is the model."""
+        if self.config.student == "incoming":
+            return StagePlan(summary="trains the incoming model as the student on the teacher's outputs")
         builder = self.student_builder(where)
         student = prepared(builder.build(tuple(model.input_shape[1:]), model.output_shape[-1]), f"{where}.student")
         return StagePlan(summary=f"trains a new {self.config.student['name']} student on the teacher's outputs", model=student)
@@ -75,16 +99,22 @@ class DistillStage(Stage):
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         params: DistillParams = self.config
+        incoming = params.student == "incoming"
         if params.teacher is not None:
-            teacher = prepared(load_model_file(params.teacher, f"stages.{ctx.name}.teacher"), f"stages.{ctx.name}.teacher")
-            if getattr(teacher, "softmax_removed", False):
-                ctx.log.warning("    stages.%s.teacher: %s ends in a softmax; distilling from the logits before it", ctx.name, params.teacher)
+            teacher_file, teacher = params.teacher, load_teacher(params.teacher, ctx)
         else:
             assert model is not None  # guaranteed by check_input
-            teacher = model.load_keras()
-        student = ctx.device.prepare(build(self.student_builder(f"stages.{ctx.name}"), ctx.data))
+            source = before_channel_pruning(model, f"stages.{ctx.name}") if incoming else model
+            teacher_file, teacher = str(source.path), source.load_model()
+        if incoming:
+            assert model is not None  # guaranteed by check_input
+            student = model.load_keras()
+        else:
+            builder = self.student_builder(f"stages.{ctx.name}")
+            prepare(builder, ctx.data)
+            student = ctx.device.prepare(build(builder, ctx.data))
         data = ctx.data
-        targets = (pack(data.y_train, predict(teacher, data.x_train)), pack(data.y_val, predict(teacher, data.x_val)))
+        targets = teacher_targets(teacher, data)
         teacher_accuracy = float(np.mean(np.argmax(predict(teacher, data.x_test), -1) == data.y_test))
         ctx.log.info(
             "    teacher: %d parameters, test accuracy %.4f; student: %d parameters",
@@ -96,11 +126,78 @@ class DistillStage(Stage):
         )
         fit(student, ctx, params, targets=targets)
         teacher_facts = {"teacher_params": float(teacher.count_params()), "teacher_accuracy": teacher_accuracy}
+        # An incoming student carries its earlier stages' facts (which channels stayed) on; a new one starts anew.
         artifact = save_keras(
-            student, ctx, None, effects=self.output_effects(model), metrics=teacher_facts,
-            distilled=True, teacher=params.teacher or str(model.path),
+            student, ctx, model if incoming else None, effects=self.output_effects(model), metrics=teacher_facts,
+            distilled=True, teacher=teacher_file, teacher_file=params.teacher, student_incoming=incoming,
+            temperature=params.temperature,
         )
         return dataclasses.replace(artifact, parent=model)
+
+
+def check_incoming_student(params: DistillParams, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
+    """student=incoming trains the incoming Keras model; without a teacher file, channel pruning must come first."""
+    if input_format is not ModelFormat.KERAS:
+        got = "no model" if input_format is None else f"a {input_format.value} model"
+        raise PipelineError(f"{where}.student: 'incoming' trains the incoming Keras model, but {where} gets {got}; "
+                            "put a stage that makes a Keras model first")
+    if params.teacher is None and Effect.CHANNEL_PRUNED not in effects:
+        raise PipelineError(
+            f"{where}.teacher: with student=incoming the teacher is the model before channel pruning, but no stage "
+            f"before {where} prunes channels; set {where}.teacher=PATH or put a channel_prune stage first"
+        )
+
+
+def before_channel_pruning(model: ModelArtifact, where: str) -> ModelArtifact:
+    """The model that channel pruning started from, in `model`'s lineage: the teacher of an incoming student."""
+    for artifact in model.lineage():
+        parent = artifact.parent
+        if Effect.CHANNEL_PRUNED in artifact.effects and parent is not None and Effect.CHANNEL_PRUNED not in parent.effects:
+            return parent
+    raise PipelineError(f"{where}.teacher: the incoming model was not channel-pruned; set {where}.teacher=PATH")
+
+
+def load_teacher(path: str, ctx: StageContext) -> Any:
+    """The teacher file as a model to predict with: a tf-keras model (Keras 3 files rebuilt) or a SavedModel's signature."""
+    from pipeline.models.keras3 import sample_of
+    from pipeline.models.user import load_model_file
+    from pipeline.savedmodel import SignatureModel, is_inference_only
+
+    where = f"stages.{ctx.name}.teacher"
+    if is_inference_only(path):
+        return SignatureModel(path, where)
+    sample = sample_of(ctx.data)
+    teacher = prepared(load_model_file(path, where, sample=sample), where, sample)
+    if getattr(teacher, "softmax_removed", False):
+        ctx.log.warning("    %s: %s ends in a softmax; distilling from the logits before it", where, path)
+    return teacher
+
+
+def teacher_targets(teacher: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Packed (label, teacher logits) targets of the training and validation splits."""
+    return pack(data.y_train, predict(teacher, data.x_train)), pack(data.y_val, predict(teacher, data.x_val))
+
+
+def teacher_of(model: ModelArtifact, ctx: StageContext) -> tuple[Any, float]:
+    """The teacher `model` was distilled from, loaded, and the distillation's temperature.
+
+    The distill stage's artifact is the one that measured its teacher; the teacher is its
+    `teacher_file`, or else the model that stage was handed (its parent in the lineage), or for an
+    incoming student the model from before channel pruning.
+    """
+    where = f"stages.{ctx.name}"
+    student = next((a for a in model.lineage() if "teacher_accuracy" in a.metrics), None)
+    if student is None:
+        raise PipelineError(f"{where}.teacher_alpha: the incoming model was not distilled; put a distill stage first or set it to 0")
+    if student.metadata.get("teacher_file"):
+        teacher = load_teacher(student.metadata["teacher_file"], ctx)
+    else:
+        assert student.parent is not None  # a distill stage without a teacher file was handed one
+        source = student.parent
+        if student.metadata.get("student_incoming"):
+            source = before_channel_pruning(source, f"{where}.teacher_alpha")
+        teacher = source.load_model()
+    return teacher, float(student.metadata["temperature"])
 
 
 def predict(model: Any, x: np.ndarray) -> np.ndarray:

@@ -1,10 +1,11 @@
-"""export: write the shipped files (TFLite, Keras, H5, SavedModel) to the run's export folder."""
+"""export: write the shipped files (TFLite, Keras, H5, SavedModel, Keras 3) to the run's export folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -12,15 +13,18 @@ from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.schema import Params
 from pipeline.stage import Stage, StageContext
+from stages._serving import INPUTS_HELP, OUTPUTS_HELP, choose_inputs, contract, serving_model
 
-Target = Literal["tflite", "keras", "h5", "saved_model"]
+Target = Literal["tflite", "keras", "h5", "saved_model", "keras3"]
 
-# Which artifact in the lineage each export target is written from.
+# Which artifact in the lineage each export target is written from, in order of preference: a
+# SavedModel is written from the Keras model, or copied when the recipe started from one.
 SOURCE_FORMAT = {
-    "tflite": ModelFormat.TFLITE,
-    "keras": ModelFormat.KERAS,
-    "h5": ModelFormat.KERAS,
-    "saved_model": ModelFormat.KERAS,
+    "tflite": (ModelFormat.TFLITE,),
+    "keras": (ModelFormat.KERAS,),
+    "h5": (ModelFormat.KERAS,),
+    "saved_model": (ModelFormat.KERAS, ModelFormat.SAVED_MODEL),
+    "keras3": (ModelFormat.KERAS,),
 }
 
 
@@ -29,19 +33,30 @@ class ExportParams(Params):
 
     formats: list[Target] = Field(
         default_factory=lambda: ["tflite", "keras"], min_length=1,
-        description="Files to write: tflite, keras (.keras), h5, saved_model.",
+        description="Files to write: tflite, keras (.keras), h5, saved_model, keras3 (NAME_keras3.keras, for Keras 3).",
     )
     name: str = Field("model", pattern=r"^[\w.-]+$", description="Base name of the exported files.")
     metadata: bool = Field(
-        True, description="Also write NAME.json: recipe, metrics, input/output details, quantization, lineage."
+        True,
+        description=(
+            "Also write NAME.json (input contract and preprocessing, class names, recipe, metrics, I/O details, "
+            "quantization, lineage) and NAME.labels.txt (one class name per line)."
+        ),
+    )
+    inputs: Literal["auto", "raw", "preprocessed"] = Field(
+        "auto", description=f"Keras-format exports (auto: as the converted TFLite model, else raw). {INPUTS_HELP}"
+    )
+    outputs: Literal["auto", "logits", "probabilities"] = Field(
+        "auto", description=f"Keras-format exports (auto: as the converted TFLite model, else logits). {OUTPUTS_HELP}"
     )
 
 
 class ExportStage(Stage):
     """Copy or convert the latest model of each requested format into `<run>/export/`.
 
-    The incoming model is handed on unchanged (as its exported copy); a Keras export after
-    quantization writes the Keras model the TFLite file was converted from.
+    The incoming model is handed on as its exported copy; a Keras export after quantization
+    writes the Keras model the TFLite file was converted from. Keras-format files get the named
+    serving signature and, for raw inputs, the data's preprocessing folded in as layers.
     """
 
     Config: ClassVar = ExportParams
@@ -52,20 +67,32 @@ class ExportStage(Stage):
     def output_format(cls, input_format: ModelFormat | None) -> ModelFormat:
         return input_format  # type: ignore[return-value]
 
+    def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
+        """A TFLite export needs a TFLite model: no stage turns one back into Keras, so the
+        incoming format tells whether the lineage holds one."""
+        if "tflite" in self.config.formats and input_format is not ModelFormat.TFLITE:
+            raise PipelineError(
+                f"{where}.formats: 'tflite' needs a TFLite model but no stage before {where} converts to TFLite; "
+                f"add a quantize or qat stage before it or remove 'tflite' from {where}.formats"
+            )
+
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         assert model is not None  # guaranteed by `accepts`
         params: ExportParams = self.config
         folder = ctx.run_dir / "export"
         folder.mkdir(parents=True, exist_ok=True)
         written: dict[str, Path] = {}
+        keras_contract = keras_serving(params, model, ctx)
+        contracts = {}
         for target in dict.fromkeys(params.formats):
-            source = model.nearest(SOURCE_FORMAT[target])
+            source = next(filter(None, (model.nearest(fmt) for fmt in SOURCE_FORMAT[target])), None)
             if source is None:
                 raise PipelineError(
-                    f"stages.{ctx.name}.formats: no {SOURCE_FORMAT[target].value} model to export as '{target}'; "
+                    f"stages.{ctx.name}.formats: no {SOURCE_FORMAT[target][0].value} model to export as '{target}'; "
                     f"remove '{target}' or add a stage that produces one"
                 )
-            written[target] = write(source, target, folder / params.name)
+            contracts[target] = contract_of(source, target, keras_contract)
+            written[target] = write(source, target, folder / params.name, keras_contract, ctx)
             ctx.log.info("    wrote %s", written[target])
             if trained_past(model, source):
                 ctx.log.warning(
@@ -74,15 +101,19 @@ class ExportStage(Stage):
                     written[target].name, source.stage,
                 )
         exports = list(written.values())
+        facts = dict(model.metadata)
+        if model.format.value in written:  # handed on as its exported copy, under that file's contract
+            facts["serving"] = contracts[model.format.value]
+        handed_on = ModelArtifact(
+            written.get(model.format.value, model.path), model.format, ctx.name, model, facts, self.output_effects(model)
+        )
         if params.metadata:
             from stages import _metadata
 
-            exports.append(_metadata.write(model, written, ctx, folder / f"{params.name}.json"))
-            ctx.log.info("    wrote %s", exports[-1])
-        handed_on = written.get(model.format.value, model.path)
-        return ModelArtifact(
-            handed_on, model.format, ctx.name, model, dict(model.metadata), self.output_effects(model), exports=tuple(exports)
-        )
+            for path in _metadata.write(handed_on, written, contracts, ctx, folder / params.name):
+                exports.append(path)
+                ctx.log.info("    wrote %s", path)
+        return dataclasses.replace(handed_on, exports=tuple(exports))
 
 
 def trained_past(model: ModelArtifact, source: ModelArtifact) -> bool:
@@ -90,13 +121,37 @@ def trained_past(model: ModelArtifact, source: ModelArtifact) -> bool:
     return Effect.QUANTIZE_AWARE in model.effects - source.effects
 
 
-def write(source: ModelArtifact, target: str, stem: Path) -> Path:
-    """Write `source` as `target` next to `stem`; returns the written path."""
+def keras_serving(params: ExportParams, model: ModelArtifact, ctx: StageContext) -> dict[str, str]:
+    """The contract of Keras-format exports: as asked, or (auto) as the converted TFLite model's."""
+    converted = model.nearest(ModelFormat.TFLITE)
+    before = converted.metadata.get("serving", {}) if converted is not None else {}
+    choice = before.get("inputs", "raw") if params.inputs == "auto" else params.inputs
+    inputs, _ = choose_inputs(choice, ctx.data.preprocessing, integer=False)
+    outputs = before.get("outputs", "logits") if params.outputs == "auto" else params.outputs
+    return contract(inputs, outputs)
+
+
+def contract_of(source: ModelArtifact, target: str, keras_contract: dict[str, str]) -> dict[str, str]:
+    """What the file written for `target` takes and gives."""
+    if target == "tflite":
+        return source.metadata.get("serving", {})
+    if source.format is ModelFormat.SAVED_MODEL:  # the user's own SavedModel, copied as it is
+        return contract("preprocessed", "logits")
+    return keras_contract
+
+
+def write(source: ModelArtifact, target: str, stem: Path, serving: dict[str, str], ctx: StageContext) -> Path:
+    """Write `source` as `target` next to `stem` (Keras formats under the `serving` contract); the written path."""
     if target == "tflite":
         return Path(shutil.copyfile(source.path, stem.with_suffix(".tflite")))
-    if target == "keras" and source.path.suffix == ".keras":
-        return Path(shutil.copyfile(source.path, stem.with_suffix(".keras")))
-    keras_model = source.load_keras()
+    if target == "saved_model" and source.format is ModelFormat.SAVED_MODEL:
+        path = stem.parent / f"{stem.name}_saved_model"
+        shutil.rmtree(path, ignore_errors=True)
+        return Path(shutil.copytree(source.path, path))
+    keras_model = serving_model(source.load_keras(), ctx.data.preprocessing, serving["inputs"], serving["outputs"])
+    if target == "keras3":
+        data = ctx.data.raw() if serving["inputs"] == "raw" else ctx.data
+        return write_keras3(keras_model, stem.parent / f"{stem.name}_keras3.keras", data, ctx)
     if target == "keras":
         path = stem.with_suffix(".keras")
         keras_model.save(path)
@@ -107,4 +162,15 @@ def write(source: ModelArtifact, target: str, stem: Path) -> Path:
         return path
     path = stem.parent / f"{stem.name}_saved_model"
     keras_model.save(path, save_format="tf")
+    return path
+
+
+def write_keras3(keras_model: Any, path: Path, data: Any, ctx: StageContext) -> Path:
+    """`keras_model` as a Keras 3 file, checked on a batch of `data` (in a separate process)."""
+    from pipeline.models.keras3 import sample_of, to_keras3
+
+    keras_file = ctx.workdir / "keras3_source.keras"
+    keras_model.save(keras_file)
+    report = to_keras3(keras_file, path, sample_of(data), f"stages.{ctx.name}.formats")
+    ctx.log.info("    Keras 3 copy matches the tf-keras model on %d examples (largest difference %.2g)", report["examples"], report["max_abs_diff"])
     return path

@@ -7,13 +7,15 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.artifact import Effect, ModelArtifact
+from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.stage import Stage, StageContext
 from stages._layers import LayerChoice, acted_on, choose_layers, kernel_share, left_alone, wrap_layers
 from stages._training import FitParams, compile_model, fit, save_keras, steps_per_epoch
 
+# Why a layer stays dense under an m:n pattern: groups of n run along its input channels.
+NARROW = "input channels not a multiple of"
 # Measured sparsity may differ from the target by rounding within each layer.
 SPARSITY_TOLERANCE = 0.02
 
@@ -38,6 +40,13 @@ class PruneParams(FitParams, LayerChoice):
     )
     frequency: int | None = Field(
         None, ge=1, description="Steps between mask updates; default: about 10 updates over the ramp."
+    )
+    teacher_alpha: float = Field(
+        0.0, ge=0, le=1,
+        description=(
+            "Weight of the distillation teacher's softened outputs while fine-tuning (0: the labels alone); "
+            "needs a distill stage earlier, whose teacher and temperature it uses."
+        ),
     )
 
     @model_validator(mode="before")
@@ -80,6 +89,7 @@ class PruneStage(Stage):
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
         """Pruned; fine-tuning moves clustered weights off their shared values."""
         return (incoming - {Effect.CLUSTERED}) | {Effect.PRUNED}
+
     def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
         """Which layers are pruned and which stay dense (and why), before any training."""
         actions = self.choose(model, where)
@@ -96,7 +106,7 @@ class PruneStage(Stage):
                 return "not prunable"
             # m:n groups run along the input channels; a layer with fewer cannot hold the pattern.
             if pattern is not None and layer.get_weights()[0].shape[-2] % pattern[1]:
-                return f"input channels not a multiple of {pattern[1]}"
+                return f"{NARROW} {pattern[1]}"
             return None
 
         return choose_layers(model, self.config, why_not, where, "pruned", "dense")
@@ -107,11 +117,19 @@ class PruneStage(Stage):
             return f"to {self.config.m_by_n[0]}:{self.config.m_by_n[1]} structured sparsity"
         return f"to {self.config.final_sparsity:.0%} sparsity"
 
+    def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
+        if self.config.teacher_alpha and Effect.DISTILLED not in effects:
+            raise PipelineError(
+                f"{where}.teacher_alpha: the model reaching {where} has no teacher; "
+                f"put a distill stage before it or set {where}.teacher_alpha=0"
+            )
+
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         import tensorflow_model_optimization as tfmot
 
         assert model is not None  # guaranteed by `accepts`
         params: PruneParams = self.config
+        self.check_input(model.format, model.effects, f"stages.{ctx.name}")
         sparsity = tfmot.sparsity.keras
         schedule = pruning_schedule(params, params.epochs * steps_per_epoch(ctx, params), ctx)
         pattern = tuple(params.m_by_n) if params.m_by_n else None
@@ -119,21 +137,39 @@ class PruneStage(Stage):
         actions = self.choose(keras_model, f"stages.{ctx.name}")
         names, dense = acted_on(actions, "pruned"), [n for n, a in actions.items() if a.kind != "pruned"]
         share = kernel_share(keras_model, dense)
+        too_narrow = [n for n, a in actions.items() if a.why.startswith(NARROW)]  # for the m:n pattern
         ctx.log.info("    pruning %d layers %s; left dense: %s", len(names), self.target(), left_alone(keras_model, actions, "pruned"))
 
         def wrap(layer: Any) -> Any:
             return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule, sparsity_m_by_n=pattern)
 
         pruned = wrap_layers(keras_model, names, wrap)
-        compile_model(pruned, params)
-        fit(pruned, ctx, params, callbacks=[sparsity.UpdatePruningStep()])
+        fine_tune(pruned, model, ctx, params, callbacks=[sparsity.UpdatePruningStep()])
         stripped = sparsity.strip_pruning(pruned)
         achieved = check_sparsity(stripped, names, params, ctx.name)
         return save_keras(
             stripped, ctx, model, effects=self.output_effects(model), target_sparsity=params.final_sparsity,
-            m_by_n=list(pattern) if pattern else None, pruned_layers=names, dense_layers=dense,
-            metrics={"pruned_layers_sparsity": achieved, "dense_share": share},
+            m_by_n=list(pattern) if pattern else None, pruned_layers=names, dense_layers=dense, left_dense=too_narrow,
+            metrics={
+                "pruned_layers_sparsity": achieved, "dense_share": share,
+                **({"layers_left_dense": float(len(too_narrow))} if pattern else {}),
+            },
         )
+
+
+def fine_tune(keras_model: Any, model: ModelArtifact, ctx: StageContext, params: PruneParams, callbacks: list[Any]) -> None:
+    """Fit on the labels, or with `teacher_alpha` on the distillation teacher's outputs as well."""
+    if not params.teacher_alpha:
+        compile_model(keras_model, params)
+        fit(keras_model, ctx, params, callbacks=callbacks)
+        return
+    from stages.distill import distillation_loss, packed_accuracy, teacher_of, teacher_targets
+
+    teacher, temperature = teacher_of(model, ctx)
+    ctx.log.info("    fine-tuning on the distillation teacher's outputs (alpha %.2f, T %.1f)", params.teacher_alpha, temperature)
+    loss = distillation_loss("kl", params.teacher_alpha, temperature)
+    compile_model(keras_model, params, loss=loss, metrics=[packed_accuracy])
+    fit(keras_model, ctx, params, callbacks=callbacks, targets=teacher_targets(teacher, ctx.data))
 
 
 def prunable(layer: Any) -> bool:

@@ -7,12 +7,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.artifact import Effect, ModelArtifact, ModelFormat
+from pipeline.artifact import STRUCTURAL, Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.stage import Stage, StageContext
 from stages._gates import GateParams, apply_gates
 from stages._layers import require_layer_graph
+from stages._serving import ServingParams, for_serving
 from stages._training import FitParams, compile_model, fit
 
 # What each scheme needs an earlier stage to have done to the model, and keeps of it.
@@ -24,7 +25,7 @@ KEEPS = {
 }
 
 
-class QuantizeAwareParams(FitParams, GateParams):
+class QuantizeAwareParams(FitParams, GateParams, ServingParams):
     """Parameters of the qat stage."""
 
     scheme: Literal["auto", "default", "pqat", "cqat", "pcqat"] = Field(
@@ -68,7 +69,7 @@ class QuantizeAwareStage(Stage):
 
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
         """Quantization-aware, keeping what the scheme preserves (auto keeps all it finds)."""
-        kept = incoming if self.config.scheme == "auto" else incoming & KEEPS[self.config.scheme]
+        kept = incoming if self.config.scheme == "auto" else incoming & (KEEPS[self.config.scheme] | STRUCTURAL)
         return kept | {Effect.QUANTIZE_AWARE}
 
     def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
@@ -96,13 +97,14 @@ class QuantizeAwareStage(Stage):
         compile_model(aware, params)
         fit(aware, ctx, params)
         conversion = QuantizeParams(mode="int8", calibration_samples=params.calibration_samples, keep_sparsity="false")
+        served, ctx, serving = for_serving(aware, ctx, params, integer=True)
         path = ctx.workdir / "model.tflite"
-        path.write_bytes(convert(aware, conversion, calibration_set(ctx, conversion), sparse=False))
+        path.write_bytes(convert(served, conversion, calibration_set(ctx, conversion), sparse=False))
         metadata: dict[str, Any] = {
             **model.metadata, "quantization": "int8", "qat_scheme": scheme,
-            "calibration_samples": params.calibration_samples, "calibrated_layers": list(calibrated),
+            "calibration_samples": params.calibration_samples, "calibrated_layers": list(calibrated), "serving": serving,
         }
-        gates = apply_gates(params, True, aware, path, ctx.data, where)
+        gates = apply_gates(params, True, served, path, ctx.data, where)
         metadata.update(gates.facts)
         return ModelArtifact(
             path, ModelFormat.TFLITE, ctx.name, model, metadata, self.output_effects(model), gate=gates.accuracies

@@ -1,4 +1,4 @@
-"""quantize: convert a Keras model to TFLite, with post-training quantization and ship gates."""
+"""quantize: convert a Keras model or an inference-only SavedModel to TFLite, with post-training quantization and ship gates."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pipeline.fields import Switch
 from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.stage import Stage, StageContext
 from stages._gates import GateParams, apply_gates
+from stages._serving import ServingParams, contract, for_serving
 
 # Modes that calibrate activation ranges on a representative dataset.
 CALIBRATED = {"int8", "int16x8"}
@@ -25,7 +26,7 @@ FLOAT_MODES = {"none", "float16"}
 MODE_WORDS = {"none": "float32", "dynamic": "int8 weights", "float16": "float16 weights", "int8": "int8", "int16x8": "int16x8"}
 
 
-class QuantizeParams(GateParams):
+class QuantizeParams(GateParams, ServingParams):
     """Parameters of the quantize stage."""
 
     mode: Literal["none", "dynamic", "float16", "int8", "int16x8"] = Field(
@@ -54,9 +55,10 @@ class QuantizeParams(GateParams):
 
 
 class QuantizeStage(Stage):
-    """Keras model -> .tflite via tf.lite.TFLiteConverter."""
+    """Keras model or inference-only SavedModel -> .tflite via tf.lite.TFLiteConverter."""
 
     Config: ClassVar = QuantizeParams
+    accepts: ClassVar = frozenset({ModelFormat.KERAS, ModelFormat.SAVED_MODEL})
     produces: ClassVar = ModelFormat.TFLITE
 
     def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
@@ -70,13 +72,17 @@ class QuantizeStage(Stage):
         assert model is not None  # guaranteed by `accepts`
         params: QuantizeParams = self.config
         where = f"stages.{ctx.name}"
-        keras_model = model.load_keras()
+        if model.format is ModelFormat.SAVED_MODEL:  # a serving signature takes what it was saved to take
+            keras_model, serving = model.load_model(), contract("preprocessed", "logits")
+        else:
+            keras_model, ctx, serving = for_serving(model.load_keras(), ctx, params, integer=params.mode in CALIBRATED)
         calibration = calibration_set(ctx, params)
         path = ctx.workdir / "model.tflite"
-        path.write_bytes(convert(keras_model, params, calibration, sparse=False))
+        path.write_bytes(convert_saved(keras_model, params, calibration, where) if model.format is ModelFormat.SAVED_MODEL
+                         else convert(keras_model, params, calibration, sparse=False))
         sparse = self.sparse_encoding(keras_model, model, calibration, path, ctx)
         metadata: dict[str, Any] = {
-            **model.metadata, "quantization": params.mode, "sparse_encoding": sparse,
+            **model.metadata, "quantization": params.mode, "sparse_encoding": sparse, "serving": serving,
             "calibration_samples": len(calibration) if params.mode in CALIBRATED else 0,
         }
         gates = apply_gates(params, params.mode == "int8", keras_model, path, ctx.data, where)
@@ -144,11 +150,32 @@ def convert(keras_model: Any, params: QuantizeParams, calibration: np.ndarray, s
         return converter.convert()
 
 
+def convert_saved(signature_model: Any, params: QuantizeParams, calibration: np.ndarray, where: str) -> bytes:
+    """`convert` for an inference-only SavedModel, whose graph may hold what the converter cannot take.
+
+    A Keras model is made of layers the converter knows; a SavedModel is whatever was traced
+    (custom ops, variables updated at inference), and the converter fails deep inside on those.
+    """
+    try:
+        return convert(signature_model, params, calibration, sparse=False)
+    except Exception as error:  # noqa: BLE001 - the converter raises RuntimeError, ConverterError, ValueError
+        reason = " ".join(str(error).split())[-200:]
+        raise PipelineError(
+            f"{where}: the TFLite converter cannot convert the SavedModel {signature_model.path} ({reason}); "
+            "give the Keras model (.keras) instead"
+        ) from None
+
+
 def configure_converter(keras_model: Any, params: QuantizeParams, calibration: np.ndarray) -> Any:
-    """A TFLiteConverter set up for `params.mode`."""
+    """A TFLiteConverter set up for `params.mode`; reads the SavedModel itself for a signature model."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    from pipeline.savedmodel import SignatureModel
+
+    if isinstance(keras_model, SignatureModel):
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([keras_model.frozen()], keras_model.loaded)
+    else:
+        converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
     if params.mode == "none":
         return converter
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

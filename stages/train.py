@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from pipeline.artifact import Effect, ModelArtifact, ModelFormat
+from pipeline.artifact import STRUCTURAL, Effect, ModelArtifact, ModelFormat
 from pipeline.stage import Stage, StageContext
 from stages._training import FitParams, compile_model, fit, save_keras
 
@@ -24,11 +24,14 @@ class TrainStage(Stage):
     accepts: ClassVar = frozenset({None, ModelFormat.KERAS})
 
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
-        """Plain training lets pruned weights grow back and clustered ones drift apart."""
-        return frozenset()
+        """Plain training lets pruned weights grow back and clustered ones drift apart; the shape stays."""
+        return incoming & STRUCTURAL
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         keras_model = ctx.build_model() if model is None else model.load_keras()
+        frozen = getattr(keras_model, "frozen_layers", [])
+        if frozen:  # the model plugin froze its backbone for this first fit (see save_keras)
+            ctx.log.info("    %s: %d backbone layers frozen; the head trains", ctx.name, len(frozen))
         compile_model(keras_model, self.config)
         fit(keras_model, ctx, self.config)
         return save_keras(keras_model, ctx, model, effects=self.output_effects(model))

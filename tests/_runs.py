@@ -35,3 +35,11 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: f
         cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def table_rows(stdout: str) -> dict[str, dict[str, str]]:
+    """The run's summary table as {stage: {column title: cell}}, read by its header line."""
+    lines = [line for line in stdout.splitlines() if line.startswith("| ")]
+    cells = lambda line: [cell.strip() for cell in line.strip().strip("|").split("|")]  # noqa: E731
+    header = cells(next(line for line in lines if cells(line)[0] == "stage"))
+    return {row[0]: dict(zip(header, row)) for row in map(cells, lines) if row[0] != "stage"}

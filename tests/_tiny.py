@@ -29,14 +29,15 @@ def context(tmp_path: Path, name: str, index: int = 0, data=None, width: float =
 
 
 def accuracy(artifact, data) -> float:
-    """Test accuracy of a Keras or TFLite artifact (no latency runs)."""
+    """Test accuracy of a Keras or TFLite artifact (no latency runs), on the inputs it takes (raw or preprocessed)."""
     import numpy as np
 
     from pipeline import litert
     from pipeline.artifact import ModelFormat
 
+    x = data.test_inputs(raw=artifact.takes_raw_inputs)
     if artifact.format is ModelFormat.TFLITE:
-        logits = litert.predict(artifact.path, data.x_test)
+        logits = litert.predict(artifact.path, x)
     else:
-        logits = artifact.load_keras().predict(data.x_test, verbose=0)
+        logits = artifact.load_keras().predict(x, verbose=0)
     return float(np.mean(np.argmax(logits, -1) == data.y_test))

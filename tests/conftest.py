@@ -27,3 +27,17 @@ def trained(tmp_path_factory):
     from tests._tiny import context
 
     return TrainStage(TrainParams(epochs=4)).run(None, context(tmp_path_factory.mktemp("trained"), "train"))
+
+
+@pytest.fixture(scope="session")
+def keras3_digits(tmp_path_factory):
+    """A Keras 3 CNN trained on the digits data, saved four ways, with its float test predictions."""
+    from tests import _keras3_models as k3
+    from tests._tiny import digits
+
+    data = digits()
+    model = k3.train_keras3(k3.digits_cnn(data.input_shape, data.num_classes), data, epochs=25)
+    folder = tmp_path_factory.mktemp("keras3")
+    files = {kind: k3.save(model, folder, kind) for kind in ("keras", "h5", "export", "tf_saved_model")}
+    logits = model.predict(data.x_test, verbose=0)
+    return {"data": data, "files": files, "logits": logits, "accuracy": float((logits.argmax(-1) == data.y_test).mean())}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.artifact import Effect
+
 from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
 from stages.distill import DistillParams, DistillStage, distillation_loss, pack
@@ -56,7 +58,7 @@ def test_student_learns_from_the_preceding_model(tmp_path, teacher):
     facts = out.metrics
     assert facts["teacher_params"] == teacher.load_keras().count_params()
     assert 0.8 < facts["teacher_accuracy"] <= 1
-    assert out.parent is teacher and out.metadata["distilled"] is True and out.effects == frozenset()
+    assert out.parent is teacher and out.metadata["distilled"] is True and out.effects == {Effect.DISTILLED}
     assert accuracy(out, context(tmp_path, "x").data) > 0.8
 
 
@@ -101,3 +103,27 @@ def test_missing_teacher_file_and_bad_student_are_named(tmp_path):
     cfg.stages = {"train": {}, "distill": {"student": {"name": "tiny_net"}}}
     with pytest.raises(PipelineError, match=r"stages.distill.student.name: unknown model 'tiny_net'"):
         build_plan(cfg)
+
+
+def test_pruning_keeps_learning_from_the_distillation_teacher(tmp_path, trained, caplog):
+    from stages.prune import PruneParams, PruneStage, pruned_sparsity
+
+    student = DistillStage(DistillParams(student={"name": "small_cnn", "width": 0.5}, epochs=2)).run(
+        trained, context(tmp_path, "distill", 1)
+    )
+    params = PruneParams(final_sparsity=0.7, epochs=2, teacher_alpha=0.5)
+    with caplog.at_level("INFO", logger="test"):
+        out = PruneStage(params).run(student, context(tmp_path, "prune", 2))
+    assert "fine-tuning on the distillation teacher's outputs (alpha 0.50, T 4.0)" in caplog.text
+    assert pruned_sparsity(out.load_keras(), out.metadata["pruned_layers"]) == pytest.approx(0.7, abs=0.02)
+    assert out.effects == {Effect.DISTILLED, Effect.PRUNED}
+    assert accuracy(out, context(tmp_path, "x").data) > 0.5
+
+
+def test_pruning_with_a_teacher_needs_a_distilled_model(tmp_path):
+    cfg = compose_config(tmp_path)
+    cfg.stages = {"train": {}, "prune": {"teacher_alpha": 0.5}, "quantize": {}}
+    with pytest.raises(PipelineError, match=r"stages.prune.teacher_alpha: the model reaching stages.prune has no teacher"):
+        build_plan(cfg)
+    cfg.stages = {"train": {}, "distill": {}, "prune": {"teacher_alpha": 0.5}, "quantize": {}}
+    assert [p.name for p in build_plan(cfg).stages] == ["train", "distill", "prune", "quantize"]

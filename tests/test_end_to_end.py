@@ -16,7 +16,8 @@ from tests._runs import TINY, compose_config, run_cli
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("e2e")
-    cfg = compose_config(tmp_path, *TINY, "stages.train.epochs=8", "stages.prune.epochs=3", "stages.quantize.accuracy_tolerance=0.5")
+    cfg = compose_config(tmp_path, *TINY, "stages.train.epochs=8", "stages.prune.epochs=3", "stages.quantize.accuracy_tolerance=0.5",
+                         "tracking.register_as=digits-int8")
     result = run(cfg, RunInfo(run_dir=tmp_path / "run", recipe="mobile_int8"))
     return cfg, result
 
@@ -30,6 +31,7 @@ def test_every_stage_is_measured(finished):
         assert m["size_bytes"] > m["gzip_bytes"] > 0
         assert 0 < m["latency_p50_ms"] <= m["latency_p90_ms"]
         assert m["params"] > 30_000
+        assert 0 < m["val_accuracy"] <= 1  # measured on the validation split, for searches to steer by
     assert result.rows[0].metrics["accuracy"] > 0.85  # digits with a small CNN, 8 epochs
 
 
@@ -45,7 +47,7 @@ def test_pruned_model_reaches_target_sparsity_and_compresses(finished):
 def test_exports_full_integer_tflite_and_keras(finished):
     _, result = finished
     exported = {p.suffix: p for p in result.exports}
-    assert set(exported) == {".tflite", ".keras", ".json"}
+    assert set(exported) == {".tflite", ".keras", ".json", ".txt"}  # .txt: the labels file
     assert all(p.parent == result.run_dir / "export" and p.stat().st_size > 0 for p in result.exports)
     interpreter = litert.interpreter(exported[".tflite"], threads=1)
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
@@ -79,7 +81,19 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(finished):
     actions = {layer["name"]: layer["stages"] for layer in plan["models"][0]["layers"]}
     assert actions["dense"]["prune"]["action"] == "pruned" and actions["dense"]["quantize"]["action"] == "int8"
     models = {a.path for a in client.list_artifacts(result.run_id, "model")}
-    assert models == {"model/model.tflite", "model/model.keras", "model/model.json"}
+    assert models == {"model/model.tflite", "model/model.keras", "model/model.json", "model/model.labels.txt"}
+
+
+def test_the_shipped_model_is_a_registered_version(finished):
+    cfg, result = finished
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    (version,) = client.search_model_versions("name='digits-int8'")
+    assert version.run_id == result.run_id and version.source == f"runs:/{result.run_id}/model"
+    final = result.rows[-1].metrics
+    assert float(version.tags["gzip_bytes"]) == final["gzip_bytes"]
+    assert float(version.tags["val_accuracy"]) == pytest.approx(final["val_accuracy"], abs=1e-5)
+    assert float(version.tags["latency_p50_ms"]) == pytest.approx(final["latency_p50_ms"], rel=1e-5)
+    assert version.tags["recipe"] == "mobile_int8" and version.description.startswith("Small CNN")
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import interrupts
 from pipeline.errors import PipelineError
 from pipeline.preflight import check_environment
 from pipeline.recipe import build_plan
@@ -126,3 +127,20 @@ def wait_for_status(uri: str, status: str, seconds: float = 60) -> bool:
             return True
         time.sleep(0.5)
     return False
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_again(monkeypatch):
+    class Resource:  # as TensorFlow's tensors and iterators free themselves
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+
+    previous = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(interrupts, "_received", False)
+    interrupts.install()
+    try:
+        Resource()  # Python prints "Exception ignored in ... KeyboardInterrupt" and carries on
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.raise_if_interrupted()
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -10,7 +10,7 @@ from pipeline.data import DigitsSource, SplitParams
 from pipeline.models import SmallCNN, SmallCNNParams, check_compatible
 from pipeline.recipe import build_plan
 from pipeline.runner import RunInfo, run
-from tests._runs import TINY, compose_config, run_cli
+from tests._runs import TINY, compose_config, run_cli, table_rows
 from tests._data_files import MNIST10K, write_csv
 
 needs_mnist = pytest.mark.skipif(not MNIST10K.exists(), reason=f"real MNIST IDX files not found at {MNIST10K}")
@@ -46,8 +46,7 @@ def test_mobile_int8_on_a_subset_of_real_mnist(tmp_path):
 def test_readme_command_on_real_mnist(tmp_path):
     done = run_cli("recipe=mobile_int8", "data=idx", f"data.path={MNIST10K}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    export = next(line for line in done.stdout.splitlines() if line.startswith("| export "))
-    assert float(export.split("|")[7]) > 0.95  # int8 TFLite accuracy on 2,000 held-out MNIST digits
+    assert float(table_rows(done.stdout)["export"]["accuracy"]) > 0.95  # int8 TFLite accuracy on 2,000 held-out MNIST digits
 
 
 def test_mobile_int8_with_an_mlp_on_a_csv_table(tmp_path):

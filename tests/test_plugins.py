@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from pipeline import registry
 from pipeline.errors import PipelineError
 from pipeline.runner import RunInfo, run
-from tests._runs import TINY, compose_config, run_cli
+from tests._runs import TINY, compose_config, run_cli, table_rows
 
 PLUGIN = '''
 """A third-party package's stages."""
@@ -105,9 +105,9 @@ def test_plugin_stage_runs_from_a_user_recipe_on_the_command_line(tmp_path, plug
         cwd=tmp_path, env={"PYTHONPATH": f"{plugin_dir}:{root}"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = {line.split("|")[1].strip(): line for line in done.stdout.splitlines() if line.startswith("| ")}
+    rows = table_rows(done.stdout)
     assert set(rows) >= {"train", "round_weights", "quantize"}
-    sparsity = lambda stage: float(rows[stage].split("|")[6].strip().rstrip("%"))  # noqa: E731
+    sparsity = lambda stage: float(rows[stage]["sparsity"].rstrip("%"))  # noqa: E731
     assert sparsity("round_weights") > sparsity("train") + 5  # rounding made real zeros
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")

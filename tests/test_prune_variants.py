@@ -19,6 +19,7 @@ def test_two_of_four_pattern_holds_in_every_pruned_kernel(tmp_path, trained):
     names = out.metadata["pruned_layers"]
     first_conv, *others = kernel_layers(model)
     assert names == others  # the first conv has one input channel: no groups of four
+    assert out.metadata["left_dense"] == [first_conv] and out.metrics["layers_left_dense"] == 1
 
     for name in names:
         assert follows_m_by_n(model.get_layer(name).get_weights()[0], [2, 4]), name

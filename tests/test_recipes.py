@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
 from pipeline.runner import RunInfo, run
 from tests._runs import compose_config
@@ -18,10 +19,20 @@ def test_the_technique_recipes_are_shipped():
     assert {"mobile_int8", "mobile_fp16", "qat_int8", "distill_prune_int8", "cluster_int8", "sparse24_int8"} <= set(RECIPES)
 
 
+# Recipes that start from a trained model need one: `model=file`.
+TRAINED_MODEL = {"ptq_int8"}
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_shipped_recipe_validates(tmp_path, recipe):
-    plan = build_plan(compose_config(tmp_path, f"recipe={recipe}"))
+def test_shipped_recipe_validates(tmp_path, recipe, request):
+    model = ["model=file", f"model.path={request.getfixturevalue('trained').path}"] if recipe in TRAINED_MODEL else []
+    plan = build_plan(compose_config(tmp_path, f"recipe={recipe}", *model))
     assert plan.settings.description and plan.stages[-1].type == "export"
+
+
+def test_a_recipe_without_training_names_model_file(tmp_path):
+    with pytest.raises(PipelineError, match=r"stages.quantize: .* gets no model yet; .* or start from a saved model \(model=file model.path=FILE\)"):
+        build_plan(compose_config(tmp_path, "recipe=ptq_int8"))
 
 
 TINY_EPOCHS = {
@@ -29,11 +40,14 @@ TINY_EPOCHS = {
                      "stages.qat.accuracy_tolerance=0.2"],
     "distill_prune_int8": ["stages.train.epochs=4", "stages.distill.epochs=10", "stages.prune.epochs=2",
                            "stages.quantize.accuracy_tolerance=0.2"],
+    "smallest_mnist": ["stages.train.epochs=4", "stages.distill.epochs=10", "stages.prune.epochs=3", "stages.cluster.epochs=1",
+                       "stages.qat.epochs=1", "++model.dropout=0.5"],
 }
 
 
 @pytest.mark.parametrize(
-    "recipe", [pytest.param("cluster_int8", marks=pytest.mark.slow), "distill_prune_int8"]
+    "recipe", [pytest.param("cluster_int8", marks=pytest.mark.slow), "distill_prune_int8",
+               pytest.param("smallest_mnist", marks=pytest.mark.slow)]
 )
 def test_technique_recipe_runs_and_exports_metadata(tmp_path, recipe):
     cfg = compose_config(tmp_path, f"recipe={recipe}", *TINY_EPOCHS[recipe], "measure.latency_runs=3", "measure.warmup_runs=1")
@@ -43,7 +57,13 @@ def test_technique_recipe_runs_and_exports_metadata(tmp_path, recipe):
     meta = json.loads((tmp_path / "run" / "export" / "model.json").read_text())
     assert meta["io"]["inputs"][0]["dtype"] == "int8"
     stages = [step["stage"] for step in meta["lineage"]]
-    if recipe == "cluster_int8":
+    if recipe == "smallest_mnist":  # every technique: the convolutions stay dense, every kernel is clustered
+        assert stages == ["train", "distill", "prune", "cluster", "qat"]
+        facts = meta["lineage"][-1]["facts"]
+        assert facts["qat_scheme"] == "pcqat" and all(name.startswith("dense") for name in facts["pruned_layers"])
+        assert len(facts["clustered_layers"]) == 4 and facts["sparsity_preserved"] is True
+        assert result.rows[2].metrics["sparsity"] > 0.65  # 80% of the dense layers, which hold 87% of the weights on digits
+    elif recipe == "cluster_int8":
         assert stages == ["train", "prune", "cluster", "qat"]
         assert meta["lineage"][-1]["facts"]["qat_scheme"] == "pcqat"
         assert final["sparsity"] >= 0.45

@@ -56,3 +56,48 @@ def test_report_names_what_is_missing(tmp_path):
     log_sweep(uri, "sweep-1", [0.5], tmp_path / "artifacts")
     with pytest.raises(PipelineError, match="--sweep other: no finished runs"):
         run_report(uri, "pipeline", "other", tmp_path)
+
+
+def log_search(uri: str, artifacts: Path, runs: dict[str, tuple[float, float]]) -> dict[str, str]:
+    """Runs of one sweep searched on validation accuracy and gzip size, each with a model file."""
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("pipeline", artifact_location=artifacts.as_uri())
+    model = artifacts.parent / "model.tflite"
+    model.write_bytes(b"TFL3" * 10)
+    ids = {}
+    for name, (val_accuracy, gzip_bytes) in runs.items():
+        run = client.create_run(experiment, run_name=name, tags={"sweep": "s", "objectives": "val_accuracy,gzip_bytes"})
+        client.log_param(run.info.run_id, "stages.prune.final_sparsity", name)
+        for key, value in {"size_bytes": 45000, "gzip_bytes": gzip_bytes, "accuracy": 0.5,
+                           "val_accuracy": val_accuracy, "latency_p50_ms": 0.004}.items():
+            client.log_metric(run.info.run_id, key, value)
+        client.log_artifact(run.info.run_id, str(model), "model")
+        client.set_terminated(run.info.run_id)
+        ids[name] = run.info.run_id
+    return ids
+
+
+def test_the_front_follows_the_sweeps_objectives_and_is_tagged(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # "worse" is bigger and less accurate than "best"; the test accuracy (0.5 for all) plays no part.
+    ids = log_search(uri, tmp_path / "artifacts", {"best": (0.95, 30000), "small": (0.90, 10000), "worse": (0.94, 31000)})
+    run_report(uri, "pipeline", "latest", tmp_path / "reports")
+    rows = {line.split("|")[2].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert rows["best"].rstrip().endswith("| *     |") and rows["small"].rstrip().endswith("| *     |")
+    assert rows["worse"].rstrip().endswith("|       |")
+    client = MlflowClient(tracking_uri=uri)
+    tags = {name: client.get_run(run_id).data.tags for name, run_id in ids.items()}
+    assert [tags[n]["pareto_front"] for n in ("best", "small", "worse")] == ["true", "true", "false"]
+    assert tags["best"]["pareto_objectives"] == "val_accuracy,gzip_bytes"
+
+
+def test_register_picks_the_smallest_run_within_a_point_of_the_best(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ids = log_search(uri, tmp_path / "artifacts", {"best": (0.95, 30000), "near": (0.945, 20000), "far": (0.93, 10000)})
+    run_report(uri, "pipeline", "latest", tmp_path / "reports", register="digits", within=0.01)
+    assert f"registered run {ids['near'][:8]} as digits version 1" in capsys.readouterr().out
+    version = MlflowClient(tracking_uri=uri).get_model_version("digits", "1")
+    assert version.run_id == ids["near"] and version.tags["gzip_bytes"] == "20000"
+    assert version.tags["val_accuracy"] == "0.945" and version.source == f"runs:/{ids['near']}/model"
+    run_report(uri, "pipeline", "latest", tmp_path / "reports", register="digits", within=0.001)
+    assert MlflowClient(tracking_uri=uri).get_model_version("digits", "2").run_id == ids["best"]

@@ -44,12 +44,15 @@ def test_export_writes_every_format_from_the_lineage(tmp_path, trained):
     ctx = context(tmp_path, "export", 2)
     out = ExportStage(ExportParams(formats=["tflite", "keras", "h5", "saved_model"])).run(tflite, ctx)
     names = sorted(path.name for path in out.exports)
-    assert names == ["model.h5", "model.json", "model.keras", "model.tflite", "model_saved_model"]
+    assert names == ["model.h5", "model.json", "model.keras", "model.labels.txt", "model.tflite", "model_saved_model"]
     assert out.format is ModelFormat.TFLITE and out.path == tmp_path / "export" / "model.tflite"
+    # The Keras formats take raw inputs (the digits' division by 16 is a layer now) and give the same logits.
     reference = keras_model.load_keras().predict(data.x_test[:8], verbose=0)
-    for name in ("model.h5", "model_saved_model"):
+    raw = data.x_test_raw[:8]
+    assert raw.max() == 16.0
+    for name in ("model.h5", "model.keras", "model_saved_model"):
         reloaded = keras.models.load_model(tmp_path / "export" / name, compile=False)
-        np.testing.assert_allclose(reloaded.predict(data.x_test[:8], verbose=0), reference, atol=1e-5)
+        np.testing.assert_allclose(reloaded.predict(raw, verbose=0), reference, atol=1e-5)
 
 
 def test_export_without_a_source_format_names_the_fix(tmp_path):

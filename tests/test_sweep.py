@@ -81,24 +81,62 @@ def test_the_shared_training_stage_ran_once(sweep):
     assert cached == ["none", "train"]  # parallel jobs: one trained, the other waited and reused
 
 
-def test_compare_page_renders_in_headless_chromium(sweep, tmp_path, mlflow_server):
+def render(url: str, folder) -> tuple[bytes, str]:
+    """A screenshot and the DOM of `url` as headless Chromium renders them (skips without Chromium)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium); the MLflow compare page is not rendered")
+        pytest.skip("Chromium is not installed (apt-get install chromium); the MLflow page is not rendered")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={folder / 'profile'}",
+             "--virtual-time-budget=20000", "--window-size=1400,1000"]
+    screenshot = folder / "page.png"
+    subprocess.run([browser, *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
+    dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    return screenshot.read_bytes(), dom
+
+
+def test_compare_page_renders_in_headless_chromium(sweep, tmp_path, mlflow_server):
     _, experiment_id, runs = sweep
     query = urllib.parse.urlencode({
         "runs": json.dumps([r.info.run_id for r in runs]),
         "experiments": json.dumps([experiment_id]),
     })
-    url = f"{mlflow_server}/#/compare-runs?{query}"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-             "--virtual-time-budget=20000", "--window-size=1400,1000"]
-    screenshot = tmp_path / "compare.png"
-    subprocess.run([browser, *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
-    assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 20_000
-    dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    png, dom = render(f"{mlflow_server}/#/compare-runs?{query}", tmp_path)
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
     assert "stages.prune.final_sparsity" in dom and "gzip_bytes" in dom
     for mlrun in runs:
         assert mlrun.info.run_name  # every run is named after its recipe and overrides
         assert mlrun.info.run_id in dom or mlrun.info.run_name in dom
+
+
+@pytest.fixture(scope="module")
+def registered(sweep, mlflow_server, tmp_path_factory):
+    """The report registers the sweep's smallest run within a point of the best validation accuracy."""
+    client, _, runs = sweep
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.report", "--tracking-uri", mlflow_server, "--sweep", "latest",
+         "--register", "digits-int8", "--within", "0.01"],
+        cwd=tmp_path_factory.mktemp("report"), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return client, runs, client.get_model_version("digits-int8", "1"), done.stdout
+
+
+def test_report_registers_the_chosen_run_on_the_server(registered):
+    client, runs, version, stdout = registered
+    best = max(r.data.metrics["val_accuracy"] for r in runs)
+    near = [r for r in runs if r.data.metrics["val_accuracy"] >= best - 0.01]
+    chosen = min(near, key=lambda r: r.data.metrics["gzip_bytes"])
+    assert version.run_id == chosen.info.run_id and version.status == "READY"
+    assert f"registered run {chosen.info.run_id[:8]} as digits-int8 version 1" in stdout
+    assert float(version.tags["gzip_bytes"]) == chosen.data.metrics["gzip_bytes"]
+    assert version.tags["recipe"] == "mobile_int8" and "final_sparsity" in version.tags["overrides"]
+    files = {a.path for a in client.list_artifacts(chosen.info.run_id, "model")}
+    assert "model/model.tflite" in files  # what the version's source points at
+
+
+def test_registered_model_page_renders_in_headless_chromium(registered, tmp_path, mlflow_server):
+    _, _, version, _ = registered
+    png, dom = render(f"{mlflow_server}/#/models/digits-int8/versions/1", tmp_path)
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
+    assert "digits-int8" in dom and "gzip_bytes" in dom and version.tags["gzip_bytes"] in dom

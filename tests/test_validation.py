@@ -23,7 +23,7 @@ BAD_OVERRIDES = [
     (["stages.train.epochs=2.5"], "stages.train.epochs: expected a valid integer (got 2.5)"),
     (["stages.train.epochs=0"], "stages.train.epochs: expected greater than or equal to 1"),
     (["stages.quantize.mode=int4"], "stages.quantize.mode: expected 'none', 'dynamic', 'float16', 'int8' or 'int16x8'"),
-    (["stages.export.formats=[onnx]"], "stages.export.formats.0: expected 'tflite', 'keras', 'h5' or 'saved_model'"),
+    (["stages.export.formats=[onnx]"], "stages.export.formats.0: expected 'tflite', 'keras', 'h5', 'saved_model' or 'keras3'"),
     (["stages.prune.schedule=cubic"], "stages.prune.schedule: expected 'polynomial' or 'constant'"),
     (["++stages.prune.initial_sparsity=0.9"], "initial_sparsity must not exceed final_sparsity"),
     (["data.test_fraction=0.95"], "data: test_fraction + val_fraction must stay below 0.9"),
@@ -48,7 +48,7 @@ def test_bad_config_is_one_clear_line(tmp_path, overrides, expected):
 def test_stage_order_is_checked(tmp_path):
     cfg = compose_config(tmp_path)
     cfg.stages = {"quantize": {"mode": "int8"}, "prune": {}}
-    with pytest.raises(PipelineError, match=r"stages.quantize: needs a keras model but gets no model yet"):
+    with pytest.raises(PipelineError, match=r"stages.quantize: needs a keras or saved_model model but gets no model yet"):
         build_plan(cfg)
     cfg.stages = {"train": {}, "quantize": {}, "prune": {}}
     with pytest.raises(PipelineError, match=r"stages.prune: needs a keras model but gets a tflite model from stages.quantize"):

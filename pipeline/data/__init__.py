@@ -6,16 +6,18 @@ one module per family (digits, idx, arrays, images, downloads); none imports Ten
 module level, so that recipes validate quickly.
 """
 
-from pipeline.data.dataset import Dataset, SplitParams, as_images, as_labels, normalize, split, with_validation
+from pipeline.data.dataset import Dataset, SplitParams, as_labels, normalize, prepared, split, with_validation
+from pipeline.data.preprocessing import Preprocessing
 from pipeline.data.digits import DigitsSource
 
 __all__ = [
     "Dataset",
     "DigitsSource",
+    "Preprocessing",
     "SplitParams",
-    "as_images",
     "as_labels",
     "normalize",
+    "prepared",
     "split",
     "with_validation",
 ]

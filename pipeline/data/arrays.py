@@ -24,6 +24,7 @@ from pipeline.data.dataset import (
     given_split,
     normalize,
     split,
+    with_channel,
 )
 from pipeline.errors import PipelineError
 from pipeline.fields import ExistingFile
@@ -96,11 +97,6 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def with_channel(x: np.ndarray) -> np.ndarray:
-    """(N, H, W) grayscale images get a channel axis; tables (N, F) and (N, H, W, C) stay."""
-    return x[..., np.newaxis] if x.ndim == 3 else x
-
-
 class CsvParams(SplitParams):
     """A CSV table with a header row: numeric feature columns and one label column."""
 
@@ -122,9 +118,10 @@ class CsvSource(Plugin):
         label_at = column(header, self.config.label, "data.label")
         wanted = self.config.features or [name for name in header if name != self.config.label]
         columns = [column(header, name, "data.features") for name in wanted]
-        x = np.array([[number(row, at, header, line) for at in columns] for line, row in rows], dtype=np.float64)
+        x = np.array([[number(row, at, header, line) for at in columns] for line, row in rows], dtype=np.float32)
         y, names = as_labels(np.array([row[label_at] for _, row in rows]), f"data.label: column '{self.config.label}'")
-        return normalize(split(x, y, self.config, seed, names), self.config.normalize)
+        data = split(x, y, self.config, seed, names)
+        return normalize(data, self.config.normalize, features=tuple(wanted), label=self.config.label)
 
 
 def read_csv(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, list[str]]]]:

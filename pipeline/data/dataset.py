@@ -1,20 +1,23 @@
 """The data every source hands to the runner, and the splitting and scaling all sources share.
 
-Images are float32 in [0, 1] with a channel axis (N, H, W, C); tabular data is (N, features);
-labels are int64 class ids from 0. Splits are stratified and deterministic for a given seed, and
-any statistics used for scaling come from the training split only.
+Images have a channel axis (N, H, W, C); tabular data is (N, features); model inputs are float32
+and labels int64 class ids from 0. Splits are stratified and deterministic for a given seed, and
+any statistics used for scaling come from the training split only. Each source declares its
+scaling as a `Preprocessing` and keeps the raw test inputs, so a model that takes raw inputs can
+be measured on exactly what a user would feed it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
+from pipeline.data.preprocessing import Preprocessing, Rescale, Step, fit_steps
 from pipeline.errors import PipelineError
 from pipeline.schema import Params
 
@@ -28,7 +31,10 @@ NORMALIZE_HELP = (
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train/validation/test arrays; images are float32 in [0, 1], labels are int class ids."""
+    """Train/validation/test model inputs (float32), int class ids, and how raw inputs became them.
+
+    `x_test_raw` holds the test inputs before `preprocessing` (None when it has no steps).
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -38,17 +44,41 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     class_names: tuple[str, ...] = ()
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    x_test_raw: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one example, without the batch dimension."""
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """A name per class id: the source's class names, else the ids as text."""
+        return self.class_names or tuple(str(i) for i in range(self.num_classes))
+
+    def test_inputs(self, raw: bool) -> np.ndarray:
+        """The test inputs as a model taking raw (True) or preprocessed (False) inputs sees them."""
+        return self.x_test_raw if raw and self.x_test_raw is not None else self.x_test
+
+    def raw(self) -> Dataset:
+        """The splits as a model that takes raw inputs sees them: the kept raw test inputs, and the
+        training and validation inputs recovered through the inverse steps (for calibration)."""
+        if not self.preprocessing.steps:
+            return self
+        undo = self.preprocessing.invert
+        return replace(
+            self, x_train=undo(self.x_train), x_val=undo(self.x_val), x_test=self.test_inputs(raw=True),
+            preprocessing=replace(self.preprocessing, steps=()), x_test_raw=None,
+        )
+
     def fingerprint(self) -> str:
-        """A short hash of every split, so results can be tied to the exact data."""
+        """A short hash of every split and the steps, so results can be tied to the exact data."""
         digest = hashlib.sha256()
         for array in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test):
             digest.update(np.ascontiguousarray(array).tobytes())
+        if self.preprocessing.steps:  # the same model inputs can come from different raw inputs
+            digest.update(self.preprocessing.fingerprint_text().encode())
         return digest.hexdigest()[:16]
 
 
@@ -151,13 +181,14 @@ def check_stratifiable(y: np.ndarray, held: int) -> None:
         )
 
 
-def as_images(x: np.ndarray) -> np.ndarray:
-    """(N, H, W) or (N, H, W, C) pixels -> float32 in [0, 1] with a channel axis."""
-    if x.ndim == 3:
-        x = x[..., np.newaxis]
-    if np.issubdtype(x.dtype, np.integer):
-        return (x / 255.0).astype(np.float32)
-    return x.astype(np.float32)
+def with_channel(x: np.ndarray) -> np.ndarray:
+    """(N, H, W) grayscale images get a channel axis; tables (N, F) and (N, H, W, C) stay."""
+    return x[..., np.newaxis] if x.ndim == 3 else x
+
+
+def pixels(data: Dataset) -> Dataset:
+    """`data` with 8-bit pixel values scaled to [0, 1] (divided by 255); other values kept as they are."""
+    return prepared(data, [Rescale(1 / 255)] if np.issubdtype(data.x_train.dtype, np.integer) else [])
 
 
 def as_labels(y: np.ndarray, where: str) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -180,33 +211,30 @@ def as_labels(y: np.ndarray, where: str) -> tuple[np.ndarray, tuple[str, ...]]:
     return y.astype(np.int64), ()
 
 
-def normalize(data: Dataset, mode: Normalize) -> Dataset:
-    """Scale every split with statistics of the training split only (no test-set leakage)."""
-    if mode == "none":
-        scale = _identity(data.x_train)
-    elif mode == "standard":
-        scale = _standardize(data.x_train)
-    else:
-        scale = _to_unit(data.x_train)
-    return replace(data, x_train=scale(data.x_train), x_val=scale(data.x_val), x_test=scale(data.x_test))
+def normalize(data: Dataset, mode: Normalize, **described: Any) -> Dataset:
+    """Scale every split with `mode`'s steps, fitted on the training split only (no test-set leakage).
+
+    `described` fills in the rest of the `Preprocessing` (features, label, color_mode, resize).
+    """
+    return prepared(data, fit_steps(data.x_train, mode), **described)
 
 
-def _identity(_train: np.ndarray):
-    return lambda x: x.astype(np.float32)
+def prepared(data: Dataset, steps: list[Step], **described: Any) -> Dataset:
+    """`data` (raw inputs in every split) with `steps` applied, the raw test inputs kept.
 
-
-def _standardize(train: np.ndarray):
-    mean = train.mean(axis=0, dtype=np.float64)
-    std = train.std(axis=0, dtype=np.float64)
-    std[std == 0] = 1.0  # a constant feature carries no information; keep it at zero
-    return lambda x: ((x - mean) / std).astype(np.float32)
-
-
-def _to_unit(train: np.ndarray):
-    if np.issubdtype(train.dtype, np.integer) and train.min() >= 0 and train.max() <= 255:
-        return lambda x: (x / 255.0).astype(np.float32)
-    low, high = float(train.min()), float(train.max())
-    if low >= 0 and high <= 1:
-        return lambda x: x.astype(np.float32)
-    span = high - low or 1.0
-    return lambda x: np.clip((x - low) / span, 0, 1).astype(np.float32)
+    Images get their colour mode from the channel count unless `described` names it.
+    """
+    channels = data.x_train.shape[-1] if data.x_train.ndim == 4 else None
+    described.setdefault("color_mode", {1: "grayscale", 3: "rgb"}.get(channels))
+    if len(data.x_train):
+        described["value_range"] = (float(data.x_train.min()), float(data.x_train.max()))
+    preprocessing = Preprocessing(tuple(steps), **described)  # type: ignore[arg-type]
+    raw_test = np.asarray(data.x_test, np.float32)
+    return replace(
+        data,
+        x_train=preprocessing.apply(data.x_train),
+        x_val=preprocessing.apply(data.x_val),
+        x_test=preprocessing.apply(raw_test),
+        preprocessing=preprocessing,
+        x_test_raw=raw_test if steps else None,
+    )

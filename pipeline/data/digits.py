@@ -6,7 +6,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipeline.data.dataset import Dataset, SplitParams, split
+from pipeline.data.dataset import Dataset, SplitParams, prepared, split
+from pipeline.data.preprocessing import Rescale
 from pipeline.schema import Params, Plugin
 
 
@@ -16,9 +17,10 @@ class DigitsSource(Plugin):
     Config: ClassVar[type[Params]] = SplitParams
 
     def load(self, seed: int) -> Dataset:
-        """Images scaled to [0, 1] with a channel axis: shape (8, 8, 1)."""
+        """Images (8, 8, 1) of values 0-16, divided by 16 for the model."""
         from sklearn.datasets import load_digits
 
         digits = load_digits()
-        x = (digits.images / 16.0).astype(np.float32)[..., np.newaxis]
-        return split(x, digits.target.astype(np.int64), self.config, seed)
+        x = digits.images.astype(np.float32)[..., np.newaxis]
+        data = split(x, digits.target.astype(np.int64), self.config, seed)
+        return prepared(data, [Rescale(1 / 16)])

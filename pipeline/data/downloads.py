@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.data.dataset import Dataset, SplitParams, as_images, as_labels, given_split, split
+from pipeline.data.dataset import Dataset, SplitParams, as_labels, given_split, pixels, split, with_channel
 from pipeline.errors import PipelineError
 from pipeline.schema import Plugin
 
@@ -21,6 +21,13 @@ OFFLINE = (
     "offline, use data=idx data.path=DIR (MNIST-format IDX files) "
     "or data=npz data.path=FILE (arrays x_train, y_train, x_test, y_test)"
 )
+
+
+# Class names the Keras data sets document (MNIST's classes are its digits).
+CLASSES = {
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
 
 
 class KerasParams(SplitParams):
@@ -36,7 +43,7 @@ class KerasSource(Plugin):
     Config: ClassVar = KerasParams
 
     def load(self, seed: int) -> Dataset:
-        """Download once (Keras caches the file), then scale to [0, 1] with a channel axis."""
+        """Download once (Keras caches the file); pixels divided by 255, with a channel axis."""
         import tf_keras as keras
 
         loader = getattr(keras.datasets, self.config.name)
@@ -47,7 +54,8 @@ class KerasSource(Plugin):
             raise PipelineError(f"data.name={self.config.name}: download failed ({reason}); {OFFLINE}") from None
         y_train, _ = as_labels(y_train, f"data.name={self.config.name}")
         y_test, _ = as_labels(y_test, f"data.name={self.config.name}")
-        return given_split(as_images(x_train), y_train, as_images(x_test), y_test, self.config, seed)
+        data = given_split(with_channel(x_train), y_train, with_channel(x_test), y_test, self.config, seed, CLASSES.get(self.config.name, ()))
+        return pixels(data)
 
 
 class TfdsParams(SplitParams):
@@ -72,12 +80,12 @@ class TfdsSource(Plugin):
     Config: ClassVar = TfdsParams
 
     def load(self, seed: int) -> Dataset:
-        """Images (uint8) scaled to [0, 1]; other features as float32."""
+        """Images (uint8) divided by 255; other features as float32."""
         config = self.config
         train = self.read(config.train_split)
         if config.test_split is None:
-            return split(*train, config, seed)
-        return given_split(*train, *self.read(config.test_split), config, seed)
+            return pixels(split(*train, config, seed))
+        return pixels(given_split(*train, *self.read(config.test_split), config, seed))
 
     def read(self, split_name: str) -> tuple[np.ndarray, np.ndarray]:
         """One TFDS split as (inputs, label ids)."""
@@ -94,6 +102,6 @@ class TfdsSource(Plugin):
             reason = " ".join(str(error).split())[:200]
             raise PipelineError(f"{where}: cannot load split '{split_name}' ({reason}); check the name and split, or {OFFLINE}") from None
         labels, _ = as_labels(y, where)
-        return (as_images(x) if x.ndim >= 3 else np.asarray(x, np.float32)), labels
+        return with_channel(x) if x.ndim >= 3 else np.asarray(x, np.float32), labels
 
 

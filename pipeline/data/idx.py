@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field, field_validator
 
-from pipeline.data.dataset import Dataset, SplitParams, as_images, as_labels, given_split, split
+from pipeline.data.dataset import Dataset, SplitParams, as_labels, given_split, pixels, split, with_channel
 from pipeline.errors import PipelineError
 from pipeline.fields import ExistingFolder
 from pipeline.schema import Plugin
@@ -51,9 +51,9 @@ class IdxSource(Plugin):
         if tests and trains:
             x_train, y_train = concat(parts, trains)
             x_test, y_test = concat(parts, tests)
-            return given_split(as_images(x_train), y_train, as_images(x_test), y_test, self.config, seed)
+            return pixels(given_split(with_channel(x_train), y_train, with_channel(x_test), y_test, self.config, seed))
         x, y = concat(parts, list(parts))
-        return split(as_images(x), y, self.config, seed)
+        return pixels(split(with_channel(x), y, self.config, seed))
 
 
 def image_files(folder: Path) -> dict[str, Path]:

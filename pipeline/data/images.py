@@ -8,7 +8,8 @@ from typing import Annotated, ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from pipeline.data.dataset import Dataset, SplitParams, split
+from pipeline.data.dataset import Dataset, SplitParams, prepared, split
+from pipeline.data.preprocessing import RESIZE, Rescale
 from pipeline.errors import PipelineError
 from pipeline.fields import ExistingFolder
 from pipeline.schema import Plugin
@@ -42,7 +43,7 @@ class ImageFolderSource(Plugin):
     Config: ClassVar = ImageFolderParams
 
     def load(self, seed: int) -> Dataset:
-        """Images (H, W, C) in [0, 1]; class names are the folder names."""
+        """Images (H, W, C) of pixel values divided by 255; class names are the folder names."""
         folders = class_folders(Path(self.config.path))
         files = [(path, label) for label, folder in enumerate(folders) for path in image_paths(folder)]
         size = self.config.image_size
@@ -53,7 +54,8 @@ class ImageFolderSource(Plugin):
             images.append(image)
         x = np.stack(images)
         y = np.array([label for _, label in files], dtype=np.int64)
-        return split(x, y, self.config, seed, tuple(folder.name for folder in folders))
+        data = split(x, y, self.config, seed, tuple(folder.name for folder in folders))
+        return prepared(data, [Rescale(1 / 255)], color_mode=self.config.color_mode, resize=RESIZE)
 
 
 def class_folders(root: Path) -> list[Path]:
@@ -71,7 +73,11 @@ def image_paths(folder: Path) -> list[Path]:
 
 
 def decode(path: Path, color_mode: str, size: list[int] | tuple[int, ...] | None) -> np.ndarray:
-    """One image as float32 in [0, 1], resized to `size` when given."""
+    """One image as float32 pixel values in [0, 255], resized to `size` when given.
+
+    `pipeline.predict` decodes images with this same function, so a model that takes raw inputs
+    sees in use exactly what it was measured on.
+    """
     import tensorflow as tf
 
     try:
@@ -81,7 +87,7 @@ def decode(path: Path, color_mode: str, size: list[int] | tuple[int, ...] | None
     except (tf.errors.InvalidArgumentError, OSError) as error:
         reason = str(error).splitlines()[0]
         raise PipelineError(f"data.path: cannot decode image {path} ({reason}); remove or replace the file") from None
-    image = tf.cast(image, tf.float32) / 255.0
+    image = tf.cast(image, tf.float32)
     if size is not None and tuple(image.shape[:2]) != tuple(size):
-        image = tf.clip_by_value(tf.image.resize(image, size, antialias=True), 0.0, 1.0)
+        image = tf.clip_by_value(tf.image.resize(image, size, antialias=True), 0.0, 255.0)
     return image.numpy()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pipeline.artifact import ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.models.flatten import flatten, is_graph_model
 
@@ -28,16 +29,22 @@ def check_compatible(builder: Any, data: Any) -> Any:
     """The model as the stages will get it, or PipelineError when it cannot take `data`'s examples or classes.
 
     Built-in architectures state their needs in `check` (no model is built for that); every model
-    is then built once and its actual input and output shapes compared with the data, which
-    covers user files and builders that ignore the shape they are given.
+    is then built once (or, for one the recipe starts from as a file, loaded for inference) and
+    its actual input and output shapes compared with the data, which covers user files and
+    builders that ignore the shape they are given.
     """
+    from pipeline.models import starting_artifact, starting_format
+
     origin = describe(builder)
     if data.num_classes < 2:
         raise PipelineError(f"data: only {data.num_classes} class found; classification needs at least two")
     check = getattr(builder, "check", None)
     if check is not None:
         check(data.input_shape, data.num_classes)
-    model = builder.build(data.input_shape, data.num_classes)
+    if starting_format(builder) is ModelFormat.SAVED_MODEL:
+        model = starting_artifact(builder).load_model()  # a signature: its shapes, no Keras model
+    else:
+        model = builder.build(data.input_shape, data.num_classes)
     declared, outputs = shapes(model, data, origin)
     expected = tuple(declared[1:]) if isinstance(declared, tuple) else None
     if expected is None or not shapes_match(expected, data.input_shape):
@@ -62,7 +69,9 @@ def check_compatible(builder: Any, data: Any) -> Any:
 
 def shapes(model: Any, data: Any, origin: str) -> tuple[Any, Any]:
     """The model's input and output shapes; a subclassed model (which declares none) is called on the data."""
-    if is_graph_model(model):
+    import tf_keras as keras
+
+    if is_graph_model(model) or not isinstance(model, keras.Model):  # a graph, or a SavedModel's signature
         return model.input_shape, model.output_shape
     try:
         outputs = model(data.x_train[:2], training=False)

@@ -2,6 +2,10 @@
 
 `file` loads a .keras, .h5 or SavedModel in Keras safe mode: a file that would run Python code
 on loading (a serialised lambda) is refused unless `safe_mode: false` says the file is trusted.
+A Keras 3 file is rebuilt in tf-keras first (pipeline.models.keras3), checked on a batch of the
+data. An inference-only SavedModel (a serving signature, no Keras model) cannot be built as a
+Keras model. Either way the file is what the recipe starts from (`start`): the first stage gets
+it as its input, so a recipe may begin with any stage that takes its format.
 `custom` imports `target` (`package.module:function`) only when the model is built and calls it
 with `input_shape`, `num_classes` and `kwargs`; which modules a recipe may name is decided by
 the user's environment, not the recipe (pipeline.security).
@@ -12,14 +16,18 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
+from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.fields import ExistingPath, Required
+from pipeline.models.compat import prepared
+from pipeline.savedmodel import is_inference_only
 from pipeline.schema import Params, Plugin
 from pipeline.security import check_target
 
@@ -28,10 +36,12 @@ TARGET = re.compile(r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")
 
 
 class FileModelParams(Params):
-    """A model saved with tf-keras; its input shape and class count come from the file."""
+    """A saved model; its input shape and class count come from the file."""
 
     name: str = Field(description="Registered model kind (file).")
-    path: ExistingPath = Field(description="A .keras or .h5 file, or a SavedModel folder, saved with tf-keras.")
+    path: ExistingPath = Field(
+        description="A .keras or .h5 file (tf-keras or Keras 3), or a SavedModel folder (tf-keras, or inference-only)."
+    )
     safe_mode: bool = Field(
         True, description="Refuse files that run Python code when loaded; false only for files you trust."
     )
@@ -72,25 +82,69 @@ class FileModel(Plugin):
 
     Config: ClassVar = FileModelParams
 
+    def __init__(self, config: FileModelParams):
+        super().__init__(config)
+        self.sample: Any = None  # a batch of the data, to check a Keras 3 rebuild on
+
+    def start_format(self) -> ModelFormat:
+        """What the recipe starts from, told from the files alone (no TensorFlow): a Keras model or a signature."""
+        return ModelFormat.SAVED_MODEL if is_inference_only(self.config.path) else ModelFormat.KERAS
+
+    def start(self) -> ModelArtifact:
+        """The model file the first stage gets as its input.
+
+        An inference-only SavedModel is handed on as it is. A Keras file is loaded as `build`
+        loads it (safe mode, a Keras 3 file rebuilt), prepared as every stage gets a model (nested
+        models flattened into one graph, a final softmax removed) and saved as a tf-keras .keras
+        file, so every stage reads the same checked model.
+        """
+        source = {"source": self.config.path}
+        if self.start_format() is ModelFormat.SAVED_MODEL:
+            return ModelArtifact(Path(self.config.path), ModelFormat.SAVED_MODEL, "model", metadata=source)
+        from pipeline.models.keras3 import scratch
+
+        path = scratch() / f"start-{uuid.uuid4().hex[:12]}.keras"
+        # A file model ignores the data's shape and class count.
+        prepared(self.build((), 0), "model.path", self.sample).save(path)
+        return ModelArtifact(path, ModelFormat.KERAS, "model", metadata=source)
+
+    def prepare(self, data: Any) -> None:
+        """Keep a batch of `data`: a Keras 3 file's rebuild is checked on it."""
+        from pipeline.models.keras3 import sample_of
+
+        self.sample = sample_of(data)
+
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> Any:
         """The saved model, uncompiled; check_compatible compares it with the data."""
-        return load_model_file(self.config.path, "model.path", self.config.safe_mode)
+        if self.start_format() is ModelFormat.SAVED_MODEL:
+            raise PipelineError(
+                f"model.path: {self.config.path} is an inference-only SavedModel (a serving signature, no Keras "
+                "model) and cannot be trained; save the Keras model with model.save('model.keras')"
+            )
+        return load_model_file(self.config.path, "model.path", self.config.safe_mode, self.sample)
 
 
-def load_model_file(path: str, where: str, safe_mode: bool = True) -> Any:
-    """The tf-keras model saved at `path`, uncompiled; a file that does not load is one line naming `where`."""
+def load_model_file(path: str, where: str, safe_mode: bool = True, sample: Any = None) -> Any:
+    """The tf-keras model saved at `path`, uncompiled; a file that does not load is one line naming `where`.
+
+    A Keras 3 file is rebuilt in tf-keras first and the rebuild checked on `sample` (a batch of
+    the data; random inputs when None).
+    """
     import tf_keras as keras
     # Keras applies safe mode to .keras files only; the scope extends it to the legacy
     # .h5/SavedModel loaders, which otherwise rebuild Lambda layers from raw bytecode.
     from tf_keras.src.saving.serialization_lib import SafeModeScope
 
+    from pipeline.models.keras3 import is_keras3, to_tf_keras
+
+    source = to_tf_keras(path, sample, safe_mode, where) if is_keras3(path) else path
     try:
         with SafeModeScope(safe_mode):
-            model = keras.models.load_model(path, compile=False, safe_mode=safe_mode)
+            model = keras.models.load_model(source, compile=False, safe_mode=safe_mode)
     except Exception as error:  # noqa: BLE001 - loaders raise anything from ValueError to OSError
         raise PipelineError(load_failure(path, error, where)) from None
     if not isinstance(model, keras.Model):
-        raise PipelineError(f"{where}: {path} is not a Keras model; save it with tf_keras model.save()")
+        raise PipelineError(f"{where}: {path} is not a Keras model; save it with model.save('model.keras')")
     return model
 
 

@@ -1,0 +1,60 @@
+"""Multiply-accumulates per example: what a model costs to run, counted from the artifact itself.
+
+Counted for the layers that hold nearly all of a CNN's arithmetic: convolutions (plain,
+depthwise, separable, transposed) and fully-connected layers. Each one does, at every output
+position, one multiply-accumulate per weight of its kernel, so its count is positions x kernel
+size; bias adds, normalisation, activations and pooling are left out, as is usual for MACs.
+A Keras model is counted from its layers, a TFLite file from its operators and tensor shapes,
+so the number describes the file that ships.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+# TFLite operators counted, and the input index of their weights.
+_TFLITE_WEIGHTS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "CONV_3D": 1, "TRANSPOSE_CONV": 1}
+
+
+def keras_macs(model: Any) -> int:
+    """MACs of one example through a tf-keras model, nested models included."""
+    return sum(layer_macs(layer) for layer in model.layers)
+
+
+def layer_macs(layer: Any) -> int:
+    """MACs of one example through `layer` (0 for layers without a kernel)."""
+    import tf_keras as keras
+
+    if isinstance(layer, keras.Model):
+        return keras_macs(layer)
+    kernels = [getattr(layer, name, None) for name in ("kernel", "depthwise_kernel", "pointwise_kernel")]
+    size = sum(math.prod(k.shape) for k in kernels if k is not None)
+    if not size:
+        return 0
+    # A transposed convolution applies its kernel at every input position, the others at every output one.
+    shape = layer.get_input_shape_at(0) if "Transpose" in type(layer).__name__ else layer.get_output_shape_at(0)
+    return int(size * math.prod(d or 1 for d in shape[1:-1]))
+
+
+def tflite_macs(path: Path) -> int:
+    """MACs of one invocation of a .tflite file, from its operators' weight and output shapes."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from pipeline.litert import read_model
+
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    model = read_model(path)
+    total = 0
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+            if name not in _TFLITE_WEIGHTS:
+                continue
+            weights = subgraph.tensors[op.inputs[_TFLITE_WEIGHTS[name]]].shape
+            # TRANSPOSE_CONV's inputs are (output shape, weights, input): positions are the input's.
+            where = subgraph.tensors[op.inputs[2] if name == "TRANSPOSE_CONV" else op.outputs[0]].shape
+            total += math.prod(int(d) for d in weights) * math.prod(int(d) for d in where[:-1])
+    return int(total)

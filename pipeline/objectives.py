@@ -1,0 +1,86 @@
+"""What a search optimises: final-stage metrics named by the `objectives` config key.
+
+`python -m pipeline` returns the named metrics of the final stage to Hydra, so a sweeper (Optuna)
+can search on them: one number for one objective, a list for several. The test accuracy is not
+among them: choices are made on the validation split (`val_accuracy`), and the test split is
+measured once, on what ships, for the report.
+
+Each objective has a natural direction (accuracy up, size and latency down). The sweeper preset
+takes its `direction` from `${directions:${objectives}}`, so naming the objectives is enough.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from pipeline.errors import PipelineError
+from pipeline.schema import suggest
+
+Direction = Literal["maximize", "minimize"]
+
+# Metrics where more is better; every other measured metric (bytes, parameters, milliseconds,
+# operations) is better smaller.
+MAXIMIZED = frozenset({"accuracy", "val_accuracy", "sparsity"})
+TEST_ONLY = "accuracy"  # the test split's accuracy: reported, never optimised
+
+
+def valid_names() -> list[str]:
+    """Metrics a search may optimise: everything the runner measures but the test accuracy."""
+    from pipeline.measure import METRICS  # not at import time: measure imports the recipe schema
+
+    return [name for name in METRICS if name != TEST_ONLY]
+
+
+def direction(name: str) -> Direction:
+    """`maximize` for accuracies and sparsity, `minimize` for sizes, counts and latencies."""
+    return "maximize" if name in MAXIMIZED else "minimize"
+
+
+def directions(names: Iterable[str]) -> list[str]:
+    """One direction per objective (the `directions` resolver of the sweeper preset)."""
+    return [direction(str(name)) for name in names]
+
+
+def check(names: Sequence[str], where: str = "objectives") -> None:
+    """Raise PipelineError unless `names` are distinct metrics a search may optimise."""
+    valid = valid_names()
+    if not names:
+        raise PipelineError(f"{where}: empty; name at least one metric (valid: {', '.join(valid)})")
+    for name in names:
+        if name == TEST_ONLY:
+            raise PipelineError(
+                f"{where}: 'accuracy' is the test split's, which never steers a choice; use val_accuracy"
+            )
+        if name not in valid:
+            raise PipelineError(f"{where}: '{name}' is not a measured metric{suggest(name, valid)}")
+    if len(set(names)) != len(names):
+        raise PipelineError(f"{where}: {list(names)} names a metric twice; name each once")
+
+
+def check_directions(given: Any, names: Sequence[str], where: str = "hydra.sweeper.direction") -> None:
+    """Raise PipelineError if a sweeper's directions do not match the objectives one for one."""
+    items = list(given) if isinstance(given, Sequence) and not isinstance(given, str) else [given]
+    given = [str(getattr(d, "name", d)) for d in items]  # Optuna's config may hold Direction enums
+    wanted = directions(names)
+    if len(given) != len(wanted):
+        raise PipelineError(
+            f"{where}: {len(given)} direction(s) for {len(wanted)} objective(s) {list(names)}; "
+            f"use {wanted} (the pareto sweeper preset sets this from `objectives`)"
+        )
+    for name, have, want in zip(names, given, wanted):
+        if have != want:
+            raise PipelineError(f"{where}: {have} {name} would search for the worst models; use {want} for {name}")
+
+
+def values(metrics: Mapping[str, float], names: Sequence[str]) -> float | list[float]:
+    """The objectives' values from a stage's metrics: a float for one objective, else a list."""
+    found = [float(metrics[name]) for name in names]
+    return found[0] if len(found) == 1 else found
+
+
+def register_resolver() -> None:
+    """Make `${directions:${objectives}}` available to configs (idempotent)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("directions", directions, replace=True)

@@ -1,0 +1,142 @@
+"""Raw inputs for `pipeline.predict`, read the way the data sources read them.
+
+A CSV table (the feature columns the export's JSON names, in its order; the label column when
+present), image files or a folder of them (class subfolders give labels), or an .npz archive
+(`x` or `x_test`, with `y` or `y_test` when present). Every reader checks what it can without
+TensorFlow; images are decoded with the image_folder source's own function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.arrays import read_csv, read_npz, with_channel
+from pipeline.data.images import EXTENSIONS, class_folders, image_paths
+from pipeline.data.preprocessing import Preprocessing
+from pipeline.errors import PipelineError
+
+FIX_SHAPE = "give inputs shaped as the JSON's input.shape says"
+
+
+@dataclass(frozen=True)
+class RawInputs:
+    """Raw examples (float32, one per row), a name for each, and class ids where the input had labels."""
+
+    names: list[str]
+    x: np.ndarray
+    y: np.ndarray | None = None
+
+
+def read(paths: list[Path], preprocessing: Preprocessing, shape: tuple[int, ...], classes: list[str]) -> RawInputs:
+    """Raw inputs from `paths`: one CSV or .npz file, or image files and folders."""
+    for path in paths:
+        if not path.exists():
+            raise PipelineError(f"{path}: no such file or folder; give a CSV file, an .npz file, image files or a folder")
+    suffixes = {path.suffix.lower() for path in paths if path.is_file()}
+    if suffixes & {".csv", ".npz"}:
+        if len(paths) != 1:
+            raise PipelineError(f"{paths[1]}: give one CSV or .npz file at a time")
+        reader = read_table if paths[0].suffix.lower() == ".csv" else read_arrays
+        inputs = reader(paths[0], preprocessing, shape, classes)
+    else:
+        inputs = read_images(paths, preprocessing, shape, classes)
+    if inputs.x.shape[1:] != shape:
+        raise PipelineError(f"{paths[0]}: inputs of shape {inputs.x.shape[1:]}, the model takes {shape}; {FIX_SHAPE}")
+    return inputs
+
+
+def read_table(path: Path, preprocessing: Preprocessing, shape: tuple[int, ...], classes: list[str]) -> RawInputs:
+    """Rows of a CSV file: the model's feature columns by name, and its label column when present."""
+    header, rows = read_csv(path, ",")
+    features = list(preprocessing.features)
+    missing = [name for name in features if name not in header]
+    if not features or missing:
+        wanted = ", ".join(missing or features) or f"{shape[0]} unnamed features"
+        raise PipelineError(f"{path}: the model takes the columns {wanted}, missing from the header; add them")
+    columns = [header.index(name) for name in features]
+    x = np.empty((len(rows), len(columns)), np.float32)
+    for i, (line, row) in enumerate(rows):
+        for j, at in enumerate(columns):
+            try:
+                x[i, j] = float(row[at])
+            except ValueError:
+                raise PipelineError(f"{path}: line {line} column '{header[at]}' holds {row[at]!r}, not a number; fix the row") from None
+    names = [f"{path.name}:{line}" for line, _ in rows]
+    label = preprocessing.label
+    if label is None or label not in header:
+        return RawInputs(names, x)
+    return RawInputs(names, x, class_ids([row[header.index(label)] for _, row in rows], classes, path))
+
+
+def read_arrays(path: Path, preprocessing: Preprocessing, shape: tuple[int, ...], classes: list[str]) -> RawInputs:
+    """`x` (or `x_test`) of an .npz archive, and `y` (or `y_test`) when present."""
+    try:
+        arrays = read_npz(path)
+    except PipelineError as error:
+        raise PipelineError(str(error).removeprefix("data.path: ")) from None
+    key = next((k for k in ("x", "x_test") if k in arrays), None)
+    if key is None:
+        raise PipelineError(f"{path}: holds arrays {sorted(arrays)}; save the inputs as x (and their labels as y)")
+    x = with_channel(arrays[key]) if len(shape) == 3 else arrays[key]
+    names = [f"{path.name}[{i}]" for i in range(len(x))]
+    labels = arrays.get("y" if key == "x" else "y_test")
+    y = None if labels is None else class_ids(labels.tolist(), classes, path)
+    return RawInputs(names, np.asarray(x, np.float32), y)
+
+
+def read_images(paths: list[Path], preprocessing: Preprocessing, shape: tuple[int, ...], classes: list[str]) -> RawInputs:
+    """Image files, images in folders, and images in class subfolders (labelled by the folder's name)."""
+    if not preprocessing.color_mode:
+        raise PipelineError(f"{paths[0]}: the model does not take images; give a CSV or .npz file")
+    found: list[tuple[Path, str | None]] = []
+    for path in paths:
+        if path.is_file():
+            if path.suffix.lower() not in EXTENSIONS:
+                raise PipelineError(f"{path}: not a CSV, .npz or image file ({', '.join(EXTENSIONS)})")
+            found.append((path, None))
+            continue
+        found += [(image, None) for image in image_paths(path)]
+        found += [(image, folder.name) for folder in class_folders(path) for image in image_paths(folder)]
+    if not found:
+        raise PipelineError(f"{paths[0]}: no images ({', '.join(EXTENSIONS)}) in it or in its subfolders")
+    labelled = [label for _, label in found if label is not None]
+    y = class_ids(labelled, classes, paths[0]) if len(labelled) == len(found) else None
+    return RawInputs([str(path) for path, _ in found], decode_all([p for p, _ in found], preprocessing, shape), y)
+
+
+def decode_all(paths: list[Path], preprocessing: Preprocessing, shape: tuple[int, ...]) -> np.ndarray:
+    """Pixel values (0-255) of every image, resized as the data source did; other sizes are an error
+    when the source did not resize."""
+    from pipeline.data.images import decode
+
+    size = list(shape[:2]) if preprocessing.resize else None
+    images = []
+    for path in paths:
+        try:
+            image = decode(path, preprocessing.color_mode, size)
+        except PipelineError as error:
+            raise PipelineError(str(error).removeprefix("data.path: ")) from None
+        if image.shape != shape:
+            raise PipelineError(f"{path}: image of shape {image.shape}, the model takes {shape}; {FIX_SHAPE}")
+        images.append(image)
+    return np.stack(images)
+
+
+def class_ids(labels: list, classes: list[str], path: Path) -> np.ndarray:
+    """Class ids of labels given as class names or as ids."""
+    index = {name: i for i, name in enumerate(classes)}
+    ids = []
+    for label in labels:
+        text = str(label)
+        if isinstance(label, float) and label.is_integer():  # ids stored as floats
+            text = str(int(label))
+        if text in index:
+            ids.append(index[text])
+        elif text.isdigit() and int(text) < len(classes):
+            ids.append(int(text))
+        else:
+            raise PipelineError(f"{path}: label {text!r} is not a class of the model ({', '.join(classes)}); fix the label")
+    return np.array(ids, np.int64)
