@@ -200,6 +200,8 @@ class Shape:
     `unclustered`: layers with a kernel that clustering cannot wrap;
     `calibrated`: layers quantization-aware training cannot wrap (int8 from calibration instead);
     `float_layers`: layers TFLite runs only in float, named by the full-integer check;
+    `channels_whole`: Conv and Dense layers (the output layer aside) whose channels channel pruning
+    keeps, since a layer it cannot narrow needs them all;
     `nested`: whether the builder's model has models inside it (flattened before any stage).
     """
 
@@ -209,6 +211,7 @@ class Shape:
     unclustered: tuple[str, ...] = ()
     calibrated: tuple[str, ...] = ()
     float_layers: tuple[str, ...] = ()
+    channels_whole: tuple[str, ...] = ()
 
 
 SHAPES = {
@@ -220,9 +223,9 @@ SHAPES = {
         Shape("branches", nested=True),
         Shape("shared_layer", nested=True),
         Shape("preprocessing", nested=True, calibrated=("Normalization", "Rescaling", "Resizing")),
-        Shape("layer_norm", calibrated=("LayerNormalization",)),
-        Shape("custom_layer", dense=("ChannelMix",), unclustered=("ChannelMix",), calibrated=("ChannelMix",)),
+        Shape("layer_norm", calibrated=("LayerNormalization",), channels_whole=("Dense",)),
+        Shape("custom_layer", dense=("ChannelMix",), unclustered=("ChannelMix",), calibrated=("ChannelMix",), channels_whole=("Dense",)),
         Shape("softmax_head", nested=True),
-        Shape("float_island", calibrated=("SineFeatures",), float_layers=("SineFeatures",)),
+        Shape("float_island", calibrated=("SineFeatures",), float_layers=("SineFeatures",), channels_whole=("Dense",)),
     )
 }

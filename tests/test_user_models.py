@@ -16,8 +16,8 @@ import pytest
 from pipeline import litert
 from pipeline.errors import PipelineError
 from pipeline.runner import RunInfo, run
-from tests._user_models import SHAPES
 from tests._runs import compose_config
+from tests._user_models import SHAPES
 
 SMALL = [
     "data.max_examples=600", "stages.train.epochs=2", "measure.latency_runs=2", "measure.warmup_runs=0",
@@ -27,6 +27,7 @@ RECIPES = {
     "mobile_int8": ["stages.prune.epochs=2"],
     "cluster_int8": ["stages.prune.epochs=2", "stages.cluster.epochs=1", "stages.qat.epochs=1", "stages.qat.accuracy_tolerance=null"],
     "qat_int8": ["stages.qat.epochs=1", "stages.qat.accuracy_tolerance=null"],
+    "channel_int8": ["stages.channel_prune.epochs=1"],
 }
 
 
@@ -138,6 +139,20 @@ def test_a_layer_without_int8_kernels_is_named_and_can_ship_as_float(outputs):
     assert litert.predict(tflite, np.zeros((2, 8, 8, 1), np.float32)).shape == (2, 10)
 
 
+@pytest.mark.slow
+def test_channel_pruning_narrows_the_layers_inside_the_blocks(outputs):
+    result = run_recipe(outputs, "nested_blocks", "channel_int8")
+    narrowed = stage(result, "channel_prune")
+    model = narrowed.load_keras()
+    assert sorted(narrowed.metadata["kept_channels"].values()) == [4, 8, 16]  # both convolutions of the block, the head's Dense
+    plan = (result.run_dir / "layer_plan.md").read_text()
+    assert "narrowed (8 -> 4 channels)" in plan and "whole (feeds the model's outputs)" in plan
+    assert "model made by stages.channel_prune" in plan
+    macs = [row.metrics["macs"] for row in result.rows]
+    assert macs[1] < 0.5 * macs[0] and model.count_params() < 0.5 * stage(result, "train").load_keras().count_params()
+    check_int8(result, SHAPES["nested_blocks"], "quantize")
+
+
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_a_subclassed_model_is_refused_before_training(tmp_path, recipe):
     with pytest.raises(PipelineError) as refused:
@@ -145,7 +160,10 @@ def test_a_subclassed_model_is_refused_before_training(tmp_path, recipe):
     message = str(refused.value)
     assert message.startswith("model.target: tests._user_models:subclassed: a subclassed model has no layer graph")
     assert "build it with keras.Model(inputs, outputs) or keras.Sequential" in message
-    acting = {"mobile_int8": "stages.prune", "cluster_int8": "stages.prune, stages.cluster, stages.qat", "qat_int8": "stages.qat"}
+    acting = {
+        "mobile_int8": "stages.prune", "cluster_int8": "stages.prune, stages.cluster, stages.qat", "qat_int8": "stages.qat",
+        "channel_int8": "stages.channel_prune",
+    }
     assert f"and {acting[recipe]} work" in message and "\n" not in message
     assert not (tmp_path / f"subclassed_{recipe}_0" / "stages").exists()  # nothing trained
     assert not os.path.exists(tmp_path / "outputs" / "cache")
