@@ -1,6 +1,6 @@
 """A user's nested transfer-learning model beside the same model built flat, through mobile_int8 and qat_int8.
 
-    python benchmarks/user_models.py --data /work/shared/data/mnist10k [--train-epochs 15] [--no-augment] [--quick]
+    python benchmarks/user_models.py --data /work/shared/data/mnist10k [--train-epochs 40] [--no-augment] [--quick]
 
 The model is `tests._user_models:transfer`, built as Keras' transfer-learning guide builds it: a
 Resizing to 32x32, an augmentation block (small shifts, turns and zooms; `--no-augment` leaves
@@ -125,7 +125,8 @@ def main() -> None:
     """Run both models through both recipes and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, type=Path, help="folder of MNIST IDX files (t10k-images/labels)")
-    parser.add_argument("--train-epochs", type=int, default=15)
+    # 15 epochs left validation accuracy at 0.930 and still rising; 40 reach 0.971 (BENCHMARKS.md).
+    parser.add_argument("--train-epochs", type=int, default=40)
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="the augmentation block")
     parser.add_argument("--prune-epochs", type=int, default=4)
     parser.add_argument("--qat-epochs", type=int, default=2)

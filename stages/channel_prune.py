@@ -75,8 +75,10 @@ class ChannelPruneStage(Stage):
         actions = channel_actions(model, final, graph, self.config, share)
         counts = {root: entry[2] for root, names in graph.prunable().items() if (entry := planned(final, names)) is not None}
         narrower = rebuild(model, graph, choose(scores(model, graph, self.config.criterion), counts))
-        target = f"at most {self.config.flops_target:.0%} of the MACs: " if self.config.flops_target is not None else ""
-        summary = f"removes {target}{share:.0%} of each layer's channels; kept whole: {left_alone(model, actions, NARROWED)}"
+        removes = f"removes {share:.0%} of each layer's channels"
+        if self.config.flops_target is not None:
+            removes = f"keeps at most {self.config.flops_target:.0%} of the MACs ({removes.replace('removes', 'removing')})"
+        summary = f"{removes}; kept whole: {left_alone(model, actions, NARROWED)}"
         return StagePlan(actions, summary, model=narrower)
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
