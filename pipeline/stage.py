@@ -15,6 +15,7 @@ from pipeline.schema import Params, Plugin
 if TYPE_CHECKING:
     from pipeline.budget import Budget
     from pipeline.data import Dataset
+    from pipeline.layer_plan import LayerPlan, StagePlan
     from pipeline.recipe import RunSettings
 
 
@@ -92,6 +93,15 @@ class Stage(Plugin):
     def check_settings(self, settings: RunSettings, where: str) -> None:
         """Raise PipelineError if this stage cannot run under the run-level settings (e.g. it
         chooses within an accuracy budget but the recipe sets none). Called at validation time."""
+
+    def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan | None:
+        """What this stage will do to each layer of `model` (a tf-keras model), without training.
+
+        `earlier` holds what the stages before it will have done (e.g. which layers were pruned).
+        None (the default) means the stage changes no layer in particular. A stage that acts layer
+        by layer raises `pipeline.layer_plan.NeedsLayerGraph` for a model without a layer graph.
+        """
+        return None
 
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
         """What the model this stage hands on has been through, given what its input had.

@@ -48,6 +48,16 @@ class FallbackStage(Stage):
     def uses_budget(self) -> bool:
         return self.config.fallback == "auto"
 
+    def fallback_note(self) -> str:
+        """For the layer plan: which layers fallback=auto may keep float. Which ones is known only after
+        conversion (their int8 error, measured on the validation split), so the plan says how they are chosen."""
+        if self.config.fallback != "auto":
+            return ""
+        return (
+            "; fallback auto: if full integer misses the accuracy budget on the validation split, the layers with the "
+            "largest int8 error stay float, fewest first (named after conversion, in fallback.md)"
+        )
+
     def check_settings(self, settings: Any, where: str) -> None:
         """The gates need a validation split; fallback=auto needs a recipe budget or the stage's tolerance."""
         self.config.check_settings(settings, where)
@@ -223,7 +233,7 @@ class Fallback:
     @property
     def float_layers(self) -> list[str]:
         """The layers kept float by the budget's choice."""
-        return list(self.facts.get("float_layers", []))
+        return list(self.facts.get("fallback", {}).get("float_layers", []))
 
 
 def result(
@@ -240,9 +250,8 @@ def result(
         ctx.log.info("    layers kept float: %s\n%s", ", ".join(chosen), report.read_text().rstrip())
         reports = (report.name,)
     facts = {
-        "float_layers": chosen,
         "fallback": {
-            "split": "validation", "floor": floor, "int8_val_accuracy": int8_accuracy, "int8_size_bytes": int8_size,
+            "float_layers": chosen, "split": "validation", "floor": floor, "int8_val_accuracy": int8_accuracy, "int8_size_bytes": int8_size,
             "steps": [asdict(step) for step in outcome.steps] if outcome else [],
         },
     }

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import Field
 
 from pipeline.errors import PipelineError
+from pipeline.fields import Switch
 from pipeline.schema import Params
 
 # TFLite schema TensorType ids of floating-point tensors.
@@ -28,7 +29,7 @@ class GateParams(Params):
             "unset: no check."
         ),
     )
-    require_integer: Literal["auto", "true", "false"] = Field(
+    require_integer: Switch = Field(
         "auto",
         description=(
             "Fail unless every op is integer with int8 input and output; auto: for int8 output, accepting "
@@ -55,29 +56,33 @@ class GateResult:
 
 def apply_gates(
     params: GateParams, int8: bool, keras_model: Any, path: Path, data: Any, where: str,
-    float_layers: Sequence[str] = (), log: logging.Logger | None = None, measured: Mapping[str, float] | None = None,
+    kept_float: Sequence[str] = (), log: logging.Logger | None = None, measured: Mapping[str, float] | None = None,
 ) -> GateResult:
     """Run the gates `params` asks for on the TFLite file at `path`.
 
-    `float_layers` are layers the accuracy fallback kept float on purpose: `require_integer=auto`
-    accepts them (and says so), `true` fails naming them. `measured` are validation accuracies
-    the fallback already took (`keras_accuracy`, `tflite_accuracy`), not measured again.
+    `kept_float` are layers the accuracy fallback kept float on purpose: `require_integer=auto`
+    accepts them (and says so), `true` fails naming them. For int8 output the facts name the
+    layers the file runs in float (`float_layers`, read from the file). `measured` are validation
+    accuracies the fallback already took (`keras_accuracy`, `tflite_accuracy`), not measured again.
     """
     result = GateResult()
     if params.require_integer == "true" or (params.require_integer == "auto" and int8):
-        if float_layers and params.require_integer == "true":
+        if kept_float and params.require_integer == "true":
             raise PipelineError(
-                f"{where}.require_integer: layers {', '.join(float_layers)} stay float by the accuracy budget's choice "
+                f"{where}.require_integer: layers {', '.join(kept_float)} stay float by the accuracy budget's choice "
                 f"(fallback=auto: fully integer missed the budget); set {where}.require_integer=auto to accept them, "
                 f"or give more budget (budget.accuracy_drop, {where}.accuracy_tolerance)"
             )
-        integer_gate(path, where, allow_float_ops=bool(float_layers))
-        result.facts["fully_integer"] = not float_layers
-        if float_layers and log is not None:
+        integer_gate(path, where, keras_model, kept_float)
+        result.facts["fully_integer"] = not kept_float
+        if kept_float and log is not None:
             log.info(
                 "    %s.require_integer: int8 input and output; layers %s stay float by the accuracy budget's choice",
-                where, ", ".join(float_layers),
+                where, ", ".join(kept_float),
             )
+        result.facts["float_layers"] = list(float_layers(path, keras_model)) if kept_float else []
+    elif int8:  # shipped with float layers on purpose: say which
+        result.facts["float_layers"] = list(float_layers(path, keras_model))
     if params.accuracy_tolerance is not None:
         result.accuracies.update(accuracy_gate(keras_model, path, data, params.accuracy_tolerance, where, measured))
         result.facts["gate_split"] = "validation"
@@ -117,6 +122,11 @@ def accuracy_gate(
 
 def float_operators(path: Path) -> list[str]:
     """Names of operators that read or write a floating-point tensor."""
+    return [name for name, _ in float_ops(path)]
+
+
+def float_ops(path: Path) -> list[tuple[str, list[str]]]:
+    """Each operator that reads or writes a floating-point tensor: its name and its output tensors' names."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -125,21 +135,75 @@ def float_operators(path: Path) -> list[str]:
     found = []
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
-            tensors = [i for i in [*(op.inputs if op.inputs is not None else []), *(op.outputs if op.outputs is not None else [])] if i >= 0]
+            outputs = [i for i in (op.outputs if op.outputs is not None else []) if i >= 0]
+            tensors = [i for i in [*(op.inputs if op.inputs is not None else []), *outputs] if i >= 0]
             if any(subgraph.tensors[i].type in FLOAT_TYPES for i in tensors):
                 code = model.operatorCodes[op.opcodeIndex]
-                found.append(names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM"))
+                op_name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+                found.append((op_name, [_text(subgraph.tensors[i].name) for i in outputs]))
     return found
 
 
-def integer_gate(path: Path, where: str, allow_float_ops: bool = False) -> None:
-    """PipelineError unless the input and output are int8 and (unless allowed) every operator is integer."""
+def _text(name: bytes | str | None) -> str:
+    return name.decode() if isinstance(name, bytes) else name or ""
+
+
+def float_layers(path: Path, keras_model: Any, kept_float: Collection[str] = ()) -> dict[str, list[str]]:
+    """The Keras layers (`name (Type)`) whose TFLite operators compute in float, with those operators
+    (but those of `kept_float`, layers kept float on purpose).
+
+    The converter names each tensor after the layer that made it (`model/norm/add`); the
+    QUANTIZE and DEQUANTIZE operators around a float layer are its boundary, not the layer.
+    Layers of nested models count (a serving model wraps the trained one), and a layer wrapped
+    for quantization-aware training is named as the layer it wraps; an inference-only
+    SavedModel has no layers, and its float operators are all `other`.
+    """
+    # A wrapper (QAT's) names the tensors; the layer it wraps is the one the user knows.
+    known = {layer.name: getattr(layer, "layer", layer) for layer in leaf_layers(keras_model)}
+    found: dict[str, list[str]] = {}
+    for op, outputs in float_ops(path):
+        if op in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        parts = [part for name in outputs for piece in name.split(";") for part in piece.split("/")]
+        layer = next((known[part] for part in parts if part in known), None)
+        if layer is not None and layer.name in kept_float:
+            continue
+        ops = found.setdefault(f"{layer.name} ({type(layer).__name__})" if layer is not None else "other", [])
+        if op not in ops:
+            ops.append(op)
+    return found
+
+
+def leaf_layers(model: Any) -> list[Any]:
+    """The layers of `model` that are not models themselves, also inside nested models."""
+    import tf_keras as keras
+
+    found = []
+    for layer in getattr(model, "layers", []):
+        found += leaf_layers(layer) if isinstance(layer, keras.Model) else [layer]
+    return found
+
+
+def integer_gate(path: Path, where: str, keras_model: Any = None, kept_float: Collection[str] = ()) -> None:
+    """PipelineError unless every operator is integer and the input and output are int8.
+
+    Given the Keras model the file was converted from, the error names the layers left in float;
+    the operators of `kept_float` (layers the accuracy fallback kept float on purpose) are accepted.
+    """
     from pipeline import litert
 
     runner = litert.interpreter(path, threads=1)
     io = {"input": runner.get_input_details()[0]["dtype"], "output": runner.get_output_details()[0]["dtype"]}
     wrong = [f"{side} is {np.dtype(dtype).name}" for side, dtype in io.items() if dtype != np.int8]
-    floats = [] if allow_float_ops else float_operators(path)
+    layers = float_layers(path, keras_model, kept_float) if keras_model is not None else {}
+    if layers and not wrong:
+        listed = ", ".join(f"{layer}: {' '.join(ops)}" for layer, ops in layers.items())
+        raise PipelineError(
+            f"{where}.require_integer: layers the int8 kernels cannot run stay float: {listed}; set "
+            f"{where}.require_integer=false to ship them as float layers, or replace them with layers that have int8 kernels"
+        )
+    # Layers the fallback kept float bring their own float operators; only the others count.
+    floats = [op for ops in layers.values() for op in ops] if kept_float else float_operators(path)
     if floats:
         wrong.append(f"float operators {', '.join(sorted(set(floats)))}")
     if wrong:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from pipeline.errors import PipelineError
+from pipeline.layer_plan import Action
 from stages._layers import check_patterns
 
 DEFAULT = "default"
@@ -21,6 +22,8 @@ SparsityTarget = float | dict[str, float] | Literal["plan"]
 """The type of `final_sparsity`."""
 
 EXAMPLE = "give e.g. 0.8, {default: 0.8, Conv2D: 0.5} or plan"
+ZERO = "target 0%"
+"""Why a layer prune could act on stays dense: its target (from a mapping or the plan) is 0."""
 
 
 def check_target(value: Any) -> Any:
@@ -81,3 +84,35 @@ def overall(sizes: Mapping[str, int], targets: Mapping[str, float]) -> float:
     """The share of zeros the targets make among the weights of the layers in `sizes`."""
     total = sum(sizes.values())
     return sum(sizes[name] * targets.get(name, 0.0) for name in sizes) / total if total else 0.0
+
+
+def in_words(target: SparsityTarget) -> str:
+    """The sparsity asked for, in words (prune's plan line)."""
+    if target == PLAN:
+        return "to the sensitivity plan's per-layer sparsity"
+    if isinstance(target, dict):
+        return f"to per-layer sparsity ({', '.join(f'{key} {share:.0%}' for key, share in target.items())})"
+    return f"to {target:.0%} sparsity"
+
+
+def with_targets(
+    actions: Mapping[str, Action], targets: Mapping[str, float] | None, per_layer: bool, where: str
+) -> dict[str, Action]:
+    """Prune's `actions` with the targets applied: a layer whose target is 0 stays dense; with `per_layer`
+    targets each pruned layer names its own (`targets` None: a plan not made yet, before the run).
+
+    PipelineError when no layer is left to prune.
+    """
+    def planned(name: str, action: Action) -> Action:
+        if action.kind != "pruned":
+            return action
+        if targets is None:
+            return Action("pruned", "by the plan")
+        if not targets[name]:
+            return Action("dense", ZERO)
+        return Action("pruned", f"{targets[name]:.0%}") if per_layer else action
+
+    planned_actions = {name: planned(name, action) for name, action in actions.items()}
+    if not any(action.kind == "pruned" for action in planned_actions.values()):
+        raise PipelineError(f"{where}.final_sparsity: every chosen layer's target is 0, so nothing is pruned; give some layers a sparsity above 0")
+    return planned_actions

@@ -9,18 +9,32 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
+from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.stage import Stage, StageContext
 from stages._layer_targets import (
     PLAN,
+    ZERO,
     SparsityTarget,
     check_target,
+    in_words,
     lowest,
     overall,
     resolve,
+    with_targets,
 )
-from stages._layers import LayerChoice, chosen_layers, wrap_chosen
+from stages._layers import (
+    LayerChoice,
+    acted_on,
+    choose_layers,
+    kernel_share,
+    kernel_sizes,
+    left_alone,
+    wrap_layers,
+)
 from stages._training import FitParams, compile_model, fit, save_keras, steps_per_epoch
 
+# Why a layer stays dense under an m:n pattern: groups of n run along its input channels.
+NARROW = "input channels not a multiple of"
 # Measured sparsity may differ from the target by rounding within each layer.
 SPARSITY_TOLERANCE = 0.02
 
@@ -90,8 +104,7 @@ def mask_schedule(params: PruneParams, total_steps: int) -> tuple[int, int]:
     """
     ramp = max(1, int(params.ramp_fraction * (total_steps - 1)))
     frequency = params.frequency or max(1, ramp // 10)
-    if frequency > ramp:
-        frequency = ramp
+    frequency = min(frequency, ramp)
     return (ramp // frequency) * frequency, frequency
 
 
@@ -103,6 +116,39 @@ class PruneStage(Stage):
     @property
     def uses_budget(self) -> bool:
         return self.config.final_sparsity == PLAN  # the pipeline chose the sparsities, within the budget
+
+    def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
+        """Which layers are pruned (to what, when targets differ by layer) and which stay dense (and why), before any training."""
+        actions = self.choose(model, where)
+        return StagePlan(actions, f"prunes {self.target()}; left dense: {left_alone(model, actions, 'pruned')}")
+
+    def choose(self, model: Any, where: str, plan: dict[str, float] | None = None) -> dict[str, Action]:
+        """`pruned` or `dense` with the reason, for every layer with a kernel; with per-layer targets each
+        pruned layer names its own (a sensitivity `plan` is known only when the stage runs)."""
+        pattern = self.config.m_by_n
+
+        def why_not(layer: Any) -> str | None:
+            from tensorflow_model_optimization.python.core.sparsity.keras.prunable_layer import (
+                PrunableLayer,
+            )
+
+            if not isinstance(layer, PrunableLayer) and not prunable(layer):
+                return "not prunable"
+            # m:n groups run along the input channels; a layer with fewer cannot hold the pattern.
+            if pattern is not None and layer.get_weights()[0].shape[-2] % pattern[1]:
+                return f"{NARROW} {pattern[1]}"
+            return None
+
+        supported = choose_layers(model, self.config, why_not, where, "pruned", "dense")
+        target = self.config.final_sparsity
+        targets = None if target == PLAN and plan is None else resolve(model, target, plan, where)
+        return with_targets(supported, targets, per_layer=not isinstance(target, (int, float)), where=where)
+
+    def target(self) -> str:
+        """The sparsity asked for, in words."""
+        if self.config.m_by_n:
+            return f"to {self.config.m_by_n[0]}:{self.config.m_by_n[1]} structured sparsity"
+        return in_words(self.config.final_sparsity)
 
     def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
         if self.config.final_sparsity == PLAN and Effect.SPARSITY_PLANNED not in effects:
@@ -141,59 +187,40 @@ class PruneStage(Stage):
         keras_model = model.load_keras()
         end_step, frequency = mask_schedule(params, params.epochs * steps_per_epoch(ctx, params))
         pattern = tuple(params.m_by_n) if params.m_by_n else None
-
-        too_narrow: list[str] = []
-
-        def supported(layer: Any) -> bool:
-            if not isinstance(layer, sparsity.PrunableLayer) and not prunable(layer):
-                return False
-            # m:n groups run along the input channels; a layer whose count is no multiple of n
-            # cannot hold the pattern and stays dense (said below, and in the artifact).
-            if pattern is not None and layer.get_weights()[0].shape[-2] % pattern[1]:
-                if layer.name not in too_narrow:  # asked once for the targets, once for the wrapping
-                    too_narrow.append(layer.name)
-                return False
-            return True
+        plan = model.metadata.get("sparsity_plan")
+        actions = self.choose(keras_model, where, plan)
+        names, dense = acted_on(actions, "pruned"), [n for n, a in actions.items() if a.kind != "pruned"]
+        targets = {n: t for n, t in resolve(keras_model, params.final_sparsity, plan, where).items() if n in names}
+        share = kernel_share(keras_model, dense)
+        too_narrow = [n for n, a in actions.items() if a.why.startswith(NARROW)]  # for the m:n pattern
+        # The overall share counts the layers a mapping or plan leaves at 0, as the plan did.
+        chosen = [n for n, a in actions.items() if a.kind == "pruned" or a.why == ZERO]
+        sizes = {n: kernel_sizes(keras_model.get_layer(n)) for n in chosen}
+        planned = overall(sizes, targets)
+        ctx.log.info("    pruning %d layers %s; left dense: %s", len(names), self.target(), left_alone(keras_model, actions, "pruned"))
+        ctx.log.info(
+            "    pruning %s: %.1f%% of their weights by step %d, mask update every %d steps",
+            ", ".join(f"{n} {100 * t:.0f}%" for n, t in targets.items()), 100 * planned, end_step, frequency,
+        )
 
         def wrap(layer: Any) -> Any:
             schedule = pruning_schedule(params, targets[layer.name], end_step, frequency)
             return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule, sparsity_m_by_n=pattern)
 
-        targets, sizes, choice = layer_targets(keras_model, params, supported, model.metadata.get("sparsity_plan"), where)
-        planned = overall(sizes, targets)
-        pruned, names = wrap_chosen(keras_model, choice, supported, wrap, where)
-        targets = {name: targets[name] for name in names}
-        ctx.log.info(
-            "    pruning %s: %.1f%% of their weights by step %d, mask update every %d steps",
-            ", ".join(f"{n} {100 * t:.0f}%" for n, t in targets.items()), 100 * planned, end_step, frequency,
-        )
-        if too_narrow:
-            ctx.log.warning(
-                "    %s left dense: %d:%d groups need input channels in multiples of %d",
-                ", ".join(too_narrow), pattern[0], pattern[1], pattern[1],
-            )
+        pruned = wrap_layers(keras_model, names, wrap)
         fine_tune(pruned, model, ctx, params, callbacks=[sparsity.UpdatePruningStep()])
         stripped = sparsity.strip_pruning(pruned)
-        check_sparsity(stripped, targets, params, ctx.name)
-        pruned_sizes = {name: sizes.get(name, 0) for name in names}
+        achieved = check_sparsity(stripped, targets, params, ctx.name)
         return save_keras(
-            stripped, ctx, model, effects=self.output_effects(model), target_sparsity=overall(pruned_sizes, targets),
-            layer_sparsity=targets, m_by_n=list(pattern) if pattern else None, pruned_layers=names, left_dense=too_narrow,
-            metrics={"layers_left_dense": float(len(too_narrow))} if pattern else None,
+            stripped, ctx, model, effects=self.output_effects(model),
+            target_sparsity=overall({n: sizes[n] for n in names}, targets),
+            layer_sparsity=targets, m_by_n=list(pattern) if pattern else None, pruned_layers=names, dense_layers=dense,
+            left_dense=too_narrow,
+            metrics={
+                "pruned_layers_sparsity": achieved, "dense_share": share,
+                **({"layers_left_dense": float(len(too_narrow))} if pattern else {}),
+            },
         )
-
-
-def layer_targets(
-    keras_model: Any, params: PruneParams, supported: Any, plan: dict[str, float] | None, where: str
-) -> tuple[dict[str, float], dict[str, int], PruneParams]:
-    """Each layer's target sparsity; the kernel sizes of the chosen layers (those a mapping or plan
-    leaves dense included, so that overall shares count them); and the choice of layers to wrap,
-    which skips the layers with nothing to prune."""
-    targets = resolve(keras_model, params.final_sparsity, plan, where)
-    candidates = chosen_layers(keras_model, params, supported, where)
-    sizes = {layer.name: int(layer.kernel.shape.num_elements()) for layer in candidates if hasattr(layer, "kernel")}
-    choice = params.model_copy(update={"skip_layers": [*params.skip_layers, *(n for n, t in targets.items() if t == 0)]})
-    return targets, sizes, choice
 
 
 def fine_tune(keras_model: Any, model: ModelArtifact, ctx: StageContext, params: PruneParams, callbacks: list[Any]) -> None:
@@ -235,27 +262,26 @@ def pruning_schedule(params: PruneParams, final: float, end_step: int, frequency
     return sparsity.ConstantSparsity(final, 0, end_step, frequency=frequency)
 
 
-def check_sparsity(model: Any, targets: dict[str, float], params: PruneParams, stage: str) -> None:
-    """Fail unless each pruned layer reached its target (and the m:n pattern, when asked for)."""
+def check_sparsity(model: Any, targets: dict[str, float], params: PruneParams, stage: str) -> float:
+    """The pruned layers' sparsity; PipelineError unless each reached its target (and the m:n pattern, when asked for)."""
     for name, target in targets.items():
-        kernel = getattr(model.get_layer(name), "kernel", None)
-        if kernel is None:  # a custom PrunableLayer: its weights are not measured here
-            continue
         achieved = pruned_sparsity(model, [name])
         # A layer's zeros are a whole number: a tiny layer may land one weight off its share.
-        if abs(achieved - target) > max(SPARSITY_TOLERANCE, 1 / int(kernel.shape.num_elements())):
+        if abs(achieved - target) > max(SPARSITY_TOLERANCE, 1 / max(1, kernel_sizes(model.get_layer(name)))):
             raise PipelineError(
                 f"stages.{stage}: layer {name} reached {achieved:.1%} sparsity instead of {target:.1%}; "
                 f"raise stages.{stage}.epochs or lower stages.{stage}.frequency"
             )
+    names = list(targets)
+    achieved = pruned_sparsity(model, names)
     if params.m_by_n:
-        names = list(targets)
         broken = [n for n in names if not follows_m_by_n(model.get_layer(n).get_weights()[0], params.m_by_n)]
         if broken:
             raise PipelineError(
                 f"stages.{stage}: layers {', '.join(broken)} miss the {params.m_by_n[0]}:{params.m_by_n[1]} pattern; "
                 f"raise stages.{stage}.epochs or lower stages.{stage}.frequency"
             )
+    return achieved
 
 
 def follows_m_by_n(kernel: np.ndarray, m_by_n: list[int]) -> bool:
@@ -266,10 +292,10 @@ def follows_m_by_n(kernel: np.ndarray, m_by_n: list[int]) -> bool:
 
 
 def pruned_sparsity(model: Any, names: list[str] | None = None) -> float:
-    """Share of zeros in the kernels of the named layers (default: every layer with a kernel)."""
+    """Share of zeros in the kernels (weights of rank 2 or more) of the named layers (default: every layer)."""
     kernels = [
-        layer.kernel.numpy() for layer in model.layers
-        if hasattr(layer, "kernel") and (names is None or layer.name in names)
+        weight.numpy() for layer in model.layers if names is None or layer.name in names
+        for weight in layer.weights if len(weight.shape) >= 2
     ]
     total = sum(k.size for k in kernels)
     return float(sum(k.size - np.count_nonzero(k) for k in kernels) / total) if total else 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -10,6 +11,7 @@ from pydantic import Field
 
 from pipeline.artifact import STRUCTURAL, Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
+from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.stage import StageContext
 from stages._fallback import (
     Fallback,
@@ -19,6 +21,7 @@ from stages._fallback import (
     float_kept,
 )
 from stages._gates import GateParams, apply_gates
+from stages._layers import require_layer_graph
 from stages._serving import ServingParams, for_serving, serving_model
 from stages._training import FitParams, compile_model, fit
 
@@ -78,6 +81,16 @@ class QuantizeAwareStage(FallbackStage):
         kept = incoming if self.config.scheme == "auto" else incoming & (KEEPS[self.config.scheme] | STRUCTURAL)
         return kept | {Effect.QUANTIZE_AWARE}
 
+    def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
+        """Which layers train quantization-aware and which are only calibrated at conversion (and why)."""
+        require_layer_graph(model, where)
+        scheme = chosen_scheme(self.config.scheme, earlier.effects)
+        actions = annotation(model, scheme)
+        calibrated = [name for name, action in actions.items() if action.kind != AWARE]
+        return StagePlan(
+            actions, f"scheme {scheme}, then full-integer int8; calibrated only: {', '.join(calibrated) or 'none'}{self.fallback_note()}"
+        )
+
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         from stages.quantize import QuantizeParams, calibration_set, convert
 
@@ -86,17 +99,16 @@ class QuantizeAwareStage(FallbackStage):
         where = f"stages.{ctx.name}"
         self.check_input(model.format, model.effects, where)  # also when called without a checked recipe
         scheme = chosen_scheme(params.scheme, model.effects)
-        ctx.log.info("    quantization-aware training, scheme %s", scheme)
         conversion = QuantizeParams(mode="int8", calibration_samples=params.calibration_samples, keep_sparsity="false")
         settling = calibration_set(ctx, conversion)  # training inputs, as the model trains on them
-        aware = self.tuned(model, scheme, settling, ctx)
+        aware, calibrated = self.tuned(model, scheme, settling, ctx)
         served, serving_ctx, serving = for_serving(aware, ctx, params, integer=True)
         calibration = calibration_set(serving_ctx, conversion)  # as the converted model takes them
         path = ctx.workdir / "model.tflite"
         path.write_bytes(convert(served, conversion, calibration, sparse=False))
         metadata: dict[str, Any] = {
             **model.metadata, "quantization": "int8", "qat_scheme": scheme,
-            "calibration_samples": params.calibration_samples, "serving": serving,
+            "calibration_samples": params.calibration_samples, "calibrated_layers": list(calibrated), "serving": serving,
         }
         fallen = Fallback()
         if params.fallback == "auto":
@@ -119,13 +131,21 @@ class QuantizeAwareStage(FallbackStage):
             metrics=fallen.metrics, gate=gates.accuracies, reports=fallen.reports,
         )
 
-    def tuned(self, model: ModelArtifact, scheme: str, calibration: Any, ctx: StageContext, keep_float: Sequence[str] = ()) -> Any:
-        """The incoming model wrapped for quantization-aware training (but `keep_float`) and fine-tuned."""
-        aware = quantize_aware(model.load_keras(), scheme, keep_float)
+    def tuned(
+        self, model: ModelArtifact, scheme: str, calibration: Any, ctx: StageContext, keep_float: Sequence[str] = ()
+    ) -> tuple[Any, dict[str, str]]:
+        """The incoming model wrapped for quantization-aware training (but `keep_float`) and fine-tuned,
+        and the layers TFMOT cannot train quantization-aware (calibrated at conversion), with their types."""
+        aware, calibrated = quantize_aware(model.load_keras(), scheme, keep_float)
+        if not keep_float:  # the first fine-tune; a fallback's later ones differ only by the float layers
+            ctx.log.info(
+                "    quantization-aware training, scheme %s; calibrated at conversion only (TFMOT cannot train them "
+                "quantization-aware): %s", scheme, ", ".join(f"{name} ({kind})" for name, kind in calibrated.items()) or "none",
+            )
         settle_ranges(aware, calibration)
         compile_model(aware, self.config)
         fit(aware, ctx, self.config)
-        return aware
+        return aware, calibrated
 
     def candidate(
         self, model: ModelArtifact, scheme: str, settling: Any, ctx: StageContext, serve: Callable[[Any], Any],
@@ -137,7 +157,7 @@ class QuantizeAwareStage(FallbackStage):
         model as it is converted, and `calibration` are inputs as the converted model takes them.
         """
         ctx.log.info("    fine-tuning again with %s float", ", ".join(float_layers))
-        return float_kept(serve(self.tuned(model, scheme, settling, ctx, float_layers)), calibration, float_layers)
+        return float_kept(serve(self.tuned(model, scheme, settling, ctx, float_layers)[0]), calibration, float_layers)
 
 
 def settle_ranges(aware: Any, calibration: Any, rounds: int = 3) -> None:
@@ -146,12 +166,14 @@ def settle_ranges(aware: Any, calibration: Any, rounds: int = 3) -> None:
     TFMOT moves each activation range towards the batch's by 0.1% per training step (an EMA
     with decay 0.999, no bias correction), so a fine-tune of a few hundred steps converts with
     ranges still near their start and loses accuracy to coarse steps. One training-mode pass
-    over a calibration batch updates each moving range as `new = 0.999 * old + 0.001 * batch`;
-    solving for `batch` and assigning it sets the range at once. Weight ranges (last-value
+    over a calibration batch updates each moving range once per call of its layer (a shared
+    layer: several times) as `new = 0.999 * old + 0.001 * batch`; solving for the value those
+    updates converge to and assigning it sets the range at once. Weight ranges (last-value
     quantizers) are assigned directly by every pass and recognised by not changing on a repeat.
     """
     import numpy as np
 
+    calls = {id(v): max(1, len(layer.inbound_nodes)) for layer in aware.layers for v in layer.non_trainable_variables}
     ranges = [v for v in aware.non_trainable_variables if v.name.endswith(("_min:0", "_max:0"))]
     aware(calibration, training=True)  # weight ranges take their values
     moving = None
@@ -162,43 +184,137 @@ def settle_ranges(aware: Any, calibration: Any, rounds: int = 3) -> None:
         if moving is None:
             moving = [i for i, (b, a) in enumerate(zip(before, after)) if not np.array_equal(a, b)]
         for i in moving:
-            ranges[i].assign((after[i] - 0.999 * before[i]) / 0.001)
+            decay = 0.999 ** calls.get(id(ranges[i]), 1)
+            ranges[i].assign((after[i] - decay * before[i]) / (1 - decay))
 
 
-def quantize_aware(keras_model: Any, scheme: str, keep_float: Sequence[str] = ()) -> Any:
-    """`keras_model` wrapped by TFMOT's quantize_apply with the scheme's quantization registry.
+AWARE = "quantization-aware"
 
-    Layers named in `keep_float` are annotated with a configuration that quantizes nothing (not
-    their weights, not their outputs), so they train in float; the converter must then be told to
-    keep them float too (`_fallback.float_kept`). Left un-annotated instead, TFMOT would still
-    fake-quantize the output of any that feeds a quantized layer, and the converter would follow.
-    """
+
+def scheme_of(name: str) -> Any:
+    """TFMOT's quantization scheme for `name`, restricted to the layers its configs can quantize."""
     import tensorflow_model_optimization as tfmot
-    import tf_keras as keras
     from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
         default_8bit_cluster_preserve_quantize_scheme as cluster_preserve,
     )
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_scheme,
+    )
 
-    quantization = tfmot.quantization.keras
-    if scheme == "default" and not keep_float:
-        return quantization.quantize_model(keras_model)
     schemes = {
-        "default": lambda: quantization.default_8bit.Default8BitQuantizeScheme(),
-        "pqat": lambda: tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme(),
+        "default": default_8bit_quantize_scheme.Default8BitQuantizeScheme,
+        "pqat": tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme,
         "cqat": lambda: cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False),
         "pcqat": lambda: cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True),
     }
-    if not keep_float:
-        return quantization.quantize_apply(quantization.quantize_annotate_model(keras_model), schemes[scheme]())
+    return _Supported(schemes[name]())
+
+
+class _Supported:
+    """A quantization scheme whose registry supports only layers the default 8-bit configs can quantize.
+
+    The collaborative schemes' registries claim every layer without trainable weights but take
+    their configs from the default registry, which refuses many of them (Resizing, RandomFlip):
+    `quantize_apply` would fail on such a layer when it feeds an annotated one, instead of
+    leaving it to conversion.
+    """
+
+    def __init__(self, scheme: Any):
+        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+            default_8bit_quantize_registry,
+        )
+
+        self.scheme, self.registry = scheme, scheme.get_quantize_registry()
+        self.default = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+
+    def get_layout_transformer(self) -> Any:
+        return self.scheme.get_layout_transformer()
+
+    def get_quantize_registry(self) -> Any:
+        return self
+
+    def supports(self, layer: Any) -> bool:
+        return self.registry.supports(layer) and self.default.supports(layer)
+
+    def get_quantize_config(self, layer: Any) -> Any:
+        return self.registry.get_quantize_config(layer)
+
+
+def annotation(model: Any, scheme: str) -> dict[str, Action]:
+    """`quantization-aware` for each layer the scheme supports; `calibrated` with the reason for the rest.
+
+    BatchNormalization counts as supported after a Conv2D, DepthwiseConv2D or Dense with no
+    activation: TFMOT's transforms fold those pairs.
+    """
+    import tf_keras as keras
+
+    registry = scheme_of(scheme)
+    folded = folded_batch_norms(model)
+    actions = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        supported = registry.supports(layer) or layer.name in folded
+        actions[layer.name] = Action(AWARE) if supported else Action("calibrated", f"no TFMOT support for {type(layer).__name__}")
+    return actions
+
+
+def folded_batch_norms(model: Any) -> set[str]:
+    """Names of the BatchNormalization layers that directly follow a linear Conv2D, DepthwiseConv2D or Dense.
+
+    Read from the model's own graph: a layer object may also belong to other graphs (the nested
+    model it was flattened from).
+    """
+    import tf_keras as keras
+
+    linear = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+    found = set()
+    for nodes in model._nodes_by_depth.values():
+        for node in nodes:
+            before = node.inbound_layers
+            is_batch_norm = isinstance(node.layer, keras.layers.BatchNormalization)
+            if is_batch_norm and isinstance(before, linear) and before.get_config().get("activation") == "linear":
+                found.add(node.layer.name)
+    return found
+
+
+def quantize_aware(keras_model: Any, scheme: str, keep_float: Sequence[str] = ()) -> tuple[Any, dict[str, str]]:
+    """`keras_model` with the layers TFMOT supports trained quantization-aware under `scheme`.
+
+    TFMOT's "quantize some layers" pattern: supported layers are annotated, the others stay float
+    in the Keras model, and the converter quantizes them from the calibration data. Returns the
+    model and the layers left out, with their types.
+
+    Layers named in `keep_float` (the accuracy fallback's choice) are annotated with a configuration
+    that quantizes nothing (not their weights, not their outputs), so they train in float; the
+    converter must then be told to keep them float too (`_fallback.float_kept`). Left un-annotated
+    instead, TFMOT would still fake-quantize the output of any that feeds a quantized layer.
+    """
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    quantization = tfmot.quantization.keras
+    actions = annotation(keras_model, scheme)
+    aware_names = {name for name, action in actions.items() if action.kind == AWARE}
     float_config = unquantized_config()
 
     def annotate(layer: Any) -> Any:
-        config = float_config() if layer.name in keep_float else None
-        return quantization.quantize_annotate_layer(layer, quantize_config=config)
+        if layer.name in keep_float:
+            return quantization.quantize_annotate_layer(layer, quantize_config=float_config())
+        return quantization.quantize_annotate_layer(layer) if layer.name in aware_names else layer
 
-    annotated = keras.models.clone_model(keras_model, clone_function=annotate)
-    with quantization.quantize_scope({float_config.__name__: float_config}):
-        return quantization.quantize_apply(annotated, schemes[scheme]())
+    while True:
+        annotated = keras.models.clone_model(keras_model, clone_function=annotate)
+        try:
+            with quantization.quantize_scope({float_config.__name__: float_config}):
+                aware = quantization.quantize_apply(annotated, scheme_of(scheme))
+            break
+        except RuntimeError as error:  # a layer TFMOT's transforms did not take after all: leave it out
+            refused = re.match(r"Layer (\S+?):", str(error))
+            if refused is None or refused.group(1) not in aware_names:
+                raise
+            aware_names.discard(refused.group(1))
+    return aware, {name: type(keras_model.get_layer(name)).__name__ for name in actions if name not in aware_names}
 
 
 @functools.cache

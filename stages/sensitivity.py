@@ -20,12 +20,14 @@ from pydantic import Field, model_validator
 
 from pipeline.artifact import Effect, ModelArtifact
 from pipeline.errors import PipelineError
+from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.stage import Stage, StageContext
 from stages import _sparsity_plan as planning
-from stages._layers import LayerChoice, chosen_layers
+from stages._layers import LayerChoice, acted_on, choose_layers, left_alone
 from stages.prune import prunable
 
 REPORTS = ("sensitivity.md", "sensitivity.png", "sparsity_plan.json")
+MEASURED = "measured"
 
 
 class SensitivityParams(LayerChoice):
@@ -60,6 +62,26 @@ class SensitivityStage(Stage):
         """The model is unchanged; it now carries a sparsity plan."""
         return incoming | {Effect.SPARSITY_PLANNED}
 
+    def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
+        """Which layers are measured (and which not, and why), before any training."""
+        actions = self.choose(model, where)
+        return StagePlan(
+            actions,
+            f"measures each layer pruned to {', '.join(f'{s:.0%}' for s in sorted(set(self.config.sparsities)))} on the "
+            f"validation split; plans {self.config.target_sparsity:.0%} overall for prune; not measured: "
+            f"{left_alone(model, actions, MEASURED)}",
+        )
+
+    def choose(self, model: Any, where: str) -> dict[str, Action]:
+        """`measured` for every chosen layer prune can prune by its kernel, else `unmeasured` and why."""
+
+        def why_not(layer: Any) -> str | None:
+            if not prunable(layer):
+                return "not prunable"
+            return None if hasattr(layer, "kernel") else "no kernel"
+
+        return choose_layers(model, self.config, why_not, where, MEASURED, "unmeasured")
+
     def check_settings(self, settings: Any, where: str) -> None:
         if settings.data.get("val_fraction") == 0:
             raise PipelineError(
@@ -75,7 +97,7 @@ class SensitivityStage(Stage):
         if not len(x):
             raise PipelineError(f"{where}: the validation split is empty; set data.val_fraction (e.g. 0.1)")
         keras_model = model.load_keras()
-        layers = chosen_layers(keras_model, params, lambda layer: prunable(layer) and hasattr(layer, "kernel"), where)
+        layers = [keras_model.get_layer(name) for name in acted_on(self.choose(keras_model, where), MEASURED)]
         base, measured = measure_layers(keras_model, layers, sorted(set(params.sparsities)), x, y, ctx)
         errors = int8_errors(keras_model, ctx) if params.int8_error else {}
         measured = [dataclasses.replace(layer, int8_error=errors.get(layer.name)) for layer in measured]

@@ -14,8 +14,8 @@ from pipeline.budget import Budget
 from pipeline.errors import PipelineError
 from pipeline.measure import validation_accuracy
 from stages import _quant_debug as debug
-from stages._fallback import search
-from stages._gates import float_operators
+from stages._fallback import float_kept, search
+from stages._gates import float_operators, integer_gate
 from stages._training import compile_model, fit, save_keras
 from stages.qat import QuantizeAwareParams, QuantizeAwareStage, quantize_aware
 from stages.quantize import QuantizeParams, QuantizeStage, calibration_set
@@ -65,7 +65,8 @@ def test_fallback_keeps_the_hostile_layer_float_and_meets_the_budget(tmp_path, s
     assert validation_accuracy(plain, data) < 0.3 < validation_accuracy(standardized, data) - 0.5  # int8 ruins it
 
     out = quantize(standardized, tmp_path / "fallback", budget_drop=0.02, fallback="auto", accuracy_tolerance=0.05)
-    assert out.metadata["float_layers"] == ["normalization"]
+    assert out.metadata["fallback"]["float_layers"] == ["normalization"]
+    assert out.metadata["float_layers"] == ["normalization (Normalization)"]  # read from the file
     floor = validation_accuracy(standardized, data) - 0.02
     assert validation_accuracy(out, data) >= floor
     # The accuracy gate compares the accuracies the fallback took, which are those of these models.
@@ -131,12 +132,24 @@ def test_fallback_needs_int8():
 def test_qat_keeps_chosen_layers_float_in_training(trained):
     keras_model = trained.load_keras()
     hidden = keras_model.layers[-2].name
-    aware = quantize_aware(keras_model, "default", [hidden])
+    aware, _ = quantize_aware(keras_model, "default", [hidden])
     configs = {layer.layer.name: layer.quantize_config for layer in aware.layers if hasattr(layer, "quantize_config")}
     kept = configs[hidden]
     assert type(kept).__name__ == "KeepFloat" and kept.get_output_quantizers(None) == []
     assert type(configs[keras_model.layers[0].name]).__name__ == "Default8BitConvQuantizeConfig"
     assert debug.keras_layer_names(aware)[f"quant_{hidden}"] == hidden
+
+
+def test_the_integer_gate_accepts_only_the_layers_the_fallback_kept_float(tmp_path, trained):
+    keras_model = trained.load_keras()
+    hidden = keras_model.layers[-2].name
+    aware, _ = quantize_aware(keras_model, "default", [hidden])
+    path = tmp_path / "kept.tflite"
+    path.write_bytes(float_kept(aware, calibration_set(context(tmp_path, "qat", 1), QuantizeParams()), [hidden]))
+    integer_gate(path, "stages.qat", aware, [hidden])  # float on purpose: accepted
+    # Named as the layer the QAT wrapper wraps, as the user knows it.
+    with pytest.raises(PipelineError, match=rf"^stages.qat.require_integer: layers the int8 kernels cannot run stay float: {hidden} \(Dense\): FULLY_CONNECTED"):
+        integer_gate(path, "stages.qat", aware)
 
 
 def test_a_qat_candidate_is_fine_tuned_and_converted_with_the_chosen_layers_float(tmp_path, trained):

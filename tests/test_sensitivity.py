@@ -10,14 +10,19 @@ import pytest
 from pipeline.artifact import Effect
 from pipeline.budget import Ledger
 from pipeline.errors import PipelineError
+from pipeline.layer_plan import Action, LayerPlan
 from pipeline.measure import validation_accuracy
+from pipeline.models.compat import prepared
 from pipeline.recipe import PlannedStage, build_plan
 from pipeline.runner import StageOutcome, account
+from stages._layers import acted_on
 from stages._sparsity_plan import LayerSensitivity, plan
 from stages.prune import PruneParams, PruneStage, pruned_sparsity
 from stages.sensitivity import SensitivityParams, SensitivityStage, magnitude_pruned
+from stages.train import TrainParams, TrainStage
 from tests._runs import compose_config
 from tests._tiny import context
+from tests._user_models import nested_blocks
 
 
 def layer(name, size, drops, base=0.9):
@@ -144,3 +149,28 @@ def test_per_layer_targets_are_checked_before_any_work(tmp_path, overrides, mess
 def test_a_mapping_and_a_plan_validate(tmp_path):
     assert build_plan(compose_config(tmp_path, "stages.prune.final_sparsity={default: 0.8, Conv2D: 0.5}"))
     assert build_plan(compose_config(tmp_path, "recipe=smallest_within_1pt"))
+
+
+def test_a_nested_user_model_is_measured_and_pruned_layer_by_layer_inside_its_blocks(tmp_path):
+    def build(data):  # as the runner builds a user's model: its Sequential blocks flattened into one graph
+        return prepared(nested_blocks(data.input_shape, data.num_classes), "model", data.x_train[:32])
+
+    trained = TrainStage(TrainParams(epochs=2)).run(None, context(tmp_path, "train", build=build))
+    keras_model = trained.load_keras()
+    convs = [layer.name for layer in keras_model.layers if type(layer).__name__ == "Conv2D"]
+    assert len(convs) == 2  # the `features` block's convolutions, now layers of the flat graph
+
+    plan = PruneStage(PruneParams(final_sparsity={"default": 0.8, "Conv2D": 0.5})).layer_plan(keras_model, LayerPlan([]), "stages.prune")
+    assert all(plan.actions[name] == Action("pruned", "50%") for name in convs)
+    params = SensitivityParams(target_sparsity=0.7, sparsities=[0.5, 0.8, 0.9], max_examples=100)
+    assert set(acted_on(SensitivityStage(params).layer_plan(keras_model, LayerPlan([]), "stages.s").actions, "measured")) >= set(convs)
+
+    measured = SensitivityStage(params).run(trained, context(tmp_path, "sensitivity", 1))
+    table = (measured.path.parent / "sensitivity.md").read_text()
+    assert all(f"| {name} |" in table for name in convs) and "int8 error" in table
+    shares = measured.metadata["sparsity_plan"]
+    pruned = PruneStage(PruneParams(final_sparsity="plan", epochs=2)).run(measured, context(tmp_path, "prune", 2))
+    model = pruned.load_keras()
+    assert set(convs) <= set(shares) and pruned.metadata["layer_sparsity"] == {n: s for n, s in shares.items() if s > 0}
+    for name, share in shares.items():
+        assert pruned_sparsity(model, [name]) == pytest.approx(share, abs=0.02)
