@@ -10,17 +10,18 @@ through the LiteRT interpreter.
 from __future__ import annotations
 
 import gzip
-import time
 import io
 import tarfile
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline import litert
-from pipeline.macs import keras_macs, tflite_macs
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.data import Dataset
+from pipeline.macs import keras_macs, tflite_macs
 from pipeline.recipe import MeasureParams
 
 METRICS = (
@@ -92,7 +93,7 @@ def accuracies(logits: np.ndarray, data: Dataset) -> dict[str, float]:
     return {"accuracy": float(np.mean(test)), "val_accuracy": float(np.mean(val)) if len(val) else float("nan")}
 
 
-def keras_predict(model, x: np.ndarray) -> tuple[object, np.ndarray]:
+def keras_predict(model, x: np.ndarray) -> tuple[Any, np.ndarray]:
     """A traced forward pass for any batch size, and its outputs for `x` in batches of 256.
 
     One graph serves both the accuracy pass and the batch-1 timing: tracing costs more than the

@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,7 +53,7 @@ class RunResult:
 
     rows: list[StageRow]
     artifact: ModelArtifact
-    run_id: str
+    run_id: str | None  # None when tracking is off
     run_dir: Path
     exports: list[Path] = field(default_factory=list)
 
@@ -62,7 +63,7 @@ class StageOutcome:
     """One stage's output, its measurements, and whether it came from the cache."""
 
     artifact: ModelArtifact
-    metrics: dict[str, float]
+    metrics: Mapping[str, float]
     seconds: float
     cached: bool
 
@@ -91,7 +92,7 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
     with tracker.start(" ".join([info.recipe, *info.overrides]), run_tags(plan, info, data)):
         tracker.log_params(flatten(resolved_config(plan)))
         tracker.log_text(yaml.safe_dump(plan.config, sort_keys=False), "recipe.yaml")
-        measured: dict[str, dict[str, float]] = {}
+        measured: dict[str, Mapping[str, float]] = {}
         for index, planned in enumerate(plan.stages):
             raise_if_interrupted()
             log.info("[%d/%d] %s (%s)", index + 1, len(plan.stages), planned.name, planned.type)
@@ -163,7 +164,7 @@ def file_stamps(tree: Any) -> list[Any]:
 
 
 def stage_context(
-    plan: Plan, planned: PlannedStage, index: int, info: RunInfo, data: Dataset, measured: dict[str, dict[str, float]]
+    plan: Plan, planned: PlannedStage, index: int, info: RunInfo, data: Dataset, measured: dict[str, Mapping[str, float]]
 ) -> StageContext:
     """The context one stage runs in, with its own work folder and what earlier stages measured."""
     workdir = info.run_dir / "stages" / f"{index}_{planned.name}"

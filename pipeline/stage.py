@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.devices import DeviceParams, DeviceSetup
-from pipeline.schema import Params, Plugin
+from pipeline.schema import C, Params, Plugin
 
 if TYPE_CHECKING:
     from pipeline.data import Dataset
@@ -42,7 +42,7 @@ class StageContext:
     measurements: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
-class Stage(Plugin):
+class Stage(Plugin[C]):
     """Base class of stage plugins.
 
     Subclasses set `Config` (a `Params` schema), `accepts` (input formats; `None` in it means the

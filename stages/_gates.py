@@ -65,15 +65,15 @@ def accuracy_gate(keras_model: Any, tflite_path: Path, data: Any, tolerance: flo
 
 def float_operators(path: Path) -> list[str]:
     """Names of operators that read or write a floating-point tensor."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
+    from pipeline.private_api import read_tflite, tflite_operator_names
 
-    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-    model = flatbuffer_utils.read_model(str(path))
+    names = tflite_operator_names()
+    model = read_tflite(str(path))
     found = []
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
-            tensors = [i for i in [*(op.inputs if op.inputs is not None else []), *(op.outputs if op.outputs is not None else [])] if i >= 0]
+            ends = [*(op.inputs if op.inputs is not None else []), *(op.outputs if op.outputs is not None else [])]
+            tensors = [i for i in ends if i >= 0]
             if any(subgraph.tensors[i].type in FLOAT_TYPES for i in tensors):
                 code = model.operatorCodes[op.opcodeIndex]
                 found.append(names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM"))

@@ -42,7 +42,9 @@ def describe(
         "metrics": dict(metrics),
         "metrics_split": "test",
         "io": io_details(shipped),
-        "quantization": {key: model.metadata.get(key) for key in ("quantization", "calibration_samples", "sparse_encoding", "fully_integer")},
+        "quantization": {
+            key: model.metadata.get(key) for key in ("quantization", "calibration_samples", "sparse_encoding", "fully_integer")
+        },
         "lineage": [
             {
                 "stage": a.stage, "format": a.format.value, "file": a.path.name,

@@ -30,7 +30,7 @@ class ClusterParams(FitParams, LayerChoice):
     learning_rate: float = Field(3e-4, gt=0, le=10, description="Fine-tuning optimizer step size.")
 
 
-class ClusterStage(Stage):
+class ClusterStage(Stage[ClusterParams]):
     """Weight clustering to `number_of_clusters` values per kernel, fine-tuned and stripped."""
 
     Config: ClassVar = ClusterParams
@@ -42,8 +42,8 @@ class ClusterStage(Stage):
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         import tensorflow_model_optimization as tfmot
-        from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import ClusteringRegistry
-        from tensorflow_model_optimization.python.core.clustering.keras.experimental import cluster
+
+        from pipeline.private_api import cluster_weights, clusterable
 
         assert model is not None  # guaranteed by `accepts`
         params: ClusterParams = self.config
@@ -52,8 +52,7 @@ class ClusterStage(Stage):
         )
         init = tfmot.clustering.keras.CentroidInitialization[params.centroid_init.upper()]
 
-        def supported(layer: Any) -> bool:
-            return ClusteringRegistry.supports(layer) and bool(layer.get_weights())
+        supported = clusterable
 
         plan: dict[str, int] = {}
 
@@ -63,7 +62,7 @@ class ClusterStage(Stage):
             plan[layer.name] = clusters_for(layer_kernel(layer), params.number_of_clusters, params.per_channel, preserve)
             if not plan[layer.name]:
                 return layer
-            return cluster.cluster_weights(
+            return cluster_weights(
                 layer, number_of_clusters=plan[layer.name], cluster_centroids_init=init,
                 preserve_sparsity=preserve, cluster_per_channel=params.per_channel,
             )

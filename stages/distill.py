@@ -42,7 +42,7 @@ class DistillParams(FitParams):
     epochs: int = Field(20, ge=1, le=10_000, description="Passes over the training split.")
 
 
-class DistillStage(Stage):
+class DistillStage(Stage[DistillParams]):
     """Knowledge distillation from the incoming model (or a teacher file) into a fresh student.
 
     The teacher only predicts, so it may be an inference-only SavedModel; the student is built
@@ -99,6 +99,7 @@ class DistillStage(Stage):
             assert model is not None  # guaranteed by check_input
             student = model.load_keras()
         else:
+            assert not isinstance(params.student, str)  # "incoming" is the only string it takes
             builder = configure(registry.MODELS, params.student, f"stages.{ctx.name}.student")
             prepare(builder, ctx.data)
             student = ctx.device.prepare(builder.build(ctx.data.input_shape, ctx.data.num_classes))

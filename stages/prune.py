@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
+from pipeline.private_api import prunable
 from pipeline.stage import Stage, StageContext
 from stages._layers import LayerChoice, wrap_chosen
 from stages._training import FitParams, compile_model, fit, save_keras, steps_per_epoch
@@ -78,7 +79,7 @@ def mask_schedule(params: PruneParams, total_steps: int) -> tuple[int, int]:
     return (ramp // frequency) * frequency, frequency
 
 
-class PruneStage(Stage):
+class PruneStage(Stage[PruneParams]):
     """Magnitude pruning to `final_sparsity` (or m:n structured) with a polynomial or constant schedule."""
 
     Config: ClassVar = PruneParams
@@ -121,7 +122,7 @@ class PruneStage(Stage):
 
         pruned, names = wrap_chosen(model.load_keras(), params, supported, wrap, f"stages.{ctx.name}")
         ctx.log.info("    pruning %s", ", ".join(names))
-        if too_narrow:
+        if too_narrow and pattern is not None:
             ctx.log.warning(
                 "    %s left dense: %d:%d groups need input channels in multiples of %d",
                 ", ".join(too_narrow), pattern[0], pattern[1], pattern[1],
@@ -149,13 +150,6 @@ def fine_tune(keras_model: Any, model: ModelArtifact, ctx: StageContext, params:
     loss = distillation_loss("kl", params.teacher_alpha, temperature)
     compile_model(keras_model, params, loss=loss, metrics=[packed_accuracy])
     fit(keras_model, ctx, params, callbacks=callbacks, targets=teacher_targets(teacher, ctx.data))
-
-
-def prunable(layer: Any) -> bool:
-    """Whether TFMOT's registry knows how to prune `layer` (Dense, Conv, ...) and it has weights."""
-    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
-
-    return PruneRegistry.supports(layer) and bool(PruneRegistry._weight_names(layer))
 
 
 def pruning_schedule(params: PruneParams, total_steps: int, ctx: StageContext) -> Any:

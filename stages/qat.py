@@ -46,7 +46,7 @@ def chosen_scheme(requested: str, effects: frozenset[Effect]) -> str:
     return next(scheme for scheme, keeps in KEEPS.items() if keeps == effects & {Effect.PRUNED, Effect.CLUSTERED})
 
 
-class QuantizeAwareStage(Stage):
+class QuantizeAwareStage(Stage[QuantizeAwareParams]):
     """Fine-tune with simulated int8 quantization, then convert to a full-integer int8 TFLite file.
 
     TFMOT's quantize wrappers (the cluster-preserving ones in particular) do not reload from a
@@ -125,16 +125,15 @@ def settle_ranges(aware: Any, calibration: Any, rounds: int = 3) -> None:
 def quantize_aware(keras_model: Any, scheme: str) -> Any:
     """`keras_model` wrapped by TFMOT's quantize_apply with the scheme's quantization registry."""
     import tensorflow_model_optimization as tfmot
-    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
-        default_8bit_cluster_preserve_quantize_scheme as cluster_preserve,
-    )
+
+    from pipeline.private_api import cluster_preserving_scheme
 
     quantization = tfmot.quantization.keras
     if scheme == "default":
         return quantization.quantize_model(keras_model)
     schemes = {
         "pqat": lambda: tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme(),
-        "cqat": lambda: cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False),
-        "pcqat": lambda: cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True),
+        "cqat": lambda: cluster_preserving_scheme(preserve_sparsity=False),
+        "pcqat": lambda: cluster_preserving_scheme(preserve_sparsity=True),
     }
     return quantization.quantize_apply(quantization.quantize_annotate_model(keras_model), schemes[scheme]())

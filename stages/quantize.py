@@ -50,7 +50,7 @@ class QuantizeParams(GateParams, ServingParams):
         return self
 
 
-class QuantizeStage(Stage):
+class QuantizeStage(Stage[QuantizeParams]):
     """Keras model or inference-only SavedModel -> .tflite via tf.lite.TFLiteConverter."""
 
     Config: ClassVar = QuantizeParams

@@ -7,6 +7,7 @@ from typing import Any
 
 from pipeline.artifact import ModelFormat
 from pipeline.errors import PipelineError
+from pipeline.private_api import is_graph_network
 
 log = logging.getLogger("pipeline")
 
@@ -28,7 +29,9 @@ def check_compatible(builder: Any, data: Any) -> None:
     if check is not None:
         check(data.input_shape, data.num_classes)
     if starting_format(builder) is ModelFormat.SAVED_MODEL:
-        model = starting_artifact(builder).load_model()  # a signature: its shapes, no Keras model
+        start = starting_artifact(builder)
+        assert start is not None  # a SavedModel start is always a file
+        model = start.load_model()  # a signature: its shapes, no Keras model
     else:
         model = builder.build(data.input_shape, data.num_classes)
     expected = tuple(model.input_shape[1:]) if isinstance(model.input_shape, tuple) else None
@@ -60,7 +63,7 @@ def without_softmax(model: Any) -> Any:
     """
     import tf_keras as keras
 
-    if not model.layers or not (isinstance(model, keras.Sequential) or model._is_graph_network):
+    if not model.layers or not (isinstance(model, keras.Sequential) or is_graph_network(model)):
         return model  # a subclassed model's last layer need not be its last step
     last = model.layers[-1]
     if isinstance(last, keras.layers.Softmax) or (
