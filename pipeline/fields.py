@@ -48,3 +48,12 @@ OptionalFile = Annotated[str, AfterValidator(_exists("file"))]
 
 ExistingPath = Annotated[str, BeforeValidator(_required), AfterValidator(_exists("any"))]
 """A required path to an existing file or folder (a SavedModel is a folder, a .keras file is not)."""
+
+
+def _switch_words(value: Any) -> Any:
+    # `key=false` on the command line (and `key: false` in YAML) arrives as a boolean.
+    return str(value).lower() if isinstance(value, bool) else value
+
+
+Switch = Annotated[Literal["auto", "true", "false"], BeforeValidator(_switch_words)]
+"""auto, true or false; booleans as Hydra and YAML parse `true`/`false` are taken as their words."""

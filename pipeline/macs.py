@@ -19,12 +19,28 @@ _TFLITE_WEIGHTS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "
 
 
 def keras_macs(model: Any) -> int:
-    """MACs of one example through a tf-keras model, nested models included."""
-    return sum(layer_macs(layer) for layer in model.layers)
+    """MACs of one example through a tf-keras model, nested models included; a layer called twice counts twice."""
+    return sum(layer_macs(layer, node) for layer, node in calls(model))
 
 
-def layer_macs(layer: Any) -> int:
-    """MACs of one example through `layer` (0 for layers without a kernel)."""
+def calls(model: Any) -> list[tuple[Any, Any]]:
+    """Every call of a layer in `model`'s own graph, inputs first, as (layer, node); (layer, None) per layer
+    for a model without a graph (subclassed).
+
+    A layer's first node may belong to another graph (the nested model it was flattened from, whose
+    input size may be unknown), so shapes are read from the calls in this one.
+    """
+    from pipeline.private_api import is_graph_network, nodes_by_depth
+
+    if not is_graph_network(model):
+        return [(layer, None) for layer in model.layers]
+    by_depth = nodes_by_depth(model)
+    nodes = (node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth])
+    return [(node.layer, node) for node in nodes if not node.is_input]
+
+
+def layer_macs(layer: Any, node: Any = None) -> int:
+    """MACs of one example through one call of `layer` (`node`; default its first), 0 for layers without a kernel."""
     import tf_keras as keras
 
     if isinstance(layer, keras.Model):
@@ -34,7 +50,11 @@ def layer_macs(layer: Any) -> int:
     if not size:
         return 0
     # A transposed convolution applies its kernel at every input position, the others at every output one.
-    shape = layer.get_input_shape_at(0) if "Transpose" in type(layer).__name__ else layer.get_output_shape_at(0)
+    transposed = "Transpose" in type(layer).__name__
+    if node is not None:
+        shape = node.input_shapes if transposed else node.output_shapes
+    else:
+        shape = layer.get_input_shape_at(0) if transposed else layer.get_output_shape_at(0)
     return int(size * math.prod(d or 1 for d in shape[1:-1]))
 
 

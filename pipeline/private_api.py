@@ -28,9 +28,16 @@ def untested_versions() -> list[str]:
     return found
 
 
+def keras_history(tensor: Any) -> tuple[Any, int, int]:
+    """(layer, node index, tensor index) of the call that made the symbolic tf-keras `tensor`: which
+    call of a layer object it came from, which a flattened model's shared layers need."""
+    layer, node_index, tensor_index = tensor._keras_history
+    return layer, node_index, tensor_index
+
+
 def producing_layer(tensor: Any) -> Any:
-    """The tf-keras layer whose call made the symbolic `tensor` (its `_keras_history`)."""
-    return tensor._keras_history.layer
+    """The tf-keras layer whose call made the symbolic `tensor`."""
+    return keras_history(tensor)[0]
 
 
 def is_graph_network(model: Any) -> bool:
@@ -43,6 +50,19 @@ def nodes_by_depth(model: Any) -> dict[int, list[Any]]:
     return model._nodes_by_depth
 
 
+def is_symbolic(value: Any) -> bool:
+    """Whether `value` is a symbolic tf-keras tensor (a functional graph's), not a concrete one."""
+    from tf_keras.src.engine.keras_tensor import KerasTensor
+
+    return isinstance(value, KerasTensor)
+
+
+def rename_layer(layer: Any, name: str) -> None:
+    """Give a built tf-keras layer another name (Keras offers no setter): two nested models may both
+    hold a `dense`, and one flat graph needs unique names."""
+    layer._name = name
+
+
 def safe_mode_scope(safe_mode: bool) -> Any:
     """A context in which tf-keras applies `safe_mode` to every loader, not only to .keras files
     (the .h5 and SavedModel loaders otherwise rebuild Lambda layers from raw bytecode)."""
@@ -52,20 +72,26 @@ def safe_mode_scope(safe_mode: bool) -> Any:
 
 
 def prunable(layer: Any) -> bool:
-    """Whether TFMOT's pruning registry knows `layer` and lists weights of it to prune.
-
-    `prune_low_magnitude` raises on an unknown layer; asking first lets a stage skip and name it.
-    """
+    """Whether TFMOT can prune `layer`: it implements PrunableLayer, or the registry knows it and lists
+    weights of it to prune. `prune_low_magnitude` raises on any other; asking first lets a stage
+    leave the layer dense and name it."""
+    import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
 
+    if isinstance(layer, tfmot.sparsity.keras.PrunableLayer):
+        return True
     return PruneRegistry.supports(layer) and bool(PruneRegistry._weight_names(layer))
 
 
 def clusterable(layer: Any) -> bool:
-    """Whether TFMOT's clustering registry knows `layer` (and it has weights to cluster)."""
+    """Whether TFMOT can cluster `layer`: it implements ClusterableLayer, or the registry lists weights
+    of it to cluster (the registry "supports" DepthwiseConv2D but lists none of its weights)."""
+    import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import ClusteringRegistry
 
-    return ClusteringRegistry.supports(layer) and bool(layer.get_weights())
+    if isinstance(layer, tfmot.clustering.keras.ClusterableLayer):
+        return True
+    return ClusteringRegistry.supports(layer) and bool(ClusteringRegistry._weight_names(layer))
 
 
 def cluster_weights(layer: Any, **options: Any) -> Any:
@@ -75,14 +101,29 @@ def cluster_weights(layer: Any, **options: Any) -> Any:
     return cluster.cluster_weights(layer, **options)
 
 
-def cluster_preserving_scheme(preserve_sparsity: bool) -> Any:
-    """TFMOT's quantization scheme that keeps clustered weights (CQAT; PCQAT with the zeros too),
-    which TFMOT's public `experimental.combine` does not export."""
+def quantize_scheme(name: str) -> Any:
+    """TFMOT's quantization-aware scheme `name`: default, pqat, or cqat / pcqat (cluster-preserving,
+    which TFMOT's public `experimental.combine` does not export; pcqat also keeps the zeros)."""
+    import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
         default_8bit_cluster_preserve_quantize_scheme as cluster_preserve,
     )
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_scheme
 
-    return cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=preserve_sparsity)
+    schemes = {
+        "default": default_8bit_quantize_scheme.Default8BitQuantizeScheme,
+        "pqat": tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme,
+        "cqat": lambda: cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False),
+        "pcqat": lambda: cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True),
+    }
+    return schemes[name]()
+
+
+def default_8bit_registry() -> Any:
+    """The registry of TFMOT's default 8-bit scheme: which layers its configs can quantize."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_registry
+
+    return default_8bit_quantize_registry.Default8BitQuantizeRegistry()
 
 
 def read_tflite(path: str) -> Any:

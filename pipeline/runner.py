@@ -25,7 +25,9 @@ from pipeline.artifact import ModelArtifact
 from pipeline.cache import StageCache, cache_key, referenced_files
 from pipeline.data.dataset import check_finite
 from pipeline.interrupts import raise_if_interrupted
-from pipeline.models import check_compatible, prepare, starting_artifact
+from pipeline.layer_plan import LayerPlan, plan_layers
+from pipeline.models import build, check_compatible, prepare, starting_artifact
+from pipeline.models.compat import describe
 from pipeline.preflight import check_environment
 from pipeline.recipe import Plan, PlannedStage, build_plan
 from pipeline.stage import StageContext
@@ -81,7 +83,11 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
     check_environment(settings)
     info = for_this_worker(plan, info)
     data = load_data(plan)
+    layers = planned_layers(plan, data)  # a model no stage can work on fails here, before any training
+    log.info("layer plan:\n%s", layers.table())
     info.run_dir.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".md", layers.table() + "\n"), (".json", layers.dumps())):
+        (info.run_dir / f"layer_plan{suffix}").write_text(text)
     chief = plan.device.role.is_chief  # only the chief writes the cache and the MLflow run
     cache = StageCache(Path(settings.outputs) / "cache") if settings.cache and chief else None
     tracker = BackgroundTracker(settings.tracking, Path(settings.outputs)) if chief else NoTracking()
@@ -92,6 +98,8 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
     with tracker.start(" ".join([info.recipe, *info.overrides]), run_tags(plan, info, data)):
         tracker.log_params(flatten(resolved_config(plan)))
         tracker.log_text(yaml.safe_dump(plan.config, sort_keys=False), "recipe.yaml")
+        tracker.log_file(info.run_dir / "layer_plan.md")
+        tracker.log_file(info.run_dir / "layer_plan.json")
         measured: dict[str, Mapping[str, float]] = {}
         for index, planned in enumerate(plan.stages):
             raise_if_interrupted()
@@ -132,7 +140,7 @@ _loaded: dict[str, Dataset] = {}
 
 
 def load_data(plan: Plan) -> Dataset:
-    """Load the configured data source, logging the split sizes; fail fast if the model cannot take it."""
+    """Load the configured data source, logging the split sizes."""
     log.info("loading data '%s'", plan.settings.data["name"])
     config = plan.data_source.config.model_dump(mode="json")
     source = json.dumps([config, plan.settings.seed, file_stamps(config)], sort_keys=True)
@@ -145,9 +153,15 @@ def load_data(plan: Plan) -> Dataset:
         len(data.x_train), len(data.x_val), len(data.x_test), data.input_shape, data.num_classes,
     )
     check_finite(data, plan.settings.data["name"])
-    prepare(plan.model_builder, data)
-    check_compatible(plan.model_builder, data)  # a data/model mismatch fails here, before any training
+    prepare(plan.model_builder, data)  # before any model is built (a Keras 3 file is checked on the data)
     return data
+
+
+def planned_layers(plan: Plan, data: Dataset) -> LayerPlan:
+    """Build the model once (a data/model mismatch fails here), then ask every stage what it will do to each layer."""
+    seed_everything(plan.settings.seed)  # a fresh session: layer names as the first stage will build them
+    model = check_compatible(plan.model_builder, data)
+    return plan_layers(model, plan.stages, describe(plan.model_builder))
 
 
 def file_stamps(tree: Any) -> list[Any]:
@@ -176,7 +190,7 @@ def stage_context(
         run_dir=info.run_dir,
         seed=plan.settings.seed,
         data=data,
-        build_model=lambda: plan.device.prepare(plan.model_builder.build(data.input_shape, data.num_classes)),
+        build_model=lambda: plan.device.prepare(build(plan.model_builder, data)),
         log=log,
         device=plan.device,
         config=resolved_config(plan),

@@ -14,6 +14,7 @@ from pipeline.schema import C, Params, Plugin
 
 if TYPE_CHECKING:
     from pipeline.data import Dataset
+    from pipeline.layer_plan import LayerPlan, StagePlan
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,14 @@ class Stage(Plugin[C]):
         through, from the earlier stages' `effects_after`. `where` is `stages.NAME`.
         """
 
+    def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan | None:
+        """What this stage will do to each layer of `model` (a tf-keras model), without training.
+
+        `earlier` holds what the stages before it will have done (e.g. which layers were pruned).
+        None (the default) means the stage changes no layer in particular. A stage that acts layer
+        by layer raises `pipeline.layer_plan.NeedsLayerGraph` for a model without a layer graph.
+        """
+        return None
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
         """What the model this stage hands on has been through, given what its input had.
 

@@ -70,12 +70,16 @@ def cells(row: StageRow) -> list[str]:
 def table(rows: Sequence[StageRow]) -> str:
     """A Markdown table (readable as plain text too) of every stage's measurements."""
     header = [title for title, _ in COLUMNS]
-    body = [cells(row) for row in rows]
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    return markdown(header, [cells(row) for row in rows], right_aligned=set(range(2, len(header))))
+
+
+def markdown(header: list[str], rows: list[list[str]], right_aligned: set[int]) -> str:
+    """A Markdown table with columns padded to their widest cell, the `right_aligned` ones (numbers) to the right."""
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
 
     def line(values: list[str]) -> str:
-        padded = [v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))]
+        padded = [v.rjust(w) if i in right_aligned else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths))]
         return "| " + " | ".join(padded) + " |"
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), rule, *(line(b) for b in body)])
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])

@@ -9,8 +9,12 @@ Concatenate lays groups side by side. Flatten repeats its input's channels once 
 position, so a Dense layer after it loses one input row per position and removed channel.
 
 Anything else (a custom layer, LayerNormalization, Reshape, a softmax over channels, the model's
-outputs) fixes the channels it sees: they are never removed. The analysis is conservative: what
-it does not understand stays as it is.
+outputs) fixes the channels it sees: they are never removed, and the graph says which layer fixed
+them (`why_fixed`). The analysis is conservative: what it does not understand stays as it is.
+
+A layer called more than once (a shared block of a flattened model) has one set of weights: a
+producer or per-channel layer keeps one channel group for all its calls, which works when every
+call sees the same input channels, and fixes them otherwise.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ class ChannelGraph:
     """Channel groups of one model, tied where removals must agree.
 
     `size[g]` is the width of group g; `find(g)` its representative after tying; `fixed` the
-    representatives that must keep every channel. `producers[g]` names the layers whose output
+    representatives that must keep every channel, and `fixed_by` why (for the plan and errors). `producers[g]` names the layers whose output
     channels are group g (several after tying). `inputs[layer]` and `outputs[layer]` are the
     layouts a rebuilt layer slices its weights by; `role[layer]` says how (producer, per_channel,
     reshape), and layers without a role keep their weights.
@@ -65,19 +69,22 @@ class ChannelGraph:
     size: list[int] = field(default_factory=list)
     parent: list[int] = field(default_factory=list)
     fixed_groups: set[int] = field(default_factory=set)
+    fixed_by: dict[int, str] = field(default_factory=dict)
     producer_group: dict[str, int] = field(default_factory=dict)
     inputs: dict[str, Layout] = field(default_factory=dict)
     outputs: dict[str, Layout] = field(default_factory=dict)
     role: dict[str, str] = field(default_factory=dict)
     followed_by: dict[str, str] = field(default_factory=dict)  # producer -> the BatchNormalization right after it
 
-    def new_group(self, size: int, fixed: bool = False) -> int:
-        """A fresh group of `size` channels."""
+    def new_group(self, size: int, fixed: str | None = None) -> int:
+        """A fresh group of `size` channels; `fixed` says why they must all stay, if they must."""
         self.size.append(size)
         self.parent.append(len(self.parent))
+        group = len(self.parent) - 1
         if fixed:
-            self.fixed_groups.add(len(self.parent) - 1)
-        return len(self.parent) - 1
+            self.fixed_groups.add(group)
+            self.fixed_by[group] = fixed
+        return group
 
     def find(self, group: int) -> int:
         """The representative of `group`'s tied set."""
@@ -93,10 +100,18 @@ class ChannelGraph:
             self.parent[b] = a
             if b in self.fixed_groups:
                 self.fixed_groups.add(a)
+                self.fixed_by.setdefault(a, self.fixed_by.get(b, ""))
 
-    def fix(self, layout: Layout) -> None:
-        """Keep every channel of the groups in `layout`."""
-        self.fixed_groups.update(self.find(g) for g in layout.groups)
+    def fix(self, layout: Layout, why: str) -> None:
+        """Keep every channel of the groups in `layout`, because of `why`."""
+        for group in layout.groups:
+            root = self.find(group)
+            self.fixed_groups.add(root)
+            self.fixed_by.setdefault(root, why)
+
+    def why_fixed(self, group: int) -> str | None:
+        """Why `group`'s channels must all stay (the layer that needs them), or None when they may go."""
+        return self.fixed_by.get(self.find(group), "") if self.fixed(group) else None
 
     def fixed(self, group: int) -> bool:
         """Whether `group`'s channels must all stay."""
@@ -147,7 +162,7 @@ def analyse(model: Any) -> ChannelGraph:
         for tensor, layout in zip(outputs, made):
             layouts[id(tensor)] = layout
     for tensor in model.outputs:  # the classes, or whatever a model hands on, stay
-        graph.fix(layouts[id(tensor)])
+        graph.fix(layouts[id(tensor)], "feeds the model's outputs")
     return graph
 
 
@@ -178,13 +193,16 @@ def _visit(graph: ChannelGraph, call: Call) -> list[Layout]:
     kind = type(layer).__name__
     config = layer.get_config()
     if not inputs:  # an InputLayer: the data's channels
-        return [Layout((graph.new_group(_channels(t), fixed=True),)) for t in outputs]
-    if call.shared or config.get("data_format", "channels_last") != "channels_last":
-        return _opaque(graph, inputs, outputs)  # a layer called twice keeps its weights whole
+        return [Layout((graph.new_group(_channels(t), fixed="the model's inputs"),)) for t in outputs]
+    if config.get("data_format", "channels_last") != "channels_last":
+        return _opaque(graph, call)
+    if call.shared and layer.name in graph.role:  # a later call of a layer with weights: one group for all calls
+        return _shared_call(graph, call)
     if kind in PRODUCERS and _simple_producer(config):
         graph.inputs[layer.name], graph.role[layer.name] = inputs[0], "producer"
         # A producer whose own activation mixes its channels (a softmax) must keep them all.
-        group = graph.new_group(_channels(outputs[0]), fixed=config.get("activation") in MIXING_ACTIVATIONS)
+        mixing = f"its {config.get('activation')} mixes its channels" if config.get("activation") in MIXING_ACTIVATIONS else None
+        group = graph.new_group(_channels(outputs[0]), fixed=mixing)
         graph.producer_group[layer.name] = group
         graph.outputs[layer.name] = Layout((group,))
         return [graph.outputs[layer.name]]
@@ -201,17 +219,37 @@ def _visit(graph: ChannelGraph, call: Call) -> list[Layout]:
         return [inputs[0]]
     if kind == "Concatenate" and config["axis"] in (-1, len(call.after) - 1) and all(i.repeat == 1 for i in inputs):
         return [Layout(tuple(g for layout in inputs for g in layout.groups))]
-    if kind == "Reshape" and inputs[0].repeat == 1 and _keeps_last_axis(call.before, call.after):
+    if kind == "Reshape" and not call.shared and inputs[0].repeat == 1 and _keeps_last_axis(call.before, call.after):
         graph.role[layer.name], graph.outputs[layer.name] = "reshape", inputs[0]
         return [inputs[0]]
-    return _opaque(graph, inputs, outputs)
+    return _opaque(graph, call)
 
 
-def _opaque(graph: ChannelGraph, inputs: list[Layout], outputs: list[Any]) -> list[Layout]:
+def _opaque(graph: ChannelGraph, call: Call) -> list[Layout]:
     """A layer the surgery does not understand: its inputs keep every channel, its outputs are new."""
-    for layout in inputs:
-        graph.fix(layout)
-    return [Layout((graph.new_group(_channels(t), fixed=True),)) for t in outputs]
+    named = f"{call.layer.name} ({type(call.layer).__name__})"
+    for layout in call.inputs:
+        graph.fix(layout, f"feeds {named}, which channel pruning leaves whole")
+    return [Layout((graph.new_group(_channels(t), fixed=f"made by {named}"),)) for t in call.outputs]
+
+
+def _shared_call(graph: ChannelGraph, call: Call) -> list[Layout]:
+    """A second (or later) call of a producer or per-channel layer: the channels of its first call.
+
+    Its weights follow one input layout; a call on other input channels fixes both calls' channels.
+    """
+    name = call.layer.name
+    first = graph.inputs[name]
+    if not _same_layout(graph, call.inputs[0], first):
+        why = f"{name} is called on inputs with different channels"
+        for layout in (first, call.inputs[0], graph.outputs[name]):
+            graph.fix(layout, why)
+    return [graph.outputs[name]]
+
+
+def _same_layout(graph: ChannelGraph, first: Layout, second: Layout) -> bool:
+    """Whether two layouts are the same channel groups, repeated alike."""
+    return first.repeat == second.repeat and [graph.find(g) for g in first.groups] == [graph.find(g) for g in second.groups]
 
 
 def _simple_producer(config: dict[str, Any]) -> bool:

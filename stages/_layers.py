@@ -1,4 +1,10 @@
-"""Choosing which layers a compression stage wraps, by layer name or layer type."""
+"""Choosing which layers a compression stage wraps, by layer name or layer type, and saying why not.
+
+Prune and cluster act on layers with a kernel (a weight of rank 2 or more: the weights the runner's
+sparsity counts). `choose_layers` decides for each such layer, in the stage's words, whether the
+stage acts on it or leaves it alone and why; the same answer makes the layer plan before training
+and the wrapping during the stage, so the plan shows what the stage does.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import Any
 from pydantic import Field
 
 from pipeline.errors import PipelineError
+from pipeline.layer_plan import Action, NeedsLayerGraph
 from pipeline.schema import Params
 
 
@@ -42,32 +49,88 @@ def check_patterns(model: Any, patterns: Iterable[str], key: str) -> None:
             raise PipelineError(f"{key}: '{pattern}' matches no layer name or type; the model has {', '.join(sorted(known))}")
 
 
-def wrap_chosen(
-    model: Any, choice: LayerChoice, supported: Callable[[Any], bool], wrap: Callable[[Any], Any], where: str
-) -> tuple[Any, list[str]]:
-    """A clone of `model` with `wrap` applied to each chosen, supported layer, and their names.
+def require_layer_graph(model: Any, where: str) -> None:
+    """NeedsLayerGraph unless `model` is functional or Sequential: TFMOT wraps layers of a graph."""
+    from pipeline.models.flatten import is_graph_model
 
-    Layers named explicitly in `layers` but not supported raise PipelineError instead of being
-    left alone silently.
+    if not is_graph_model(model):
+        raise NeedsLayerGraph(f"{where}: the model has no layer graph")
+
+
+def kernel_sizes(layer: Any) -> int:
+    """Number of values in `layer`'s weights of rank 2 or more (kernels, not biases or scales)."""
+    return sum(int(w.shape.num_elements()) for w in layer.weights if len(w.shape) >= 2)
+
+
+def choose_layers(
+    model: Any, choice: LayerChoice, why_not: Callable[[Any], str | None], where: str, verb: str, left: str
+) -> dict[str, Action]:
+    """For every layer with a kernel: `verb` if chosen and supported, else `left` and the reason.
+
+    `why_not(layer)` is None for a layer the technique supports, else a short reason. A layer named
+    explicitly in `layers` but not supported raises PipelineError instead of being left alone
+    silently, as does a choice that leaves nothing to act on.
+    """
+    require_layer_graph(model, where)
+    check_names(model, choice, where)
+    actions: dict[str, Action] = {}
+    for layer in model.layers:
+        if not kernel_sizes(layer):
+            continue
+        if matches(layer, choice.skip_layers):
+            actions[layer.name] = Action(left, "skip_layers")
+        elif choice.layers and not matches(layer, choice.layers):
+            actions[layer.name] = Action(left, "not in layers")
+        elif (reason := why_not(layer)) is not None:
+            if layer.name in choice.layers:
+                named = f"layer '{layer.name}' ({type(layer).__name__})"
+                raise PipelineError(f"{where}.layers: {named} is not supported here ({reason}); remove it")
+            actions[layer.name] = Action(left, reason)
+        else:
+            actions[layer.name] = Action(verb)
+    if not any(action.kind == verb for action in actions.values()):
+        raise PipelineError(f"{where}.layers: no supported layer chosen; list layer names or types such as Dense, Conv2D")
+    return actions
+
+
+def acted_on(actions: dict[str, Action], verb: str) -> list[str]:
+    """Names of the layers whose action is `verb`."""
+    return [name for name, action in actions.items() if action.kind == verb]
+
+
+def kernel_share(model: Any, names: Iterable[str]) -> float:
+    """Share of the model's kernel weights (rank 2 or more) that the named layers hold."""
+    wanted = set(names)
+    total = sum(kernel_sizes(layer) for layer in model.layers)
+    return sum(kernel_sizes(layer) for layer in model.layers if layer.name in wanted) / total if total else 0.0
+
+
+def left_alone(model: Any, actions: dict[str, Action], verb: str) -> str:
+    """One phrase for the log: the layers not acted on, why, and their share of the kernel weights.
+
+    Many layers of one type left for one reason (every DepthwiseConv2D of a MobileNet) are counted,
+    not listed; the layer plan names each.
+    """
+    others = {name: action for name, action in actions.items() if action.kind != verb}
+    if not others:
+        return "none"
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, action in others.items():
+        groups.setdefault((type(model.get_layer(name)).__name__, action.why), []).append(name)
+    listed = ", ".join(
+        f"{', '.join(names)} ({why})" if len(names) <= 3 else f"{len(names)} {kind} layers ({why})"
+        for (kind, why), names in groups.items()
+    )
+    return f"{listed}: {kernel_share(model, others):.1%} of the weights"
+
+
+def wrap_layers(model: Any, names: list[str], wrap: Callable[[Any], Any]) -> Any:
+    """A clone of `model` with `wrap` applied to the named layers.
+
+    The clone reuses `model`'s layer objects (and so their trained weights); callers pass a
+    model freshly loaded from its file, never one they still need unchanged.
     """
     import tf_keras as keras
 
-    check_names(model, choice, where)
-    wrapped: list[str] = []
-
-    # The clone reuses `model`'s layer objects (and so their trained weights); callers pass a
-    # model freshly loaded from its file, never one they still need unchanged.
-    def clone(layer: Any) -> Any:
-        if matches(layer, choice.skip_layers) or (choice.layers and not matches(layer, choice.layers)):
-            return layer
-        if not supported(layer):
-            if layer.name in choice.layers:
-                raise PipelineError(f"{where}.layers: layer '{layer.name}' ({type(layer).__name__}) is not supported here; remove it")
-            return layer
-        wrapped.append(layer.name)
-        return wrap(layer)
-
-    cloned = keras.models.clone_model(model, clone_function=clone)
-    if not wrapped:
-        raise PipelineError(f"{where}.layers: no supported layer chosen; list layer names or types such as Dense, Conv2D")
-    return cloned, wrapped
+    wanted = set(names)
+    return keras.models.clone_model(model, clone_function=lambda layer: wrap(layer) if layer.name in wanted else layer)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.macs import layer_macs
+from pipeline.macs import calls, layer_macs
 from stages._channel_graph import ChannelGraph, Layout
 
 Kept = Mapping[int, np.ndarray]  # group representative -> sorted indices of the channels that stay
@@ -113,8 +113,8 @@ def counted_macs(model: Any, graph: ChannelGraph, counts: Mapping[int, int]) -> 
         sum(counts.get(graph.find(g), graph.size[g]) for g in layout.groups) / max(1, sum(graph.size[g] for g in layout.groups))
     )
     total = 0.0
-    for layer in model.layers:
-        macs = layer_macs(layer)
+    for layer, node in calls(model):
+        macs = layer_macs(layer, node)
         role = graph.role.get(layer.name)
         if role == "producer":
             macs *= fraction(graph.inputs[layer.name]) * fraction(graph.outputs[layer.name])

@@ -5,7 +5,10 @@ dense kernels do the same work. This stage removes whole filters of Conv/Separab
 and units of Dense layers (with the matching input weights of the next layers, the channels of
 BatchNormalization and depthwise layers in between, and channels tied through residual Adds),
 then fine-tunes. The result is an ordinary, narrower Keras model: every later stage (magnitude
-pruning, int8, QAT, distillation into it) and every runtime sees a smaller model.
+pruning, int8, QAT, distillation into it) and every runtime sees a smaller model. A nested model
+(blocks, a keras.applications base called as a layer) is flattened into one graph first, so the
+layers inside the blocks lose channels too; the layer plan shows, before any training, how many
+channels each layer keeps and why the others stay whole.
 
 It is its own stage rather than a `prune` setting because it hands on a different model (fewer
 parameters, a new architecture) and takes different settings (a share of channels or a MACs
@@ -22,9 +25,10 @@ from pydantic import Field
 
 from pipeline.artifact import Effect, ModelArtifact
 from pipeline.errors import PipelineError
+from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.private_api import is_graph_network
 from pipeline.stage import Stage, StageContext
-from stages._layers import LayerChoice, check_names, check_patterns, matches
+from stages._layers import LayerChoice, check_names, check_patterns, left_alone, matches, require_layer_graph
 from stages._training import FitParams, compile_model, fit, save_keras
 
 if TYPE_CHECKING:
@@ -61,6 +65,23 @@ class ChannelPruneStage(Stage[ChannelPruneParams]):
         kept = incoming if self.config.epochs == 0 else incoming - {Effect.PRUNED, Effect.CLUSTERED}
         return kept | {Effect.CHANNEL_PRUNED}
 
+    def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
+        """How many channels each layer keeps, and why the others stay whole; later stages plan on the narrower model."""
+        from stages._channel_graph import analyse
+        from stages._surgery import choose, rebuild, scores
+
+        require_layer_graph(model, where)
+        final, share = target_counts(model, self.config, where)
+        graph = analyse(model)
+        actions = channel_actions(model, final, graph, self.config, share)
+        counts = {root: entry[2] for root, names in graph.prunable().items() if (entry := planned(final, names)) is not None}
+        narrower = rebuild(model, graph, choose(scores(model, graph, self.config.criterion), counts))
+        removes = f"removes {share:.0%} of each layer's channels"
+        if self.config.flops_target is not None:
+            removes = f"keeps at most {self.config.flops_target:.0%} of the MACs ({removes.replace('removes', 'removing')})"
+        summary = f"{removes}; kept whole: {left_alone(model, actions, NARROWED)}"
+        return StagePlan(actions, summary, model=narrower)
+
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         from pipeline.macs import keras_macs
         from stages._channel_graph import analyse
@@ -69,12 +90,12 @@ class ChannelPruneStage(Stage[ChannelPruneParams]):
         assert model is not None  # guaranteed by `accepts`
         params: ChannelPruneParams = self.config
         where = f"stages.{ctx.name}"
-        current = flat_model(model.load_keras(), where)
+        current = flat_model(model.load_keras(), where, ctx.data.x_train[:32])
         before = keras_macs(current)
         final, share = target_counts(current, params, where)
         if params.flops_target is not None:
             ctx.log.info("    share %.3f keeps at most %.0f%% of the MACs", share, 100 * params.flops_target)
-        log_plan(current, final, ctx)
+        log_plan(current, final, analyse(current), params, share, ctx)
         for step, epochs in enumerate(spread(params.epochs, params.steps), start=1):
             graph = analyse(current)
             counts = {root: step_count(entry, step, params.steps) for root, names in graph.prunable().items()
@@ -91,19 +112,17 @@ class ChannelPruneStage(Stage[ChannelPruneParams]):
         )
 
 
-def flat_model(keras_model: Any, where: str) -> Any:
-    """The model itself when it is one flat graph of layers; a one-line error otherwise."""
-    from stages._channel_graph import nested_model
+def flat_model(keras_model: Any, where: str, sample: Any = None) -> Any:
+    """The model as one flat graph of layers (nested models flattened, checked on `sample`); a one-line error
+    for a subclassed model, which has no layer graph."""
+    from pipeline.models.flatten import flatten
 
     if not is_graph_network(keras_model):
-        raise PipelineError(f"{where}: the model is a subclassed Keras model; channel pruning needs a functional or Sequential model")
-    inner = nested_model(keras_model)
-    if inner is not None:
         raise PipelineError(
-            f"{where}: the model nests another model ('{inner}'); channel pruning works on one flat graph of layers: "
-            "build it from the inner model's layers (keras.applications: input_tensor=...) instead of calling it as a layer"
+            f"{where}: the model is a subclassed Keras model (no layer graph); channel pruning needs a functional or "
+            "Sequential model: build it with keras.Model(inputs, outputs) or keras.Sequential"
         )
-    return keras_model
+    return flatten(keras_model, sample, where)
 
 
 def layer_share(layer: Any, params: ChannelPruneParams, overall: float) -> tuple[float, str]:
@@ -140,6 +159,12 @@ def target_counts(model: Any, params: ChannelPruneParams, where: str) -> tuple[P
     check_names(model, params, where)
     check_patterns(model, params.shares, f"{where}.shares")
     graph = analyse(model)
+    if not graph.prunable():
+        whole = ", ".join(f"{name} ({why})" for name, why in kept_whole(model, graph, {}, params, 0.0).items())
+        raise PipelineError(
+            f"{where}: no layer's channels can be removed: {whole}; remove {where} from the recipe "
+            "(prune zeroes weights of any Dense or Conv layer instead), or replace the layers named"
+        )
     overall = params.share if params.flops_target is None else search_share(model, graph, params, where)
     final = {}
     for root, (count, share, key) in group_counts(model, graph, params, overall).items():
@@ -205,18 +230,53 @@ def spread(epochs: int, steps: int) -> list[int]:
     return [epochs // steps + (1 if i >= steps - epochs % steps else 0) for i in range(steps)]
 
 
-def log_plan(model: Any, final: Plan, ctx: StageContext) -> None:
-    """The per-layer plan before any work: channels before and after, and what stays whole."""
+NARROWED = "narrowed"
+
+
+def kept_whole(model: Any, graph: ChannelGraph, final: Plan, params: ChannelPruneParams, overall: float) -> dict[str, str]:
+    """Each Conv or Dense layer that keeps all its channels, and why: a setting, or the layer that needs them."""
     from stages._channel_graph import PRODUCERS
 
-    planned = set()
+    narrowed = {name for names, _, _ in final.values() for name in names}
+    whole = {}
+    for layer in model.layers:
+        if type(layer).__name__ not in PRODUCERS or layer.name in narrowed:
+            continue
+        group = graph.producer_group.get(layer.name)
+        if group is None:
+            whole[layer.name] = "its kernel mixes channels in a way channel pruning leaves alone"
+        elif graph.fixed(group):
+            whole[layer.name] = graph.why_fixed(group) or "its channels are fixed"
+        else:
+            whole[layer.name] = why_unchosen(layer, graph.size[group], params, overall)
+    return whole
+
+
+def why_unchosen(layer: Any, size: int, params: ChannelPruneParams, overall: float) -> str:
+    """Why a layer whose channels could go keeps them all: the settings, or a tied layer that keeps its own."""
+    share, key = layer_share(layer, params, overall)
+    if key == "skip_layers":
+        return "skip_layers" if matches(layer, params.skip_layers) else "not in layers"
+    if not round(share * size):
+        return f"{key} removes none of its {size} channels"
+    return "tied through a merge to a layer that keeps its channels"
+
+
+def channel_actions(model: Any, final: Plan, graph: ChannelGraph, params: ChannelPruneParams, overall: float) -> dict[str, Action]:
+    """`narrowed` (N -> M channels) or `whole` (and why) for every Conv and Dense layer."""
+    actions = {name: Action(NARROWED, f"{size} -> {count} channels") for names, size, count in final.values() for name in names}
+    actions.update({name: Action("whole", why) for name, why in kept_whole(model, graph, final, params, overall).items()})
+    return {layer.name: actions[layer.name] for layer in model.layers if layer.name in actions}
+
+
+def log_plan(model: Any, final: Plan, graph: ChannelGraph, params: ChannelPruneParams, overall: float, ctx: StageContext) -> None:
+    """The per-layer plan before any work: channels before and after, and what stays whole and why."""
     for names, size, count in final.values():
         tied = f" (tied: {', '.join(names)})" if len(names) > 1 else ""
         ctx.log.info("    %s: %d -> %d channels%s", names[0], size, count, tied)
-        planned.update(names)
-    whole = [layer.name for layer in model.layers if type(layer).__name__ in PRODUCERS and layer.name not in planned]
+    whole = kept_whole(model, graph, final, params, overall)
     if whole:
-        ctx.log.info("    kept whole (outputs, skipped, or feeding layers the surgery leaves alone): %s", ", ".join(whole))
+        ctx.log.info("    kept whole: %s", "; ".join(f"{name} ({why})" for name, why in whole.items()))
 
 
 def validation_accuracy(model: Any, ctx: StageContext) -> dict[str, float]:

@@ -9,8 +9,10 @@ from pydantic import Field
 
 from pipeline.artifact import Effect, ModelArtifact
 from pipeline.errors import PipelineError
+from pipeline.fields import Switch
+from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.stage import Stage, StageContext
-from stages._layers import LayerChoice, wrap_chosen
+from stages._layers import LayerChoice, acted_on, choose_layers, kernel_share, left_alone, wrap_layers
 from stages._training import FitParams, compile_model, fit, save_keras
 from stages.prune import SPARSITY_TOLERANCE, pruned_sparsity
 
@@ -23,7 +25,7 @@ class ClusterParams(FitParams, LayerChoice):
         "kmeans_plus_plus", description="How the initial centroids are placed among each kernel's weights."
     )
     per_channel: bool = Field(False, description="Cluster each output channel of a convolution on its own.")
-    preserve_sparsity: Literal["auto", "true", "false"] = Field(
+    preserve_sparsity: Switch = Field(
         "auto", description="Keep pruned zeros at zero; auto: when an earlier stage pruned the model."
     )
     epochs: int = Field(3, ge=1, le=10_000, description="Fine-tuning passes over the training split.")
@@ -40,41 +42,54 @@ class ClusterStage(Stage[ClusterParams]):
         kept = incoming - {Effect.PRUNED} if self.config.preserve_sparsity == "false" else incoming
         return kept | {Effect.CLUSTERED}
 
+    def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
+        """Which layers are clustered and which keep their values (and why), before any training."""
+        actions = self.choose(model, where)
+        keeps = " keeping pruned zeros" if self.preserves(Effect.PRUNED in earlier.effects) else ""
+        summary = f"clusters to {self.config.number_of_clusters} values{keeps}; left unclustered: {left_alone(model, actions, 'clustered')}"
+        return StagePlan(actions, summary)
+
+    def choose(self, model: Any, where: str) -> dict[str, Action]:
+        """`clustered` or `unclustered` with the reason, for every layer with a kernel."""
+        from pipeline.private_api import clusterable
+
+        def why_not(layer: Any) -> str | None:
+            return None if clusterable(layer) else "not clusterable"
+
+        return choose_layers(model, self.config, why_not, where, "clustered", "unclustered")
+
+    def preserves(self, pruned: bool) -> bool:
+        """Whether pruned zeros stay zero: asked for, or (auto) when an earlier stage pruned."""
+        return self.config.preserve_sparsity == "true" or (self.config.preserve_sparsity == "auto" and pruned)
+
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         import tensorflow_model_optimization as tfmot
 
-        from pipeline.private_api import cluster_weights, clusterable
+        from pipeline.private_api import cluster_weights
 
         assert model is not None  # guaranteed by `accepts`
         params: ClusterParams = self.config
-        preserve = params.preserve_sparsity == "true" or (
-            params.preserve_sparsity == "auto" and Effect.PRUNED in model.effects
-        )
+        preserve = self.preserves(Effect.PRUNED in model.effects)
         init = tfmot.clustering.keras.CentroidInitialization[params.centroid_init.upper()]
-
-        supported = clusterable
-
-        plan: dict[str, int] = {}
-
-        def wrap(layer: Any) -> Any:
-            # k-means++ seeding fails outright when a kernel holds fewer weights than the clusters
-            # asked for (after heavy pruning, or per channel): such a layer gets what it can hold.
-            plan[layer.name] = clusters_for(layer_kernel(layer), params.number_of_clusters, params.per_channel, preserve)
-            if not plan[layer.name]:
-                return layer
-            return cluster_weights(
-                layer, number_of_clusters=plan[layer.name], cluster_centroids_init=init,
-                preserve_sparsity=preserve, cluster_per_channel=params.per_channel,
-            )
-
-        clustered, chosen = wrap_chosen(model.load_keras(), params, supported, wrap, f"stages.{ctx.name}")
-        names = [name for name in chosen if plan[name]]
-        report_plan(plan, params.number_of_clusters, preserve, ctx)
+        keras_model = model.load_keras()
+        actions = self.choose(keras_model, f"stages.{ctx.name}")
+        plan = fitted_clusters(keras_model, actions, params, preserve)
+        names = acted_on(actions, "clustered")
+        unclustered = [n for n, a in actions.items() if a.kind != "clustered"]
+        report_plan(keras_model, actions, plan, params.number_of_clusters, preserve, ctx)
         if not names:
             raise PipelineError(
                 f"stages.{ctx.name}.number_of_clusters: no chosen layer has enough distinct weights to cluster; "
                 f"cluster before pruning or choose other layers with stages.{ctx.name}.layers"
             )
+
+        def wrap(layer: Any) -> Any:
+            return cluster_weights(
+                layer, number_of_clusters=plan[layer.name], cluster_centroids_init=init,
+                preserve_sparsity=preserve, cluster_per_channel=params.per_channel,
+            )
+
+        clustered = wrap_layers(keras_model, names, wrap)
         compile_model(clustered, params)
         fit(clustered, ctx, params)
         stripped = tfmot.clustering.keras.strip_clustering(clustered)
@@ -87,9 +102,10 @@ class ClusterStage(Stage[ClusterParams]):
                 ctx.log.warning("    preserve_sparsity=false: clustering gives up the pruned zeros")
                 facts = {"target_sparsity": 0.0}
         return save_keras(
-            stripped, ctx, model, effects=self.output_effects(model), metrics={f"clusters.{k}": float(v) for k, v in plan.items()},
-            number_of_clusters=params.number_of_clusters, clustered_layers=names, clusters_per_layer=plan,
-            sparsity_preserved=preserve, **facts,
+            stripped, ctx, model, effects=self.output_effects(model),
+            metrics={"unclustered_share": kernel_share(keras_model, unclustered), **{f"clusters.{k}": float(v) for k, v in plan.items()}},
+            number_of_clusters=params.number_of_clusters, clustered_layers=names, unclustered_layers=unclustered,
+            clusters_per_layer=plan, sparsity_preserved=preserve, **facts,
         )
 
 
@@ -148,16 +164,32 @@ def holds(values: np.ndarray, clusters: int, preserve: bool) -> bool:
     return np.unique(negative).size >= on_negative and np.unique(positive).size >= clusters - 1 - on_negative
 
 
-def report_plan(plan: dict[str, int], wanted: int, preserve: bool, ctx: StageContext) -> None:
-    """Log which layers get the clusters asked for, which get fewer and which stay unclustered."""
-    full = [name for name, n in plan.items() if n == wanted]
-    fewer = {name: n for name, n in plan.items() if 0 < n < wanted}
-    left = [name for name, n in plan.items() if not n]
-    ctx.log.info("    clustering %s to %d values%s", ", ".join(full) or "no layer", wanted, ", keeping zeros" if preserve else "")
-    for name, n in fewer.items():
-        ctx.log.warning("    %s: too few distinct weights for %d clusters; clustered to %d", name, wanted, n)
-    if left:
-        ctx.log.warning("    %s: too few distinct weights to cluster; left unclustered", ", ".join(left))
+def fitted_clusters(model: Any, actions: dict[str, Action], params: ClusterParams, preserve: bool) -> dict[str, int]:
+    """The clusters each layer chosen for clustering gets: what its kernel can hold, up to the number asked for.
+
+    k-means++ seeding fails outright when a kernel holds fewer distinct weights than the clusters
+    asked for (after heavy pruning, or per channel); such a layer gets what it can hold, and one
+    that can hold too few is marked `unclustered` in `actions`.
+    """
+    plan = {}
+    for name in acted_on(actions, "clustered"):
+        plan[name] = clusters_for(layer_kernel(model.get_layer(name)), params.number_of_clusters, params.per_channel, preserve)
+        if not plan[name]:
+            actions[name] = Action("unclustered", "too few distinct weights")
+    return plan
+
+
+def report_plan(
+    model: Any, actions: dict[str, Action], plan: dict[str, int], wanted: int, preserve: bool, ctx: StageContext
+) -> None:
+    """Log how many layers are clustered, which are left unclustered (why, and their share of the
+    weights), and which get fewer clusters than asked for."""
+    clustered = acted_on(actions, "clustered")
+    ctx.log.info("    clustering %d layers to %d values%s; left unclustered: %s", len(clustered), wanted,
+                 ", keeping zeros" if preserve else "", left_alone(model, actions, "clustered"))
+    for name, n in plan.items():
+        if 0 < n < wanted:
+            ctx.log.warning("    %s: too few distinct weights for %d clusters; clustered to %d", name, wanted, n)
 
 
 def check_kept_sparsity(model: Any, metadata: dict[str, Any], stage: str) -> None:

@@ -11,7 +11,9 @@ from pydantic import Field
 
 from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
-from pipeline.models import prepare, starting_format
+from pipeline.layer_plan import LayerPlan, StagePlan
+from pipeline.models import build, prepare, starting_format
+from pipeline.models.compat import prepared
 from pipeline.models.user import model_file_problem
 from pipeline.stage import Stage, StageContext
 from stages._training import FitParams, compile_model, fit, save_keras
@@ -59,9 +61,6 @@ class DistillStage(Stage[DistillParams]):
         return kept | {Effect.DISTILLED}
 
     def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
-        from pipeline import registry
-        from pipeline.recipe import configure
-
         params: DistillParams = self.config
         if params.teacher is None and input_format is None:
             raise PipelineError(
@@ -76,17 +75,30 @@ class DistillStage(Stage[DistillParams]):
         if params.student == "incoming":
             check_incoming_student(params, input_format, effects, where)
             return
-        student = configure(registry.MODELS, params.student, f"{where}.student")
+        student = self.student_builder(where)
         if starting_format(student) is ModelFormat.SAVED_MODEL:
             raise PipelineError(
                 f"{where}.student: {student.config.path} is an inference-only SavedModel (a serving signature, no "
                 "Keras model) and cannot be trained as the student; give a Keras model file or an architecture"
             )
 
-    def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
+    def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
+        """A new student replaces the model: later stages act on its layers. An incoming student is the model."""
+        if self.config.student == "incoming":
+            return StagePlan(summary="trains the incoming model as the student on the teacher's outputs")
+        builder = self.student_builder(where)
+        student = prepared(builder.build(tuple(model.input_shape[1:]), model.output_shape[-1]), f"{where}.student")
+        return StagePlan(summary=f"trains a new {self.config.student['name']} student on the teacher's outputs", model=student)
+
+    def student_builder(self, where: str) -> Any:
+        """The configured model plugin of the student."""
         from pipeline import registry
         from pipeline.recipe import configure
 
+        assert not isinstance(self.config.student, str)  # "incoming" is the only string it takes
+        return configure(registry.MODELS, self.config.student, f"{where}.student")
+
+    def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         params: DistillParams = self.config
         incoming = params.student == "incoming"
         if params.teacher is not None:
@@ -99,10 +111,9 @@ class DistillStage(Stage[DistillParams]):
             assert model is not None  # guaranteed by check_input
             student = model.load_keras()
         else:
-            assert not isinstance(params.student, str)  # "incoming" is the only string it takes
-            builder = configure(registry.MODELS, params.student, f"stages.{ctx.name}.student")
+            builder = self.student_builder(f"stages.{ctx.name}")
             prepare(builder, ctx.data)
-            student = ctx.device.prepare(builder.build(ctx.data.input_shape, ctx.data.num_classes))
+            student = ctx.device.prepare(build(builder, ctx.data))
         data = ctx.data
         targets = teacher_targets(teacher, data)
         teacher_accuracy = float(np.mean(np.argmax(predict(teacher, data.x_test), -1) == data.y_test))
@@ -149,7 +160,6 @@ def before_channel_pruning(model: ModelArtifact, where: str) -> ModelArtifact:
 
 def load_teacher(path: str, ctx: StageContext) -> Any:
     """The teacher file as a model to predict with: a tf-keras model (Keras 3 files rebuilt) or a SavedModel's signature."""
-    from pipeline.models.compat import without_softmax
     from pipeline.models.keras3 import sample_of
     from pipeline.models.user import load_model_file
     from pipeline.savedmodel import SignatureModel, is_inference_only
@@ -157,7 +167,8 @@ def load_teacher(path: str, ctx: StageContext) -> Any:
     where = f"stages.{ctx.name}.teacher"
     if is_inference_only(path):
         return SignatureModel(path, where)
-    teacher = without_softmax(load_model_file(path, where, sample=sample_of(ctx.data)))
+    sample = sample_of(ctx.data)
+    teacher = prepared(load_model_file(path, where, sample=sample), where, sample)
     if getattr(teacher, "softmax_removed", False):
         ctx.log.warning("    %s: %s ends in a softmax; distilling from the logits before it", where, path)
     return teacher

@@ -9,11 +9,14 @@ from pydantic import Field, model_validator
 
 from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
+from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.private_api import prunable
 from pipeline.stage import Stage, StageContext
-from stages._layers import LayerChoice, wrap_chosen
+from stages._layers import LayerChoice, acted_on, choose_layers, kernel_share, left_alone, wrap_layers
 from stages._training import FitParams, compile_model, fit, save_keras, steps_per_epoch
 
+# Why a layer stays dense under an m:n pattern: groups of n run along its input channels.
+NARROW = "input channels not a multiple of"
 # Measured sparsity may differ from the target by rounding within each layer.
 SPARSITY_TOLERANCE = 0.02
 
@@ -88,6 +91,31 @@ class PruneStage(Stage[PruneParams]):
         """Pruned; fine-tuning moves clustered weights off their shared values."""
         return (incoming - {Effect.CLUSTERED}) | {Effect.PRUNED}
 
+    def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
+        """Which layers are pruned and which stay dense (and why), before any training."""
+        actions = self.choose(model, where)
+        return StagePlan(actions, f"prunes {self.target()}; left dense: {left_alone(model, actions, 'pruned')}")
+
+    def choose(self, model: Any, where: str) -> dict[str, Action]:
+        """`pruned` or `dense` with the reason, for every layer with a kernel."""
+        pattern = self.config.m_by_n
+
+        def why_not(layer: Any) -> str | None:
+            if not prunable(layer):
+                return "not prunable"
+            # m:n groups run along the input channels; a layer with fewer cannot hold the pattern.
+            if pattern is not None and layer.get_weights()[0].shape[-2] % pattern[1]:
+                return f"{NARROW} {pattern[1]}"
+            return None
+
+        return choose_layers(model, self.config, why_not, where, "pruned", "dense")
+
+    def target(self) -> str:
+        """The sparsity asked for, in words."""
+        if self.config.m_by_n:
+            return f"to {self.config.m_by_n[0]}:{self.config.m_by_n[1]} structured sparsity"
+        return f"to {self.config.final_sparsity:.0%} sparsity"
+
     def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
         if self.config.teacher_alpha and Effect.DISTILLED not in effects:
             raise PipelineError(
@@ -104,36 +132,27 @@ class PruneStage(Stage[PruneParams]):
         sparsity = tfmot.sparsity.keras
         schedule = pruning_schedule(params, params.epochs * steps_per_epoch(ctx, params), ctx)
         pattern = tuple(params.m_by_n) if params.m_by_n else None
-
-        too_narrow: list[str] = []
-
-        def supported(layer: Any) -> bool:
-            if not isinstance(layer, sparsity.PrunableLayer) and not prunable(layer):
-                return False
-            # m:n groups run along the input channels; a layer whose count is no multiple of n
-            # cannot hold the pattern and stays dense (said below, and in the artifact).
-            if pattern is not None and layer.get_weights()[0].shape[-2] % pattern[1]:
-                too_narrow.append(layer.name)
-                return False
-            return True
+        keras_model = model.load_keras()
+        actions = self.choose(keras_model, f"stages.{ctx.name}")
+        names, dense = acted_on(actions, "pruned"), [n for n, a in actions.items() if a.kind != "pruned"]
+        share = kernel_share(keras_model, dense)
+        too_narrow = [n for n, a in actions.items() if a.why.startswith(NARROW)]  # for the m:n pattern
+        ctx.log.info("    pruning %d layers %s; left dense: %s", len(names), self.target(), left_alone(keras_model, actions, "pruned"))
 
         def wrap(layer: Any) -> Any:
             return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule, sparsity_m_by_n=pattern)
 
-        pruned, names = wrap_chosen(model.load_keras(), params, supported, wrap, f"stages.{ctx.name}")
-        ctx.log.info("    pruning %s", ", ".join(names))
-        if too_narrow and pattern is not None:
-            ctx.log.warning(
-                "    %s left dense: %d:%d groups need input channels in multiples of %d",
-                ", ".join(too_narrow), pattern[0], pattern[1], pattern[1],
-            )
+        pruned = wrap_layers(keras_model, names, wrap)
         fine_tune(pruned, model, ctx, params, callbacks=[sparsity.UpdatePruningStep()])
         stripped = sparsity.strip_pruning(pruned)
-        check_sparsity(stripped, names, params, ctx.name)
+        achieved = check_sparsity(stripped, names, params, ctx.name)
         return save_keras(
             stripped, ctx, model, effects=self.output_effects(model), target_sparsity=params.final_sparsity,
-            m_by_n=list(pattern) if pattern else None, pruned_layers=names, left_dense=too_narrow,
-            metrics={"layers_left_dense": float(len(too_narrow))} if pattern else None,
+            m_by_n=list(pattern) if pattern else None, pruned_layers=names, dense_layers=dense, left_dense=too_narrow,
+            metrics={
+                "pruned_layers_sparsity": achieved, "dense_share": share,
+                **({"layers_left_dense": float(len(too_narrow))} if pattern else {}),
+            },
         )
 
 
@@ -164,8 +183,8 @@ def pruning_schedule(params: PruneParams, total_steps: int, ctx: StageContext) -
     return sparsity.ConstantSparsity(params.final_sparsity, 0, end_step, frequency=frequency)
 
 
-def check_sparsity(model: Any, names: list[str], params: PruneParams, stage: str) -> None:
-    """Fail unless the pruned layers reached the target (and the m:n pattern, when asked for)."""
+def check_sparsity(model: Any, names: list[str], params: PruneParams, stage: str) -> float:
+    """The pruned layers' sparsity; PipelineError unless it is the target (and the m:n pattern, when asked for)."""
     achieved = pruned_sparsity(model, names)
     if abs(achieved - params.final_sparsity) > SPARSITY_TOLERANCE:
         raise PipelineError(
@@ -179,6 +198,7 @@ def check_sparsity(model: Any, names: list[str], params: PruneParams, stage: str
                 f"stages.{stage}: layers {', '.join(broken)} miss the {params.m_by_n[0]}:{params.m_by_n[1]} pattern; "
                 f"raise stages.{stage}.epochs or lower stages.{stage}.frequency"
             )
+    return achieved
 
 
 def follows_m_by_n(kernel: np.ndarray, m_by_n: list[int]) -> bool:
@@ -189,10 +209,10 @@ def follows_m_by_n(kernel: np.ndarray, m_by_n: list[int]) -> bool:
 
 
 def pruned_sparsity(model: Any, names: list[str] | None = None) -> float:
-    """Share of zeros in the kernels of the named layers (default: every layer with a kernel)."""
+    """Share of zeros in the kernels (weights of rank 2 or more) of the named layers (default: every layer)."""
     kernels = [
-        layer.kernel.numpy() for layer in model.layers
-        if hasattr(layer, "kernel") and (names is None or layer.name in names)
+        weight.numpy() for layer in model.layers if names is None or layer.name in names
+        for weight in layer.weights if len(weight.shape) >= 2
     ]
     total = sum(k.size for k in kernels)
     return float(sum(k.size - np.count_nonzero(k) for k in kernels) / total) if total else 0.0

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from pipeline.artifact import STRUCTURAL, Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
+from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.stage import Stage, StageContext
 from stages._gates import GateParams, apply_gates
+from stages._layers import require_layer_graph
 from stages._serving import ServingParams, for_serving
 from stages._training import FitParams, compile_model, fit
 
@@ -69,6 +72,14 @@ class QuantizeAwareStage(Stage[QuantizeAwareParams]):
         kept = incoming if self.config.scheme == "auto" else incoming & (KEEPS[self.config.scheme] | STRUCTURAL)
         return kept | {Effect.QUANTIZE_AWARE}
 
+    def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
+        """Which layers train quantization-aware and which are only calibrated at conversion (and why)."""
+        require_layer_graph(model, where)
+        scheme = chosen_scheme(self.config.scheme, earlier.effects)
+        actions = annotation(model, scheme)
+        calibrated = [name for name, action in actions.items() if action.kind != AWARE]
+        return StagePlan(actions, f"scheme {scheme}, then full-integer int8; calibrated only: {', '.join(calibrated) or 'none'}")
+
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         from stages.quantize import QuantizeParams, calibration_set, convert
 
@@ -77,8 +88,11 @@ class QuantizeAwareStage(Stage[QuantizeAwareParams]):
         where = f"stages.{ctx.name}"
         self.check_input(model.format, model.effects, where)  # also when called without a checked recipe
         scheme = chosen_scheme(params.scheme, model.effects)
-        ctx.log.info("    quantization-aware training, scheme %s", scheme)
-        aware = quantize_aware(model.load_keras(), scheme)
+        aware, calibrated = quantize_aware(model.load_keras(), scheme)
+        ctx.log.info(
+            "    quantization-aware training, scheme %s; calibrated at conversion only (TFMOT cannot train them "
+            "quantization-aware): %s", scheme, ", ".join(f"{name} ({kind})" for name, kind in calibrated.items()) or "none",
+        )
         settle_ranges(aware, calibration_set(ctx, QuantizeParams(calibration_samples=params.calibration_samples)))
         compile_model(aware, params)
         fit(aware, ctx, params)
@@ -88,7 +102,7 @@ class QuantizeAwareStage(Stage[QuantizeAwareParams]):
         path.write_bytes(convert(served, conversion, calibration_set(ctx, conversion), sparse=False))
         metadata: dict[str, Any] = {
             **model.metadata, "quantization": "int8", "qat_scheme": scheme,
-            "calibration_samples": params.calibration_samples, "serving": serving,
+            "calibration_samples": params.calibration_samples, "calibrated_layers": list(calibrated), "serving": serving,
         }
         gates = apply_gates(params, True, served, path, ctx.data, where)
         metadata.update(gates.facts)
@@ -103,12 +117,14 @@ def settle_ranges(aware: Any, calibration: Any, rounds: int = 3) -> None:
     TFMOT moves each activation range towards the batch's by 0.1% per training step (an EMA
     with decay 0.999, no bias correction), so a fine-tune of a few hundred steps converts with
     ranges still near their start and loses accuracy to coarse steps. One training-mode pass
-    over a calibration batch updates each moving range as `new = 0.999 * old + 0.001 * batch`;
-    solving for `batch` and assigning it sets the range at once. Weight ranges (last-value
+    over a calibration batch updates each moving range once per call of its layer (a shared
+    layer: several times) as `new = 0.999 * old + 0.001 * batch`; solving for the value those
+    updates converge to and assigning it sets the range at once. Weight ranges (last-value
     quantizers) are assigned directly by every pass and recognised by not changing on a repeat.
     """
     import numpy as np
 
+    calls = {id(v): max(1, len(layer.inbound_nodes)) for layer in aware.layers for v in layer.non_trainable_variables}
     ranges = [v for v in aware.non_trainable_variables if v.name.endswith(("_min:0", "_max:0"))]
     aware(calibration, training=True)  # weight ranges take their values
     moving = None
@@ -119,21 +135,112 @@ def settle_ranges(aware: Any, calibration: Any, rounds: int = 3) -> None:
         if moving is None:
             moving = [i for i, (b, a) in enumerate(zip(before, after)) if not np.array_equal(a, b)]
         for i in moving:
-            ranges[i].assign((after[i] - 0.999 * before[i]) / 0.001)
+            decay = 0.999 ** calls.get(id(ranges[i]), 1)
+            ranges[i].assign((after[i] - decay * before[i]) / (1 - decay))
 
 
-def quantize_aware(keras_model: Any, scheme: str) -> Any:
-    """`keras_model` wrapped by TFMOT's quantize_apply with the scheme's quantization registry."""
+AWARE = "quantization-aware"
+
+
+def scheme_of(name: str) -> Any:
+    """TFMOT's quantization scheme for `name`, restricted to the layers its configs can quantize."""
+    from pipeline.private_api import quantize_scheme
+
+    return _Supported(quantize_scheme(name))
+
+
+class _Supported:
+    """A quantization scheme whose registry supports only layers the default 8-bit configs can quantize.
+
+    The collaborative schemes' registries claim every layer without trainable weights but take
+    their configs from the default registry, which refuses many of them (Resizing, RandomFlip):
+    `quantize_apply` would fail on such a layer when it feeds an annotated one, instead of
+    leaving it to conversion.
+    """
+
+    def __init__(self, scheme: Any):
+        from pipeline.private_api import default_8bit_registry
+
+        self.scheme, self.registry = scheme, scheme.get_quantize_registry()
+        self.default = default_8bit_registry()
+
+    def get_layout_transformer(self) -> Any:
+        return self.scheme.get_layout_transformer()
+
+    def get_quantize_registry(self) -> Any:
+        return self
+
+    def supports(self, layer: Any) -> bool:
+        return self.registry.supports(layer) and self.default.supports(layer)
+
+    def get_quantize_config(self, layer: Any) -> Any:
+        return self.registry.get_quantize_config(layer)
+
+
+def annotation(model: Any, scheme: str) -> dict[str, Action]:
+    """`quantization-aware` for each layer the scheme supports; `calibrated` with the reason for the rest.
+
+    BatchNormalization counts as supported after a Conv2D, DepthwiseConv2D or Dense with no
+    activation: TFMOT's transforms fold those pairs.
+    """
+    import tf_keras as keras
+
+    registry = scheme_of(scheme)
+    folded = folded_batch_norms(model)
+    actions = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        supported = registry.supports(layer) or layer.name in folded
+        actions[layer.name] = Action(AWARE) if supported else Action("calibrated", f"no TFMOT support for {type(layer).__name__}")
+    return actions
+
+
+def folded_batch_norms(model: Any) -> set[str]:
+    """Names of the BatchNormalization layers that directly follow a linear Conv2D, DepthwiseConv2D or Dense.
+
+    Read from the model's own graph: a layer object may also belong to other graphs (the nested
+    model it was flattened from).
+    """
+    import tf_keras as keras
+
+    linear = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+    found = set()
+    from pipeline.private_api import nodes_by_depth
+
+    for nodes in nodes_by_depth(model).values():
+        for node in nodes:
+            before = node.inbound_layers
+            if isinstance(node.layer, keras.layers.BatchNormalization) and isinstance(before, linear):
+                if before.get_config().get("activation") == "linear":
+                    found.add(node.layer.name)
+    return found
+
+
+def quantize_aware(keras_model: Any, scheme: str) -> tuple[Any, dict[str, str]]:
+    """`keras_model` with the layers TFMOT supports trained quantization-aware under `scheme`.
+
+    TFMOT's "quantize some layers" pattern: supported layers are annotated, the others stay float
+    in the Keras model, and the converter quantizes them from the calibration data. Returns the
+    model and the layers left out, with their types.
+    """
     import tensorflow_model_optimization as tfmot
-
-    from pipeline.private_api import cluster_preserving_scheme
+    import tf_keras as keras
 
     quantization = tfmot.quantization.keras
-    if scheme == "default":
-        return quantization.quantize_model(keras_model)
-    schemes = {
-        "pqat": lambda: tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme(),
-        "cqat": lambda: cluster_preserving_scheme(preserve_sparsity=False),
-        "pcqat": lambda: cluster_preserving_scheme(preserve_sparsity=True),
-    }
-    return quantization.quantize_apply(quantization.quantize_annotate_model(keras_model), schemes[scheme]())
+    actions = annotation(keras_model, scheme)
+    aware_names = {name for name, action in actions.items() if action.kind == AWARE}
+    while True:
+        annotated = keras.models.clone_model(
+            keras_model, clone_function=lambda layer: quantization.quantize_annotate_layer(layer) if layer.name in aware_names else layer
+        )
+        try:
+            with quantization.quantize_scope():
+                aware = quantization.quantize_apply(annotated, scheme_of(scheme))
+            break
+        except RuntimeError as error:  # a layer TFMOT's transforms did not take after all: leave it out
+            refused = re.match(r"Layer (\S+?):", str(error))
+            if refused is None or refused.group(1) not in aware_names:
+                raise
+            aware_names.discard(refused.group(1))
+    return aware, {name: type(keras_model.get_layer(name)).__name__ for name in actions if name not in aware_names}

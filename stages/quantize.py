@@ -12,6 +12,8 @@ from pydantic import Field, model_validator
 
 from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
+from pipeline.fields import Switch
+from pipeline.layer_plan import Action, LayerPlan, StagePlan
 from pipeline.stage import Stage, StageContext
 from stages._gates import GateParams, apply_gates
 from stages._serving import ServingParams, contract, for_serving
@@ -20,6 +22,8 @@ from stages._serving import ServingParams, contract, for_serving
 CALIBRATED = {"int8", "int16x8"}
 # Modes whose weights stay floating point.
 FLOAT_MODES = {"none", "float16"}
+# What each mode makes of a layer, in the layer plan.
+MODE_WORDS = {"none": "float32", "dynamic": "int8 weights", "float16": "float16 weights", "int8": "int8", "int16x8": "int16x8"}
 
 
 class QuantizeParams(GateParams, ServingParams):
@@ -35,7 +39,7 @@ class QuantizeParams(GateParams, ServingParams):
     calibration_samples: int = Field(
         200, ge=1, le=100_000, description="Training examples used to calibrate int8/int16x8 ranges."
     )
-    keep_sparsity: Literal["auto", "true", "false"] = Field(
+    keep_sparsity: Switch = Field(
         "auto",
         description=(
             "Store pruned weights sparse-encoded (Optimize.EXPERIMENTAL_SPARSITY); auto: after pruning, for "
@@ -56,6 +60,13 @@ class QuantizeStage(Stage[QuantizeParams]):
     Config: ClassVar = QuantizeParams
     accepts: ClassVar = frozenset({ModelFormat.KERAS, ModelFormat.SAVED_MODEL})
     produces: ClassVar = ModelFormat.TFLITE
+
+    def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
+        """The number format of each layer with weights in the TFLite file."""
+        mode = self.config.mode
+        actions = {layer.name: Action(MODE_WORDS[mode]) for layer in model.layers if layer.weights}
+        calibrated = f", calibrated on {self.config.calibration_samples} training examples" if mode in CALIBRATED else ""
+        return StagePlan(actions, f"TFLite {MODE_WORDS[mode]}{calibrated}; layers TFLite runs only in float are named after conversion")
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         assert model is not None  # guaranteed by `accepts`

@@ -15,15 +15,15 @@ def digits():
     return configure(registry.DATA, {"name": "digits"}, "data").load(seed=0)
 
 
-def context(tmp_path: Path, name: str, index: int = 0, data=None, width: float = 1.0) -> StageContext:
-    """A StageContext for stage `name` under `tmp_path`, building a small CNN of `width`."""
+def context(tmp_path: Path, name: str, index: int = 0, data=None, width: float = 1.0, build=None) -> StageContext:
+    """A StageContext for stage `name` under `tmp_path`, building a small CNN of `width` (or calling `build(data)`)."""
     data = data if data is not None else digits()
     builder = configure(registry.MODELS, {"name": "small_cnn", "width": width}, "model")
     workdir = tmp_path / "stages" / f"{index}_{name}"
     workdir.mkdir(parents=True, exist_ok=True)
     return StageContext(
         name=name, index=index, workdir=workdir, run_dir=tmp_path, seed=0, data=data,
-        build_model=lambda: builder.build(data.input_shape, data.num_classes),
+        build_model=(lambda: build(data)) if build else lambda: builder.build(data.input_shape, data.num_classes),
         log=logging.getLogger("test"),
     )
 

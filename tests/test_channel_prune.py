@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from pipeline.artifact import Effect
@@ -70,17 +71,31 @@ def test_unknown_names_and_unreachable_targets_are_named(tmp_path, trained):
         ChannelPruneStage(ChannelPruneParams(flops_target=0.001, epochs=0)).run(trained, context(tmp_path, "cp", 1))
 
 
-def test_a_nested_model_is_refused_in_one_line(tmp_path, trained):
+def test_a_model_called_as_a_layer_is_pruned_inside(tmp_path, trained):
     import tf_keras as keras
 
     from pipeline.artifact import ModelArtifact, ModelFormat
 
     inner = trained.load_keras()
+    conv, conv_1, dense, _ = [layer.name for layer in inner.layers if layer.get_weights()]
     inputs = keras.Input(inner.input_shape[1:])
     keras.Model(inputs, inner(inputs)).save(tmp_path / "nested.keras")
     nested = ModelArtifact(tmp_path / "nested.keras", ModelFormat.KERAS, "file")
-    with pytest.raises(PipelineError, match=rf"^stages.cp: the model nests another model \('{inner.name}'\); channel pruning works on one flat graph"):
-        ChannelPruneStage(ChannelPruneParams()).run(nested, context(tmp_path, "cp", 1))
+    out = ChannelPruneStage(ChannelPruneParams(epochs=0)).run(nested, context(tmp_path, "cp", 1))
+    assert out.metadata["kept_channels"] == {conv: 8, conv_1: 16, dense: 32}
+    assert not any(isinstance(layer, keras.Model) for layer in out.load_keras().layers)
+
+
+def test_a_subclassed_model_is_refused_in_one_line(tmp_path):
+    from pipeline.artifact import ModelArtifact, ModelFormat
+    from tests._user_models import subclassed
+
+    model = subclassed((8, 8, 1), 10)
+    model.predict(np.zeros((1, 8, 8, 1), np.float32), verbose=0)  # a subclassed model saves once it has run
+    model.save(tmp_path / "subclassed")
+    artifact = ModelArtifact(tmp_path / "subclassed", ModelFormat.KERAS, "file")
+    with pytest.raises(PipelineError, match=r"^stages.cp: the model is a subclassed Keras model \(no layer graph\); .* keras.Model\(inputs, outputs\)"):
+        ChannelPruneStage(ChannelPruneParams(epochs=0)).run(artifact, context(tmp_path, "cp", 1))
 
 
 def test_distillation_into_the_channel_pruned_model(tmp_path, trained):

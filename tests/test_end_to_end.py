@@ -73,8 +73,13 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(finished):
     assert "export.gate_tflite_accuracy" not in metrics  # inherited facts are not logged again
     history = client.get_metric_history(result.run_id, "gzip_bytes")
     assert sorted(m.step for m in history) == [0, 1, 2, 3]
+    assert metrics["prune.pruned_layers_sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert metrics["prune.dense_share"] == 0  # every weight matrix of the small CNN was prunable
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"recipe.yaml", "summary.md", "model"} <= artifacts
+    assert {"recipe.yaml", "summary.md", "model", "layer_plan.md", "layer_plan.json"} <= artifacts
+    plan = json.loads((result.run_dir / "layer_plan.json").read_text())
+    actions = {layer["name"]: layer["stages"] for layer in plan["models"][0]["layers"]}
+    assert actions["dense"]["prune"]["action"] == "pruned" and actions["dense"]["quantize"]["action"] == "int8"
     models = {a.path for a in client.list_artifacts(result.run_id, "model")}
     assert models == {"model/model.tflite", "model/model.keras", "model/model.json", "model/model.labels.txt"}
 

@@ -26,10 +26,12 @@ def images(shape, classes=3, count=24) -> Dataset:
 
 
 def load(path, data, safe_mode=True):
-    """What `model=file model.path=PATH` builds, after the runner has handed it the data."""
+    """The model stages get from `model=file model.path=PATH`, after the runner has handed it the data."""
+    from pipeline.models import build
+
     plugin = FileModel(FileModelParams(name="file", path=str(path), safe_mode=safe_mode))
     plugin.prepare(data)
-    return plugin.build(data.input_shape, data.num_classes)
+    return build(plugin, data)
 
 
 def test_building_keras3_models_leaves_tf_keras_alone():

@@ -226,9 +226,9 @@ def test_a_final_softmax_is_removed_so_stages_get_logits(tmp_path, kind, caplog)
     model.save(path)
     builder = FileModel(FileModelParams(name="file", path=str(path)))
     with caplog.at_level("WARNING", logger="pipeline"):
-        check_compatible(builder, TABLE)
+        prepared = check_compatible(builder, TABLE)
     assert "probabilities.keras ends in a softmax; the stages train on the logits before it" in caplog.text
-    logits = builder.build((5,), 3).predict(TABLE.x_test, verbose=0)
+    logits = prepared.predict(TABLE.x_test, verbose=0)
     probabilities = model.predict(TABLE.x_test, verbose=0)
     assert not np.allclose(logits.sum(axis=1), 1.0)  # no longer probabilities...
     assert np.allclose(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True), probabilities, atol=1e-5)  # ...their logits

@@ -23,6 +23,10 @@ def test_graph_helpers_read_a_functional_model():
     model = small_model()
     assert private_api.is_graph_network(model)
     assert private_api.producing_layer(model.outputs[0]).name == "head"
+    assert private_api.keras_history(model.outputs[0])[1:] == (0, 0)  # the first call, its only output
+    assert private_api.is_symbolic(model.outputs[0]) and not private_api.is_symbolic(np.zeros(1))
+    private_api.rename_layer(model.get_layer("flat"), "flatten_renamed")
+    assert model.get_layer("flatten_renamed").name == "flatten_renamed"
     by_depth = private_api.nodes_by_depth(model)
     assert {node.layer.name for nodes in by_depth.values() for node in nodes} == {layer.name for layer in model.layers}
     assert [node.layer.name for node in by_depth[0]] == ["head"]  # depth 0: the outputs
@@ -38,7 +42,10 @@ def test_registries_answer_per_layer():
         model.get_layer("conv"), number_of_clusters=2, cluster_centroids_init=tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS, cluster_per_channel=True
     )
     assert type(wrapped).__name__ == "ClusterWeights"
-    assert type(private_api.cluster_preserving_scheme(preserve_sparsity=True)).__name__ == "Default8BitClusterPreserveQuantizeScheme"
+    assert type(private_api.quantize_scheme("pcqat")).__name__ == "Default8BitClusterPreserveQuantizeScheme"
+    assert {type(private_api.quantize_scheme(name).get_quantize_registry()).__name__ for name in ("default", "pqat", "cqat")}
+    registry = private_api.default_8bit_registry()
+    assert registry.supports(model.get_layer("conv")) and not registry.supports(keras.layers.LayerNormalization())
 
 
 def test_tflite_reader_and_frozen_functions(tmp_path):

@@ -130,7 +130,7 @@ def test_activation_ranges_start_at_the_data_not_at_tfmot_defaults(trained):
     x = digits().x_train[:256]
     model = trained.load_keras()
     hidden = keras.Model(model.inputs, model.layers[-2].output)(x).numpy()  # the ReLU dense layer's outputs
-    aware = quantize_aware(model, "default")
+    aware, _ = quantize_aware(model, "default")
     low, high = (next(v for v in aware.non_trainable_variables if v.name.endswith(f"{model.layers[-2].name}/post_activation_{end}:0"))
                  for end in ("min", "max"))
     aware(x, training=True)  # a training step moves TFMOT's [-6, 6] start by only 0.1%
@@ -138,6 +138,28 @@ def test_activation_ranges_start_at_the_data_not_at_tfmot_defaults(trained):
     settle_ranges(aware, x)
     assert float(low.numpy()) == pytest.approx(0.0, abs=1e-2)
     assert float(high.numpy()) == pytest.approx(float(hidden.max()), rel=0.05)
+
+
+def test_ranges_of_a_layer_called_twice_cover_both_calls():
+    import tf_keras as keras
+
+    from pipeline.models.flatten import flatten
+    from stages.qat import quantize_aware, settle_ranges
+    from tests._tiny import digits
+    from tests._user_models import shared_layer
+
+    x = digits().x_train[:256]
+    model = flatten(shared_layer((8, 8, 1), 10), x[:8])
+    relu = next(layer for layer in model.layers if isinstance(layer, keras.layers.ReLU))
+    add = next(layer for layer in model.layers if isinstance(layer, keras.layers.Add))
+    calls = add.inbound_nodes[-1].input_tensors  # the Add of the flat graph: the shared block's two outputs
+    both = [float(t.numpy().max()) for t in keras.Model(model.inputs, calls)(x)]
+    aware, _ = quantize_aware(model, "default")
+    settle_ranges(aware, x)
+    (high,) = [v for v in aware.non_trainable_variables if f"/{relu.name}" in v.name or f"quant_{relu.name}/" in v.name
+               if v.name.endswith("max:0")]
+    # Updated twice per pass, the range settles between the two calls' maxima, not at a negative value.
+    assert 0.9 * min(both) <= float(high.numpy()) <= 1.1 * max(both)
 
 
 def test_a_keras_export_after_qat_says_which_model_it_holds(tmp_path, trained, caplog):

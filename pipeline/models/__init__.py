@@ -2,7 +2,9 @@
 
 A model plugin has a `Config` schema and `build(input_shape, num_classes)` returning an
 uncompiled tf-keras model whose last layer outputs logits; built-ins also state what data they
-take in `check`. `check_compatible(builder, data)` compares a model with the data before training.
+take in `check`. `check_compatible(builder, data)` compares a model with the data before training;
+`build(builder, data)` is how every stage gets a model: nested models flattened into one graph
+(pipeline.models.flatten) and a final softmax removed, whatever plugin built it.
 
 Optional methods serve models that come as files: `prepare(data)`, called once the data is
 loaded and before any model is built (a Keras 3 file is rebuilt in tf-keras and checked on a
@@ -18,10 +20,10 @@ from typing import Any
 
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.models.builtin import MLP, Architecture, ModelParams, SmallCNN, SmallCNNParams
-from pipeline.models.compat import check_compatible
+from pipeline.models.compat import build, check_compatible
 
 __all__ = [
-    "MLP", "Architecture", "ModelParams", "SmallCNN", "SmallCNNParams", "check_compatible", "prepare",
+    "MLP", "Architecture", "ModelParams", "SmallCNN", "SmallCNNParams", "build", "check_compatible", "prepare",
     "starting_artifact", "starting_format",
 ]
 

@@ -7,13 +7,27 @@ from typing import Any
 
 from pipeline.artifact import ModelFormat
 from pipeline.errors import PipelineError
-from pipeline.private_api import is_graph_network
+from pipeline.models.flatten import flatten, is_graph_model
+from pipeline.private_api import keras_history
 
 log = logging.getLogger("pipeline")
 
 
-def check_compatible(builder: Any, data: Any) -> None:
-    """Raise PipelineError when the model cannot take `data`'s examples or predict its classes.
+def build(builder: Any, data: Any) -> Any:
+    """The model of `builder` for `data` as every stage gets it: one flat graph that outputs logits."""
+    return prepared(builder.build(data.input_shape, data.num_classes), describe(builder), data.x_train[:32])
+
+
+def prepared(model: Any, where: str, sample: Any = None) -> Any:
+    """`model` with nested models flattened into one graph (checked on `sample`) and a final softmax removed.
+
+    Flattening comes first, so that a softmax at the end of a nested head is found too.
+    """
+    return without_softmax(flatten(model, sample, where))
+
+
+def check_compatible(builder: Any, data: Any) -> Any:
+    """The model as the stages will get it, or PipelineError when it cannot take `data`'s examples or classes.
 
     Built-in architectures state their needs in `check` (no model is built for that); every model
     is then built once (or, for one the recipe starts from as a file, loaded for inference) and
@@ -34,24 +48,40 @@ def check_compatible(builder: Any, data: Any) -> None:
         model = start.load_model()  # a signature: its shapes, no Keras model
     else:
         model = builder.build(data.input_shape, data.num_classes)
-    expected = tuple(model.input_shape[1:]) if isinstance(model.input_shape, tuple) else None
+    declared, outputs = shapes(model, data, origin)
+    expected = tuple(declared[1:]) if isinstance(declared, tuple) else None
     if expected is None or not shapes_match(expected, data.input_shape):
         raise PipelineError(
-            f"{origin} takes inputs of shape {plain(expected or model.input_shape)} but the data gives "
+            f"{origin} takes inputs of shape {plain(expected or declared)} but the data gives "
             f"{plain(data.input_shape)}; use data of that shape (data.image_size, data.color_mode for "
             "image_folder) or a model for this data"
         )
-    outputs = model.output_shape
     if not isinstance(outputs, tuple) or len(outputs) != 2 or outputs[-1] != data.num_classes:
         raise PipelineError(
             f"{origin} outputs {plain(outputs)} but the data has {data.num_classes} classes; "
             f"give the model a final Dense({data.num_classes}) layer with no activation (logits)"
         )
+    model = prepared(model, origin, data.x_train[:32])
     if getattr(model, "softmax_removed", False):
         log.warning(
             "%s ends in a softmax; the stages train on the logits before it, and the exported model "
             "outputs those logits (the same top class)", origin,
         )
+    return model
+
+
+def shapes(model: Any, data: Any, origin: str) -> tuple[Any, Any]:
+    """The model's input and output shapes; a subclassed model (which declares none) is called on the data."""
+    import tf_keras as keras
+
+    if is_graph_model(model) or not isinstance(model, keras.Model):  # a graph, or a SavedModel's signature
+        return model.input_shape, model.output_shape
+    try:
+        outputs = model(data.x_train[:2], training=False)
+    except Exception as error:  # noqa: BLE001 - a user's call() may raise anything on the wrong input
+        reason = " ".join(str(error).split())[:200]
+        raise PipelineError(f"{origin} cannot take the data's examples of shape {plain(data.input_shape)} ({reason})") from None
+    return (None, *data.input_shape), (None, *outputs.shape[1:])
 
 
 def without_softmax(model: Any) -> Any:
@@ -63,13 +93,15 @@ def without_softmax(model: Any) -> Any:
     """
     import tf_keras as keras
 
-    if not model.layers or not (isinstance(model, keras.Sequential) or is_graph_network(model)):
+    if not is_graph_model(model) or len(model.outputs) != 1:
         return model  # a subclassed model's last layer need not be its last step
-    last = model.layers[-1]
+    # The layer making the output, and its call in this model's graph: a flattened model's layers
+    # also belong to the graph they were flattened from, so `last.input` could be another graph's.
+    last, node_index, _ = keras_history(model.outputs[0])
     if isinstance(last, keras.layers.Softmax) or (
         isinstance(last, keras.layers.Activation) and last.activation is keras.activations.softmax
     ):
-        model = keras.Model(model.inputs, last.input, name=model.name)
+        model = keras.Model(model.inputs, last.inbound_nodes[node_index].input_tensors, name=model.name)
     elif getattr(last, "activation", None) is keras.activations.softmax:
         last.activation = keras.activations.linear
     else:

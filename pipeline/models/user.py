@@ -26,7 +26,7 @@ from pydantic import Field, field_validator
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.fields import ExistingPath, Required
-from pipeline.models.compat import without_softmax
+from pipeline.models.compat import prepared
 from pipeline.savedmodel import is_inference_only
 from pipeline.schema import Params, Plugin
 from pipeline.security import check_target
@@ -94,8 +94,9 @@ class FileModel(Plugin[FileModelParams]):
         """The model file the first stage gets as its input.
 
         An inference-only SavedModel is handed on as it is. A Keras file is loaded as `build`
-        loads it (safe mode, a Keras 3 file rebuilt, a final softmax removed) and saved as a
-        tf-keras .keras file, so every stage reads the same checked model.
+        loads it (safe mode, a Keras 3 file rebuilt), prepared as every stage gets a model (nested
+        models flattened into one graph, a final softmax removed) and saved as a tf-keras .keras
+        file, so every stage reads the same checked model.
         """
         source = {"source": self.config.path}
         if self.start_format() is ModelFormat.SAVED_MODEL:
@@ -103,7 +104,8 @@ class FileModel(Plugin[FileModelParams]):
         from pipeline.models.keras3 import scratch
 
         path = scratch() / f"start-{uuid.uuid4().hex[:12]}.keras"
-        self.build((), 0).save(path)  # a file model ignores the data's shape and class count
+        # A file model ignores the data's shape and class count.
+        prepared(self.build((), 0), "model.path", self.sample).save(path)
         return ModelArtifact(path, ModelFormat.KERAS, "model", metadata=source)
 
     def prepare(self, data: Any) -> None:
@@ -119,7 +121,7 @@ class FileModel(Plugin[FileModelParams]):
                 f"model.path: {self.config.path} is an inference-only SavedModel (a serving signature, no Keras "
                 "model) and cannot be trained; save the Keras model with model.save('model.keras')"
             )
-        return without_softmax(load_model_file(self.config.path, "model.path", self.config.safe_mode, self.sample))
+        return load_model_file(self.config.path, "model.path", self.config.safe_mode, self.sample)
 
 
 def load_model_file(path: str, where: str, safe_mode: bool = True, sample: Any = None) -> Any:
@@ -198,7 +200,7 @@ class CustomModel(Plugin[CustomModelParams]):
                 f"model.target: {self.config.target} returned {type(model).__name__}, not a tf_keras model; "
                 "build it with `import tf_keras as keras` (TFMOT needs Keras 2)"
             )
-        return without_softmax(model)
+        return model
 
 
 def resolve(target: str) -> Any:
