@@ -61,7 +61,8 @@ def run_stages(name: str, stages: dict, overrides: list[str], outputs: Path, qui
     cfg.description = f"accuracy budget benchmark: {name}"
     started = time.perf_counter()
     result = run(cfg, RunInfo(run_dir=outputs / "runs" / name, recipe=f"benchmark_{name}"))
-    print(f"  {name}: {time.perf_counter() - started:.0f} s, " + ", ".join(f"{r.stage} {r.metrics['accuracy']:.4f}" for r in result.rows), flush=True)
+    accuracies = ", ".join(f"{r.stage} {r.metrics['accuracy']:.4f}" for r in result.rows)
+    print(f"  {name}: {time.perf_counter() - started:.0f} s, {accuracies}", flush=True)
     measured = {row.stage: dict(row.metrics) for row in result.rows}
     for artifact in result.artifact.lineage():  # the facts a stage recorded (float layers, per-layer targets)
         measured.setdefault(artifact.stage, {}).update({"facts": artifact.metadata})

@@ -8,7 +8,8 @@ benchmarks/compression.py): the small CNN trained once (the stage cache shares i
 - channel-pruned at shares 0.5 and 0.75, each one-shot (remove, then fine-tune) and gradual
   (three removal steps with fine-tuning between them, the same epochs in all), then int8.
 Which of one-shot and gradual recovers better is read on the validation split (mean over three
-seeds, each with its own trained model); the test split is reported once per row. Writes the tables to channel_pruning.md and the MNIST accuracy against
+seeds, each with its own trained model); the test split is reported once per row. Writes the tables to channel_pruning.md and the MNIST
+accuracy against
 latency, with its Pareto front, to channel_pruning.png in the outputs folder.
 
 MobileNetV2 alpha 1.0 at 224x224 (10 classes, weights=None, one epoch on synthetic images:
@@ -153,7 +154,8 @@ def mnist(args: argparse.Namespace, outputs: Path) -> tuple[str, list[tuple[str,
 
 def plot(rows: dict[str, dict[str, float]], times: dict[str, tuple[float, float]], path: Path) -> Path:
     """int8 test accuracy against int8 p50 of every MNIST row, with the Pareto front."""
-    from pipeline.report import RunPoint, plot as pareto_plot
+    from pipeline.report import RunPoint
+    from pipeline.report import plot as pareto_plot
 
     points = [RunPoint(name, name, {}, {"accuracy": r["int8"], "p50_us": times[name][0] * 1000}) for name, r in rows.items()]
     return pareto_plot(points, "p50_us", "int8 p50 at batch 1 (us, LiteRT, 1 thread)", path)

@@ -218,7 +218,8 @@ def targets(m: dict[str, Metrics]) -> list[tuple[str, str, str, bool]]:
         ("int8 accuracy drop vs float32 TFLite",
          f"{100 * int8_drop:+.2f} pt ({int8['accuracy']:.4f} vs {float_tflite['accuracy']:.4f})", "<= 0.5 pt", int8_drop <= 0.005),
         ("80% pruned int8 gzip: float Keras gzip / pruned gzip",
-         f"{gzip_factor:.1f}x ({keras['gzip_bytes'] / 1024:.0f} / {pruned['gzip_bytes'] / 1024:.0f} KiB; sparsity {pruned['sparsity']:.1%})",
+         f"{gzip_factor:.1f}x ({keras['gzip_bytes'] / 1024:.0f} / {pruned['gzip_bytes'] / 1024:.0f} KiB; "
+         f"sparsity {pruned['sparsity']:.1%})",
          ">= 10x", gzip_factor >= 10),
         ("80% pruned int8 accuracy drop vs float Keras",
          f"{100 * pruned_drop:+.2f} pt ({pruned['accuracy']:.4f} vs {keras['accuracy']:.4f})", "<= 1 pt", pruned_drop <= 0.01),
@@ -242,7 +243,8 @@ def targets(m: dict[str, Metrics]) -> list[tuple[str, str, str, bool]]:
 
 def plot(m: dict[str, Metrics], path: Path) -> Path:
     """Accuracy against gzip size of every table row, with the Pareto front."""
-    from pipeline.report import RunPoint, plot as pareto_plot
+    from pipeline.report import RunPoint
+    from pipeline.report import plot as pareto_plot
 
     points = [
         RunPoint(label, label, {}, {**m[variant][stage], "gzip_kib": m[variant][stage]["gzip_bytes"] / 1024})

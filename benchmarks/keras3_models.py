@@ -96,7 +96,9 @@ def main() -> None:
 
     outputs = folder / "outputs"
     runs = {
-        "mobile_int8 (.keras)": run_recipe("mobile_int8", keras_file, args.mnist, outputs, "stages.train.epochs=1", "stages.prune.epochs=3"),
+        "mobile_int8 (.keras)": run_recipe(
+            "mobile_int8", keras_file, args.mnist, outputs, "stages.train.epochs=1", "stages.prune.epochs=3"
+        ),
         "qat_int8 (.keras)": run_recipe("qat_int8", keras_file, args.mnist, outputs, "stages.train.epochs=1", "stages.qat.epochs=2"),
         "ptq_int8 (.keras)": run_recipe("ptq_int8", keras_file, args.mnist, outputs),
         "ptq_int8 (model.export SavedModel)": run_recipe("ptq_int8", saved_model, args.mnist, outputs),

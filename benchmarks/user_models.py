@@ -65,7 +65,9 @@ def run_recipe(model: str, recipe: str, args: argparse.Namespace, outputs: Path)
 
     absent = "stages.qat." if recipe == "mobile_int8" else "stages.prune."  # a setting would add the stage
     stage_settings = [o for o in settings(args) if not o.startswith(absent)]
-    overrides = [f"outputs={outputs}", f"recipe={recipe}", "data=idx", f"data.path={args.data}", *model_settings(model, args), *stage_settings]
+    overrides = [
+        f"outputs={outputs}", f"recipe={recipe}", "data=idx", f"data.path={args.data}", *model_settings(model, args), *stage_settings
+    ]
     with initialize_config_module(config_module="recipes", version_base="1.3"):
         cfg = compose("config", overrides=[with_stage_prefix(o) for o in overrides])
     started = time.perf_counter()
@@ -114,7 +116,8 @@ def targets(m: dict[str, dict[str, dict]]) -> list[tuple[str, str, str, str, boo
         drop = 100 * (keras - qat["qat"]["accuracy"])
         found += [
             (model, "float test accuracy", f"{keras:.4f}", ">= 0.95", keras >= 0.95),
-            (model, "pruned layers' sparsity - target", f"{layers - SPARSITY:+.4f} ({layers:.1%})", "within 0.02", abs(layers - SPARSITY) <= 0.02),
+            (model, "pruned layers' sparsity - target", f"{layers - SPARSITY:+.4f} ({layers:.1%})", "within 0.02",
+             abs(layers - SPARSITY) <= 0.02),
             (model, "int8 files fully integer (PTQ, QAT)", ", ".join("yes" if i else "no" for i in integer), "both", all(integer)),
             (model, "QAT int8 accuracy drop vs float", f"{drop:+.2f} pt ({qat['qat']['accuracy']:.4f})", "<= 1 pt", drop <= 1.0),
         ]

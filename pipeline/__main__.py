@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -42,7 +43,7 @@ def main(cfg: DictConfig) -> float | list[float]:
     return values(result.rows[-1].metrics, list(cfg.objectives))
 
 
-def failures_tolerated(hydra_cfg: DictConfig) -> bool:
+def failures_tolerated(hydra_cfg: Any) -> bool:
     """Whether the sweeper goes on after a failed job (Optuna's `max_failure_rate` above 0)."""
     return float(hydra_cfg.sweeper.get("max_failure_rate") or 0) > 0
 

@@ -68,7 +68,8 @@ class ModelArtifact:
 
     def lineage(self) -> list[ModelArtifact]:
         """This artifact, then its parent, and so on back to the first model."""
-        chain, current = [], self
+        chain: list[ModelArtifact] = []
+        current: ModelArtifact | None = self
         while current is not None:
             chain.append(current)
             current = current.parent

@@ -32,10 +32,10 @@ PLUGINS = {
 
 def prepare(argv: list[str]) -> list[str]:
     """Check group choices and return the arguments to hand to Hydra."""
-    from hydra._internal.utils import get_args_parser
+    from pipeline.private_api import hydra_argument_parser
 
     try:
-        args = get_args_parser().parse_args(argv)
+        args = hydra_argument_parser().parse_args(argv)
     except SystemExit:  # let Hydra report its own usage errors
         return argv
     if any(o.startswith("hydra.searchpath") for o in args.overrides):

@@ -33,7 +33,8 @@ class DeviceParams(Params):
         ),
     )
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = Field(
-        "auto", description="Dtype policy of models a stage builds (output layers stay float32); auto: mixed_bfloat16 on TPU, float32 elsewhere."
+        "auto",
+        description="Dtype policy of models a stage builds (output layers stay float32); auto: mixed_bfloat16 on TPU, float32 elsewhere.",
     )
     jit_compile: bool | Literal["auto"] = Field(
         "auto", description="Compile training steps with XLA; auto: on TPU only (it always compiles)."

@@ -16,6 +16,7 @@ from importlib import metadata
 
 from pipeline.devices import DeviceParams, DeviceSetup
 from pipeline.errors import PipelineError, report
+from pipeline.private_api import untested_versions
 from pipeline.schema import parse
 
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "mlflow", "hydra-core", "numpy")
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         print("versions:")
         for name, version in versions():
             print(f"  {name:<31} {version}")
+        for untested in untested_versions():
+            print(f"  warning: {untested}: the private APIs in pipeline/private_api.py were checked on another version")
         print("devices:")
         for line in device_lines():
             print(f"  {line}")

@@ -67,7 +67,7 @@ def sweep_variants(config: DictConfig) -> Iterator[DictConfig]:
             continue
         try:
             values = list(override.sweep_iterator())
-        except Exception:  # interval() and other sweeps that only a sweeper can expand
+        except Exception:  # noqa: BLE001 - interval() and other sweeps only a sweeper can expand, each its own way
             continue
         for value in values:
             variant = config.copy()

@@ -79,7 +79,7 @@ def constant_tensors(path: Path) -> list[tuple[tuple[int, ...], int, int | None]
     minus the stored values.
     """
     model = read_model(path)
-    found = []
+    found: list[tuple[tuple[int, ...], int, int | None]] = []
     for subgraph in model.subgraphs:
         for tensor in subgraph.tensors:
             data = model.buffers[tensor.buffer].data
@@ -91,7 +91,7 @@ def constant_tensors(path: Path) -> list[tuple[tuple[int, ...], int, int | None]
             if dtype is None:
                 found.append((shape, count, None))
                 continue
-            values = np.frombuffer(np.asarray(data, dtype=np.uint8).tobytes(), dtype=dtype)
+            values: np.ndarray = np.frombuffer(np.asarray(data, dtype=np.uint8).tobytes(), dtype=dtype)
             zeros = count - int(np.count_nonzero(values)) if tensor.sparsity is None else count - values.size
             found.append((shape, count, zeros))
     return found
@@ -108,6 +108,6 @@ def read_model(path: Path) -> Any:
 
 @functools.lru_cache(maxsize=4)
 def _read_model(path: str, mtime_ns: int, size: int) -> Any:
-    from tensorflow.lite.tools import flatbuffer_utils
+    from pipeline.private_api import read_tflite
 
-    return flatbuffer_utils.read_model(path)
+    return read_tflite(path)

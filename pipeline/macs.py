@@ -30,9 +30,12 @@ def calls(model: Any) -> list[tuple[Any, Any]]:
     A layer's first node may belong to another graph (the nested model it was flattened from, whose
     input size may be unknown), so shapes are read from the calls in this one.
     """
-    if not getattr(model, "_is_graph_network", False):
+    from pipeline.private_api import is_graph_network, nodes_by_depth
+
+    if not is_graph_network(model):
         return [(layer, None) for layer in model.layers]
-    nodes = (node for depth in sorted(model._nodes_by_depth, reverse=True) for node in model._nodes_by_depth[depth])
+    by_depth = nodes_by_depth(model)
+    nodes = (node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth])
     return [(node.layer, node) for node in nodes if not node.is_input]
 
 
@@ -57,11 +60,10 @@ def layer_macs(layer: Any, node: Any = None) -> int:
 
 def tflite_macs(path: Path) -> int:
     """MACs of one invocation of a .tflite file, from its operators' weight and output shapes."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
     from pipeline.litert import read_model
+    from pipeline.private_api import tflite_operator_names
 
-    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    names = tflite_operator_names()
     model = read_model(path)
     total = 0
     for subgraph in model.subgraphs:

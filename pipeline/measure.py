@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import gzip
 import io
-import time
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline import litert
-from pipeline.macs import keras_macs, tflite_macs
 from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.data import Dataset
+from pipeline.macs import keras_macs, tflite_macs
 from pipeline.recipe import MeasureParams
 
 METRICS = (
@@ -93,7 +93,7 @@ def accuracies(logits: np.ndarray, data: Dataset) -> dict[str, float]:
     return {"accuracy": hits(test, data.y_test), "val_accuracy": hits(val, data.y_val) if len(val) else float("nan")}
 
 
-def keras_predict(model, x: np.ndarray) -> tuple[object, np.ndarray]:
+def keras_predict(model, x: np.ndarray) -> tuple[Any, np.ndarray]:
     """A traced forward pass for any batch size, and its outputs for `x` in batches of 256.
 
     One graph serves both the accuracy pass and the batch-1 timing: tracing costs more than the

@@ -29,7 +29,9 @@ def all_layers(model: Any) -> list[Any]:
 
 def output_layer_names(model: Any) -> set[str]:
     """Names of the layers that produce `model`'s outputs."""
-    return {tensor._keras_history.layer.name for tensor in model.outputs}
+    from pipeline.private_api import producing_layer
+
+    return {producing_layer(tensor).name for tensor in model.outputs}
 
 
 def with_dtypes(model: Any, hidden: str | None, outputs: str | None) -> Any:

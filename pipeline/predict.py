@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ def find_export(given: Path, target: str | None) -> Export:
                 return export_of(meta, folder / given.name, matches[0])
             continue
         chosen = target or next((t for t in PREFERENCE if t in files), None)
-        if chosen in files:
+        if chosen is not None and chosen in files:
             return export_of(meta, folder / files[chosen], chosen)
         raise PipelineError(f"--format {chosen}: {json_path.name} lists no such export (it has {', '.join(files)}); pick one of those")
     raise PipelineError(
@@ -143,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("export", type=Path, help="a run's export/ folder, or an exported .tflite/.keras/.h5/SavedModel")
     parser.add_argument("inputs", type=Path, nargs="+", help="a CSV file, an .npz file, image files or a folder of images")
-    parser.add_argument("--format", choices=PREFERENCE, help="which export of a folder to run (default: the first of tflite, keras, saved_model, h5)")
+    parser.add_argument(
+        "--format", choices=PREFERENCE, help="which export of a folder to run (default: the first of tflite, keras, saved_model, h5)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="LiteRT interpreter threads (default 1)")
     args = parser.parse_args(argv)
     from pipeline import quiet
@@ -156,4 +157,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

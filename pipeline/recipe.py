@@ -106,9 +106,11 @@ def to_plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Resolve interpolations and drop Hydra's own node, turning mistakes into one line."""
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(dict(cfg))
-    keys = [key for key in cfg.keys() if key != "hydra"]
+    keys = [str(key) for key in cfg.keys() if key != "hydra"]
     try:
-        return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True, throw_on_missing=True)
+        resolved = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True, throw_on_missing=True)
+        assert isinstance(resolved, dict)  # the composed config is a mapping
+        return {str(key): value for key, value in resolved.items()}
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "config"
         reason = str(error).splitlines()[0]

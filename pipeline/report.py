@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,7 @@ def fetch(client: Any, experiment: str, sweep: str | None) -> tuple[list[RunPoin
     return points, sweep
 
 
-def table(points: Sequence[RunPoint], front: set[str] = frozenset()) -> str:
+def table(points: Sequence[RunPoint], front: Collection[str] = frozenset()) -> str:
     """Markdown table: varying parameters, then final metrics; `front` runs marked with *."""
     swept = varying(points)
     header = ["run", *swept, "size", "gzip", "val accuracy", "test accuracy", "p50 ms", "front"]

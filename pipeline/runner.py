@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,7 +57,7 @@ class RunResult:
 
     rows: list[StageRow]
     artifact: ModelArtifact
-    run_id: str
+    run_id: str | None  # None when tracking is off
     run_dir: Path
     exports: list[Path] = field(default_factory=list)
 
@@ -66,7 +67,7 @@ class StageOutcome:
     """One stage's output, its measurements, and whether it came from the cache."""
 
     artifact: ModelArtifact
-    metrics: dict[str, float]
+    metrics: Mapping[str, float]
     seconds: float
     cached: bool
 
@@ -102,7 +103,7 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
         tracker.log_text(yaml.safe_dump(plan.config, sort_keys=False), "recipe.yaml")
         tracker.log_file(info.run_dir / "layer_plan.md")
         tracker.log_file(info.run_dir / "layer_plan.json")
-        measured: dict[str, dict[str, float]] = {}
+        measured: dict[str, Mapping[str, float]] = {}
         for index, planned in enumerate(plan.stages):
             raise_if_interrupted()
             log.info("[%d/%d] %s (%s)", index + 1, len(plan.stages), planned.name, planned.type)
@@ -189,7 +190,7 @@ def file_stamps(tree: Any) -> list[Any]:
 
 def stage_context(
     plan: Plan, planned: PlannedStage, index: int, info: RunInfo, data: Dataset,
-    measured: dict[str, dict[str, float]], ledger: Ledger | None = None,
+    measured: dict[str, Mapping[str, float]], ledger: Ledger | None = None,
 ) -> StageContext:
     """The context one stage runs in, with its own work folder and what earlier stages measured."""
     workdir = info.run_dir / "stages" / f"{index}_{planned.name}"

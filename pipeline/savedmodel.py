@@ -101,9 +101,9 @@ class SignatureModel:
         A signature may also read state that inference does not need (a Keras 3 dropout's seed,
         after `tf.saved_model.save`); left as variables, it stops int8 calibration in the converter.
         """
-        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+        from pipeline.private_api import frozen_function
 
-        return convert_variables_to_constants_v2(self._function)
+        return frozen_function(self._function)
 
     def get_weights(self) -> list[np.ndarray]:
         """Values of the variables the signature reads."""

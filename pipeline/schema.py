@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, ClassVar, Generic, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.errors import PipelineError
 
 P = TypeVar("P", bound="Params")
+C = TypeVar("C", bound="Params")
 
 
 class Params(BaseModel):
@@ -24,14 +25,14 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class Plugin:
+class Plugin(Generic[C]):
     """Base of every plugin (stage, data source, model): a `Config` schema, and the config parsed
-    from it that the plugin was made with."""
+    from it that the plugin was made with (`Plugin[ThatSchema]` types it for the plugin's code)."""
 
     Config: ClassVar[type[Params]] = Params
 
-    def __init__(self, config: Params):
-        self.config = config
+    def __init__(self, config: C):
+        self.config: C = config
 
 
 def parse(schema: type[P], values: Mapping[str, Any] | None, where: str) -> P:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -13,7 +13,7 @@ class StageRow:
     stage: str
     format: str
     seconds: float
-    metrics: dict[str, float]
+    metrics: Mapping[str, float]
     cached: bool = False
 
 

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pipeline.errors import PipelineError
 from pipeline.recipe import TrackingParams
@@ -109,9 +109,14 @@ class Tracker:
         """Create the run."""
         self.run_id = self.client.create_run(self.experiment_id(), run_name=run_name, tags=dict(tags)).info.run_id
 
+    def current_run(self) -> str:
+        """The run `begin` created."""
+        assert self.run_id is not None, "begin comes first"
+        return self.run_id
+
     def end(self, status: str) -> None:
         """Mark the run FINISHED, FAILED or KILLED."""
-        self.client.set_terminated(self.run_id, status)
+        self.client.set_terminated(self.current_run(), status)
 
     def log_params(self, params: Mapping[str, str]) -> None:
         """Log parameters in batches that MLflow accepts."""
@@ -119,7 +124,7 @@ class Tracker:
 
         items = [Param(key, value) for key, value in params.items()]
         for start in range(0, len(items), _BATCH):
-            self.client.log_batch(self.run_id, params=items[start : start + _BATCH])
+            self.client.log_batch(self.current_run(), params=items[start : start + _BATCH])
 
     def log_stage(self, index: int, name: str, metrics: Mapping[str, float]) -> None:
         """One stage's measurements, per stage and as a step of the pipeline-wide series."""
@@ -129,7 +134,7 @@ class Tracker:
         now = get_current_time_millis()
         batch = [Metric(f"{name}.{key}", float(value), now, 0) for key, value in metrics.items()]
         batch += [Metric(key, float(value), now, index) for key, value in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        self.client.log_batch(self.current_run(), metrics=batch)
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         """Plain metrics, no step (numbers a stage reports about its own work)."""
@@ -138,28 +143,28 @@ class Tracker:
             from mlflow.utils.time import get_current_time_millis
 
             now = get_current_time_millis()
-            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+            self.client.log_batch(self.current_run(), metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
     def set_tag(self, key: str, value: str) -> None:
         """A tag decided during the run (e.g. which stages came from the cache)."""
-        self.client.set_tag(self.run_id, key, value)
+        self.client.set_tag(self.current_run(), key, value)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """A text artifact, such as the resolved recipe."""
-        self.client.log_text(self.run_id, text, artifact_file)
+        self.client.log_text(self.current_run(), text, artifact_file)
 
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         """A file or directory as run artifacts."""
         if Path(path).is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            self.client.log_artifacts(self.current_run(), str(path), artifact_path)
         else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            self.client.log_artifact(self.current_run(), str(path), artifact_path)
 
     def register(self, name: str) -> None:
         """The run's shipped model (its `model/` artifacts) as a new version of registered model `name`."""
         from pipeline.model_registry import register
 
-        version = register(self.client, name, self.run_id)
+        version = register(self.client, name, self.current_run())
         self.registered = f"{name} version {version.version}"
 
 
@@ -197,15 +202,15 @@ class BackgroundTracker:
     def close(process: subprocess.Popen) -> None:
         """Let an idle child go at exit (it ends when its input closes) instead of leaving it orphaned."""
         with suppress(BrokenPipeError, ValueError, OSError):
-            process.stdin.close()
+            pipes(process)[0].close()
         with suppress(subprocess.TimeoutExpired):
             process.wait(timeout=10)
 
     def send(self, call: str, *args: Any) -> None:
         """Queue one call for the child; a child that already failed says why in `end`."""
         with suppress(BrokenPipeError, ValueError):  # ValueError: the pipe is already closed
-            self.process.stdin.write(json.dumps([call, *args], default=str) + "\n")
-            self.process.stdin.flush()
+            pipes(self.process)[0].write(json.dumps([call, *args], default=str) + "\n")
+            pipes(self.process)[0].flush()
 
     @contextmanager
     def start(self, run_name: str, tags: Mapping[str, str]) -> Iterator[BackgroundTracker]:
@@ -229,7 +234,7 @@ class BackgroundTracker:
         """Close the run and wait until every queued call is written."""
         self.send("end", status)
         try:
-            reply = self.process.stdout.readline()
+            reply = pipes(self.process)[1].readline()
         except ValueError:  # its pipe was closed after an earlier failure
             reply = ""
         outcome = json.loads(reply) if reply.strip() else {"error": "its writer stopped"}
@@ -246,7 +251,7 @@ class BackgroundTracker:
     def stop(self) -> None:
         """End the child (it exits when its input closes); the next run starts a new one."""
         self.close(self.process)
-        self.process.stdout.close()
+        pipes(self.process)[1].close()
         if BackgroundTracker._shared is self.process:
             BackgroundTracker._shared = None
 
@@ -283,7 +288,7 @@ def serve_run(calls: Iterator[str], reply: Any) -> bool:
                 tracker = Tracker(TrackingParams(**args[0]), Path(args[1]))
             else:
                 getattr(tracker, call)(*args)
-        except Exception as error:  # reported to the pipeline process, which fails the run with it
+        except Exception as error:  # noqa: BLE001 - reported to the pipeline process, which fails the run with it
             outcome = {"error": f"{type(error).__name__}: {error}".splitlines()[0]}
     if tracker is None and not ended:
         return False  # the input ended between runs
@@ -292,7 +297,7 @@ def serve_run(calls: Iterator[str], reply: Any) -> bool:
     if tracker is not None and tracker.run_id is not None:
         try:
             tracker.end(status)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - as above: the pipeline process reports it
             outcome.setdefault("error", f"{type(error).__name__}: {error}".splitlines()[0])
         outcome["run_id"] = tracker.run_id
         if tracker.registered:
@@ -316,6 +321,12 @@ class NoTracking:
     def __getattr__(self, name: str) -> Any:
         # log_params, log_stage, set_tag, log_text, log_file: accepted and dropped.
         return lambda *args, **kwargs: None
+
+
+def pipes(process: subprocess.Popen) -> tuple[IO[str], IO[str]]:
+    """The writer child's input and output (`BackgroundTracker.writer` opens both as pipes)."""
+    assert process.stdin is not None and process.stdout is not None
+    return process.stdin, process.stdout
 
 
 if __name__ == "__main__":

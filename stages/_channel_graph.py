@@ -24,6 +24,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.private_api import nodes_by_depth, producing_layer
+
 # Layers that make new channels from all input channels: kernel[..., in, out].
 PRODUCERS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "SeparableConv1D", "SeparableConv2D")
 # Layers that act on each channel on its own and hold no weights.
@@ -143,7 +145,8 @@ def analyse(model: Any) -> ChannelGraph:
     """Channel groups and layouts of every layer of a flat functional (or Sequential) model."""
     graph = ChannelGraph()
     layouts: dict[int, Layout] = {}  # id of a KerasTensor -> its channels
-    nodes = [node for depth in sorted(model._nodes_by_depth, reverse=True) for node in model._nodes_by_depth[depth]]
+    by_depth = nodes_by_depth(model)
+    nodes = [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
     # Calls in this model only: a layer reused from another model (a flattened one) has nodes there too.
     calls = Counter(node.layer.name for node in nodes)
     for node in nodes:  # inputs first
@@ -153,7 +156,7 @@ def analyse(model: Any) -> ChannelGraph:
         call = Call(node.layer, inputs, outputs, before, tuple(outputs[0].shape), calls[node.layer.name] > 1)
         made = _visit(graph, call)
         if type(node.layer).__name__ == "BatchNormalization" and graph.role.get(node.layer.name) == "per_channel":
-            source = node.keras_inputs[0]._keras_history.layer.name
+            source = producing_layer(node.keras_inputs[0]).name
             if source in graph.producer_group:
                 graph.followed_by[source] = node.layer.name
         for tensor, layout in zip(outputs, made):

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
@@ -41,7 +41,10 @@ class FallbackParams(Params):
     )
 
 
-class FallbackStage(Stage):
+F = TypeVar("F", bound=FallbackParams)
+
+
+class FallbackStage(Stage[F]):
     """Base of the stages that write int8 TFLite with ship gates and a float fallback (quantize, qat)."""
 
     @property
@@ -60,8 +63,9 @@ class FallbackStage(Stage):
 
     def check_settings(self, settings: Any, where: str) -> None:
         """The gates need a validation split; fallback=auto needs a recipe budget or the stage's tolerance."""
-        self.config.check_settings(settings, where)
-        if self.config.fallback == "auto" and settings.budget.accuracy_drop is None and self.config.accuracy_tolerance is None:
+        params: Any = self.config  # FallbackParams mixed with GateParams (quantize, qat)
+        params.check_settings(settings, where)
+        if params.fallback == "auto" and settings.budget.accuracy_drop is None and params.accuracy_tolerance is None:
             raise PipelineError(
                 f"{where}.fallback: auto keeps layers float until an accuracy budget holds, but none is set; "
                 f"set budget.accuracy_drop (e.g. 0.01) or {where}.accuracy_tolerance"

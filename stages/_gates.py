@@ -127,11 +127,10 @@ def float_operators(path: Path) -> list[str]:
 
 def float_ops(path: Path) -> list[tuple[str, list[str]]]:
     """Each operator that reads or writes a floating-point tensor: its name and its output tensors' names."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
+    from pipeline.private_api import read_tflite, tflite_operator_names
 
-    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-    model = flatbuffer_utils.read_model(str(path))
+    names = tflite_operator_names()
+    model = read_tflite(str(path))
     found = []
     for subgraph in model.subgraphs:
         for op in subgraph.operators:

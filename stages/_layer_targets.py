@@ -71,7 +71,9 @@ def resolve(model: Any, target: SparsityTarget, plan: Mapping[str, float] | None
     layers = model.layers
     if target == PLAN:
         if plan is None:
-            raise PipelineError(f"{where}.final_sparsity: 'plan' needs the plan of a sensitivity stage before this one; add one or give numbers")
+            raise PipelineError(
+                f"{where}.final_sparsity: 'plan' needs the plan of a sensitivity stage before this one; add one or give numbers"
+            )
         return {layer.name: float(plan.get(layer.name, 0.0)) for layer in layers}
     if not isinstance(target, dict):
         return {layer.name: float(target) for layer in layers}
@@ -114,5 +116,7 @@ def with_targets(
 
     planned_actions = {name: planned(name, action) for name, action in actions.items()}
     if not any(action.kind == "pruned" for action in planned_actions.values()):
-        raise PipelineError(f"{where}.final_sparsity: every chosen layer's target is 0, so nothing is pruned; give some layers a sparsity above 0")
+        raise PipelineError(
+            f"{where}.final_sparsity: every chosen layer's target is 0, so nothing is pruned; give some layers a sparsity above 0"
+        )
     return planned_actions

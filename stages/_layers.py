@@ -83,7 +83,8 @@ def choose_layers(
             actions[layer.name] = Action(left, "not in layers")
         elif (reason := why_not(layer)) is not None:
             if layer.name in choice.layers:
-                raise PipelineError(f"{where}.layers: layer '{layer.name}' ({type(layer).__name__}) is not supported here ({reason}); remove it")
+                named = f"layer '{layer.name}' ({type(layer).__name__})"
+                raise PipelineError(f"{where}.layers: {named} is not supported here ({reason}); remove it")
             actions[layer.name] = Action(left, reason)
         else:
             actions[layer.name] = Action(verb)

@@ -65,10 +65,10 @@ def quantize(calibrated: bytes, float_nodes: Iterable[str] = (), debug: bool = F
 
 
 def graph(flatbuffer: bytes) -> tuple[Any, Any]:
-    """(model, first subgraph) of a TFLite flatbuffer, as flatbuffer_utils reads it."""
-    from tensorflow.lite.tools import flatbuffer_utils
+    """(model, first subgraph) of a TFLite flatbuffer, in TensorFlow's object model."""
+    from pipeline.private_api import tflite_from_bytes
 
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    model = tflite_from_bytes(flatbuffer)
     return model, model.subgraphs[0]
 
 
@@ -92,7 +92,9 @@ def layer_nodes(quantized: bytes, layer_names: Mapping[str, str]) -> dict[str, l
     found: dict[str, list[str]] = {}
     for op in subgraph.operators:
         output = tensor_name(subgraph, int(op.outputs[0]))
-        constants = [tensor_name(subgraph, int(i)) for i in op.inputs if i >= 0 and model.buffers[subgraph.tensors[i].buffer].data is not None]
+        constants = [
+            tensor_name(subgraph, int(i)) for i in op.inputs if i >= 0 and model.buffers[subgraph.tensors[i].buffer].data is not None
+        ]
         layer = next((name for name in (layer_in(n, layer_names) for n in [output, *constants]) if name), None)
         if layer is not None:
             found.setdefault(layer, []).append(output)

@@ -26,6 +26,7 @@ from pydantic import Field
 from pipeline.artifact import Effect, ModelArtifact
 from pipeline.errors import PipelineError
 from pipeline.layer_plan import Action, LayerPlan, StagePlan
+from pipeline.private_api import is_graph_network
 from pipeline.stage import Stage, StageContext
 from stages._layers import LayerChoice, check_names, check_patterns, left_alone, matches, require_layer_graph
 from stages._training import FitParams, compile_model, fit, save_keras
@@ -54,7 +55,7 @@ class ChannelPruneParams(FitParams, LayerChoice):
     learning_rate: float = Field(5e-4, gt=0, le=10, description="Fine-tuning optimizer step size.")
 
 
-class ChannelPruneStage(Stage):
+class ChannelPruneStage(Stage[ChannelPruneParams]):
     """Structured pruning: whole channels and units removed by filter norm, fine-tuned."""
 
     Config: ClassVar = ChannelPruneParams
@@ -117,7 +118,7 @@ def flat_model(keras_model: Any, where: str, sample: Any = None) -> Any:
     for a subclassed model, which has no layer graph."""
     from pipeline.models.flatten import flatten
 
-    if not getattr(keras_model, "_is_graph_network", False):
+    if not is_graph_network(keras_model):
         raise PipelineError(
             f"{where}: the model is a subclassed Keras model (no layer graph); channel pruning needs a functional or "
             "Sequential model: build it with keras.Model(inputs, outputs) or keras.Sequential"
@@ -183,6 +184,8 @@ def search_share(model: Any, graph: ChannelGraph, params: ChannelPruneParams, wh
     """The smallest overall share whose model keeps at most `flops_target` of the MACs (bisection)."""
     from stages._surgery import counted_macs
 
+    assert params.flops_target is not None  # the caller searches only for a target
+    target = params.flops_target
     full = counted_macs(model, graph, {})
 
     def macs_at(share: float) -> float | None:
@@ -196,16 +199,16 @@ def search_share(model: Any, graph: ChannelGraph, params: ChannelPruneParams, wh
     while reachable is None and high > 1e-3:  # the largest share that leaves every layer a channel
         high *= 0.98
         reachable = macs_at(high)
-    if reachable is None or reachable > params.flops_target * full:
+    if reachable is None or reachable > target * full:
         least = (reachable or full) / full
         raise PipelineError(
-            f"{where}.flops_target: {100 * params.flops_target:.3g}% of the MACs is out of reach, the fewest this model can "
+            f"{where}.flops_target: {100 * target:.3g}% of the MACs is out of reach, the fewest this model can "
             f"keep is {100 * least:.3g}% (layers that must keep their channels do the rest); raise {where}.flops_target"
         )
     for _ in range(30):
         middle = (low + high) / 2
         value = macs_at(middle)
-        if value is not None and value <= params.flops_target * full:
+        if value is not None and value <= target * full:
             high = middle
         else:
             low = middle

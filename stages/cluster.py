@@ -32,7 +32,7 @@ class ClusterParams(FitParams, LayerChoice):
     learning_rate: float = Field(3e-4, gt=0, le=10, description="Fine-tuning optimizer step size.")
 
 
-class ClusterStage(Stage):
+class ClusterStage(Stage[ClusterParams]):
     """Weight clustering to `number_of_clusters` values per kernel, fine-tuned and stripped."""
 
     Config: ClassVar = ClusterParams
@@ -51,13 +51,10 @@ class ClusterStage(Stage):
 
     def choose(self, model: Any, where: str) -> dict[str, Action]:
         """`clustered` or `unclustered` with the reason, for every layer with a kernel."""
-        from tensorflow_model_optimization.python.core.clustering.keras.clusterable_layer import ClusterableLayer
-        from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import ClusteringRegistry
+        from pipeline.private_api import clusterable
 
         def why_not(layer: Any) -> str | None:
-            # The registry "supports" DepthwiseConv2D but lists no weight of it to cluster (TFMOT 0.8).
-            supported = ClusteringRegistry.supports(layer) and bool(ClusteringRegistry._weight_names(layer))
-            return None if isinstance(layer, ClusterableLayer) or supported else "not clusterable"
+            return None if clusterable(layer) else "not clusterable"
 
         return choose_layers(model, self.config, why_not, where, "clustered", "unclustered")
 
@@ -67,7 +64,8 @@ class ClusterStage(Stage):
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         import tensorflow_model_optimization as tfmot
-        from tensorflow_model_optimization.python.core.clustering.keras.experimental import cluster
+
+        from pipeline.private_api import cluster_weights
 
         assert model is not None  # guaranteed by `accepts`
         params: ClusterParams = self.config
@@ -86,7 +84,7 @@ class ClusterStage(Stage):
             )
 
         def wrap(layer: Any) -> Any:
-            return cluster.cluster_weights(
+            return cluster_weights(
                 layer, number_of_clusters=plan[layer.name], cluster_centroids_init=init,
                 preserve_sparsity=preserve, cluster_per_channel=params.per_channel,
             )

@@ -44,7 +44,7 @@ class DistillParams(FitParams):
     epochs: int = Field(20, ge=1, le=10_000, description="Passes over the training split.")
 
 
-class DistillStage(Stage):
+class DistillStage(Stage[DistillParams]):
     """Knowledge distillation from the incoming model (or a teacher file) into a fresh student.
 
     The teacher only predicts, so it may be an inference-only SavedModel; the student is built
@@ -95,6 +95,7 @@ class DistillStage(Stage):
         from pipeline import registry
         from pipeline.recipe import configure
 
+        assert not isinstance(self.config.student, str)  # "incoming" is the only string it takes
         return configure(registry.MODELS, self.config.student, f"{where}.student")
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:

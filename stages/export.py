@@ -28,11 +28,14 @@ SOURCE_FORMAT = {
 }
 
 
+DEFAULT_FORMATS: list[Target] = ["tflite", "keras"]
+
+
 class ExportParams(Params):
     """Parameters of the export stage."""
 
     formats: list[Target] = Field(
-        default_factory=lambda: ["tflite", "keras"], min_length=1,
+        default_factory=lambda: list(DEFAULT_FORMATS), min_length=1,
         description="Files to write: tflite, keras (.keras), h5, saved_model, keras3 (NAME_keras3.keras, for Keras 3).",
     )
     name: str = Field("model", pattern=r"^[\w.-]+$", description="Base name of the exported files.")
@@ -51,7 +54,7 @@ class ExportParams(Params):
     )
 
 
-class ExportStage(Stage):
+class ExportStage(Stage[ExportParams]):
     """Copy or convert the latest model of each requested format into `<run>/export/`.
 
     The incoming model is handed on as its exported copy; a Keras export after quantization
@@ -83,7 +86,7 @@ class ExportStage(Stage):
         folder.mkdir(parents=True, exist_ok=True)
         written: dict[str, Path] = {}
         keras_contract = keras_serving(params, model, ctx)
-        contracts = {}
+        contracts: dict[str, dict[str, str]] = {}
         for target in dict.fromkeys(params.formats):
             source = next(filter(None, (model.nearest(fmt) for fmt in SOURCE_FORMAT[target])), None)
             if source is None:
@@ -172,5 +175,7 @@ def write_keras3(keras_model: Any, path: Path, data: Any, ctx: StageContext) -> 
     keras_file = ctx.workdir / "keras3_source.keras"
     keras_model.save(keras_file)
     report = to_keras3(keras_file, path, sample_of(data), f"stages.{ctx.name}.formats")
-    ctx.log.info("    Keras 3 copy matches the tf-keras model on %d examples (largest difference %.2g)", report["examples"], report["max_abs_diff"])
+    ctx.log.info(
+        "    Keras 3 copy matches the tf-keras model on %d examples (largest difference %.2g)", report["examples"], report["max_abs_diff"]
+    )
     return path

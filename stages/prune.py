@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.layer_plan import Action, LayerPlan, StagePlan
+from pipeline.private_api import prunable
 from pipeline.stage import Stage, StageContext
 from stages._layer_targets import (
     PLAN,
@@ -108,7 +109,7 @@ def mask_schedule(params: PruneParams, total_steps: int) -> tuple[int, int]:
     return (ramp // frequency) * frequency, frequency
 
 
-class PruneStage(Stage):
+class PruneStage(Stage[PruneParams]):
     """Magnitude pruning to `final_sparsity` (or m:n structured) with a polynomial or constant schedule."""
 
     Config: ClassVar = PruneParams
@@ -128,11 +129,7 @@ class PruneStage(Stage):
         pattern = self.config.m_by_n
 
         def why_not(layer: Any) -> str | None:
-            from tensorflow_model_optimization.python.core.sparsity.keras.prunable_layer import (
-                PrunableLayer,
-            )
-
-            if not isinstance(layer, PrunableLayer) and not prunable(layer):
+            if not prunable(layer):
                 return "not prunable"
             # m:n groups run along the input channels; a layer with fewer cannot hold the pattern.
             if pattern is not None and layer.get_weights()[0].shape[-2] % pattern[1]:
@@ -241,15 +238,6 @@ def fine_tune(keras_model: Any, model: ModelArtifact, ctx: StageContext, params:
     loss = distillation_loss("kl", params.teacher_alpha, temperature)
     compile_model(keras_model, params, loss=loss, metrics=[packed_accuracy])
     fit(keras_model, ctx, params, callbacks=callbacks, targets=teacher_targets(teacher, ctx.data))
-
-
-def prunable(layer: Any) -> bool:
-    """Whether TFMOT's registry knows how to prune `layer` (Dense, Conv, ...) and it has weights."""
-    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import (
-        PruneRegistry,
-    )
-
-    return PruneRegistry.supports(layer) and bool(PruneRegistry._weight_names(layer))
 
 
 def pruning_schedule(params: PruneParams, final: float, end_step: int, frequency: int) -> Any:

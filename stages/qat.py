@@ -58,7 +58,7 @@ def chosen_scheme(requested: str, effects: frozenset[Effect]) -> str:
     return next(scheme for scheme, keeps in KEEPS.items() if keeps == effects & {Effect.PRUNED, Effect.CLUSTERED})
 
 
-class QuantizeAwareStage(FallbackStage):
+class QuantizeAwareStage(FallbackStage[QuantizeAwareParams]):
     """Fine-tune with simulated int8 quantization, then convert to a full-integer int8 TFLite file.
 
     TFMOT's quantize wrappers (the cluster-preserving ones in particular) do not reload from a
@@ -193,21 +193,9 @@ AWARE = "quantization-aware"
 
 def scheme_of(name: str) -> Any:
     """TFMOT's quantization scheme for `name`, restricted to the layers its configs can quantize."""
-    import tensorflow_model_optimization as tfmot
-    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
-        default_8bit_cluster_preserve_quantize_scheme as cluster_preserve,
-    )
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-        default_8bit_quantize_scheme,
-    )
+    from pipeline.private_api import quantize_scheme
 
-    schemes = {
-        "default": default_8bit_quantize_scheme.Default8BitQuantizeScheme,
-        "pqat": tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme,
-        "cqat": lambda: cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False),
-        "pcqat": lambda: cluster_preserve.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True),
-    }
-    return _Supported(schemes[name]())
+    return _Supported(quantize_scheme(name))
 
 
 class _Supported:
@@ -220,12 +208,10 @@ class _Supported:
     """
 
     def __init__(self, scheme: Any):
-        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-            default_8bit_quantize_registry,
-        )
+        from pipeline.private_api import default_8bit_registry
 
         self.scheme, self.registry = scheme, scheme.get_quantize_registry()
-        self.default = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+        self.default = default_8bit_registry()
 
     def get_layout_transformer(self) -> Any:
         return self.scheme.get_layout_transformer()
@@ -269,7 +255,9 @@ def folded_batch_norms(model: Any) -> set[str]:
 
     linear = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
     found = set()
-    for nodes in model._nodes_by_depth.values():
+    from pipeline.private_api import nodes_by_depth
+
+    for nodes in nodes_by_depth(model).values():
         for node in nodes:
             before = node.inbound_layers
             is_batch_norm = isinstance(node.layer, keras.layers.BatchNormalization)

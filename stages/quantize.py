@@ -58,7 +58,7 @@ class QuantizeParams(GateParams, ServingParams, FallbackParams):
         return self
 
 
-class QuantizeStage(FallbackStage):
+class QuantizeStage(FallbackStage[QuantizeParams]):
     """Keras model or inference-only SavedModel -> .tflite via tf.lite.TFLiteConverter."""
 
     Config: ClassVar = QuantizeParams

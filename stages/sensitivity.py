@@ -116,12 +116,15 @@ class SensitivityStage(Stage):
             metrics={"base_val_accuracy": base, "planned_sparsity": params.target_sparsity}, reports=REPORTS,
         )
 
-    def write(self, measured: list[planning.LayerSensitivity], base: float, examples: int, shares: dict[str, float], ctx: StageContext) -> None:
+    def write(
+        self, measured: list[planning.LayerSensitivity], base: float, examples: int, shares: dict[str, float], ctx: StageContext
+    ) -> None:
         """The table (also logged), the plot and the plan, in the stage's folder."""
         text = planning.table(measured, base, examples, self.config.target_sparsity)
         (ctx.workdir / REPORTS[0]).write_text(text + "\n")
         planning.plot(measured, base, ctx.workdir / REPORTS[1])
-        (ctx.workdir / REPORTS[2]).write_text(json.dumps({"target_sparsity": self.config.target_sparsity, "layers": shares}, indent=2) + "\n")
+        plan = {"target_sparsity": self.config.target_sparsity, "layers": shares}
+        (ctx.workdir / REPORTS[2]).write_text(json.dumps(plan, indent=2) + "\n")
         ctx.log.info("    sensitivity (validation split):\n%s", text)
 
 

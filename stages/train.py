@@ -17,7 +17,7 @@ class TrainParams(FitParams):
     epochs: int = Field(20, ge=1, le=10_000, description="Passes over the training split.")
 
 
-class TrainStage(Stage):
+class TrainStage(Stage[TrainParams]):
     """Train from scratch (first stage) or keep training an incoming Keras model."""
 
     Config: ClassVar = TrainParams

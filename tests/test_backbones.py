@@ -12,8 +12,8 @@ from pipeline.errors import PipelineError
 from pipeline.models import check_compatible
 from pipeline.models.backbone import Backbone, BackboneParams, input_preprocessing
 from pipeline.recipe import build_plan
-from tests._tiny import context
 from tests._runs import compose_config
+from tests._tiny import context
 
 
 def rgb(count: int = 24, side: int = 32, classes: int = 3) -> Dataset:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import urllib.request
-
 from pathlib import Path
 
 import numpy as np
@@ -254,7 +253,7 @@ def test_image_folder_problems(tmp_path):
     (tmp_path / "flat").mkdir()
     with pytest.raises(PipelineError, match="needs at least two class subfolders"):
         build_plan(compose_config(tmp_path, "data=image_folder", f"data.path={tmp_path / 'flat'}"))
-    with pytest.raises(PipelineError, match="data.image_size.0: expected greater than or equal to 8 \(got 2\)"):
+    with pytest.raises(PipelineError, match=r"data.image_size.0: expected greater than or equal to 8 \(got 2\)"):
         build_plan(compose_config(tmp_path, "data=image_folder", f"data.path={root}", "data.image_size=[2,2]"))
 
 

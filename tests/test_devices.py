@@ -15,8 +15,8 @@ from pipeline.artifact import Effect
 from pipeline.devices import DeviceParams, DeviceSetup, worker_role
 from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
-from tests._tiny import accuracy, context, digits
 from tests._runs import ROOT, compose_config, run_cli
+from tests._tiny import accuracy, context, digits
 
 
 def gpu_present() -> bool:

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 
 from pipeline.artifact import Effect
-
 from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
 from stages.distill import DistillParams, DistillStage, distillation_loss, pack
-from tests._tiny import accuracy, context
 from tests._runs import compose_config
+from tests._tiny import accuracy, context
 
 
 def softmax(z):

@@ -13,8 +13,8 @@ from pipeline.errors import PipelineError
 from pipeline.models.keras3 import is_keras3
 from pipeline.models.user import FileModel, FileModelParams
 from tests import _keras3_models as k3
-from tests._tiny import context
 from tests._runs import TINY, run_cli
+from tests._tiny import context
 
 
 def images(shape, classes=3, count=24) -> Dataset:

@@ -10,8 +10,8 @@ from pipeline.data import DigitsSource, SplitParams
 from pipeline.models import SmallCNN, SmallCNNParams, check_compatible
 from pipeline.recipe import build_plan
 from pipeline.runner import RunInfo, run
-from tests._runs import TINY, compose_config, run_cli, table_rows
 from tests._data_files import MNIST10K, write_csv
+from tests._runs import TINY, compose_config, run_cli, table_rows
 
 needs_mnist = pytest.mark.skipif(not MNIST10K.exists(), reason=f"real MNIST IDX files not found at {MNIST10K}")
 

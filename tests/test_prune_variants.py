@@ -9,8 +9,8 @@ from pipeline.errors import PipelineError
 from pipeline.recipe import build_plan
 from stages.prune import PruneParams, PruneStage, follows_m_by_n, pruned_sparsity
 from stages.quantize import QuantizeParams, QuantizeStage
-from tests._tiny import context
 from tests._runs import compose_config
+from tests._tiny import context
 
 
 def test_two_of_four_pattern_holds_in_every_pruned_kernel(tmp_path, trained):

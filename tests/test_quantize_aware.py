@@ -14,8 +14,8 @@ from stages.cluster import ClusterParams, ClusterStage
 from stages.export import ExportParams, ExportStage
 from stages.prune import PruneParams, PruneStage
 from stages.qat import QuantizeAwareParams, QuantizeAwareStage, chosen_scheme
-from tests._tiny import accuracy, context
 from tests._runs import compose_config
+from tests._tiny import accuracy, context
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.recipe import MeasureParams, build_plan
 from pipeline.savedmodel import SignatureModel, is_inference_only
-from tests._tiny import context
 from tests._runs import compose_config
+from tests._tiny import context
 
 SIGNATURE_KINDS = ["export", "tf_saved_model"]
 

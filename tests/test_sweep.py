@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 
 from tests._runs import TINY, run_cli
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -7,8 +7,8 @@ module level, so that recipes validate quickly.
 """
 
 from pipeline.data.dataset import Dataset, SplitParams, as_labels, normalize, prepared, split, with_validation
-from pipeline.data.preprocessing import Preprocessing
 from pipeline.data.digits import DigitsSource
+from pipeline.data.preprocessing import Preprocessing
 
 __all__ = [
     "Dataset",

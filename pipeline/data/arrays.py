@@ -40,7 +40,7 @@ class NpzParams(SplitParams):
     normalize: Normalize = Field("unit", description=NORMALIZE_HELP)
 
 
-class NpzSource(Plugin):
+class NpzSource(Plugin[NpzParams]):
     """Examples from NumPy arrays: (N, H, W[, C]) images or (N, features) tables, integer or text labels."""
 
     Config: ClassVar = NpzParams
@@ -107,7 +107,7 @@ class CsvParams(SplitParams):
     normalize: Normalize = Field("standard", description=NORMALIZE_HELP)
 
 
-class CsvSource(Plugin):
+class CsvSource(Plugin[CsvParams]):
     """Tabular examples (N, features) for models such as `mlp`."""
 
     Config: ClassVar = CsvParams

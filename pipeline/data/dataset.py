@@ -224,11 +224,11 @@ def prepared(data: Dataset, steps: list[Step], **described: Any) -> Dataset:
 
     Images get their colour mode from the channel count unless `described` names it.
     """
-    channels = data.x_train.shape[-1] if data.x_train.ndim == 4 else None
-    described.setdefault("color_mode", {1: "grayscale", 3: "rgb"}.get(channels))
+    modes = {1: "grayscale", 3: "rgb"}
+    described.setdefault("color_mode", modes.get(data.x_train.shape[-1]) if data.x_train.ndim == 4 else None)
     if len(data.x_train):
         described["value_range"] = (float(data.x_train.min()), float(data.x_train.max()))
-    preprocessing = Preprocessing(tuple(steps), **described)  # type: ignore[arg-type]
+    preprocessing = Preprocessing(tuple(steps), **described)
     raw_test = np.asarray(data.x_test, np.float32)
     return replace(
         data,

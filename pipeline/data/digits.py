@@ -11,7 +11,7 @@ from pipeline.data.preprocessing import Rescale
 from pipeline.schema import Params, Plugin
 
 
-class DigitsSource(Plugin):
+class DigitsSource(Plugin[SplitParams]):
     """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), shipped with the package."""
 
     Config: ClassVar[type[Params]] = SplitParams

@@ -37,7 +37,7 @@ class KerasParams(SplitParams):
     cache_dir: str | None = Field(None, description="Folder for the downloaded file (null: ~/.keras).")
 
 
-class KerasSource(Plugin):
+class KerasSource(Plugin[KerasParams]):
     """MNIST, Fashion-MNIST (28x28x1) or CIFAR-10 (32x32x3), with their own 10,000-image test split."""
 
     Config: ClassVar = KerasParams
@@ -54,7 +54,8 @@ class KerasSource(Plugin):
             raise PipelineError(f"data.name={self.config.name}: download failed ({reason}); {OFFLINE}") from None
         y_train, _ = as_labels(y_train, f"data.name={self.config.name}")
         y_test, _ = as_labels(y_test, f"data.name={self.config.name}")
-        data = given_split(with_channel(x_train), y_train, with_channel(x_test), y_test, self.config, seed, CLASSES.get(self.config.name, ()))
+        labels = CLASSES.get(self.config.name, ())
+        data = given_split(with_channel(x_train), y_train, with_channel(x_test), y_test, self.config, seed, labels)
         return pixels(data)
 
 
@@ -74,7 +75,7 @@ class TfdsParams(SplitParams):
         return self
 
 
-class TfdsSource(Plugin):
+class TfdsSource(Plugin[TfdsParams]):
     """Any TFDS data set of same-sized examples, loaded whole into memory."""
 
     Config: ClassVar = TfdsParams

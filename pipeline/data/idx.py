@@ -38,7 +38,7 @@ class IdxParams(SplitParams):
         return path
 
 
-class IdxSource(Plugin):
+class IdxSource(Plugin[IdxParams]):
     """Grayscale images and labels from IDX files (MNIST, Fashion-MNIST, EMNIST, ...)."""
 
     Config: ClassVar = IdxParams

@@ -37,7 +37,7 @@ class ImageFolderParams(SplitParams):
         return path
 
 
-class ImageFolderSource(Plugin):
+class ImageFolderSource(Plugin[ImageFolderParams]):
     """Images decoded and resized with TensorFlow; classes numbered by sorted folder name."""
 
     Config: ClassVar = ImageFolderParams
@@ -46,7 +46,7 @@ class ImageFolderSource(Plugin):
         """Images (H, W, C) of pixel values divided by 255; class names are the folder names."""
         folders = class_folders(Path(self.config.path))
         files = [(path, label) for label, folder in enumerate(folders) for path in image_paths(folder)]
-        size = self.config.image_size
+        size: list[int] | tuple[int, ...] | None = self.config.image_size
         images = []
         for path, _ in files:
             image = decode(path, self.config.color_mode, size)
@@ -72,7 +72,7 @@ def image_paths(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS and p.is_file())
 
 
-def decode(path: Path, color_mode: str, size: list[int] | tuple[int, ...] | None) -> np.ndarray:
+def decode(path: Path, color_mode: str | None, size: list[int] | tuple[int, ...] | None) -> np.ndarray:
     """One image as float32 pixel values in [0, 255], resized to `size` when given.
 
     `pipeline.predict` decodes images with this same function, so a model that takes raw inputs

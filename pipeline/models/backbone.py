@@ -91,10 +91,10 @@ class BackboneParams(ModelParams):
         return self
 
 
-class Backbone(Architecture):
+class Backbone(Architecture[BackboneParams]):
     """A keras.applications base (flat), optionally pretrained and frozen, with a Dense logits head."""
 
-    Config: ClassVar = BackboneParams
+    Config: ClassVar[type[BackboneParams]] = BackboneParams
 
     @property
     def pretrained(self) -> bool:

@@ -7,7 +7,7 @@ model whose last layer outputs logits.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import Field
 
@@ -23,7 +23,10 @@ class ModelParams(Params):
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout rate before the classifier.")
 
 
-class Architecture(Plugin):
+A = TypeVar("A", bound=ModelParams)
+
+
+class Architecture(Plugin[A]):
     """Base of the built-ins: keeps the config and scales layer sizes by `width`."""
 
     Config: ClassVar[type[Params]] = ModelParams
@@ -45,7 +48,7 @@ def require_images(name: str, input_shape: tuple[int, ...]) -> None:
         )
 
 
-class SmallCNN(Architecture):
+class SmallCNN(Architecture[ModelParams]):
     """Two 3x3 convolutions, 2x2 max-pooling and a dense head: small enough for microcontrollers."""
 
     def check(self, input_shape: tuple[int, ...], num_classes: int) -> None:
@@ -86,7 +89,7 @@ class MLPParams(ModelParams):
     hidden: list[Units] = Field([128, 64], min_length=1, max_length=16, description="Units of each hidden layer (before width).")
 
 
-class MLP(Architecture):
+class MLP(Architecture[MLPParams]):
     """Dense layers with ReLU on flattened input: for tabular features, also takes images."""
 
     Config: ClassVar = MLPParams

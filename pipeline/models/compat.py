@@ -8,6 +8,7 @@ from typing import Any
 from pipeline.artifact import ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.models.flatten import flatten, is_graph_model
+from pipeline.private_api import keras_history
 
 log = logging.getLogger("pipeline")
 
@@ -42,7 +43,9 @@ def check_compatible(builder: Any, data: Any) -> Any:
     if check is not None:
         check(data.input_shape, data.num_classes)
     if starting_format(builder) is ModelFormat.SAVED_MODEL:
-        model = starting_artifact(builder).load_model()  # a signature: its shapes, no Keras model
+        start = starting_artifact(builder)
+        assert start is not None  # a SavedModel start is always a file
+        model = start.load_model()  # a signature: its shapes, no Keras model
     else:
         model = builder.build(data.input_shape, data.num_classes)
     declared, outputs = shapes(model, data, origin)
@@ -94,7 +97,7 @@ def without_softmax(model: Any) -> Any:
         return model  # a subclassed model's last layer need not be its last step
     # The layer making the output, and its call in this model's graph: a flattened model's layers
     # also belong to the graph they were flattened from, so `last.input` could be another graph's.
-    last, node_index, _ = model.outputs[0]._keras_history
+    last, node_index, _ = keras_history(model.outputs[0])
     if isinstance(last, keras.layers.Softmax) or (
         isinstance(last, keras.layers.Activation) and last.activation is keras.activations.softmax
     ):

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.private_api import is_graph_network, is_symbolic, nodes_by_depth, rename_layer
 
 # Float32 rounding may differ by the order of a few ulps where Keras fuses ops differently.
 RELATIVE_TOLERANCE = 1e-5
@@ -33,7 +34,7 @@ def is_graph_model(layer: Any) -> bool:
     """Whether `layer` is a functional or Sequential model with a layer graph (not subclassed)."""
     import tf_keras as keras
 
-    return isinstance(layer, keras.Model) and bool(getattr(layer, "_is_graph_network", False))
+    return isinstance(layer, keras.Model) and is_graph_network(layer)
 
 
 def is_nested(model: Any) -> bool:
@@ -75,15 +76,16 @@ class _Tracer:
         """`model`'s outputs computed from `inputs` by its own layers, nested models inlined."""
         import tensorflow as tf
 
-        if not model._is_graph_network:  # a Sequential never called on a known shape: a chain
+        if not is_graph_network(model):  # a Sequential never called on a known shape: a chain
             return self.chain(model, inputs[0], training, scope)
         tensors = {id(x): y for x, y in zip(model.inputs, inputs)}
-        for depth in sorted(model._nodes_by_depth, reverse=True):
-            for node in model._nodes_by_depth[depth]:
+        by_depth = nodes_by_depth(model)
+        for depth in sorted(by_depth, reverse=True):
+            for node in by_depth[depth]:
                 if node.is_input:
                     continue
                 args, kwargs = tf.nest.map_structure(
-                    lambda v: tensors.get(id(v), v) if _is_symbolic(v) else v, (node.call_args, dict(node.call_kwargs))
+                    lambda v: tensors.get(id(v), v) if is_symbolic(v) else v, (node.call_args, dict(node.call_kwargs))
                 )
                 outputs = self.call(node.layer, args, kwargs, training, scope)
                 for old, new in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(outputs)):
@@ -121,14 +123,8 @@ class _Tracer:
             name = f"{scope}{layer.name}" if scope and f"{scope}{layer.name}" not in self.taken else name
             while name in self.taken:
                 name, count = f"{layer.name}_{count}", count + 1
-            layer._name = name  # the layer object is shared with the nested model, which is not used again
+            rename_layer(layer, name)  # the layer object is shared with the nested model, which is not used again
         self.taken.add(name)
-
-
-def _is_symbolic(value: Any) -> bool:
-    from tf_keras.src.engine.keras_tensor import KerasTensor
-
-    return isinstance(value, KerasTensor)
 
 
 def _is_sequential(layer: Any) -> bool:

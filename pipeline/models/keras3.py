@@ -51,8 +51,8 @@ def keras_version(path: str | Path) -> str | None:
 
 def is_keras3(path: str | Path) -> bool:
     """Whether `path` is a model file written by Keras 3."""
-    version = keras_version(path)
-    return bool(version) and version.split(".")[0].isdigit() and int(version.split(".")[0]) >= 3
+    major = (keras_version(path) or "").split(".")[0]
+    return major.isdigit() and int(major) >= 3
 
 
 def sample_of(data: object) -> np.ndarray:

@@ -19,7 +19,6 @@ import argparse
 import inspect
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +219,8 @@ def failing_layer(config: dict, target: Dialect) -> str | None:
                 deserialize(layer, target)
                 found = None
             except Exception as error:  # noqa: BLE001
-                found = f"layer '{entry['config'].get('name')}' ({entry['class_name']}) cannot be rebuilt in {keras_name(target)} ({one_line(error)})"
+                named = f"layer '{entry['config'].get('name')}' ({entry['class_name']})"
+                found = f"{named} cannot be rebuilt in {keras_name(target)} ({one_line(error)})"
         if found:
             return found
     return None
@@ -346,4 +346,4 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    sys.exit(main())
+    main()

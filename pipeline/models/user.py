@@ -77,7 +77,7 @@ def model_file_problem(location: Path) -> str | None:
     return None
 
 
-class FileModel(Plugin):
+class FileModel(Plugin[FileModelParams]):
     """Start from a saved model (trained or not); `build` ignores the data and loads the file."""
 
     Config: ClassVar = FileModelParams
@@ -131,15 +131,13 @@ def load_model_file(path: str, where: str, safe_mode: bool = True, sample: Any =
     the data; random inputs when None).
     """
     import tf_keras as keras
-    # Keras applies safe mode to .keras files only; the scope extends it to the legacy
-    # .h5/SavedModel loaders, which otherwise rebuild Lambda layers from raw bytecode.
-    from tf_keras.src.saving.serialization_lib import SafeModeScope
 
     from pipeline.models.keras3 import is_keras3, to_tf_keras
+    from pipeline.private_api import safe_mode_scope
 
     source = to_tf_keras(path, sample, safe_mode, where) if is_keras3(path) else path
     try:
-        with SafeModeScope(safe_mode):
+        with safe_mode_scope(safe_mode):
             model = keras.models.load_model(source, compile=False, safe_mode=safe_mode)
     except Exception as error:  # noqa: BLE001 - loaders raise anything from ValueError to OSError
         raise PipelineError(load_failure(path, error, where)) from None
@@ -181,7 +179,7 @@ class CustomModelParams(Params):
         return target
 
 
-class CustomModel(Plugin):
+class CustomModel(Plugin[CustomModelParams]):
     """Calls the user's builder: `function(input_shape=..., num_classes=..., **kwargs)`."""
 
     Config: ClassVar = CustomModelParams
