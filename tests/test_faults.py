@@ -86,7 +86,7 @@ def test_a_killed_run_resumes_from_its_last_finished_stage(tmp_path):
     os.kill(victim.pid, signal.SIGKILL)  # the pipeline process only: its MLflow writer lives on
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL
-    assert wait_for_status(f"sqlite:///{tmp_path}/outputs/mlflow.db", "KILLED")  # the writer closed the run
+    assert status_after_exit(f"sqlite:///{tmp_path}/outputs/mlflow.db", victim.pid) == "KILLED"  # the writer closed the run
 
     done = run_cli(*args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -111,22 +111,30 @@ def test_ctrl_c_ends_the_run_killed_with_one_line(tmp_path):
     assert victim.returncode == 130
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("interrupted: the MLflow run is marked KILLED")
-    assert wait_for_status(f"sqlite:///{tmp_path}/outputs/mlflow.db", "KILLED", seconds=5)
+    assert status_after_exit(f"sqlite:///{tmp_path}/outputs/mlflow.db", victim.pid, seconds=10) == "KILLED"
 
 
-def wait_for_status(uri: str, status: str, seconds: float = 60) -> bool:
-    """Whether the store's only run reaches `status` within `seconds`."""
+def status_after_exit(uri: str, group: int, seconds: float = 60) -> str | None:
+    """The store's only run's status once every process of `group` (the run's MLflow writer too) has exited.
+
+    Read only then: a second MLflow client opening the SQLite store while the writer still works on it
+    may race it over creating the store's tables.
+    """
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        experiment = client.get_experiment_by_name("pipeline")
-        runs = client.search_runs(experiment_ids=[experiment.experiment_id]) if experiment else []
-        if runs and runs[0].info.status == status:
-            return True
-        time.sleep(0.5)
-    return False
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        return None
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("pipeline")
+    runs = client.search_runs(experiment_ids=[experiment.experiment_id]) if experiment else []
+    return runs[0].info.status if runs else None
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
