@@ -10,6 +10,14 @@ import pytest
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 
+def pytest_collection_modifyitems(items):
+    """Heavy tests are slow too, so that `-m "not slow"` (which replaces the default `-m 'not heavy'`)
+    never starts a benchmark-scale run."""
+    for item in items:
+        if item.get_closest_marker("heavy") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_tensorflow_logs():
     logging.getLogger("tensorflow").setLevel(logging.ERROR)

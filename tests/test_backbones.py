@@ -82,6 +82,7 @@ def test_bgr_architectures_get_their_preprocessing_folded_in(tmp_path):
     assert order == [2, 1, 0]
 
 
+@pytest.mark.slow
 def test_a_frozen_backbone_trains_only_its_head_then_is_handed_on_whole(tmp_path):
     from stages.train import TrainParams, TrainStage
 

@@ -17,6 +17,9 @@ import pytest
 from tests._data_files import idx_folder, image_tree, write_csv
 from tests._runs import run_cli
 
+# Every case runs the command line in its own process, as a user would type it.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 USER_RECIPES = {

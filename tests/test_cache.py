@@ -86,6 +86,7 @@ def test_key_depends_on_every_part():
     assert cache_key(**base) == cache_key(**dict(reversed(base.items())))
 
 
+@pytest.mark.slow
 def test_rerun_and_late_change_reuse_the_prefix(tmp_path, capsys):
     def once(*overrides):
         cfg = compose_config(tmp_path, *TINY, *overrides)

@@ -58,6 +58,7 @@ def test_an_outputs_path_through_a_file_is_refused(tmp_path):
         check_environment(settings)
 
 
+@pytest.mark.slow
 def test_same_recipe_and_seed_give_a_byte_identical_tflite(tmp_path):
     digests = []
     for attempt in ("a", "b"):
@@ -72,6 +73,7 @@ def test_same_recipe_and_seed_give_a_byte_identical_tflite(tmp_path):
     assert 0 < accuracy <= 1
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_from_its_last_finished_stage(tmp_path):
     args = ["recipe=mobile_int8", "stages.train.epochs=3", "stages.prune.epochs=40", "measure.latency_runs=3"]
     root = Path(__file__).resolve().parents[1]
@@ -98,6 +100,7 @@ def test_a_killed_run_resumes_from_its_last_finished_stage(tmp_path):
     assert len(list(cache.glob("*/entry.json"))) == 3  # train, prune, quantize (export is never cached)
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_the_run_killed_with_one_line(tmp_path):
     victim = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "recipe=mobile_int8", "stages.train.epochs=200"], cwd=tmp_path, text=True,

@@ -32,6 +32,7 @@ def launch(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.slow
 def test_two_workers_end_with_identical_weights_and_one_export(tmp_path):
     from mlflow import MlflowClient
 

@@ -25,6 +25,7 @@ def assert_int8_export(result) -> None:
     assert litert.interpreter(tflite, threads=1).get_input_details()[0]["dtype"] == np.int8
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_mobile_int8_on_a_subset_of_real_mnist(tmp_path):
     cfg = compose_config(
@@ -49,6 +50,7 @@ def test_readme_command_on_real_mnist(tmp_path):
     assert float(table_rows(done.stdout)["export"]["accuracy"]) > 0.95  # int8 TFLite accuracy on 2,000 held-out MNIST digits
 
 
+@pytest.mark.slow
 def test_mobile_int8_with_an_mlp_on_a_csv_table(tmp_path):
     path = write_csv(tmp_path / "iris.csv", count=150)
     cfg = compose_config(tmp_path, *TINY, "data=csv", f"data.path={path}", "data.label=species", "model=mlp", "stages.train.epochs=20")
@@ -59,6 +61,7 @@ def test_mobile_int8_with_an_mlp_on_a_csv_table(tmp_path):
     assert_int8_export(result)
 
 
+@pytest.mark.slow
 def test_mobile_int8_fine_tunes_a_saved_model_file(tmp_path):
     data = DigitsSource(SplitParams(name="digits")).load(seed=42)
     saved = tmp_path / "mine.h5"

@@ -88,6 +88,7 @@ def test_a_plugin_that_declares_pruning_satisfies_sparsity_preserving_qat(tmp_pa
         build_plan(cfg)
 
 
+@pytest.mark.slow
 def test_plugin_stage_runs_from_a_user_recipe_on_the_command_line(tmp_path, plugin_dir):
     recipes = tmp_path / "my_recipes" / "recipe"
     recipes.mkdir(parents=True)

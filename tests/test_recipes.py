@@ -45,9 +45,9 @@ TINY_EPOCHS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
-    "recipe", [pytest.param("cluster_int8", marks=pytest.mark.slow), "distill_prune_int8",
-               pytest.param("smallest_mnist", marks=pytest.mark.slow)]
+    "recipe", ["cluster_int8", "distill_prune_int8", "smallest_mnist"]
 )
 def test_technique_recipe_runs_and_exports_metadata(tmp_path, recipe):
     cfg = compose_config(tmp_path, f"recipe={recipe}", *TINY_EPOCHS[recipe], "measure.latency_runs=3", "measure.warmup_runs=1")

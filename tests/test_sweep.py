@@ -16,6 +16,8 @@ from mlflow import MlflowClient
 
 from tests._runs import TINY, run_cli
 
+pytestmark = pytest.mark.slow  # every test here runs Hydra multirun sweeps of the command line
+
 
 def free_port() -> int:
     with socket.socket() as sock:
