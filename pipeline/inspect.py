@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     """Print the layer plan for the overrides in `argv` (default: the command line)."""
     import argparse
 
+    from pipeline import quiet
     from pipeline.cli import prepare
+
+    quiet.install()  # the libraries' start-up notes stay off the terminal, as for runs
 
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.inspect",
