@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pipeline.errors import PipelineError
 
 P = TypeVar("P", bound="Params")
-C = TypeVar("C", bound="Params")
 
 
 class Params(BaseModel):
@@ -25,14 +24,14 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class Plugin(Generic[C]):
+class Plugin(Generic[P]):
     """Base of every plugin (stage, data source, model): a `Config` schema, and the config parsed
     from it that the plugin was made with (`Plugin[ThatSchema]` types it for the plugin's code)."""
 
     Config: ClassVar[type[Params]] = Params
 
-    def __init__(self, config: C):
-        self.config: C = config
+    def __init__(self, config: P):
+        self.config: P = config
 
 
 def parse(schema: type[P], values: Mapping[str, Any] | None, where: str) -> P:

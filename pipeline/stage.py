@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.devices import DeviceParams, DeviceSetup
-from pipeline.schema import C, Params, Plugin
+from pipeline.schema import P, Params, Plugin
 
 if TYPE_CHECKING:
     from pipeline.budget import Budget
@@ -47,7 +47,7 @@ class StageContext:
     budget: Budget | None = None
 
 
-class Stage(Plugin[C]):
+class Stage(Plugin[P]):
     """Base class of stage plugins.
 
     Subclasses set `Config` (a `Params` schema), `accepts` (input formats; `None` in it means the
