@@ -8,20 +8,30 @@ search steers by) and records what the stage spent; each stage gets the state of
 its context (`ctx.budget`), the stages that choose by themselves (which layers stay float, how
 hard each layer is pruned) keep the model above the floor, and the runner stops a run whose
 choosing stage did not. Stages that do as they are told (train, channel_prune, prune with given
-sparsities) spend without choosing; the books show what. Nothing here imports TensorFlow.
+sparsities) spend without choosing; the books show what.
+
+Every run also has a safety net: the shipped model may not lose more validation accuracy
+against the first trained model than `accuracy_drop`, or `safety_net` when no budget is set,
+else the run fails naming the stage that lost it. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import Field
 
+from pipeline.errors import PipelineError
 from pipeline.schema import Params
 
 # Accuracies are shares of a finite split: a tie with the floor must count as meeting it.
 EPSILON = 1e-9
+# The default safety net. The shipped recipes, at their own epochs on the default data, lose at most
+# 1.1 points of validation accuracy from the first trained model to the export (see the README); five
+# points leaves room for noisier data while still stopping a broken conversion (tens of points).
+SAFETY_NET = 0.05
 
 
 class BudgetParams(Params):
@@ -34,6 +44,17 @@ class BudgetParams(Params):
             "(0.01 = one point); the stages that choose (fallback, planned sparsity) stay within it; null: no budget."
         ),
     )
+    safety_net: float | None = Field(
+        SAFETY_NET, ge=0, le=1,
+        description=(
+            "Without accuracy_drop: most validation accuracy the shipped model may lose against the first trained "
+            "model before the run fails (0.05 = five points); null: no such check (opt out), with or without a budget."
+        ),
+    )
+
+    def margin(self) -> float | None:
+        """The largest loss the shipped model may show: the budget's, else the safety net's; None: unchecked."""
+        return None if self.safety_net is None else self.accuracy_drop if self.accuracy_drop is not None else self.safety_net
 
 
 @dataclass(frozen=True)
@@ -127,3 +148,28 @@ class Ledger:
         for stage, accuracy in self.accuracies.items():
             lines.append(f"| {stage} | {accuracy:.4f} | {spent.get(stage, 0.0):+.4f} | {accuracy - budget.floor:+.4f} |")
         return "\n".join(lines)
+
+
+def check_shipped(ledger: Ledger, params: BudgetParams) -> None:
+    """The safety net: raise PipelineError if the last model lost more validation accuracy against
+    the reference than `params.margin()`, naming the stage that lost the most and what to change."""
+    margin = params.margin()
+    budget = ledger.budget()
+    if margin is None or budget is None or not budget.spent:
+        return
+    loss = budget.reference - budget.available
+    if math.isnan(loss) or loss <= margin + EPSILON:
+        return
+    stage, lost = max(budget.spent, key=lambda item: item[1])
+    allowed = "budget.accuracy_drop" if params.accuracy_drop is not None else "the safety net (budget.safety_net)"
+    raise PipelineError(
+        f"stages.{stage}: the shipped model's validation accuracy {budget.available:.4f} is {points(loss)} below the first "
+        f"trained model's {budget.reference:.4f} ('{budget.reference_stage}'), more than {allowed} allows ({points(margin)}); "
+        f"'{stage}' lost {points(lost)}. Nothing was registered; change that stage's settings, allow more with "
+        f"budget.accuracy_drop, or ship it anyway with budget.safety_net=null"
+    )
+
+
+def points(share: float) -> str:
+    """An accuracy difference in percentage points, e.g. '62.47 points'."""
+    return f"{share * 100:.2f} points"

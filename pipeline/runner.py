@@ -22,7 +22,7 @@ import yaml
 
 import pipeline
 from pipeline.artifact import ModelArtifact
-from pipeline.budget import Ledger
+from pipeline.budget import Ledger, check_shipped
 from pipeline.cache import StageCache, cache_key, referenced_files
 from pipeline.data.dataset import check_finite
 from pipeline.errors import PipelineError
@@ -98,6 +98,7 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
     artifact = starting_artifact(plan.model_builder)  # a file model's file; None: the first stage builds one
     input_key = "start"
     ledger = open_ledger(plan, artifact, data)
+    budgeted = settings.budget.accuracy_drop is not None  # stages choose within it; the books are shown
     with tracker.start(" ".join([info.recipe, *info.overrides]), run_tags(plan, info, data)):
         tracker.log_params(flatten(resolved_config(plan)))
         tracker.log_text(yaml.safe_dump(plan.config, sort_keys=False), "recipe.yaml")
@@ -107,9 +108,9 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
         for index, planned in enumerate(plan.stages):
             raise_if_interrupted()
             log.info("[%d/%d] %s (%s)", index + 1, len(plan.stages), planned.name, planned.type)
-            ctx = stage_context(plan, planned, index, info, data, measured, ledger)
+            ctx = stage_context(plan, planned, index, info, data, measured, ledger if budgeted else None)
             input_key = stage_key(plan, planned, input_key, data)
-            outcome = account(ledger, planned, run_stage(planned, artifact, ctx, input_key, cache, data, plan))
+            outcome = account(ledger, planned, run_stage(planned, artifact, ctx, input_key, cache, data, plan), budgeted)
             artifact = outcome.artifact
             measured[planned.name] = outcome.metrics
             rows.append(StageRow(planned.name, artifact.format.value, outcome.seconds, outcome.metrics, outcome.cached))
@@ -120,22 +121,26 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
             for report in artifact.reports:
                 tracker.log_file(artifact.path.parent / report, planned.name)
         tracker.set_tag("cached_stages", ",".join(row.stage for row in rows if row.cached) or "none")
-        summary = table(rows, validation=ledger is not None)
+        summary = table(rows, validation=budgeted)
         (info.run_dir / "summary.md").write_text(summary + "\n")
         (info.run_dir / "metrics.json").write_text(json.dumps([row.__dict__ for row in rows], indent=2))
         tracker.log_file(info.run_dir / "summary.md")
         tracker.log_file(info.run_dir / "metrics.json")
         for path in exports:
             tracker.log_file(path, "model")
-        if ledger is not None:
+        if ledger is not None and budgeted:
             (info.run_dir / "budget.md").write_text(ledger.table() + "\n")
             tracker.log_file(info.run_dir / "budget.md")
             tracker.log_metrics(ledger.totals())
+        if ledger is not None:
+            try:
+                check_shipped(ledger, settings.budget)
+            except PipelineError:
+                show_summary(info, summary, ledger)  # the numbers behind the error, before it ends the run
+                raise
         if settings.tracking.register_as:
             tracker.register(settings.tracking.register_as)
-    log.info("summary of %s:\n%s", info.recipe, summary)
-    if ledger is not None:
-        log.info("%s", ledger.table())
+    show_summary(info, summary, ledger if budgeted else None)
     log.info("MLflow run %s in %s (experiment '%s')", tracker.run_id, settings.tracking.uri, settings.tracking.experiment)
     if exports:
         log.info("exported: %s", ", ".join(str(p) for p in exports))
@@ -216,7 +221,7 @@ def stage_key(plan: Plan, planned: PlannedStage, input_key: str, data: Dataset) 
     config = planned.stage.config.model_dump(mode="json")
     model = plan.model_builder.config.model_dump(mode="json")
     if planned.stage.uses_budget:  # its output is chosen within the budget
-        config = {**config, "budget": plan.settings.budget.model_dump(mode="json")}
+        config = {**config, "budget": {"accuracy_drop": plan.settings.budget.accuracy_drop}}
     return cache_key(
         stage=planned.type,
         plugin=f"{type(planned.stage).__module__}.{type(planned.stage).__qualname__}",
@@ -270,15 +275,27 @@ def compute(planned: PlannedStage, model: ModelArtifact | None, ctx: StageContex
     return StageOutcome(artifact, metrics, seconds, cached=False)
 
 
+def show_summary(info: RunInfo, summary: str, ledger: Ledger | None) -> None:
+    """Log the end-of-run table, and the budget's books when given."""
+    log.info("summary of %s:\n%s", info.recipe, summary)
+    if ledger is not None:
+        log.info("%s", ledger.table())
+
+
 def open_ledger(plan: Plan, start: ModelArtifact | None, data: Dataset) -> Ledger | None:
-    """The books of the accuracy budget, if the recipe sets one.
+    """The books of the accuracy budget and of the safety net; None when the recipe opts out of both.
 
     The reference is the first trained model: the first stage's output when that stage can build
     (train) a model, else the saved model the recipe starts from (a recipe that quantizes a file).
     """
-    if plan.settings.budget.accuracy_drop is None:
+    params = plan.settings.budget
+    allowed = params.accuracy_drop if params.accuracy_drop is not None else params.margin()
+    if allowed is None:
         return None
-    ledger = Ledger(plan.settings.budget.accuracy_drop)
+    if len(data.y_val) == 0:
+        log.info("no validation split (data.val_fraction=0): the safety net cannot check the shipped model")
+        return None
+    ledger = Ledger(allowed)
     if start is not None and None not in type(plan.stages[0].stage).accepts:
         from pipeline.measure import validation_accuracy
 
@@ -286,14 +303,16 @@ def open_ledger(plan: Plan, start: ModelArtifact | None, data: Dataset) -> Ledge
     return ledger
 
 
-def account(ledger: Ledger | None, planned: PlannedStage, outcome: StageOutcome) -> StageOutcome:
-    """With a budget: the outcome with what the stage spent of the budget, read from the validation
-    accuracy the runner measured (no second pass). A stage that chose within the budget
-    (`uses_budget`) and handed on a model below its floor stops the run here."""
+def account(ledger: Ledger | None, planned: PlannedStage, outcome: StageOutcome, budgeted: bool = True) -> StageOutcome:
+    """Note the stage's validation accuracy in the books (as the runner measured it: no second pass).
+    With a budget (`budgeted`): the outcome with what the stage spent of it; a stage that chose within
+    the budget (`uses_budget`) and handed on a model below its floor stops the run here."""
     if ledger is None:
         return outcome
     accuracy = outcome.metrics["val_accuracy"]
     spent = ledger.record(planned.name, accuracy)
+    if not budgeted:
+        return outcome
     budget = ledger.budget()
     assert budget is not None  # just recorded
     if planned.stage.uses_budget:
