@@ -51,7 +51,6 @@ class DistillStage(Stage[DistillParams]):
     from `student` and trained here, so that config must describe a Keras model.
     """
 
-    Config: ClassVar = DistillParams
     accepts: ClassVar = frozenset({None, ModelFormat.KERAS, ModelFormat.SAVED_MODEL})
 
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
@@ -61,7 +60,7 @@ class DistillStage(Stage[DistillParams]):
         return kept | {Effect.DISTILLED}
 
     def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
-        params: DistillParams = self.config
+        params = self.config
         if params.teacher is None and input_format is None:
             raise PipelineError(
                 f"{where}.teacher: no teacher: no stage before {where} makes a model and no teacher file is set; "
@@ -99,7 +98,7 @@ class DistillStage(Stage[DistillParams]):
         return configure(registry.MODELS, self.config.student, f"{where}.student")
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
-        params: DistillParams = self.config
+        params = self.config
         incoming = params.student == "incoming"
         if params.teacher is not None:
             teacher_file, teacher = params.teacher, load_teacher(params.teacher, ctx)
