@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -58,6 +59,11 @@ class DistillStage(Stage[DistillParams]):
         clusters. Either has a teacher that later fine-tuning may keep learning from."""
         kept = incoming & {Effect.CHANNEL_PRUNED} if self.config.student == "incoming" else frozenset()
         return kept | {Effect.DISTILLED}
+
+    def inherited_metadata(self, parent: ModelArtifact) -> Mapping[str, Any]:
+        """An incoming student carries its earlier stages' facts on (which channels stayed); a new
+        student is a new model and starts anew, though its teacher stays its parent."""
+        return parent.metadata if self.config.student == "incoming" else {}
 
     def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
         params = self.config

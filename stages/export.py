@@ -64,6 +64,7 @@ class ExportStage(Stage[ExportParams]):
 
     accepts: ClassVar = frozenset(ModelFormat)
     cacheable: ClassVar = False  # cheap, and its files belong to this run's export/ folder
+    output_in_workdir: ClassVar = False  # hands on its copy in export/, or its input as it was
 
     @classmethod
     def output_format(cls, input_format: ModelFormat | None) -> ModelFormat:
