@@ -158,3 +158,12 @@ def test_execute_cannot_be_overridden():
         class Sneaky(Stage[Nothing]):
             def execute(self, model, ctx):  # type: ignore[misc]
                 return model
+
+
+def test_a_new_distilled_student_keeps_its_teacher_as_parent_but_not_its_facts(run_folder, pruned):
+    from stages.distill import DistillStage
+
+    ctx = stage_context(run_folder, "distill", index=3)
+    out = run_stage(DistillStage, {"student": {"name": "small_cnn", "width": 0.25}, "epochs": 1}, pruned, ctx)
+    assert out.parent is pruned and out.effects == {Effect.DISTILLED}
+    assert "target_sparsity" not in out.metadata and out.metadata["distilled"] is True
