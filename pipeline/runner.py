@@ -260,13 +260,13 @@ def run_stage(
 
 
 def compute(planned: PlannedStage, model: ModelArtifact | None, ctx: StageContext, data: Dataset, plan: Plan) -> StageOutcome:
-    """Run the stage, then measure its output."""
+    """Run the stage through its contract (`Stage.execute`), then measure its output."""
     from pipeline.measure import measure
 
     started = time.perf_counter()
     seed_everything(ctx.seed + ctx.index)
     with ctx.device.scope():  # models a stage makes or loads live on the configured devices
-        artifact = planned.stage.run(model, ctx)
+        artifact = planned.stage.execute(model, ctx)
     seconds = time.perf_counter() - started
     if model is not None and model.stage in ctx.measurements and same_file(artifact.path, model.path):
         metrics = ctx.measurements[model.stage]  # handed on unchanged (export copies its input)

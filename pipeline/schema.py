@@ -26,12 +26,49 @@ class Params(BaseModel):
 
 class Plugin(Generic[P]):
     """Base of every plugin (stage, data source, model): a `Config` schema, and the config parsed
-    from it that the plugin was made with (`Plugin[ThatSchema]` types it for the plugin's code)."""
+    from it that the plugin was made with.
+
+    The schema is declared once, as the generic parameter: `class Round(Stage[RoundParams])` sets
+    `Round.Config = RoundParams` and types `self.config` as `RoundParams`. A class may still set
+    `Config = X` itself (a plugin that subclasses without a parameter); with a parameter as well,
+    X must be that parameter or a subclass of it.
+    """
 
     Config: ClassVar[type[Params]] = Params
 
     def __init__(self, config: P):
         self.config: P = config
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = config_parameter(cls)
+        explicit = cls.__dict__.get("Config")
+        if declared is None:
+            return
+        if explicit is None:
+            cls.Config = declared
+        elif not (isinstance(explicit, type) and issubclass(explicit, declared)):
+            raise TypeError(
+                f"{cls.__module__}.{cls.__qualname__}: Config = {getattr(explicit, '__name__', explicit)} is not "
+                f"{declared.__name__} (its generic parameter) or a subclass of it; drop the Config line"
+            )
+
+
+def config_parameter(cls: type) -> type[Params] | None:
+    """The Params class a plugin class names as its own generic parameter (`Stage[X]` -> X).
+
+    A type variable counts as its bound (`Architecture(Plugin[A])` with A bound to ModelParams),
+    so a generic base gets the common schema of its subclasses. None when the class names none.
+    """
+    for base in cls.__dict__.get("__orig_bases__", ()):
+        origin = get_origin(base)
+        if not (isinstance(origin, type) and issubclass(origin, Plugin)):
+            continue
+        for arg in get_args(base):
+            candidate = arg.__bound__ if isinstance(arg, TypeVar) else arg
+            if isinstance(candidate, type) and issubclass(candidate, Params):
+                return candidate
+    return None
 
 
 def parse(schema: type[P], values: Mapping[str, Any] | None, where: str) -> P:

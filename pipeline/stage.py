@@ -1,15 +1,22 @@
-"""The stage plugin contract: a typed config, the formats it accepts, and one `run` method."""
+"""The stage plugin contract: a typed config, the formats it accepts, and one `run` method.
+
+The runner calls `Stage.execute`, never `run` directly: it runs the stage and then makes the
+output honour the contract (lineage, metadata carried forward, declared effects, place and
+format), so a plugin cannot forget any of it and a plugin that breaks it fails with one line.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, final
 
 from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.devices import DeviceParams, DeviceSetup
+from pipeline.errors import PipelineError
 from pipeline.schema import P, Params, Plugin
 
 if TYPE_CHECKING:
@@ -50,9 +57,13 @@ class StageContext:
 class Stage(Plugin[P]):
     """Base class of stage plugins.
 
-    Subclasses set `Config` (a `Params` schema), `accepts` (input formats; `None` in it means the
-    stage can start without a model) and implement `run`. Import TensorFlow inside `run`, never at
-    module level, so that listing and validating recipes stays fast.
+    Subclasses name their `Params` schema as the generic parameter (`class Round(Stage[RoundParams])`
+    makes it `Config` and the type of `self.config`), set `accepts` (input formats; `None` in it
+    means the stage can start without a model) and implement `run`. Import TensorFlow inside
+    `run`, never at module level, so that listing and validating recipes stays fast.
+
+    What `run` returns needs only its path, format and stage name (`ctx.name`), plus the stage's
+    own metadata: `execute` fills in the parent, the parent's metadata and the effects.
     """
 
     Config: ClassVar[type[Params]] = Params
@@ -61,6 +72,77 @@ class Stage(Plugin[P]):
     # Whether the runner may reuse this stage's output from the stage cache. A stage whose work
     # lies outside its workdir (export writes to the run's export/ folder) must say False.
     cacheable: ClassVar[bool] = True
+    # Whether the artifact `run` returns lies in `ctx.workdir` (checked by `execute`; the stage
+    # cache stores that folder). False for a stage that hands on a file it shipped elsewhere in
+    # the run, or its input as it was (export hands on its copy in export/): its path must then
+    # lie in `ctx.run_dir` or be a file of its input's lineage, and it cannot be cacheable.
+    output_in_workdir: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "execute" in cls.__dict__:
+            raise TypeError(f"{plugin_name(cls)}: execute is the runner's entry point and cannot be overridden; implement run")
+        if not cls.output_in_workdir and cls.cacheable:
+            raise TypeError(
+                f"{plugin_name(cls)}: output_in_workdir = False needs cacheable = False (the stage cache keeps only the workdir)"
+            )
+
+    @final
+    def execute(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
+        """Run the stage and return its output as the contract describes it; what the runner calls.
+
+        After `run`: the parent is the input unless the stage set one; the metadata is the
+        parent's (`inherited_metadata`) updated with the stage's own keys; the effects are
+        `output_effects(model)`, the one declaration of them (a stage that sets different ones on
+        the artifact is wrong). Then the output must be a file in this stage's place (see
+        `output_in_workdir`) in the format `output_format` promises; a PipelineError says which
+        rule it breaks otherwise.
+        """
+        artifact = self.run(model, ctx)
+        where = f"stages.{ctx.name} (plugin {plugin_name(type(self))})"
+        if not isinstance(artifact, ModelArtifact):
+            raise PipelineError(f"{where}: run() returned {type(artifact).__name__}, not a ModelArtifact")
+        parent = artifact.parent if artifact.parent is not None else model
+        effects = self.output_effects(model)
+        if artifact.effects and artifact.effects != effects:
+            raise PipelineError(
+                f"{where}: run() returned effects {names(artifact.effects)} but effects_after declares "
+                f"{names(effects)}; declare them in effects_after and leave the artifact's effects unset"
+            )
+        metadata = {**(self.inherited_metadata(parent) if parent is not None else {}), **artifact.metadata}
+        output = dataclasses.replace(artifact, parent=parent, metadata=metadata, effects=effects)
+        self.check_output(output, model, ctx, where)
+        return output
+
+    def check_output(self, output: ModelArtifact, model: ModelArtifact | None, ctx: StageContext, where: str) -> None:
+        """Raise PipelineError if `output` is not a file of this stage, in its place and promised format."""
+        expected = type(self).output_format(model.format if model is not None else None)
+        if output.format is not expected:
+            raise PipelineError(
+                f"{where}: run() returned a {output.format.value} model but the stage declares {expected.value} "
+                f"(produces/output_format); return {expected.value} or declare what it makes"
+            )
+        if output.stage != ctx.name:
+            raise PipelineError(f"{where}: run() returned an artifact of stage '{output.stage}'; set its stage to ctx.name")
+        if not output.path.exists():
+            raise PipelineError(f"{where}: run() returned {output.path}, which does not exist; save the model there first")
+        if type(self).output_in_workdir:
+            if not inside(output.path, ctx.workdir):
+                raise PipelineError(
+                    f"{where}: run() returned {output.path}, outside the stage's folder {ctx.workdir}; "
+                    "write the model under ctx.workdir"
+                )
+        elif not (inside(output.path, ctx.run_dir) or any(same_place(output.path, a.path) for a in (model.lineage() if model else []))):
+            raise PipelineError(
+                f"{where}: run() returned {output.path}, outside the run folder {ctx.run_dir} and not its input; "
+                "write the model under ctx.run_dir"
+            )
+
+    def inherited_metadata(self, parent: ModelArtifact) -> Mapping[str, Any]:
+        """The facts of `parent` this stage's output carries forward (its own keys then win): all
+        of them by default, so a later stage still learns which layers an earlier one pruned. A
+        stage whose output is a new model, not a changed one, overrides this to keep fewer."""
+        return parent.metadata
 
     @property
     def uses_budget(self) -> bool:
@@ -78,7 +160,10 @@ class Stage(Plugin[P]):
         )
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
-        """Make this stage's output artifact under `ctx.workdir` from `model`."""
+        """Make this stage's output artifact under `ctx.workdir` from `model`.
+
+        Called through `execute`, which completes the artifact (parent, inherited metadata,
+        effects) and checks it; the metadata set here is only this stage's own facts."""
         raise NotImplementedError
 
     def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
@@ -120,3 +205,23 @@ class Stage(Plugin[P]):
     def output_format(cls, input_format: ModelFormat | None) -> ModelFormat:
         """The format this stage hands on given its input's; export-like stages override it."""
         return cls.produces
+
+
+def plugin_name(cls: type) -> str:
+    """`module:Class`, as an entry point names a plugin."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def names(effects: frozenset[Effect]) -> str:
+    """`{pruned, clustered}`: effects for a message, sorted."""
+    return "{" + ", ".join(sorted(effect.value for effect in effects)) + "}"
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies under it, symbolic links resolved."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def same_place(first: Path, second: Path) -> bool:
+    """Whether two paths name the same file or folder."""
+    return first.resolve() == second.resolve()

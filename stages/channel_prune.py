@@ -18,7 +18,7 @@ first and magnitude pruning of what is left after it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -58,8 +58,6 @@ class ChannelPruneParams(FitParams, LayerChoice):
 class ChannelPruneStage(Stage[ChannelPruneParams]):
     """Structured pruning: whole channels and units removed by filter norm, fine-tuned."""
 
-    Config: ClassVar = ChannelPruneParams
-
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
         """Narrower; fine-tuning without masks lets pruned zeros grow back and clusters drift (without it, kept weights stay).
         A sensitivity plan measured on the wider layers no longer holds for the narrower ones."""
@@ -89,7 +87,7 @@ class ChannelPruneStage(Stage[ChannelPruneParams]):
         from stages._surgery import choose, rebuild, scores
 
         assert model is not None  # guaranteed by `accepts`
-        params: ChannelPruneParams = self.config
+        params = self.config
         where = f"stages.{ctx.name}"
         current = flat_model(model.load_keras(), where, ctx.data.x_train[:32])
         before = keras_macs(current)

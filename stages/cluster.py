@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -35,8 +35,6 @@ class ClusterParams(FitParams, LayerChoice):
 class ClusterStage(Stage[ClusterParams]):
     """Weight clustering to `number_of_clusters` values per kernel, fine-tuned and stripped."""
 
-    Config: ClassVar = ClusterParams
-
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
         """Clustered; pruned zeros stay unless preserve_sparsity=false gives them up."""
         kept = incoming - {Effect.PRUNED} if self.config.preserve_sparsity == "false" else incoming
@@ -68,7 +66,7 @@ class ClusterStage(Stage[ClusterParams]):
         from pipeline.private_api import cluster_weights
 
         assert model is not None  # guaranteed by `accepts`
-        params: ClusterParams = self.config
+        params = self.config
         preserve = self.preserves(Effect.PRUNED in model.effects)
         init = tfmot.clustering.keras.CentroidInitialization[params.centroid_init.upper()]
         keras_model = model.load_keras()

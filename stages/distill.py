@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -51,7 +52,6 @@ class DistillStage(Stage[DistillParams]):
     from `student` and trained here, so that config must describe a Keras model.
     """
 
-    Config: ClassVar = DistillParams
     accepts: ClassVar = frozenset({None, ModelFormat.KERAS, ModelFormat.SAVED_MODEL})
 
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
@@ -60,8 +60,13 @@ class DistillStage(Stage[DistillParams]):
         kept = incoming & {Effect.CHANNEL_PRUNED} if self.config.student == "incoming" else frozenset()
         return kept | {Effect.DISTILLED}
 
+    def inherited_metadata(self, parent: ModelArtifact) -> Mapping[str, Any]:
+        """An incoming student carries its earlier stages' facts on (which channels stayed); a new
+        student is a new model and starts anew, though its teacher stays its parent."""
+        return parent.metadata if self.config.student == "incoming" else {}
+
     def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
-        params: DistillParams = self.config
+        params = self.config
         if params.teacher is None and input_format is None:
             raise PipelineError(
                 f"{where}.teacher: no teacher: no stage before {where} makes a model and no teacher file is set; "
@@ -99,7 +104,7 @@ class DistillStage(Stage[DistillParams]):
         return configure(registry.MODELS, self.config.student, f"{where}.student")
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
-        params: DistillParams = self.config
+        params = self.config
         incoming = params.student == "incoming"
         if params.teacher is not None:
             teacher_file, teacher = params.teacher, load_teacher(params.teacher, ctx)

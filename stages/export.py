@@ -62,9 +62,9 @@ class ExportStage(Stage[ExportParams]):
     serving signature and, for raw inputs, the data's preprocessing folded in as layers.
     """
 
-    Config: ClassVar = ExportParams
     accepts: ClassVar = frozenset(ModelFormat)
     cacheable: ClassVar = False  # cheap, and its files belong to this run's export/ folder
+    output_in_workdir: ClassVar = False  # hands on its copy in export/, or its input as it was
 
     @classmethod
     def output_format(cls, input_format: ModelFormat | None) -> ModelFormat:
@@ -81,7 +81,7 @@ class ExportStage(Stage[ExportParams]):
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         assert model is not None  # guaranteed by `accepts`
-        params: ExportParams = self.config
+        params = self.config
         folder = ctx.run_dir / "export"
         folder.mkdir(parents=True, exist_ok=True)
         written: dict[str, Path] = {}

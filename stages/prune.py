@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -112,8 +112,6 @@ def mask_schedule(params: PruneParams, total_steps: int) -> tuple[int, int]:
 class PruneStage(Stage[PruneParams]):
     """Magnitude pruning to `final_sparsity` (or m:n structured) with a polynomial or constant schedule."""
 
-    Config: ClassVar = PruneParams
-
     @property
     def uses_budget(self) -> bool:
         return self.config.final_sparsity == PLAN  # the pipeline chose the sparsities, within the budget
@@ -177,7 +175,7 @@ class PruneStage(Stage[PruneParams]):
         import tensorflow_model_optimization as tfmot
 
         assert model is not None  # guaranteed by `accepts`
-        params: PruneParams = self.config
+        params = self.config
         where = f"stages.{ctx.name}"
         self.check_input(model.format, model.effects, where)  # also when called without a checked recipe
         sparsity = tfmot.sparsity.keras

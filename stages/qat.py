@@ -65,7 +65,6 @@ class QuantizeAwareStage(FallbackStage[QuantizeAwareParams]):
     saved file, so training and conversion happen in one stage and the hand-off is the TFLite file.
     """
 
-    Config: ClassVar = QuantizeAwareParams
     produces: ClassVar = ModelFormat.TFLITE
 
     def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
@@ -95,7 +94,7 @@ class QuantizeAwareStage(FallbackStage[QuantizeAwareParams]):
         from stages.quantize import QuantizeParams, calibration_set, convert
 
         assert model is not None  # guaranteed by `accepts`
-        params: QuantizeAwareParams = self.config
+        params = self.config
         where = f"stages.{ctx.name}"
         self.check_input(model.format, model.effects, where)  # also when called without a checked recipe
         scheme = chosen_scheme(params.scheme, model.effects)

@@ -61,7 +61,6 @@ class QuantizeParams(GateParams, ServingParams, FallbackParams):
 class QuantizeStage(FallbackStage[QuantizeParams]):
     """Keras model or inference-only SavedModel -> .tflite via tf.lite.TFLiteConverter."""
 
-    Config: ClassVar = QuantizeParams
     accepts: ClassVar = frozenset({ModelFormat.KERAS, ModelFormat.SAVED_MODEL})
     produces: ClassVar = ModelFormat.TFLITE
 
@@ -85,7 +84,7 @@ class QuantizeStage(FallbackStage[QuantizeParams]):
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         assert model is not None  # guaranteed by `accepts`
-        params: QuantizeParams = self.config
+        params = self.config
         where = f"stages.{ctx.name}"
         if model.format is ModelFormat.SAVED_MODEL:  # a serving signature takes what it was saved to take
             keras_model, serving = model.load_model(), contract("preprocessed", "logits")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -53,10 +53,8 @@ class SensitivityParams(LayerChoice):
         return self
 
 
-class SensitivityStage(Stage):
+class SensitivityStage(Stage[SensitivityParams]):
     """Per-layer pruning sensitivity and int8 error on the validation split, and a sparsity plan."""
-
-    Config: ClassVar = SensitivityParams
 
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
         """The model is unchanged; it now carries a sparsity plan."""
@@ -91,7 +89,7 @@ class SensitivityStage(Stage):
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         assert model is not None  # guaranteed by `accepts`
-        params: SensitivityParams = self.config
+        params = self.config
         where = f"stages.{ctx.name}"
         x, y = ctx.data.x_val[: params.max_examples], ctx.data.y_val[: params.max_examples]
         if not len(x):

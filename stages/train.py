@@ -20,7 +20,6 @@ class TrainParams(FitParams):
 class TrainStage(Stage[TrainParams]):
     """Train from scratch (first stage) or keep training an incoming Keras model."""
 
-    Config: ClassVar = TrainParams
     accepts: ClassVar = frozenset({None, ModelFormat.KERAS})
 
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:

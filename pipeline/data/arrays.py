@@ -10,7 +10,6 @@ import csv
 import math
 import zipfile
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -42,8 +41,6 @@ class NpzParams(SplitParams):
 
 class NpzSource(Plugin[NpzParams]):
     """Examples from NumPy arrays: (N, H, W[, C]) images or (N, features) tables, integer or text labels."""
-
-    Config: ClassVar = NpzParams
 
     def load(self, seed: int) -> Dataset:
         """The archive's own train/test split when it has one, else a split of `x` and `y`."""
@@ -109,8 +106,6 @@ class CsvParams(SplitParams):
 
 class CsvSource(Plugin[CsvParams]):
     """Tabular examples (N, features) for models such as `mlp`."""
-
-    Config: ClassVar = CsvParams
 
     def load(self, seed: int) -> Dataset:
         """Features as float32, labels as ids (text labels numbered in sorted order)."""

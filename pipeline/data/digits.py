@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 
 from pipeline.data.dataset import Dataset, SplitParams, prepared, split
 from pipeline.data.preprocessing import Rescale
-from pipeline.schema import Params, Plugin
+from pipeline.schema import Plugin
 
 
 class DigitsSource(Plugin[SplitParams]):
     """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), shipped with the package."""
-
-    Config: ClassVar[type[Params]] = SplitParams
 
     def load(self, seed: int) -> Dataset:
         """Images (8, 8, 1) of values 0-16, divided by 16 for the model."""

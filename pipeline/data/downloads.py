@@ -7,7 +7,7 @@ names the offline sources (`idx`, `npz`) that read the same data from local file
 from __future__ import annotations
 
 import importlib.util
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -39,8 +39,6 @@ class KerasParams(SplitParams):
 
 class KerasSource(Plugin[KerasParams]):
     """MNIST, Fashion-MNIST (28x28x1) or CIFAR-10 (32x32x3), with their own 10,000-image test split."""
-
-    Config: ClassVar = KerasParams
 
     def load(self, seed: int) -> Dataset:
         """Download once (Keras caches the file); pixels divided by 255, with a channel axis."""
@@ -77,8 +75,6 @@ class TfdsParams(SplitParams):
 
 class TfdsSource(Plugin[TfdsParams]):
     """Any TFDS data set of same-sized examples, loaded whole into memory."""
-
-    Config: ClassVar = TfdsParams
 
     def load(self, seed: int) -> Dataset:
         """Images (uint8) divided by 255; other features as float32."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -40,8 +39,6 @@ class IdxParams(SplitParams):
 
 class IdxSource(Plugin[IdxParams]):
     """Grayscale images and labels from IDX files (MNIST, Fashion-MNIST, EMNIST, ...)."""
-
-    Config: ClassVar = IdxParams
 
     def load(self, seed: int) -> Dataset:
         """Images (H, W, 1) in [0, 1]; the files' own train/test split when the folder has both."""

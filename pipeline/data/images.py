@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -39,8 +39,6 @@ class ImageFolderParams(SplitParams):
 
 class ImageFolderSource(Plugin[ImageFolderParams]):
     """Images decoded and resized with TensorFlow; classes numbered by sorted folder name."""
-
-    Config: ClassVar = ImageFolderParams
 
     def load(self, seed: int) -> Dataset:
         """Images (H, W, C) of pixel values divided by 255; class names are the folder names."""

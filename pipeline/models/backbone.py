@@ -94,8 +94,6 @@ class BackboneParams(ModelParams):
 class Backbone(Architecture[BackboneParams]):
     """A keras.applications base (flat), optionally pretrained and frozen, with a Dense logits head."""
 
-    Config: ClassVar[type[BackboneParams]] = BackboneParams
-
     @property
     def pretrained(self) -> bool:
         """Whether the base starts from pretrained weights."""

@@ -7,7 +7,7 @@ model whose last layer outputs logits.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import Field
 
@@ -28,8 +28,6 @@ A = TypeVar("A", bound=ModelParams)
 
 class Architecture(Plugin[A]):
     """Base of the built-ins: keeps the config and scales layer sizes by `width`."""
-
-    Config: ClassVar[type[Params]] = ModelParams
 
     def scaled(self, units: int) -> int:
         """`units` times the width multiplier, at least 1."""
@@ -91,8 +89,6 @@ class MLPParams(ModelParams):
 
 class MLP(Architecture[MLPParams]):
     """Dense layers with ReLU on flattened input: for tabular features, also takes images."""
-
-    Config: ClassVar = MLPParams
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> Any:
         """An uncompiled tf-keras model that outputs logits."""

@@ -19,7 +19,7 @@ import re
 import uuid
 import zipfile
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import Field, field_validator
 
@@ -79,8 +79,6 @@ def model_file_problem(location: Path) -> str | None:
 
 class FileModel(Plugin[FileModelParams]):
     """Start from a saved model (trained or not); `build` ignores the data and loads the file."""
-
-    Config: ClassVar = FileModelParams
 
     def __init__(self, config: FileModelParams):
         super().__init__(config)
@@ -181,8 +179,6 @@ class CustomModelParams(Params):
 
 class CustomModel(Plugin[CustomModelParams]):
     """Calls the user's builder: `function(input_shape=..., num_classes=..., **kwargs)`."""
-
-    Config: ClassVar = CustomModelParams
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> Any:
         """Whatever the builder returns, provided it is a tf-keras model."""
