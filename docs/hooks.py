@@ -129,7 +129,8 @@ def table(schema: type[Params], skip: tuple[str, ...]) -> str:
         annotation = schema.model_fields[name].annotation
         if isinstance(annotation, type) and issubclass(annotation, Params):
             kind, default, text = "mapping", "", f"See [`{name}`](#{name}). {first_line(annotation.__doc__)}"
-        lines.append(f"| `{name}` | {code(kind)} | {code(default)} | {cell(text)} |")
+        choices = " | ".join(choice.strip() for choice in kind.split("|"))  # lets a long list of choices wrap
+        lines.append(f"| `{name}` | {code(choices)} | {code(default)} | {cell(text)} |")
     return "\n".join(lines)
 
 
