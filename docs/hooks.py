@@ -7,7 +7,7 @@ After the pages are read, every installed stage, data source and model must have
 a plugin added without documentation fails `mkdocs build --strict`.
 
 `<!-- readme-section: HEADING -->` shows the body of the README's section under that heading, so
-an example kept in the README (the plugin example, which a test runs) is not copied. BENCHMARKS.md
+an example kept in the README (the plugin example) is not copied. BENCHMARKS.md
 (and the plots it shows) is published as the site's benchmarks page.
 """
 
@@ -23,6 +23,7 @@ from mkdocs.structure.files import File, Files
 
 from pipeline import registry
 from pipeline.budget import BudgetParams
+from pipeline.describe import parameters, summary
 from pipeline.device_config import DeviceParams
 from pipeline.recipe import MeasureParams, RunSettings, TrackingParams
 from pipeline.schema import Params, describe_schema
@@ -104,31 +105,21 @@ def section(kind: str, name: str, where: str) -> str:
     if kind == "settings":
         if name not in SETTINGS:
             raise PluginError(f"{where}: no settings schema '{name}' (valid: {', '.join(SETTINGS)})")
-        return table(SETTINGS[name], skip=())
+        return table(SETTINGS[name], describe_schema(SETTINGS[name]))
     if kind not in GROUPS:
         raise PluginError(f"{where}: unknown kind '{kind}' in a parameters marker (valid: settings, {', '.join(GROUPS)})")
     plugin = registry.load(GROUPS[kind], name, where)
     rendered.add((kind, name))
-    summary = first_line(plugin.__doc__)
-    # A data source's or model's `name` is the config group's choice, not a parameter (export's `name` is one)
-    skip = ("name",) if kind in ("data", "model") else ()
-    return "\n\n".join(part for part in (summary, table(plugin.Config, skip)) if part)
+    return "\n\n".join(part for part in (summary(plugin), table(plugin.Config, parameters(GROUPS[kind], plugin))) if part)
 
 
-def first_line(doc: str | None) -> str:
-    """The first line of a docstring, as the describe command prints it."""
-    return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
-
-
-def table(schema: type[Params], skip: tuple[str, ...]) -> str:
-    """A Markdown table of the schema's fields but `skip`; a nested schema points at its own table."""
+def table(schema: type[Params], rows: list[tuple[str, str, str, str]]) -> str:
+    """A Markdown table of `rows` (from `describe_schema(schema)`); a nested schema points at its own table."""
     lines = ["| parameter | type | default | description |", "|---|---|---|---|"]
-    for name, kind, default, text in describe_schema(schema):
-        if name in skip:
-            continue
+    for name, kind, default, text in rows:
         annotation = schema.model_fields[name].annotation
         if isinstance(annotation, type) and issubclass(annotation, Params):
-            kind, default, text = "mapping", "", f"See [`{name}`](#{name}). {first_line(annotation.__doc__)}"
+            kind, default, text = "mapping", "", f"See [`{name}`](#{name}). {summary(annotation)}"
         choices = " | ".join(choice.strip() for choice in kind.split("|"))  # lets a long list of choices wrap
         lines.append(f"| `{name}` | {code(choices)} | {code(default)} | {cell(text)} |")
     return "\n".join(lines)
