@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Any, ClassVar, Generic, Literal, TypeVar, Union, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -136,8 +137,12 @@ def type_name(annotation: Any) -> str:
     origin = get_origin(annotation)
     if origin is Literal:
         return "|".join(str(choice) for choice in get_args(annotation))
-    if origin is Union:
+    if origin is Union or origin is UnionType:  # Union[a, b] and a | b
         return " | ".join(type_name(arg) for arg in get_args(annotation))
-    if origin is not None:  # dict[str, float], list[int], int | None
-        return str(annotation).replace("typing.", "")
+    if origin is Annotated:  # a constrained type (e.g. Field(ge=0) on dict values): the constraints are in the description
+        return type_name(get_args(annotation)[0])
+    if origin is not None:  # dict[str, float], list[int]: each argument named the same way
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(type_name(arg) for arg in get_args(annotation))}]"
+    if annotation is type(None):
+        return "None"
     return (getattr(annotation, "__name__", None) or str(annotation)).replace("typing.", "")

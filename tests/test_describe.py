@@ -22,3 +22,20 @@ def test_only_the_named_plugins(capsys):
     out = capsys.readouterr().out
     assert out.startswith("stage quantize:") and "stage prune" not in out
     assert "none|dynamic|float16|int8|int16x8" in out
+
+
+def test_constrained_and_nested_types_read_as_written(capsys):
+    main(["channel_prune", "export", "distill"])
+    out = capsys.readouterr().out
+    assert "dict[str, float]" in out  # channel_prune.shares: float values constrained to [0, 1)
+    assert "list[tflite|keras|h5|saved_model|keras3]" in out  # export.formats
+    assert "str | None" in out and "dict[str, Any] | incoming" in out  # distill.teacher, distill.student
+    assert "Annotated" not in out and "FieldInfo" not in out and "Literal" not in out
+
+
+def test_a_stage_parameter_called_name_is_listed(capsys):
+    main(["export", "digits"])
+    out = capsys.readouterr().out
+    export, digits = out.split("\n\n")[:2]
+    assert any(line.split()[0] == "name" for line in export.splitlines()[1:])  # the exported files' base name
+    assert all(line.split()[0] != "name" for line in digits.splitlines()[1:])  # data=digits picks the source

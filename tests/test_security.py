@@ -38,10 +38,13 @@ def test_the_user_allows_modules_from_the_environment(tmp_path, monkeypatch):
     assert build_plan(compose_config(tmp_path, *override)).model_builder.config.target == "team_models:tiny"
 
 
-def test_servers_in_the_readme_bind_to_loopback():
-    readme = (ROOT / "README.md").read_text()
-    servers = re.findall(r"^(?:mlflow (?:server|ui)|python -m pipeline\.launch)[^\n]*", readme, flags=re.M)
-    assert servers
-    for command in servers:
+SERVER = re.compile(r"^(?:mlflow (?:server|ui)|python -m pipeline\.launch)[^\n]*", flags=re.M)
+
+
+def test_servers_in_the_documentation_bind_to_loopback():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    servers = {page.relative_to(ROOT).as_posix(): SERVER.findall(page.read_text()) for page in pages}
+    assert servers["README.md"] and servers["docs/guides/clusters.md"]  # the pages that start servers are read
+    for command in (command for found in servers.values() for command in found):
         assert "--host 0.0.0.0" not in command
         assert command.startswith("mlflow ui") or "127.0.0.1" in command or "pipeline.launch" in command, command
