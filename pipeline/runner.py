@@ -295,7 +295,7 @@ def open_ledger(plan: Plan, start: ModelArtifact | None, data: Dataset) -> Ledge
     if len(data.y_val) == 0:
         log.info("no validation split (data.val_fraction=0): the safety net cannot check the shipped model")
         return None
-    ledger = Ledger(allowed)
+    ledger = Ledger(allowed, label="accuracy budget" if params.accuracy_drop is not None else "safety net")
     if start is not None and None not in type(plan.stages[0].stage).accepts:
         from pipeline.measure import validation_accuracy
 
