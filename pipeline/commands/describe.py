@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import sys
 
-from pipeline import registry
-from pipeline.schema import describe_schema
+from pipeline.plugin import registry
+from pipeline.plugin.schema import describe_schema
 
 
-def describe(group: str, name: str) -> str:
+def parameters_text(group: str, name: str) -> str:
     """A plugin's docstring line and a table of its parameters."""
     plugin = registry.load(group, name, name)
     summary = (plugin.__doc__ or "").strip().splitlines()[0] if plugin.__doc__ else ""
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     for group in (registry.STAGES, registry.DATA, registry.MODELS):
         for name in sorted(registry.available(group)):
             if not wanted or name in wanted:
-                print(describe(group, name) + "\n")
+                print(parameters_text(group, name) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ import platform
 import sys
 from importlib import metadata
 
-from pipeline.devices import DeviceParams, DeviceSetup
+from pipeline.device.params import DeviceParams
+from pipeline.device.setup import DeviceSetup
 from pipeline.errors import PipelineError, report
+from pipeline.plugin.schema import parse
 from pipeline.private_api import untested_versions
-from pipeline.schema import parse
 
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "mlflow", "hydra-core", "numpy")
 
@@ -70,7 +71,7 @@ def parse_overrides(argv: list[str]) -> DeviceParams:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the report; a device that is asked for but absent ends with one line and status 2."""
-    from pipeline import quiet
+    from pipeline.run import quiet
 
     quiet.install()
     try:
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in device_lines():
             print(f"  {line}")
         print(f"TF_CONFIG: {role_line(setup)}")
-        print(f"resolves to: {setup.resolve().describe()}")
+        print(f"resolves to: {setup.resolve().summary()}")
     except PipelineError as error:
         report(error)
     return 0

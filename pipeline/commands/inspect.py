@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.errors import PipelineError, report
 
 if TYPE_CHECKING:
-    from pipeline.layer_plan import LayerPlan
+    from pipeline.run.layer_plan import LayerPlan
 
 def compose(overrides: list[str], config_dir: str | None) -> Any:
     """The config `python -m pipeline` would compose from `overrides` (and recipes in `config_dir`)."""
@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     """Print the layer plan for the overrides in `argv` (default: the command line)."""
     import argparse
 
-    from pipeline import quiet
-    from pipeline.cli import prepare
+    from pipeline.config.arguments import expand_arguments
+    from pipeline.run import quiet
 
     quiet.install()  # the libraries' start-up notes stay off the terminal, as for runs
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     extra = ["--config-dir", args.config_dir] if args.config_dir else []
     try:
-        overrides = prepare([*extra, *args.overrides])[len(extra) :]
+        overrides = expand_arguments([*extra, *args.overrides])[len(extra) :]
         plan = layer_plan(compose(overrides, args.config_dir))
     except PipelineError as error:
         report(error)
@@ -62,11 +62,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def layer_plan(cfg: Any) -> LayerPlan:
     """Check the config as a run would, then plan its layers."""
-    from pipeline.preflight import check_environment
-    from pipeline.recipe import build_plan
-    from pipeline.runner import load_data, planned_layers
+    from pipeline.config.recipe import check_recipe
+    from pipeline.run.preflight import check_environment
+    from pipeline.run.runner import load_data, planned_layers
 
-    plan = build_plan(cfg)
+    plan = check_recipe(cfg)
     check_environment(plan.settings)
     return planned_layers(plan, load_data(plan))
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.commands.raw_inputs import RawInputs, read
 from pipeline.data.preprocessing import Preprocessing
 from pipeline.errors import PipelineError, report
-from pipeline.raw_inputs import RawInputs, read
 
 # Which export a folder is run as when --format is not given: the file that ships first.
 PREFERENCE = ("tflite", "keras", "saved_model", "h5")
@@ -86,7 +86,7 @@ def model_inputs(export: Export, inputs: RawInputs) -> np.ndarray:
 def outputs(export: Export, x: np.ndarray, threads: int) -> np.ndarray:
     """The model's outputs (logits or probabilities, as float) for the batch `x`."""
     if export.target == "tflite":
-        from pipeline import litert
+        from pipeline.measure import litert
 
         return litert.predict(export.path, x, threads)
     if export.target == "saved_model":
@@ -96,7 +96,7 @@ def outputs(export: Export, x: np.ndarray, threads: int) -> np.ndarray:
         return signature(**{export.serving["input"]: tf.constant(x)})[export.serving["output"]].numpy()
     import tf_keras as keras
 
-    from pipeline.measure import keras_predict
+    from pipeline.measure.metrics import keras_predict
 
     return keras_predict(keras.models.load_model(export.path, compile=False), x)[1]
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="LiteRT interpreter threads (default 1)")
     args = parser.parse_args(argv)
-    from pipeline import quiet
+    from pipeline.run import quiet
 
     quiet.install()  # the libraries' start-up notes stay off the terminal, as for runs
     try:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.config.objectives import check, direction
 from pipeline.errors import PipelineError, report
-from pipeline.model_registry import register as register_run
-from pipeline.objectives import check, direction
-from pipeline.summary import human_bytes
+from pipeline.run.summary import human_bytes
+from pipeline.tracking.model_registry import register as register_run
 
 FINAL = ("size_bytes", "gzip_bytes", "accuracy", "latency_p50_ms")
 DEFAULT_OBJECTIVES = ("val_accuracy", "gzip_bytes")
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="--register picks among runs within this much of the best validation accuracy (0.01)")
     parser.add_argument("--by", default="gzip_bytes", help="... the one with the least of this metric (gzip_bytes)")
     args = parser.parse_args(argv)
-    from pipeline import quiet
+    from pipeline.run import quiet
 
     quiet.install()
     try:

@@ -8,7 +8,7 @@ import numpy as np
 
 from pipeline.data.dataset import Dataset, SplitParams, prepared, split
 from pipeline.data.preprocessing import Rescale
-from pipeline.schema import Params, Plugin
+from pipeline.plugin.schema import Params, Plugin
 
 
 class DigitsSource(Plugin[SplitParams]):

@@ -16,24 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import Field
-
-from pipeline.schema import Params
-
 # Accuracies are shares of a finite split: a tie with the floor must count as meeting it.
 EPSILON = 1e-9
-
-
-class BudgetParams(Params):
-    """The recipe-level accuracy budget (config key `budget`)."""
-
-    accuracy_drop: float | None = Field(
-        None, ge=0, le=1,
-        description=(
-            "Most validation accuracy the whole pipeline may lose against the first trained model "
-            "(0.01 = one point); the stages that choose (fallback, planned sparsity) stay within it; null: no budget."
-        ),
-    )
 
 
 @dataclass(frozen=True)
@@ -64,7 +48,7 @@ class Budget:
         """Whether a model of this validation accuracy stays within the budget."""
         return accuracy >= self.floor - EPSILON
 
-    def describe(self) -> dict[str, Any]:
+    def as_metadata(self) -> dict[str, Any]:
         """The budget as plain data, for the export metadata."""
         return {
             "split": "validation",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pipeline
-from pipeline.artifact import Effect, ModelArtifact, ModelFormat
+from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def referenced_files(tree: Any) -> dict[str, Any]:
     elif isinstance(tree, str) and tree and os.path.exists(tree):
         path = Path(tree)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        found[tree] = [describe(f) for f in files]
+        found[tree] = [entry_summary(f) for f in files]
     return found
 
 
@@ -109,7 +109,7 @@ class StageCache:
         staging = self.root / f".tmp-{uuid.uuid4().hex}"
         shutil.copytree(workdir, staging)
         files = {
-            str(path.relative_to(staging)): describe(path)
+            str(path.relative_to(staging)): entry_summary(path)
             for path in sorted(staging.rglob("*")) if path.is_file()
         }
         record = {
@@ -169,7 +169,7 @@ class StageCache:
         return count
 
 
-def describe(path: Path) -> dict[str, Any]:
+def entry_summary(path: Path) -> dict[str, Any]:
     """Size and SHA-256 of a file, to detect truncation or corruption later."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -180,29 +180,4 @@ def describe(path: Path) -> dict[str, Any]:
 
 def matches(path: Path, facts: Mapping[str, Any]) -> bool:
     """Whether `path` still has the recorded size and hash."""
-    return path.is_file() and path.stat().st_size == facts["size"] and describe(path) == dict(facts)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m pipeline.cache [list|clear] [--outputs DIR]`: inspect or empty the stage cache."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m pipeline.cache", description=main.__doc__)
-    parser.add_argument("action", choices=["list", "clear"], nargs="?", default="list")
-    parser.add_argument("--outputs", default="outputs", help="the runs' outputs folder (default: outputs)")
-    args = parser.parse_args(argv)
-    cache = StageCache(Path(args.outputs) / "cache")
-    if args.action == "clear":
-        print(f"removed {cache.clear()} cache entries from {cache.root}")
-        return
-    entries = cache.entries()
-    for entry in entries:
-        size = sum(facts["size"] for facts in entry.record["files"].values())
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.record["created"]))
-        stage = entry.record.get("stage", "?")
-        print(f"{entry.key[:12]}  {created}  {stage:<12} {entry.record['format']:<12} {size / 1024:10.1f} KiB")
-    print(f"{len(entries)} entries in {cache.root}")
-
-
-if __name__ == "__main__":
-    main()
+    return path.is_file() and path.stat().st_size == facts["size"] and entry_summary(path) == dict(facts)
