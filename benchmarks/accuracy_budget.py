@@ -53,7 +53,7 @@ def run_stages(name: str, stages: dict, overrides: list[str], outputs: Path, qui
     """Run `stages` through the pipeline; each stage's measured metrics (and facts) by stage name."""
     from hydra import compose, initialize_config_module
 
-    from pipeline.runner import RunInfo, run
+    from pipeline.run.runner import RunInfo, run
 
     with initialize_config_module(config_module="recipes", version_base="1.3"):
         cfg = compose("config", overrides=[f"outputs={outputs}", f"seed={SEED}", *overrides])
@@ -73,8 +73,8 @@ def standardizing_model(mnist: Path, folder: Path) -> Path:
     """The per-pixel standardising CNN, untrained, saved where `model=file` can load it."""
     import tf_keras as keras
 
-    from pipeline import registry
-    from pipeline.recipe import configure
+    from pipeline.config.recipe import configure
+    from pipeline.plugin import registry
 
     data = configure(registry.DATA, {"name": "idx", "path": str(mnist)}, "data").load(seed=SEED)
     keras.utils.set_random_seed(SEED)  # the same initial weights every run
@@ -163,8 +163,8 @@ def sparsity_part(mnist: Path, outputs: Path, quick: bool) -> tuple[str, list[tu
 def first_and_last_dense(sparsity: float, names: list[str]) -> dict[str, float]:
     """The usual hand rule as a per-layer target: first and last layer dense, the rest pruned
     evenly to the same overall sparsity."""
-    from pipeline import registry
-    from pipeline.recipe import configure
+    from pipeline.config.recipe import configure
+    from pipeline.plugin import registry
 
     model = configure(registry.MODELS, {"name": "small_cnn"}, "model").build((28, 28, 1), 10)
     sizes = dict(zip(names, (layer.kernel.shape.num_elements() for layer in model.layers if hasattr(layer, "kernel"))))

@@ -68,7 +68,7 @@ def run_stages(name: str, stages: dict, overrides: list[str], outputs: Path, see
     """One pipeline run of `stages` -> (per-stage metrics, the final artifact)."""
     from hydra import compose, initialize_config_module
 
-    from pipeline.runner import RunInfo, run
+    from pipeline.run.runner import RunInfo, run
 
     with initialize_config_module(config_module="recipes", version_base="1.3"):
         cfg = compose("config", overrides=[
@@ -84,7 +84,7 @@ def run_stages(name: str, stages: dict, overrides: list[str], outputs: Path, see
 
 def interleaved(files: dict[str, Path], sample: np.ndarray, threads: int, runs: int, rounds: int) -> dict[str, tuple[float, float]]:
     """Per file, the medians over rounds of its (p50, p10) ms at batch 1, the files taking turns in every round."""
-    from pipeline import litert
+    from pipeline.measure import litert
 
     found: dict[str, list[np.ndarray]] = {name: [] for name in files}
     for _ in range(rounds):
@@ -154,8 +154,8 @@ def mnist(args: argparse.Namespace, outputs: Path) -> tuple[str, list[tuple[str,
 
 def plot(rows: dict[str, dict[str, float]], times: dict[str, tuple[float, float]], path: Path) -> Path:
     """int8 test accuracy against int8 p50 of every MNIST row, with the Pareto front."""
-    from pipeline.report import RunPoint
-    from pipeline.report import plot as pareto_plot
+    from pipeline.commands.report import RunPoint
+    from pipeline.commands.report import plot as pareto_plot
 
     points = [RunPoint(name, name, {}, {"accuracy": r["int8"], "p50_us": times[name][0] * 1000}) for name, r in rows.items()]
     return pareto_plot(points, "p50_us", "int8 p50 at batch 1 (us, LiteRT, 1 thread)", path)

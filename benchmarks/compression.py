@@ -140,7 +140,7 @@ def run_variant(name: str, variant: Variant, seed: int, data: Path, outputs: Pat
     """Run one variant through the pipeline; each stage's measured metrics by stage name."""
     from hydra import compose, initialize_config_module
 
-    from pipeline.runner import RunInfo, run
+    from pipeline.run.runner import RunInfo, run
 
     overrides = [f"outputs={outputs}", "data=idx", f"data.path={data}", "data.val_fraction=0.1", f"seed={seed}"]
     overrides += [f"++model.{key}={value}" for key, value in variant.model.items()]
@@ -243,8 +243,8 @@ def targets(m: dict[str, Metrics]) -> list[tuple[str, str, str, bool]]:
 
 def plot(m: dict[str, Metrics], path: Path) -> Path:
     """Accuracy against gzip size of every table row, with the Pareto front."""
-    from pipeline.report import RunPoint
-    from pipeline.report import plot as pareto_plot
+    from pipeline.commands.report import RunPoint
+    from pipeline.commands.report import plot as pareto_plot
 
     points = [
         RunPoint(label, label, {}, {**m[variant][stage], "gzip_kib": m[variant][stage]["gzip_bytes"] / 1024})

@@ -4,7 +4,7 @@
 
 Measures on whatever device `device=auto` picks (a GPU when one is visible; on a CPU-only host
 it still runs, smaller by default, and says so). The model is built and compiled the way the
-pipeline's training stages do it (`DeviceSetup.prepare`, `compile_model`); the data are
+pipeline's training stages do it (`DeviceSetup.place_model`, `compile_model`); the data are
 synthetic images held in memory, cached, repeated and prefetched, so the input pipeline is off
 the critical path: the table shows its own rate beside the model's.
 Mixed precision is mixed_float16 on a GPU and mixed_bfloat16 elsewhere (CPUs and TPUs have
@@ -21,9 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import pipeline  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from pipeline import registry  # noqa: E402
-from pipeline.devices import DeviceParams, DeviceSetup  # noqa: E402
-from pipeline.recipe import configure  # noqa: E402
+from pipeline.config.recipe import configure  # noqa: E402
+from pipeline.device.params import DeviceParams  # noqa: E402
+from pipeline.device.setup import DeviceSetup  # noqa: E402
+from pipeline.plugin import registry  # noqa: E402
 from stages._training import FitParams, compile_model  # noqa: E402
 
 CLASSES = 10
@@ -56,7 +57,7 @@ def train_rate(args: argparse.Namespace, precision: str, xla: bool, data: object
     setup = DeviceSetup(DeviceParams(name=args.device, precision=precision, jit_compile=xla, drop_remainder=True))
     builder = configure(registry.MODELS, {"name": args.model, "width": args.width}, "model")
     with setup.scope():
-        model = setup.prepare(builder.build((args.side, args.side, 3), CLASSES))
+        model = setup.place_model(builder.build((args.side, args.side, 3), CLASSES))
         compile_model(model, FitParams(batch_size=args.batch_size))
     model.jit_compile = xla
     model.fit(data, steps_per_epoch=args.warmup, epochs=1, verbose=0)

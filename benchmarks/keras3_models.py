@@ -56,8 +56,8 @@ def run_recipe(recipe: str, path: Path, mnist: str, outputs: Path, *extra: str) 
     """One pipeline run on the file; the last quantizing stage's row and the run's seconds."""
     from hydra import compose, initialize_config_module
 
-    from pipeline.cli import with_stage_prefix
-    from pipeline.runner import RunInfo, run
+    from pipeline.config.arguments import with_stage_prefix
+    from pipeline.run.runner import RunInfo, run
 
     overrides = [
         f"recipe={recipe}", "model=file", f"model.path={path}", "data=idx", f"data.path={mnist}", f"seed={SEED}",
@@ -79,9 +79,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("pipeline").setLevel(logging.INFO)  # the runs' progress
 
-    from pipeline import registry
+    from pipeline.config.recipe import configure
     from pipeline.models.user import FileModel, FileModelParams
-    from pipeline.recipe import configure
+    from pipeline.plugin import registry
 
     data = configure(registry.DATA, {"name": "idx", "path": args.mnist}, "data").load(SEED)
     folder = Path(tempfile.mkdtemp(prefix="keras3-bench-"))
@@ -89,7 +89,7 @@ def main() -> None:
     float_accuracy = float(np.mean(keras3_logits.argmax(-1) == data.y_test))
 
     plugin = FileModel(FileModelParams(name="file", path=str(keras_file)))
-    plugin.prepare(data)
+    plugin.on_data_loaded(data)
     rebuilt_logits = plugin.build(data.input_shape, data.num_classes).predict(data.x_test, verbose=0)
     max_difference = float(np.max(np.abs(rebuilt_logits - keras3_logits)))
     same_class = float(np.mean(rebuilt_logits.argmax(-1) == keras3_logits.argmax(-1)))

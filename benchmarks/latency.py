@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from hydra import compose, initialize_config_module
 
-from pipeline import litert
-from pipeline.measure import sparsity_of
-from pipeline.runner import RunInfo, run
+from pipeline.measure import litert
+from pipeline.measure.metrics import sparsity_of
+from pipeline.run.runner import RunInfo, run
 
 MODELS = [(0.35, 96), (1.0, 224)]
 SPARSITIES = (0.5, 0.8)

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from hydra import compose, initialize_config_module
 
-from pipeline import litert
-from pipeline.predict import predict
-from pipeline.recipe import build_plan
-from pipeline.runner import RunInfo, run
+from pipeline.commands.predict import predict
+from pipeline.config.recipe import check_recipe
+from pipeline.measure import litert
+from pipeline.run.runner import RunInfo, run
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist10k"
 CONTRACTS = ("raw", "preprocessed")
@@ -75,7 +75,7 @@ def run_case(folder: Path, overrides: list[str], contract: str) -> tuple[float, 
             f"outputs={folder / 'outputs'}", "recipe=mobile_int8", *overrides,
             f"++stages.quantize.inputs={contract}", "measure.latency_runs=20",
         ])
-    data = build_plan(cfg).data_source.load(cfg.seed)
+    data = check_recipe(cfg).data_source.load(cfg.seed)
     result = run(cfg, RunInfo(run_dir=folder / f"run-{contract}", recipe="mobile_int8"))
     return result.rows[-1].metrics["accuracy"], result.run_dir / "export", data
 

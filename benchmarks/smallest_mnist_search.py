@@ -53,7 +53,7 @@ def recipe_stages(changes: dict) -> dict:
 
 def validation_accuracy(path_or_model, data) -> float:
     """Accuracy on the validation split of a TFLite file or a Keras model."""
-    from pipeline import litert
+    from pipeline.measure import litert
 
     if isinstance(path_or_model, Path):
         logits = litert.predict(path_or_model, data.x_val)
@@ -66,16 +66,16 @@ def run_candidate(label: str, changes: dict, data_dir: Path, outputs: Path, seed
     """Run the recipe with `changes`; gzip sizes and validation accuracies of teacher, student and shipped file."""
     from hydra import compose, initialize_config_module
 
-    from pipeline.artifact import ModelFormat
-    from pipeline.recipe import build_plan
-    from pipeline.runner import RunInfo, execute
+    from pipeline.config.recipe import check_recipe
+    from pipeline.plugin.artifact import ModelFormat
+    from pipeline.run.runner import RunInfo, execute
 
     overrides = [f"outputs={outputs}", "data=idx", f"data.path={data_dir}", "data.val_fraction=0.1",
                  f"seed={seed}", "++model.dropout=0.5", "measure.latency_runs=5"]
     with initialize_config_module(config_module="recipes", version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     cfg.stages = recipe_stages(changes)
-    plan = build_plan(cfg)
+    plan = check_recipe(cfg)
     started = time.perf_counter()
     result = execute(plan, RunInfo(run_dir=outputs / "runs" / label.replace(" ", "_").replace(",", ""), recipe="smallest_mnist_search"))
     data = plan.data_source.load(seed)

@@ -60,8 +60,8 @@ def run_recipe(model: str, recipe: str, args: argparse.Namespace, outputs: Path)
     """One recipe on one model; each stage's measurements and facts by stage name."""
     from hydra import compose, initialize_config_module
 
-    from pipeline.cli import with_stage_prefix
-    from pipeline.runner import RunInfo, run
+    from pipeline.config.arguments import with_stage_prefix
+    from pipeline.run.runner import RunInfo, run
 
     absent = "stages.qat." if recipe == "mobile_int8" else "stages.prune."  # a setting would add the stage
     stage_settings = [o for o in settings(args) if not o.startswith(absent)]
@@ -79,7 +79,7 @@ def run_recipe(model: str, recipe: str, args: argparse.Namespace, outputs: Path)
 
 def markdown(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     """A Markdown table."""
-    from pipeline.summary import markdown as table
+    from pipeline.run.summary import markdown as table
 
     return table(list(header), [list(row) for row in rows], right_aligned=set(range(2, len(header))))
 

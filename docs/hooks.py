@@ -21,12 +21,11 @@ from typing import Any
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
 
-from pipeline import registry
-from pipeline.budget import BudgetParams
-from pipeline.describe import parameters, summary
-from pipeline.device_config import DeviceParams
-from pipeline.recipe import MeasureParams, RunSettings, TrackingParams
-from pipeline.schema import Params, describe_schema
+from pipeline.commands.describe import parameters, summary
+from pipeline.config.settings import BudgetParams, MeasureParams, RunSettings, TrackingParams
+from pipeline.device.params import DeviceParams
+from pipeline.plugin import registry
+from pipeline.plugin.schema import Params, describe_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"^<!-- parameters: (\w+) (\w+) -->$", flags=re.M)

@@ -9,8 +9,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from pipeline.config.objectives import register_resolver
 from pipeline.errors import PipelineError, report
-from pipeline.objectives import register_resolver
 
 register_resolver()  # before Hydra composes: the sweeper preset's direction follows `objectives`
 
@@ -23,8 +23,8 @@ def main(cfg: DictConfig) -> float | list[float]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from pipeline.objectives import values
-    from pipeline.runner import RunInfo, run
+    from pipeline.config.objectives import values
+    from pipeline.run.runner import RunInfo, run
 
     hydra_cfg = HydraConfig.get()
     info = RunInfo(
@@ -57,13 +57,13 @@ def model_overrides(overrides: list[str]) -> tuple[str, ...]:
 
 def cli() -> None:
     """Entry point: check what Hydra would report verbosely, then hand over to Hydra."""
-    from pipeline import interrupts, quiet
-    from pipeline.cli import prepare
+    from pipeline.config.arguments import expand_arguments
+    from pipeline.run import interrupts, quiet
 
     quiet.install()
     interrupts.install()
     try:
-        sys.argv[1:] = prepare(sys.argv[1:])
+        sys.argv[1:] = expand_arguments(sys.argv[1:])
     except PipelineError as error:
         report(error)
     try:

@@ -38,10 +38,10 @@ from typing import Any
 
 from pydantic import Field
 
-from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
-from pipeline.schema import Params, parse
-from pipeline.stage import Stage, StageContext
+from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
+from pipeline.plugin.schema import Params, parse
+from pipeline.plugin.stage import Stage, StageContext
 
 __all__ = [
     "Effect",
@@ -80,8 +80,8 @@ def measure(artifact: ModelArtifact, ctx: StageContext) -> dict[str, float]:
     """What the runner measures for every stage's output, with the run's `measure` settings:
     size_bytes, gzip_bytes, params, sparsity, macs, accuracy (test), val_accuracy and latency
     percentiles (ms). For a stage that compares candidates the way the run will judge them."""
-    from pipeline.measure import measure as measured
-    from pipeline.recipe import MeasureParams
+    from pipeline.config.settings import MeasureParams
+    from pipeline.measure.metrics import measure as measured
 
     return measured(artifact, ctx.data, parse(MeasureParams, ctx.config.get("measure"), "measure"))
 
@@ -92,7 +92,7 @@ def configure_model(values: Mapping[str, Any], where: str = "model") -> Any:
     Call its `build(input_shape, num_classes)` for an uncompiled tf-keras model (e.g. a student
     to distil into). A wrong name or key is a PipelineError naming `where.key`.
     """
-    from pipeline import registry
-    from pipeline.recipe import configure
+    from pipeline.config.recipe import configure
+    from pipeline.plugin import registry
 
     return configure(registry.MODELS, values, where)

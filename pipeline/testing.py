@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline.api import Effect, ModelArtifact, PipelineError, Stage, StageContext, configure_model, save_keras
 from pipeline.data import Dataset
-from pipeline.schema import parse
+from pipeline.plugin.schema import parse
 
 # Small enough for a one-epoch fit in about a second on a CPU, large enough that every class
 # appears in each split.
@@ -33,8 +33,8 @@ QUICK_MEASURE = {"latency_runs": 2, "warmup_runs": 0, "threads": 1}
 
 def tiny_data(examples: int = TINY_EXAMPLES, seed: int = 0) -> Dataset:
     """A seeded, stratified subset of the digits data (8x8x1 images, 10 classes), split as runs split it."""
-    from pipeline import registry
-    from pipeline.recipe import configure
+    from pipeline.config.recipe import configure
+    from pipeline.plugin import registry
 
     return configure(registry.DATA, {"name": "digits", "max_examples": examples}, "data").load(seed)
 
@@ -93,7 +93,7 @@ def run_stage(
     input is checked against `accepts` and `check_input`, then `Stage.execute` runs it under the
     context's device scope, seeded as the runner seeds it.
     """
-    from pipeline.runner import seed_everything
+    from pipeline.run.runner import seed_everything
 
     where = f"stages.{ctx.name}"
     if isinstance(stage, Stage):

@@ -17,11 +17,11 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
-from pipeline.budget import EPSILON, Budget
 from pipeline.errors import PipelineError
-from pipeline.schema import Params
-from pipeline.stage import Stage
-from pipeline.summary import human_bytes
+from pipeline.plugin.schema import Params
+from pipeline.plugin.stage import Stage
+from pipeline.run.budget import EPSILON, Budget
+from pipeline.run.summary import human_bytes
 
 # Validation examples the int8 error of each layer is measured on: enough for a stable ranking,
 # few enough that each step of the search stays quick.
@@ -85,7 +85,7 @@ def fall_back(
     instead (QAT fine-tunes again). With a budget, the float model's validation accuracy is the
     one the runner measured after the stage that made it (`ctx.budget.available`), not measured again.
     """
-    from pipeline.measure import hits, keras_predict, tflite_accuracy
+    from pipeline.measure.metrics import hits, keras_predict, tflite_accuracy
     from stages import _quant_debug as debug
 
     where = f"stages.{ctx.name}"
@@ -195,7 +195,7 @@ def accuracy_of(flatbuffer: bytes, data: Any) -> float:
     """Validation accuracy of TFLite model bytes through LiteRT."""
     import tempfile
 
-    from pipeline.measure import tflite_accuracy
+    from pipeline.measure.metrics import tflite_accuracy
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "candidate.tflite"

@@ -12,8 +12,8 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.errors import PipelineError
-from pipeline.fields import Switch
-from pipeline.schema import Params
+from pipeline.plugin.fields import Switch
+from pipeline.plugin.schema import Params
 
 # TFLite schema TensorType ids of floating-point tensors.
 FLOAT_TYPES = {0: "float32", 1: "float16", 10: "float64"}
@@ -98,7 +98,7 @@ def accuracy_gate(
     A gate decides whether the run ships, so it looks at the validation split: the test split is
     measured once on what ships and never steers a decision.
     """
-    from pipeline.measure import hits, tflite_accuracy
+    from pipeline.measure.metrics import hits, tflite_accuracy
 
     if not len(data.x_val):
         raise PipelineError(
@@ -189,7 +189,7 @@ def integer_gate(path: Path, where: str, keras_model: Any = None, kept_float: Co
     Given the Keras model the file was converted from, the error names the layers left in float;
     the operators of `kept_float` (layers the accuracy fallback kept float on purpose) are accepted.
     """
-    from pipeline import litert
+    from pipeline.measure import litert
 
     runner = litert.interpreter(path, threads=1)
     io = {"input": runner.get_input_details()[0]["dtype"], "output": runner.get_output_details()[0]["dtype"]}

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from pipeline.errors import PipelineError
-from pipeline.layer_plan import Action
+from pipeline.run.layer_plan import Action
 from stages._layers import check_patterns
 
 DEFAULT = "default"

@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import Field
 
 from pipeline.errors import PipelineError
-from pipeline.layer_plan import Action, NeedsLayerGraph
-from pipeline.schema import Params
+from pipeline.plugin.schema import Params
+from pipeline.run.layer_plan import Action, NeedsLayerGraph
 
 
 class LayerChoice(Params):

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artifact import ModelArtifact, ModelFormat
-from pipeline.stage import StageContext
+from pipeline.plugin.artifact import ModelArtifact, ModelFormat
+from pipeline.plugin.stage import StageContext
 
 
 def describe(
@@ -24,8 +24,8 @@ def describe(
 
     `shipped` is the export stage's output; its parent is the model the stage was given.
     """
-    from pipeline.measure import measure
-    from pipeline.recipe import MeasureParams
+    from pipeline.config.settings import MeasureParams
+    from pipeline.measure.metrics import measure
 
     model = shipped.parent or shipped
     # A copy of the incoming model under the same contract was measured by the runner already.
@@ -48,7 +48,7 @@ def describe(
         },
         # Choices (fallback layers, planned sparsity, gates) were made on the validation split; the
         # metrics above are the test split's, measured on what ships.
-        "budget": ctx.budget.describe() if ctx.budget is not None else None,
+        "budget": ctx.budget.as_metadata() if ctx.budget is not None else None,
         "lineage": [
             {
                 "stage": a.stage, "format": a.format.value, "file": a.path.name,
@@ -63,7 +63,7 @@ def describe(
 def io_details(model: ModelArtifact) -> dict[str, Any]:
     """Name, shape, dtype and (for TFLite) scale and zero point of each input and output."""
     if model.format is ModelFormat.TFLITE:
-        from pipeline import litert
+        from pipeline.measure import litert
 
         runner = litert.interpreter(model.path, threads=1)
 

@@ -132,7 +132,7 @@ def layer_errors(calibrated: bytes, float_nodes: Iterable[str], nodes: Mapping[s
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from pipeline.litert import quantize_input
+    from pipeline.measure.litert import quantize_input
 
     debug = quantize(calibrated, float_nodes, debug=True)
     # Without delegates and with every tensor kept, the compared tensors can be read after invoke.

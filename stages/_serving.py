@@ -15,8 +15,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipeline.data import Dataset, Preprocessing
-from pipeline.schema import Params
-from pipeline.stage import StageContext
+from pipeline.plugin.schema import Params
+from pipeline.plugin.stage import StageContext
 
 INPUT_NAME = "features"
 SIGNATURE = "serving_default"

@@ -7,11 +7,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pipeline.artifact import Effect, ModelArtifact, ModelFormat
+from pipeline.device.precision import float32_copy, is_mixed
 from pipeline.errors import PipelineError
-from pipeline.precision import float32_copy, is_mixed
-from pipeline.schema import Params
-from pipeline.stage import StageContext
+from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
+from pipeline.plugin.schema import Params
+from pipeline.plugin.stage import StageContext
 
 
 class FitParams(Params):
@@ -294,7 +294,7 @@ def epoch_logger(ctx: StageContext, epochs: int) -> Any:
     """
     import tf_keras as keras
 
-    from pipeline.interrupts import raise_if_interrupted
+    from pipeline.run.interrupts import raise_if_interrupted
 
     class _EpochLog(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

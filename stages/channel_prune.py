@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import numpy as np
 from pydantic import Field
 
-from pipeline.artifact import Effect, ModelArtifact
 from pipeline.errors import PipelineError
-from pipeline.layer_plan import Action, LayerPlan, StagePlan
+from pipeline.plugin.artifact import Effect, ModelArtifact
+from pipeline.plugin.stage import Stage, StageContext
 from pipeline.private_api import is_graph_network
-from pipeline.stage import Stage, StageContext
+from pipeline.run.layer_plan import Action, LayerPlan, StagePlan
 from stages._layers import LayerChoice, check_names, check_patterns, left_alone, matches, require_layer_graph
 from stages._training import FitParams, compile_model, fit, save_keras
 
@@ -82,7 +82,7 @@ class ChannelPruneStage(Stage[ChannelPruneParams]):
         return StagePlan(actions, summary, model=narrower)
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
-        from pipeline.macs import keras_macs
+        from pipeline.measure.macs import keras_macs
         from stages._channel_graph import analyse
         from stages._surgery import choose, rebuild, scores
 

@@ -7,11 +7,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from pipeline.artifact import Effect, ModelArtifact
 from pipeline.errors import PipelineError
-from pipeline.fields import Switch
-from pipeline.layer_plan import Action, LayerPlan, StagePlan
-from pipeline.stage import Stage, StageContext
+from pipeline.plugin.artifact import Effect, ModelArtifact
+from pipeline.plugin.fields import Switch
+from pipeline.plugin.stage import Stage, StageContext
+from pipeline.run.layer_plan import Action, LayerPlan, StagePlan
 from stages._layers import LayerChoice, acted_on, choose_layers, kernel_share, left_alone, wrap_layers
 from stages._training import FitParams, compile_model, fit, save_keras
 from stages.prune import SPARSITY_TOLERANCE, pruned_sparsity

@@ -10,13 +10,13 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
-from pipeline.layer_plan import LayerPlan, StagePlan
-from pipeline.models import build, prepare, starting_format
+from pipeline.models import build, on_data_loaded, starting_format
 from pipeline.models.compat import prepared
 from pipeline.models.user import model_file_problem
-from pipeline.stage import Stage, StageContext
+from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
+from pipeline.plugin.stage import Stage, StageContext
+from pipeline.run.layer_plan import LayerPlan, StagePlan
 from stages._training import FitParams, compile_model, fit, save_keras
 
 
@@ -97,8 +97,8 @@ class DistillStage(Stage[DistillParams]):
 
     def student_builder(self, where: str) -> Any:
         """The configured model plugin of the student."""
-        from pipeline import registry
-        from pipeline.recipe import configure
+        from pipeline.config.recipe import configure
+        from pipeline.plugin import registry
 
         assert not isinstance(self.config.student, str)  # "incoming" is the only string it takes
         return configure(registry.MODELS, self.config.student, f"{where}.student")
@@ -117,8 +117,8 @@ class DistillStage(Stage[DistillParams]):
             student = model.load_keras()
         else:
             builder = self.student_builder(f"stages.{ctx.name}")
-            prepare(builder, ctx.data)
-            student = ctx.device.prepare(build(builder, ctx.data))
+            on_data_loaded(builder, ctx.data)
+            student = ctx.device.place_model(build(builder, ctx.data))
         data = ctx.data
         targets = teacher_targets(teacher, data)
         teacher_accuracy = float(np.mean(np.argmax(predict(teacher, data.x_test), -1) == data.y_test))
@@ -166,8 +166,8 @@ def before_channel_pruning(model: ModelArtifact, where: str) -> ModelArtifact:
 def load_teacher(path: str, ctx: StageContext) -> Any:
     """The teacher file as a model to predict with: a tf-keras model (Keras 3 files rebuilt) or a SavedModel's signature."""
     from pipeline.models.keras3 import sample_of
+    from pipeline.models.savedmodel import SignatureModel, is_inference_only
     from pipeline.models.user import load_model_file
-    from pipeline.savedmodel import SignatureModel, is_inference_only
 
     where = f"stages.{ctx.name}.teacher"
     if is_inference_only(path):

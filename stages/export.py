@@ -9,10 +9,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
-from pipeline.schema import Params
-from pipeline.stage import Stage, StageContext
+from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
+from pipeline.plugin.schema import Params
+from pipeline.plugin.stage import Stage, StageContext
 from stages._serving import INPUTS_HELP, OUTPUTS_HELP, choose_inputs, contract, serving_model
 
 Target = Literal["tflite", "keras", "h5", "saved_model", "keras3"]

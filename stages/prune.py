@@ -7,11 +7,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
-from pipeline.layer_plan import Action, LayerPlan, StagePlan
+from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
+from pipeline.plugin.stage import Stage, StageContext
 from pipeline.private_api import prunable
-from pipeline.stage import Stage, StageContext
+from pipeline.run.layer_plan import Action, LayerPlan, StagePlan
 from stages._layer_targets import (
     PLAN,
     ZERO,

@@ -9,10 +9,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.artifact import STRUCTURAL, Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
-from pipeline.layer_plan import Action, LayerPlan, StagePlan
-from pipeline.stage import StageContext
+from pipeline.plugin.artifact import STRUCTURAL, Effect, ModelArtifact, ModelFormat
+from pipeline.plugin.stage import StageContext
+from pipeline.run.layer_plan import Action, LayerPlan, StagePlan
 from stages._fallback import (
     Fallback,
     FallbackParams,

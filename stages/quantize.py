@@ -10,11 +10,11 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
-from pipeline.fields import Switch
-from pipeline.layer_plan import Action, LayerPlan, StagePlan
-from pipeline.stage import StageContext
+from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
+from pipeline.plugin.fields import Switch
+from pipeline.plugin.stage import StageContext
+from pipeline.run.layer_plan import Action, LayerPlan, StagePlan
 from stages._fallback import Fallback, FallbackParams, FallbackStage, fall_back
 from stages._gates import GateParams, apply_gates
 from stages._serving import ServingParams, contract, for_serving
@@ -138,7 +138,7 @@ class QuantizeStage(FallbackStage[QuantizeParams]):
 
 def loads_in_litert(path: Path) -> bool:
     """Whether LiteRT can allocate and invoke the model (some sparse kernels are float-only)."""
-    from pipeline import litert
+    from pipeline.measure import litert
 
     runner = litert.interpreter(path, threads=1)
     try:
@@ -189,7 +189,7 @@ def configure_converter(keras_model: Any, params: QuantizeParams, calibration: n
     """A TFLiteConverter set up for `params.mode`; reads the SavedModel itself for a signature model."""
     import tensorflow as tf
 
-    from pipeline.savedmodel import SignatureModel
+    from pipeline.models.savedmodel import SignatureModel
 
     if isinstance(keras_model, SignatureModel):
         converter = tf.lite.TFLiteConverter.from_concrete_functions([keras_model.frozen()], keras_model.loaded)

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.artifact import Effect, ModelArtifact
 from pipeline.errors import PipelineError
-from pipeline.layer_plan import Action, LayerPlan, StagePlan
-from pipeline.stage import Stage, StageContext
+from pipeline.plugin.artifact import Effect, ModelArtifact
+from pipeline.plugin.stage import Stage, StageContext
+from pipeline.run.layer_plan import Action, LayerPlan, StagePlan
 from stages import _sparsity_plan as planning
 from stages._layers import LayerChoice, acted_on, choose_layers, left_alone
 from stages.prune import prunable
@@ -130,7 +130,7 @@ def measure_layers(
     keras_model: Any, layers: list[Any], sparsities: list[float], x: np.ndarray, y: np.ndarray, ctx: StageContext
 ) -> tuple[float, list[planning.LayerSensitivity]]:
     """The unpruned validation accuracy, and each layer's accuracy with it alone pruned to each sparsity."""
-    from pipeline.measure import batched, hits, keras_predict
+    from pipeline.measure.metrics import batched, hits, keras_predict
 
     forward, logits = keras_predict(keras_model, x)  # reads the weights when called: one trace serves every trial
     base = hits(logits, y)

@@ -6,8 +6,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from pipeline.artifact import STRUCTURAL, Effect, ModelArtifact, ModelFormat
-from pipeline.stage import Stage, StageContext
+from pipeline.plugin.artifact import STRUCTURAL, Effect, ModelArtifact, ModelFormat
+from pipeline.plugin.stage import Stage, StageContext
 from stages._training import FitParams, compile_model, fit, save_keras
 
 

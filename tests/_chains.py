@@ -4,7 +4,7 @@ Each stage kind contributes its parameter variants: every value of the field tha
 stage does (quantize's `mode`, qat's `scheme`, read from the stage's own schema, so a new mode is
 covered without editing this file), the variants listed in `VARIANTS`, or its defaults. A kind
 registered later (a new stage plugin) joins with its defaults. Whether a chain can work is left to
-`build_plan`, that is to the stages' own declarations.
+`check_recipe`, that is to the stages' own declarations.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import random
 import typing
 from dataclasses import dataclass
 
-from pipeline import registry
+from pipeline.plugin import registry
 
 # The field whose every value is a chain variant, by stage kind.
 ENUMERATED = {"quantize": "mode", "qat": "scheme"}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_module
 
-from pipeline.cli import with_stage_prefix
+from pipeline.config.arguments import with_stage_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
 

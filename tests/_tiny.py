@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline import registry
-from pipeline.recipe import configure
-from pipeline.stage import StageContext
+from pipeline.config.recipe import configure
+from pipeline.plugin import registry
+from pipeline.plugin.stage import StageContext
 
 
 def digits():
@@ -32,8 +32,8 @@ def accuracy(artifact, data) -> float:
     """Test accuracy of a Keras or TFLite artifact (no latency runs), on the inputs it takes (raw or preprocessed)."""
     import numpy as np
 
-    from pipeline import litert
-    from pipeline.artifact import ModelFormat
+    from pipeline.measure import litert
+    from pipeline.plugin.artifact import ModelFormat
 
     x = data.test_inputs(raw=artifact.takes_raw_inputs)
     if artifact.format is ModelFormat.TFLITE:

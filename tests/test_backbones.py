@@ -7,11 +7,11 @@ import urllib.request
 import numpy as np
 import pytest
 
+from pipeline.config.recipe import check_recipe
 from pipeline.data import Dataset
 from pipeline.errors import PipelineError
 from pipeline.models import check_compatible
 from pipeline.models.backbone import Backbone, BackboneParams, input_preprocessing
-from pipeline.recipe import build_plan
 from tests._runs import compose_config
 from tests._tiny import context
 
@@ -123,7 +123,7 @@ def test_imagenet_offline_names_the_cache_and_weights_path(tmp_path, monkeypatch
 
 
 def test_backbone_config_mistakes_fail_at_validation(tmp_path):
-    plan = build_plan(compose_config(tmp_path, "model=backbone", "model.architecture=EfficientNetB0"))
+    plan = check_recipe(compose_config(tmp_path, "model=backbone", "model.architecture=EfficientNetB0"))
     assert plan.model_builder.config.architecture == "EfficientNetB0"
     cases = {
         "model.architecture=ResNet5": "model.architecture: no keras.applications architecture 'ResNet5'; did you mean 'ResNet50'",
@@ -134,7 +134,7 @@ def test_backbone_config_mistakes_fail_at_validation(tmp_path):
     for override, expected in cases.items():
         extra = ["model.architecture=ResNet50"] if "width" in override else []
         with pytest.raises(PipelineError) as error:
-            build_plan(compose_config(tmp_path, "model=backbone", *extra, override))
+            check_recipe(compose_config(tmp_path, "model=backbone", *extra, override))
         assert expected in str(error.value) and "\n" not in str(error.value)
 
 
@@ -146,7 +146,7 @@ def test_pretrained_weights_need_rgb_images(tmp_path):
 
 
 def test_mobilenet_v2_is_the_backbone_fixed_to_that_architecture(tmp_path):
-    plan = build_plan(compose_config(tmp_path, "model=mobilenet_v2", "model.width=0.35"))
+    plan = check_recipe(compose_config(tmp_path, "model=mobilenet_v2", "model.width=0.35"))
     assert isinstance(plan.model_builder, Backbone) and plan.model_builder.config.architecture == "MobileNetV2"
     with pytest.raises(PipelineError, match="model.architecture: expected 'MobileNetV2'"):
-        build_plan(compose_config(tmp_path, "model=mobilenet_v2", "model.architecture=ResNet50"))
+        check_recipe(compose_config(tmp_path, "model=mobilenet_v2", "model.architecture=ResNet50"))

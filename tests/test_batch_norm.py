@@ -67,9 +67,9 @@ def test_validation_at_chance_while_training_improves_is_named(tmp_path, caplog)
 @pytest.mark.heavy
 def test_mobilenet_from_scratch_predicts_more_than_one_class(tmp_path):
     """The issue's case: MobileNetV2 (alpha 0.35, 32x32) on digits for 8 epochs stayed at 0.10 validation accuracy."""
-    from pipeline import registry
+    from pipeline.config.recipe import configure
     from pipeline.models import build
-    from pipeline.recipe import configure
+    from pipeline.plugin import registry
     from tests._tiny import accuracy
 
     builder = configure(registry.MODELS, {"name": "mobilenet_v2", "width": 0.35, "input_size": 32}, "model")

@@ -7,10 +7,11 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.budget import Budget, BudgetParams, Ledger
+from pipeline.config.recipe import check_recipe
+from pipeline.config.settings import BudgetParams
 from pipeline.errors import PipelineError
-from pipeline.recipe import build_plan
-from pipeline.runner import RunInfo, run, stage_key
+from pipeline.run.budget import Budget, Ledger
+from pipeline.run.runner import RunInfo, run, stage_key
 from tests._runs import TINY, compose_config
 
 
@@ -44,17 +45,17 @@ def test_budget_is_a_share_of_accuracy():
 )
 def test_budget_mistakes_stop_before_any_work(tmp_path, overrides, message):
     with pytest.raises(PipelineError, match=message):
-        build_plan(compose_config(tmp_path, *overrides))
+        check_recipe(compose_config(tmp_path, *overrides))
 
 
 def test_a_budget_or_a_tolerance_lets_fallback_validate(tmp_path):
-    assert build_plan(compose_config(tmp_path, "stages.quantize.fallback=auto", "budget.accuracy_drop=0.01"))
-    assert build_plan(compose_config(tmp_path, "stages.quantize.fallback=auto", "stages.quantize.accuracy_tolerance=0.01"))
+    assert check_recipe(compose_config(tmp_path, "stages.quantize.fallback=auto", "budget.accuracy_drop=0.01"))
+    assert check_recipe(compose_config(tmp_path, "stages.quantize.fallback=auto", "stages.quantize.accuracy_tolerance=0.01"))
 
 
 def test_a_changed_budget_recomputes_only_the_stages_that_choose_within_it(tmp_path):
     def keys(drop):
-        plan = build_plan(compose_config(tmp_path, f"budget.accuracy_drop={drop}", "stages.quantize.fallback=auto"))
+        plan = check_recipe(compose_config(tmp_path, f"budget.accuracy_drop={drop}", "stages.quantize.fallback=auto"))
         return {p.name: stage_key(plan, p, "start", FakeData()) for p in plan.stages}
 
     first, second = keys(0.01), keys(0.02)
@@ -97,7 +98,7 @@ def test_the_budget_recipe_keeps_the_books_and_logs_its_reports(tmp_path):
 def test_budget_floor_is_relative_to_the_reference():
     budget = Budget(reference=0.9, reference_stage="train", allowed_drop=0.1, available=0.85)
     assert budget.floor == pytest.approx(0.8) and budget.remaining == pytest.approx(0.05)
-    assert budget.describe()["reference_stage"] == "train"
+    assert budget.as_metadata()["reference_stage"] == "train"
 
 
 @pytest.mark.slow

@@ -8,10 +8,10 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.artifact import Effect, ModelArtifact, ModelFormat
-from pipeline.cache import StageCache, cache_key
-from pipeline.cache import main as cache_cli
-from pipeline.runner import RunInfo, run
+from pipeline.commands.cache import main as cache_cli
+from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
+from pipeline.run.cache import StageCache, cache_key
+from pipeline.run.runner import RunInfo, run
 from tests._runs import TINY, compose_config
 
 
@@ -113,7 +113,7 @@ def test_rerun_and_late_change_reuse_the_prefix(tmp_path, capsys):
 
 
 def test_a_replaced_model_file_invalidates_its_entries(tmp_path):
-    from pipeline.cache import referenced_files
+    from pipeline.run.cache import referenced_files
 
     teacher = tmp_path / "teacher.keras"
     teacher.write_text("v1")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.artifact import Effect
-from pipeline.runner import RunInfo, run
+from pipeline.plugin.artifact import Effect
+from pipeline.run.runner import RunInfo, run
 from tests._runs import compose_config, run_cli
 
 pytestmark = pytest.mark.slow

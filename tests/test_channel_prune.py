@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.artifact import Effect
 from pipeline.errors import PipelineError
-from pipeline.macs import keras_macs
+from pipeline.measure.macs import keras_macs
+from pipeline.plugin.artifact import Effect
 from stages.channel_prune import ChannelPruneParams, ChannelPruneStage, spread
 from stages.distill import DistillParams, DistillStage
 from tests._tiny import accuracy, context
@@ -74,7 +74,7 @@ def test_unknown_names_and_unreachable_targets_are_named(tmp_path, trained):
 def test_a_model_called_as_a_layer_is_pruned_inside(tmp_path, trained):
     import tf_keras as keras
 
-    from pipeline.artifact import ModelArtifact, ModelFormat
+    from pipeline.plugin.artifact import ModelArtifact, ModelFormat
 
     inner = trained.load_keras()
     conv, conv_1, dense, _ = [layer.name for layer in inner.layers if layer.get_weights()]
@@ -87,7 +87,7 @@ def test_a_model_called_as_a_layer_is_pruned_inside(tmp_path, trained):
 
 
 def test_a_subclassed_model_is_refused_in_one_line(tmp_path):
-    from pipeline.artifact import ModelArtifact, ModelFormat
+    from pipeline.plugin.artifact import ModelArtifact, ModelFormat
     from tests._user_models import subclassed
 
     model = subclassed((8, 8, 1), 10)
@@ -110,18 +110,18 @@ def test_distillation_into_the_channel_pruned_model(tmp_path, trained):
 
 
 def test_an_incoming_student_needs_channel_pruning_before_it_or_a_teacher_file(tmp_path):
-    from pipeline.recipe import build_plan
+    from pipeline.config.recipe import check_recipe
     from stages.qat import QuantizeAwareParams, QuantizeAwareStage
     from tests._runs import compose_config
 
     cfg = compose_config(tmp_path)
     cfg.stages = {"train": {}, "distill": {"student": "incoming"}}
     with pytest.raises(PipelineError, match=r"^stages.distill.teacher: with student=incoming the teacher is the model before channel pruning"):
-        build_plan(cfg)
+        check_recipe(cfg)
     cfg.stages = {"train": {}, "channel_prune": {}, "prune": {}, "distill": {"student": "incoming"}, "quantize": {}}
-    plan = build_plan(cfg)  # magnitude pruning between keeps the model narrow
+    plan = check_recipe(cfg)  # magnitude pruning between keeps the model narrow
     cfg.stages = {"train": {}, "channel_prune": {}, "retrain": {"type": "train"}, "distill": {"student": "incoming"}}
-    build_plan(cfg)  # the narrow shape survives plain training
+    check_recipe(cfg)  # the narrow shape survives plain training
     qat = QuantizeAwareStage(QuantizeAwareParams(scheme="default"))
     assert qat.effects_after(frozenset({Effect.CHANNEL_PRUNED, Effect.PRUNED})) == {Effect.CHANNEL_PRUNED, Effect.QUANTIZE_AWARE}
     assert plan.stages[3].stage.effects_after(frozenset({Effect.CHANNEL_PRUNED, Effect.PRUNED})) == {Effect.CHANNEL_PRUNED, Effect.DISTILLED}

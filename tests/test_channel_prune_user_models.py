@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
-from pipeline.layer_plan import LayerPlan
-from pipeline.macs import keras_macs
+from pipeline.measure.macs import keras_macs
 from pipeline.models.compat import prepared
 from pipeline.models.flatten import is_nested
+from pipeline.plugin.artifact import ModelArtifact, ModelFormat
+from pipeline.run.layer_plan import LayerPlan
 from stages.channel_prune import ChannelPruneParams, ChannelPruneStage
 from tests import _user_models as users
 from tests._tiny import context, digits

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.macs import keras_macs
+from pipeline.measure.macs import keras_macs
 from stages._channel_graph import analyse
 from stages._surgery import choose, counted_macs, indices, rebuild, scores
 

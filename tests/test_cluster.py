@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.artifact import Effect
 from pipeline.errors import PipelineError
+from pipeline.plugin.artifact import Effect
 from stages.cluster import ClusterParams, ClusterStage, check_kept_sparsity, clusters_for, unique_values
 from stages.prune import PruneParams, PruneStage, pruned_sparsity
 from tests._tiny import accuracy, context

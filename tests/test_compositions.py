@@ -2,7 +2,7 @@
 refused in one line before any stage runs; which is which, only the stages' declarations say.
 
 The chains come from tests/_chains.py (every ordered chain of distinct stage kinds and their
-variants, ending in export). `build_plan` sorts them without TensorFlow; accepted ones run on
+variants, ending in export). `check_recipe` sorts them without TensorFlow; accepted ones run on
 digits with one epoch per stage, sharing one stage cache so that common prefixes train once.
 The default run takes a seeded sample; `pytest -m heavy tests/test_compositions.py -s` takes them all.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import litert
+from pipeline.config.recipe import check_recipe, to_plain
 from pipeline.errors import PipelineError
-from pipeline.recipe import build_plan, to_plain
-from pipeline.runner import RunInfo, run
+from pipeline.measure import litert
+from pipeline.run.runner import RunInfo, run
 from tests._chains import Chain, chains, sample
 from tests._runs import compose_config
 
@@ -28,11 +28,11 @@ MEASURE = ["measure.latency_runs=3", "measure.warmup_runs=1"]
 
 
 def classify(found: list[Chain], base: dict) -> tuple[list[Chain], list[tuple[Chain, str]]]:
-    """The chains `build_plan` accepts, and those it refuses with its message."""
+    """The chains `check_recipe` accepts, and those it refuses with its message."""
     accepted, refused = [], []
     for chain in found:
         try:
-            build_plan({**base, "stages": chain.stages})
+            check_recipe({**base, "stages": chain.stages})
             accepted.append(chain)
         except PipelineError as error:
             refused.append((chain, str(error)))
@@ -102,7 +102,7 @@ def base(tmp_path_factory):
 def test_every_kind_and_variant_appears_in_the_generated_chains():
     found = chains()
     kinds = {kind for chain in found for kind, _ in chain.steps}
-    from pipeline import registry
+    from pipeline.plugin import registry
 
     assert kinds == set(registry.available(registry.STAGES))
     names = {chain.name for chain in found}

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.config.recipe import check_recipe
 from pipeline.data import Dataset, DigitsSource, SplitParams
 from pipeline.data.arrays import CsvParams, CsvSource, NpzParams, NpzSource
 from pipeline.data.downloads import KerasParams, KerasSource
 from pipeline.data.idx import IdxParams, IdxSource
 from pipeline.data.images import ImageFolderParams, ImageFolderSource
 from pipeline.errors import PipelineError
-from pipeline.recipe import build_plan
 from tests._data_files import MNIST10K, idx_folder, image_tree, write_csv, write_idx
 from tests._runs import compose_config
 
@@ -37,7 +37,7 @@ def assert_well_formed(data: Dataset, shape: tuple[int, ...], classes: int) -> N
 
 
 def test_digits_stays_the_default_and_its_fingerprint_is_stable(tmp_path):
-    plan = build_plan(compose_config(tmp_path))
+    plan = check_recipe(compose_config(tmp_path))
     assert isinstance(plan.data_source, DigitsSource)
     first = plan.data_source.load(seed=42)
     assert_well_formed(first, (8, 8, 1), 10)
@@ -96,7 +96,7 @@ def test_idx_path_problems_fail_at_validation(tmp_path, path, message):
     (tmp_path / "empty").mkdir()
     value = "null" if path == "null" else str(tmp_path / path)
     with pytest.raises(PipelineError, match=message.replace("[", r"\[").replace("*", r"\*")) as error:
-        build_plan(compose_config(tmp_path, "data=idx", f"data.path={value}"))
+        check_recipe(compose_config(tmp_path, "data=idx", f"data.path={value}"))
     assert "\n" not in str(error.value)
 
 
@@ -185,7 +185,7 @@ def test_npz_problems_name_the_file(tmp_path, arrays, message):
 
 def test_npz_path_must_be_a_file(tmp_path):
     with pytest.raises(PipelineError, match="data.path: is a folder; point it at a file"):
-        build_plan(compose_config(tmp_path, "data=npz", f"data.path={tmp_path}"))
+        check_recipe(compose_config(tmp_path, "data=npz", f"data.path={tmp_path}"))
 
 
 # --- csv ------------------------------------------------------------------------------------------
@@ -218,12 +218,12 @@ def test_csv_feature_selection_and_errors(tmp_path):
 def test_mistyped_data_key_is_one_line_with_a_suggestion(tmp_path):
     path = write_csv(tmp_path / "iris.csv")
     with pytest.raises(PipelineError, match=r"^data.lable: unknown key; did you mean 'label'\?"):
-        build_plan(compose_config(tmp_path, "data=csv", f"data.path={path}", "data.lable=species"))
+        check_recipe(compose_config(tmp_path, "data=csv", f"data.path={path}", "data.lable=species"))
 
 
 def test_csv_is_configured_from_the_command_line(tmp_path):
     path = write_csv(tmp_path / "iris.csv")
-    plan = build_plan(compose_config(tmp_path, "data=csv", f"data.path={path}", "data.label=species", "data.features=[length,width]"))
+    plan = check_recipe(compose_config(tmp_path, "data=csv", f"data.path={path}", "data.label=species", "data.features=[length,width]"))
     assert plan.data_source.load(seed=0).input_shape == (2,)
 
 
@@ -252,9 +252,9 @@ def test_image_folder_problems(tmp_path):
         ImageFolderSource(ImageFolderParams(name="image_folder", path=str(root))).load(seed=0)
     (tmp_path / "flat").mkdir()
     with pytest.raises(PipelineError, match="needs at least two class subfolders"):
-        build_plan(compose_config(tmp_path, "data=image_folder", f"data.path={tmp_path / 'flat'}"))
+        check_recipe(compose_config(tmp_path, "data=image_folder", f"data.path={tmp_path / 'flat'}"))
     with pytest.raises(PipelineError, match=r"data.image_size.0: expected greater than or equal to 8 \(got 2\)"):
-        build_plan(compose_config(tmp_path, "data=image_folder", f"data.path={root}", "data.image_size=[2,2]"))
+        check_recipe(compose_config(tmp_path, "data=image_folder", f"data.path={root}", "data.image_size=[2,2]"))
 
 
 # --- Keras built-ins and TensorFlow Datasets ------------------------------------------------------
@@ -269,7 +269,7 @@ def test_keras_builtins_offline_name_the_local_alternatives(tmp_path, monkeypatc
         monkeypatch.delenv(variable, raising=False)
     # urlopen keeps the first opener it builds, proxy included: let this test's opener go with it.
     monkeypatch.setattr(urllib.request, "_opener", None)
-    plan = build_plan(compose_config(tmp_path, f"data={name}", f"data.cache_dir={tmp_path / 'keras'}"))
+    plan = check_recipe(compose_config(tmp_path, f"data={name}", f"data.cache_dir={tmp_path / 'keras'}"))
     assert isinstance(plan.data_source, KerasSource)
     with pytest.raises(PipelineError) as error:
         plan.data_source.load(seed=0)
@@ -290,4 +290,4 @@ def test_tfds_without_the_package_says_how_to_install_it(tmp_path):
     if importlib.util.find_spec("tensorflow_datasets") is not None:
         pytest.skip("tensorflow-datasets is installed; this checks the message shown without it")
     with pytest.raises(PipelineError, match=r"^data: tensorflow-datasets is not installed; pip install tensorflow-datasets"):
-        build_plan(compose_config(tmp_path, "data=tfds", "data.dataset=mnist"))
+        check_recipe(compose_config(tmp_path, "data=tfds", "data.dataset=mnist"))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline import registry
-from pipeline.describe import main
+from pipeline.commands.describe import main
+from pipeline.plugin import registry
 
 
 def test_every_plugin_is_described_with_its_parameters(capsys):

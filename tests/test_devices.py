@@ -11,10 +11,11 @@ import textwrap
 import numpy as np
 import pytest
 
-from pipeline.artifact import Effect
-from pipeline.devices import DeviceParams, DeviceSetup, worker_role
+from pipeline.config.recipe import check_recipe
+from pipeline.device.params import DeviceParams, worker_role
+from pipeline.device.setup import DeviceSetup
 from pipeline.errors import PipelineError
-from pipeline.recipe import build_plan
+from pipeline.plugin.artifact import Effect
 from tests._runs import ROOT, compose_config, run_cli
 from tests._tiny import accuracy, context, digits
 
@@ -31,8 +32,8 @@ def test_device_group_is_checked_without_importing_tensorflow(tmp_path):
         import sys
         from pathlib import Path
         from tests._runs import compose_config
-        from pipeline.recipe import build_plan
-        plan = build_plan(compose_config(Path({str(tmp_path)!r}), "device=gpu", "device.jit_compile=true"))
+        from pipeline.config.recipe import check_recipe
+        plan = check_recipe(compose_config(Path({str(tmp_path)!r}), "device=gpu", "device.jit_compile=true"))
         print(plan.device.params.name, plan.device.params.precision, plan.device.params.jit_compile)
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_keras")))
         """
@@ -53,7 +54,7 @@ def test_device_group_is_checked_without_importing_tensorflow(tmp_path):
 )
 def test_device_mistakes_name_the_key(tmp_path, overrides, message):
     with pytest.raises(PipelineError) as raised:
-        build_plan(compose_config(tmp_path, *overrides))
+        check_recipe(compose_config(tmp_path, *overrides))
     assert message in str(raised.value)
     assert "\n" not in str(raised.value)
 
@@ -93,7 +94,8 @@ import dataclasses, json, sys
 import numpy as np
 import tf_keras as keras
 from pathlib import Path
-from pipeline.devices import DeviceParams, DeviceSetup
+from pipeline.device.params import DeviceParams
+from pipeline.device.setup import DeviceSetup
 from stages.train import TrainParams, TrainStage
 from tests._tiny import context, digits
 
@@ -141,7 +143,7 @@ def test_mixed_precision_keeps_float32_outputs_and_converts_to_tflite(tmp_path):
     built = []
 
     def build():
-        built.append(device.prepare(base.build_model()))
+        built.append(device.place_model(base.build_model()))
         return built[-1]
 
     ctx = dataclasses.replace(base, device=device, build_model=build)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.artifact import Effect
+from pipeline.config.recipe import check_recipe
 from pipeline.errors import PipelineError
-from pipeline.recipe import build_plan
+from pipeline.plugin.artifact import Effect
 from stages.distill import DistillParams, DistillStage, distillation_loss, pack
 from tests._runs import compose_config
 from tests._tiny import accuracy, context
@@ -88,20 +88,20 @@ def test_distill_with_no_teacher_fails_at_validation(tmp_path):
     cfg = compose_config(tmp_path)
     cfg.stages = {"distill": {}, "quantize": {}}
     with pytest.raises(PipelineError, match=r"stages.distill.teacher: no teacher: .* set stages.distill.teacher=PATH"):
-        build_plan(cfg)
+        check_recipe(cfg)
 
 
 def test_missing_teacher_file_and_bad_student_are_named(tmp_path):
     cfg = compose_config(tmp_path)
     cfg.stages = {"distill": {"teacher": str(tmp_path / "nope.keras")}}
     with pytest.raises(PipelineError, match=r"stages.distill.teacher: no such file"):
-        build_plan(cfg)
+        check_recipe(cfg)
     cfg.stages = {"train": {}, "distill": {"student": {"name": "small_cnn", "widht": 0.5}}}
     with pytest.raises(PipelineError, match=r"stages.distill.student.widht: unknown key; did you mean 'width'"):
-        build_plan(cfg)
+        check_recipe(cfg)
     cfg.stages = {"train": {}, "distill": {"student": {"name": "tiny_net"}}}
     with pytest.raises(PipelineError, match=r"stages.distill.student.name: unknown model 'tiny_net'"):
-        build_plan(cfg)
+        check_recipe(cfg)
 
 
 def test_pruning_keeps_learning_from_the_distillation_teacher(tmp_path, trained, caplog):
@@ -123,6 +123,6 @@ def test_pruning_with_a_teacher_needs_a_distilled_model(tmp_path):
     cfg = compose_config(tmp_path)
     cfg.stages = {"train": {}, "prune": {"teacher_alpha": 0.5}, "quantize": {}}
     with pytest.raises(PipelineError, match=r"stages.prune.teacher_alpha: the model reaching stages.prune has no teacher"):
-        build_plan(cfg)
+        check_recipe(cfg)
     cfg.stages = {"train": {}, "distill": {}, "prune": {"teacher_alpha": 0.5}, "quantize": {}}
-    assert [p.name for p in build_plan(cfg).stages] == ["train", "distill", "prune", "quantize"]
+    assert [p.name for p in check_recipe(cfg).stages] == ["train", "distill", "prune", "quantize"]

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import litert, registry
-from pipeline.measure import validation_accuracy
-from pipeline.recipe import configure
-from pipeline.runner import RunInfo, run
+from pipeline.config.recipe import configure
+from pipeline.measure import litert
+from pipeline.measure.metrics import validation_accuracy
+from pipeline.plugin import registry
+from pipeline.run.runner import RunInfo, run
 from tests._runs import TINY, compose_config, run_cli
 
 

@@ -8,11 +8,11 @@ import logging
 import numpy as np
 import pytest
 
-from pipeline import litert
-from pipeline.artifact import ModelArtifact, ModelFormat
-from pipeline.budget import Budget
 from pipeline.errors import PipelineError
-from pipeline.measure import validation_accuracy
+from pipeline.measure import litert
+from pipeline.measure.metrics import validation_accuracy
+from pipeline.plugin.artifact import ModelArtifact, ModelFormat
+from pipeline.run.budget import Budget
 from stages import _quant_debug as debug
 from stages._fallback import float_kept, search
 from stages._gates import float_operators, integer_gate

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import interrupts
+from pipeline.config.recipe import check_recipe
 from pipeline.errors import PipelineError
-from pipeline.preflight import check_environment
-from pipeline.recipe import build_plan
-from pipeline.runner import RunInfo, run
+from pipeline.run import interrupts
+from pipeline.run.preflight import check_environment
+from pipeline.run.runner import RunInfo, run
 from tests._runs import TINY, compose_config, run_cli
 
 
@@ -53,7 +53,7 @@ def test_a_tracking_store_that_is_not_a_database_fails_before_any_work(tmp_path)
 def test_an_outputs_path_through_a_file_is_refused(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    settings = build_plan(compose_config(tmp_path, f"outputs={blocker / 'out'}")).settings
+    settings = check_recipe(compose_config(tmp_path, f"outputs={blocker / 'out'}")).settings
     with pytest.raises(PipelineError, match="outputs: cannot write to"):
         check_environment(settings)
 

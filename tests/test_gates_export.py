@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.measure import validation_accuracy
+from pipeline.measure.metrics import validation_accuracy
 from stages._gates import float_operators, integer_gate
 from stages.export import ExportParams, ExportStage
 from stages.prune import PruneParams, PruneStage

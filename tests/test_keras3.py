@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.data import Dataset
 from pipeline.errors import PipelineError
 from pipeline.models.keras3 import is_keras3
 from pipeline.models.user import FileModel, FileModelParams
+from pipeline.plugin.artifact import ModelArtifact, ModelFormat
 from tests import _keras3_models as k3
 from tests._runs import TINY, run_cli
 from tests._tiny import context
@@ -30,7 +30,7 @@ def load(path, data, safe_mode=True):
     from pipeline.models import build
 
     plugin = FileModel(FileModelParams(name="file", path=str(path), safe_mode=safe_mode))
-    plugin.prepare(data)
+    plugin.on_data_loaded(data)
     return build(plugin, data)
 
 

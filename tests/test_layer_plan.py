@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from pipeline.inspect import layer_plan
-from pipeline.quiet import is_native_note
+from pipeline.commands.inspect import layer_plan
+from pipeline.run.quiet import is_native_note
 from tests._runs import compose_config
 
 

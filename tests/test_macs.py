@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.macs import keras_macs, tflite_macs
-from pipeline.summary import human_count
+from pipeline.measure.macs import keras_macs, tflite_macs
+from pipeline.run.summary import human_count
 
 
 def convert(model, path, int8=False):

@@ -7,13 +7,13 @@ import textwrap
 import numpy as np
 import pytest
 
+from pipeline.config.recipe import check_recipe
 from pipeline.data import Dataset
 from pipeline.errors import PipelineError
 from pipeline.models import MLP, SmallCNN, check_compatible
 from pipeline.models.builtin import MLPParams, ModelParams
 from pipeline.models.mobilenet import MobileNetV2, MobileNetV2Params
 from pipeline.models.user import CustomModel, CustomModelParams, FileModel, FileModelParams
-from pipeline.recipe import build_plan
 from tests._runs import compose_config
 
 
@@ -70,12 +70,12 @@ def test_mobilenet_resizes_inside_the_model_and_stays_flat():
 
 
 def test_builtin_models_are_chosen_on_the_command_line(tmp_path):
-    plan = build_plan(compose_config(tmp_path, "model=mobilenet_v2", "model.width=0.5", "model.input_size=64"))
+    plan = check_recipe(compose_config(tmp_path, "model=mobilenet_v2", "model.width=0.5", "model.input_size=64"))
     assert isinstance(plan.model_builder, MobileNetV2) and plan.model_builder.config.input_size == 64
-    plan = build_plan(compose_config(tmp_path, "model=mlp", "model.hidden=[32]"))
+    plan = check_recipe(compose_config(tmp_path, "model=mlp", "model.hidden=[32]"))
     assert plan.model_builder.config.hidden == [32]
     with pytest.raises(PipelineError, match="model.input_size: expected greater than or equal to 32"):
-        build_plan(compose_config(tmp_path, "model=mobilenet_v2", "model.input_size=16"))
+        check_recipe(compose_config(tmp_path, "model=mobilenet_v2", "model.input_size=16"))
 
 
 # --- compatibility --------------------------------------------------------------------------------
@@ -136,14 +136,14 @@ def test_model_path_problems_fail_at_validation(tmp_path):
     }
     for path, message in cases.items():
         with pytest.raises(PipelineError, match=f"^model.path: {message}"):
-            build_plan(compose_config(tmp_path, "model=file", f"model.path={path}"))
+            check_recipe(compose_config(tmp_path, "model=file", f"model.path={path}"))
 
 
 def test_damaged_model_file_is_refused_at_validation(tmp_path):
     path = tmp_path / "broken.keras"
     path.write_bytes(b"not a zip")
     with pytest.raises(PipelineError, match=r"^model.path: is not a .keras archive"):
-        build_plan(compose_config(tmp_path, "model=file", f"model.path={path}"))
+        check_recipe(compose_config(tmp_path, "model=file", f"model.path={path}"))
 
 
 def test_a_model_file_that_looks_right_but_does_not_load_names_the_file(tmp_path):
@@ -184,7 +184,7 @@ def user_module(tmp_path, monkeypatch):
 
 
 def test_builder_function_gets_the_data_shape_and_kwargs(tmp_path, user_module):
-    plan = build_plan(compose_config(tmp_path, "model=custom", f"model.target={user_module}:dense", "model.kwargs.units=9"))
+    plan = check_recipe(compose_config(tmp_path, "model=custom", f"model.target={user_module}:dense", "model.kwargs.units=9"))
     model = plan.model_builder.build((5,), 3)
     check_compatible(plan.model_builder, TABLE)
     assert model.layers[1].units == 9 and model.output_shape == (None, 3)

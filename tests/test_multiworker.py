@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.devices import worker_role
-from pipeline.launch import free_ports, stop, tf_config, wait_for
+from pipeline.commands.launch import free_ports, stop, tf_config, wait_for
+from pipeline.device.params import worker_role
 from tests._runs import ROOT
 
 TINY_RECIPE = """# @package _global_

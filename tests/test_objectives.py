@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.config.objectives import check, check_directions, directions, values
+from pipeline.config.recipe import check_recipe
 from pipeline.errors import PipelineError
-from pipeline.objectives import check, check_directions, directions, values
-from pipeline.recipe import build_plan
 from tests._runs import compose_config, run_cli
 
 
@@ -37,9 +37,9 @@ def test_directions_must_match_the_objectives():
 
 
 def test_objectives_are_checked_with_the_recipe(tmp_path):
-    assert build_plan(compose_config(tmp_path)).settings.objectives == ["val_accuracy"]
+    assert check_recipe(compose_config(tmp_path)).settings.objectives == ["val_accuracy"]
     with pytest.raises(PipelineError, match="^objectives: 'size' is not a measured metric"):
-        build_plan(compose_config(tmp_path, "objectives=[val_accuracy,size]"))
+        check_recipe(compose_config(tmp_path, "objectives=[val_accuracy,size]"))
 
 
 def test_a_search_on_the_test_accuracy_stops_before_any_work(tmp_path):

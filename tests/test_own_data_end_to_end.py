@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import litert
+from pipeline.config.recipe import check_recipe
 from pipeline.data import DigitsSource, SplitParams
+from pipeline.measure import litert
 from pipeline.models import SmallCNN, SmallCNNParams, check_compatible
-from pipeline.recipe import build_plan
-from pipeline.runner import RunInfo, run
+from pipeline.run.runner import RunInfo, run
 from tests._data_files import MNIST10K, write_csv
 from tests._runs import TINY, compose_config, run_cli, table_rows
 
@@ -31,7 +31,7 @@ def test_mobile_int8_on_a_subset_of_real_mnist(tmp_path):
     cfg = compose_config(
         tmp_path, *TINY, "data=idx", f"data.path={MNIST10K}", "data.max_examples=2000", "stages.train.epochs=5"
     )
-    plan = build_plan(cfg)
+    plan = check_recipe(cfg)
     check_compatible(plan.model_builder, plan.data_source.load(cfg.seed))
     result = run(cfg, RunInfo(run_dir=tmp_path / "run", recipe="mobile_int8"))
     metrics = rows_of(result)

@@ -33,7 +33,8 @@ def readme_plugin(tmp_path, monkeypatch):
     (site / "acme_stages.py").write_text(plugin)
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.delitem(sys.modules, "acme_stages", raising=False)
-    return plugin
+    yield plugin
+    sys.modules.pop("acme_stages", None)  # other tests install their own `acme_stages`
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +145,7 @@ def test_config_comes_from_the_generic_parameter():
 
 
 def test_builtin_plugins_derive_their_schemas():
-    from pipeline import registry
+    from pipeline.plugin import registry
 
     configs = {name: registry.load(registry.STAGES, name, "x").Config.__name__ for name in ("train", "qat", "sensitivity")}
     assert configs == {"train": "TrainParams", "qat": "QuantizeAwareParams", "sensitivity": "SensitivityParams"}

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import registry
 from pipeline.errors import PipelineError
-from pipeline.runner import RunInfo, run
+from pipeline.plugin import registry
+from pipeline.run.runner import RunInfo, run
 from tests._runs import TINY, compose_config, run_cli, table_rows
 
 PLUGIN = '''
@@ -20,9 +21,9 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
-from pipeline.artifact import Effect, ModelArtifact, ModelFormat
-from pipeline.schema import Params
-from pipeline.stage import Stage
+from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
+from pipeline.plugin.schema import Params
+from pipeline.plugin.stage import Stage
 
 
 class RoundParams(Params):
@@ -69,7 +70,9 @@ def plugin_dir(tmp_path, monkeypatch):
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-stages\nVersion: 0.1\n")
     (dist_info / "entry_points.txt").write_text(ENTRY_POINTS)
     monkeypatch.syspath_prepend(str(site))
-    return site
+    monkeypatch.delitem(sys.modules, "acme_stages", raising=False)  # another test's `acme_stages` may be imported
+    yield site
+    sys.modules.pop("acme_stages", None)
 
 
 def test_plugin_is_listed_with_the_builtins(plugin_dir):
@@ -78,14 +81,14 @@ def test_plugin_is_listed_with_the_builtins(plugin_dir):
 
 
 def test_a_plugin_that_declares_pruning_satisfies_sparsity_preserving_qat(tmp_path, plugin_dir):
-    from pipeline.recipe import build_plan
+    from pipeline.config.recipe import check_recipe
 
     cfg = compose_config(tmp_path)
     cfg.stages = {"train": {}, "round_weights": {}, "qat": {"scheme": "pqat"}}
-    assert [p.name for p in build_plan(cfg).stages] == ["train", "round_weights", "qat"]
+    assert [p.name for p in check_recipe(cfg).stages] == ["train", "round_weights", "qat"]
     cfg.stages = {"train": {}, "qat": {"scheme": "pqat"}}
     with pytest.raises(PipelineError, match="the model reaching it is not pruned"):
-        build_plan(cfg)
+        check_recipe(cfg)
 
 
 @pytest.mark.slow

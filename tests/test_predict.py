@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import litert
-from pipeline.recipe import build_plan
-from pipeline.runner import RunInfo, run
+from pipeline.config.recipe import check_recipe
+from pipeline.measure import litert
+from pipeline.run.runner import RunInfo, run
 from tests._data_files import idx_folder
 from tests._runs import compose_config
 
@@ -29,7 +29,7 @@ INT8 = [
 def run_and_load(tmp_path: Path, *overrides: str):
     """Run the recipe; its result and the data it ran on (the same seed gives the same splits)."""
     cfg = compose_config(tmp_path, *INT8, *overrides)
-    data = build_plan(cfg).data_source.load(cfg.seed)
+    data = check_recipe(cfg).data_source.load(cfg.seed)
     return run(cfg, RunInfo(run_dir=tmp_path / "run", recipe="int8")), data
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.config.recipe import check_recipe
 from pipeline.errors import PipelineError
-from pipeline.recipe import build_plan
 from stages.prune import PruneParams, PruneStage, follows_m_by_n, pruned_sparsity
 from stages.quantize import QuantizeParams, QuantizeStage
 from tests._runs import compose_config
@@ -78,4 +78,4 @@ def test_prune_after_int8_fails_at_validation(tmp_path):
     cfg = compose_config(tmp_path)
     cfg.stages = {"train": {}, "quantize": {"mode": "int8"}, "prune": {}}
     with pytest.raises(PipelineError, match=r"stages.prune: needs a keras model but gets a tflite model"):
-        build_plan(cfg)
+        check_recipe(cfg)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import litert
-from pipeline.artifact import Effect
+from pipeline.config.recipe import check_recipe
 from pipeline.errors import PipelineError
-from pipeline.measure import sparsity_of
-from pipeline.recipe import build_plan
+from pipeline.measure import litert
+from pipeline.measure.metrics import sparsity_of
+from pipeline.plugin.artifact import Effect
 from stages.cluster import ClusterParams, ClusterStage
 from stages.export import ExportParams, ExportStage
 from stages.prune import PruneParams, PruneStage
@@ -94,7 +94,7 @@ def test_explicit_scheme_without_its_stage_fails_at_validation(tmp_path):
     cfg = compose_config(tmp_path)
     cfg.stages = {"train": {}, "qat": {"scheme": "pqat"}, "export": {}}
     with pytest.raises(PipelineError, match=r"stages.qat.scheme: 'pqat' .* the model reaching it is not pruned"):
-        build_plan(cfg)
+        check_recipe(cfg)
 
 
 @pytest.mark.parametrize("stages, missing", [
@@ -106,14 +106,14 @@ def test_stages_that_undo_an_effect_are_seen_at_validation(tmp_path, stages, mis
     cfg = compose_config(tmp_path)
     cfg.stages = stages
     with pytest.raises(PipelineError, match=rf"stages.qat.scheme: .* the model reaching it is not {missing}"):
-        build_plan(cfg)
+        check_recipe(cfg)
 
 
 def test_nothing_compresses_after_qat(tmp_path):
     cfg = compose_config(tmp_path)
     cfg.stages = {"train": {}, "qat": {}, "prune": {}}
     with pytest.raises(PipelineError, match=r"stages.prune: needs a keras model but gets a tflite model from stages.qat"):
-        build_plan(cfg)
+        check_recipe(cfg)
 
 
 def test_explicit_pqat_on_an_unpruned_model_fails_at_run(tmp_path, trained):

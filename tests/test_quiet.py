@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from pipeline.quiet import is_native_note
+from pipeline.run.quiet import is_native_note
 
 # Lines as TensorFlow 2.21, the TFLite converter, LiteRT and MLflow print them on a CPU machine.
 NOTES = [
@@ -43,7 +43,7 @@ SCRIPT = textwrap.dedent(
     """
     import logging, os, subprocess, sys
     logging.basicConfig(filename=sys.argv[1], level=logging.INFO)
-    from pipeline import quiet
+    from pipeline.run import quiet
     quiet.install()
     os.write(2, b"I0000 00:00:1795908876.043949   13429 cudart_stub.cc:31] Could not find cuda drivers\\n")
     print("error: a line for the user", file=sys.stderr)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config.recipe import check_recipe
 from pipeline.errors import PipelineError
-from pipeline.recipe import build_plan
-from pipeline.runner import RunInfo, run
+from pipeline.run.runner import RunInfo, run
 from tests._runs import compose_config
 
 RECIPES = sorted(p.stem for p in (Path(__file__).parents[1] / "recipes" / "recipe").glob("*.yaml"))
@@ -26,13 +26,13 @@ TRAINED_MODEL = {"ptq_int8"}
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_shipped_recipe_validates(tmp_path, recipe, request):
     model = ["model=file", f"model.path={request.getfixturevalue('trained').path}"] if recipe in TRAINED_MODEL else []
-    plan = build_plan(compose_config(tmp_path, f"recipe={recipe}", *model))
+    plan = check_recipe(compose_config(tmp_path, f"recipe={recipe}", *model))
     assert plan.settings.description and plan.stages[-1].type == "export"
 
 
 def test_a_recipe_without_training_names_model_file(tmp_path):
     with pytest.raises(PipelineError, match=r"stages.quantize: .* gets no model yet; .* or start from a saved model \(model=file model.path=FILE\)"):
-        build_plan(compose_config(tmp_path, "recipe=ptq_int8"))
+        check_recipe(compose_config(tmp_path, "recipe=ptq_int8"))
 
 
 TINY_EPOCHS = {

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from pipeline.commands.report import pareto_front, run_report
 from pipeline.errors import PipelineError
-from pipeline.report import pareto_front, run_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -8,9 +8,10 @@ import math
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.budget import SAFETY_NET, BudgetParams, Ledger, check_shipped
+from pipeline.config.settings import SAFETY_NET, BudgetParams
 from pipeline.errors import PipelineError
-from pipeline.runner import RunInfo, run
+from pipeline.run.budget import Ledger, check_shipped
+from pipeline.run.runner import RunInfo, run
 from stages._training import compile_model, fit, save_keras
 from stages.train import TrainParams
 from tests._runs import compose_config

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.config.recipe import check_recipe
+from pipeline.config.settings import MeasureParams
 from pipeline.errors import PipelineError
-from pipeline.recipe import MeasureParams, build_plan
-from pipeline.savedmodel import SignatureModel, is_inference_only
+from pipeline.models.savedmodel import SignatureModel, is_inference_only
+from pipeline.plugin.artifact import ModelArtifact, ModelFormat
 from tests._runs import compose_config
 from tests._tiny import context
 
@@ -31,7 +32,7 @@ def test_inference_only_savedmodels_are_told_apart_by_their_files(tmp_path, kera
 
 @pytest.mark.parametrize("kind", SIGNATURE_KINDS)
 def test_a_signature_is_measured_like_the_keras_model(keras3_digits, kind):
-    from pipeline.measure import measure
+    from pipeline.measure.metrics import measure
 
     data = keras3_digits["data"]
     artifact = ModelArtifact(keras3_digits["files"][kind], ModelFormat.SAVED_MODEL, "model")
@@ -53,7 +54,7 @@ def test_a_signature_is_measured_like_the_keras_model(keras3_digits, kind):
 def test_stages_that_train_refuse_it_before_any_work(tmp_path, keras3_digits, overrides, stage):
     path = keras3_digits["files"]["export"]
     with pytest.raises(PipelineError) as error:
-        build_plan(compose_config(tmp_path, *overrides, "model=file", f"model.path={path}"))
+        check_recipe(compose_config(tmp_path, *overrides, "model=file", f"model.path={path}"))
     message = str(error.value)
     assert message.startswith(f"stages.{stage}: needs a keras model, but the model (model.path: {path}) is an inference-only SavedModel")
     assert "start the recipe with a stage that takes it (distill, export, quantize; e.g. recipe=ptq_int8)" in message
@@ -67,7 +68,7 @@ def test_an_inference_only_student_is_refused(tmp_path, keras3_digits):
     config = OmegaConf.to_container(compose_config(tmp_path, "recipe=distill_prune_int8"))
     config["stages"]["distill"]["student"] = {"name": "file", "path": str(keras3_digits["files"]["tf_saved_model"])}
     with pytest.raises(PipelineError, match=r"stages.distill.student: .* is an inference-only SavedModel .* cannot be trained as the student"):
-        build_plan(config)
+        check_recipe(config)
 
 
 def test_checking_such_a_recipe_does_not_import_tensorflow(tmp_path, keras3_digits):
@@ -77,8 +78,8 @@ def test_checking_such_a_recipe_does_not_import_tensorflow(tmp_path, keras3_digi
         import sys
         from pathlib import Path
         from tests._runs import compose_config
-        from pipeline.recipe import build_plan
-        plan = build_plan(compose_config(Path({str(tmp_path)!r}), "recipe=ptq_int8", "model=file", "model.path={path}"))
+        from pipeline.config.recipe import check_recipe
+        plan = check_recipe(compose_config(Path({str(tmp_path)!r}), "recipe=ptq_int8", "model=file", "model.path={path}"))
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_keras", "keras")))
         """
     )
@@ -100,7 +101,7 @@ def test_a_signature_teaches_a_student(tmp_path, keras3_digits):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", SIGNATURE_KINDS)
 def test_ptq_int8_quantizes_and_exports_a_savedmodel_with_its_accuracy(tmp_path, keras3_digits, kind):
-    from pipeline.runner import RunInfo, run
+    from pipeline.run.runner import RunInfo, run
 
     path = keras3_digits["files"][kind]
     cfg = compose_config(

@@ -139,12 +139,12 @@ def test_submitit_local_launcher_runs_jobs_in_parallel(tmp_path):
 
 
 def test_a_missing_engine_is_one_line_naming_its_extra(monkeypatch):
-    from pipeline import cli
+    from pipeline.config import arguments
     from pipeline.errors import PipelineError
 
-    monkeypatch.setitem(cli.PLUGINS, "ray", ("hydra_plugins.hydra_ray_launcher_absent", "ray"))
-    monkeypatch.setitem(cli.PLUGINS, "pareto", ("hydra_plugins.hydra_optuna_sweeper_absent", "search"))
+    monkeypatch.setitem(arguments.PLUGINS, "ray", ("hydra_plugins.hydra_ray_launcher_absent", "ray"))
+    monkeypatch.setitem(arguments.PLUGINS, "pareto", ("hydra_plugins.hydra_optuna_sweeper_absent", "search"))
     with pytest.raises(PipelineError, match=r'^hydra/launcher=ray: needs hydra-ray-launcher-absent; pip install -e "\.\[ray\]"$'):
-        cli.prepare(["-m", "recipe=mobile_int8", "hydra/launcher=ray"])
+        arguments.expand_arguments(["-m", "recipe=mobile_int8", "hydra/launcher=ray"])
     with pytest.raises(PipelineError, match=r"^hydra/sweeper=pareto: needs .*\[search\]"):
-        cli.prepare(["-m", "recipe=search_int8"])  # the recipe picks the sweeper in its defaults
+        arguments.expand_arguments(["-m", "recipe=search_int8"])  # the recipe picks the sweeper in its defaults

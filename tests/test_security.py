@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config.recipe import check_recipe
 from pipeline.errors import PipelineError
-from pipeline.recipe import build_plan
 from tests._runs import compose_config, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,14 +28,14 @@ def test_the_user_allows_modules_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     override = ("model=custom", "model.target=team_models:tiny")
     with pytest.raises(PipelineError, match="outside the modules"):
-        build_plan(compose_config(tmp_path, *override))
+        check_recipe(compose_config(tmp_path, *override))
     monkeypatch.setenv("PIPELINE_ALLOWED_MODULES", "other, team_models")
-    assert build_plan(compose_config(tmp_path, *override)).model_builder.config.target == "team_models:tiny"
+    assert check_recipe(compose_config(tmp_path, *override)).model_builder.config.target == "team_models:tiny"
     monkeypatch.setenv("PIPELINE_ALLOWED_MODULES", "team")  # a prefix of the name is not its package
     with pytest.raises(PipelineError, match="outside the modules"):
-        build_plan(compose_config(tmp_path, *override))
+        check_recipe(compose_config(tmp_path, *override))
     monkeypatch.setenv("PIPELINE_ALLOW_ANY_TARGET", "1")
-    assert build_plan(compose_config(tmp_path, *override)).model_builder.config.target == "team_models:tiny"
+    assert check_recipe(compose_config(tmp_path, *override)).model_builder.config.target == "team_models:tiny"
 
 
 SERVER = re.compile(r"^(?:mlflow (?:server|ui)|python -m pipeline\.launch)[^\n]*", flags=re.M)

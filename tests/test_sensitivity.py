@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.artifact import Effect
-from pipeline.budget import Ledger
+from pipeline.config.recipe import RecipeStage, check_recipe
 from pipeline.errors import PipelineError
-from pipeline.layer_plan import Action, LayerPlan
-from pipeline.measure import validation_accuracy
+from pipeline.measure.metrics import validation_accuracy
 from pipeline.models.compat import prepared
-from pipeline.recipe import PlannedStage, build_plan
-from pipeline.runner import StageOutcome, account
+from pipeline.plugin.artifact import Effect
+from pipeline.run.budget import Ledger
+from pipeline.run.layer_plan import Action, LayerPlan
+from pipeline.run.runner import StageOutcome, account
 from stages._layers import acted_on
 from stages._sparsity_plan import LayerSensitivity, plan
 from stages.prune import PruneParams, PruneStage, pruned_sparsity
@@ -111,10 +111,10 @@ def test_planned_pruning_that_misses_the_budget_stops_the_run_in_one_line(tmp_pa
     assert accuracy < 1.0
     outcome = StageOutcome(pruned, {"val_accuracy": accuracy}, 1.0, cached=False)
     with pytest.raises(PipelineError, match=r"^stages.prune.final_sparsity: the planned 85.0% sparsity leaves validation accuracy .* below the budget's floor 1.0000; lower stages.sensitivity.target_sparsity"):
-        account(ledger, PlannedStage("prune", "prune", stage), outcome)
+        account(ledger, RecipeStage("prune", "prune", stage), outcome)
     ledger = Ledger(1.0)
     ledger.record("train", 1.0)
-    assert account(ledger, PlannedStage("prune", "prune", stage), outcome).metrics["budget_spent"] == pytest.approx(1 - accuracy)
+    assert account(ledger, RecipeStage("prune", "prune", stage), outcome).metrics["budget_spent"] == pytest.approx(1 - accuracy)
 
 
 def test_prune_takes_targets_by_layer_type_and_name(tmp_path, trained):
@@ -143,12 +143,12 @@ def test_a_target_naming_no_layer_fails_in_one_line(tmp_path, trained):
 )
 def test_per_layer_targets_are_checked_before_any_work(tmp_path, overrides, message):
     with pytest.raises(PipelineError, match=message):
-        build_plan(compose_config(tmp_path, *overrides))
+        check_recipe(compose_config(tmp_path, *overrides))
 
 
 def test_a_mapping_and_a_plan_validate(tmp_path):
-    assert build_plan(compose_config(tmp_path, "stages.prune.final_sparsity={default: 0.8, Conv2D: 0.5}"))
-    assert build_plan(compose_config(tmp_path, "recipe=smallest_within_1pt"))
+    assert check_recipe(compose_config(tmp_path, "stages.prune.final_sparsity={default: 0.8, Conv2D: 0.5}"))
+    assert check_recipe(compose_config(tmp_path, "recipe=smallest_within_1pt"))
 
 
 def test_a_nested_user_model_is_measured_and_pruned_layer_by_layer_inside_its_blocks(tmp_path):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.config.settings import MeasureParams
 from pipeline.data import DigitsSource, SplitParams
 from pipeline.errors import PipelineError
-from pipeline.measure import file_sizes, measure
-from pipeline.recipe import MeasureParams
+from pipeline.measure.metrics import file_sizes, measure
+from pipeline.plugin.artifact import ModelArtifact, ModelFormat
 from stages.export import ExportParams, ExportStage
 from stages.prune import PruneParams, mask_schedule
 from stages.quantize import QuantizeParams, QuantizeStage

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from pipeline.config.settings import TrackingParams
 from pipeline.errors import PipelineError
-from pipeline.recipe import TrackingParams
-from pipeline.tracking import BackgroundTracker
+from pipeline.tracking.mlflow_run import BackgroundTracker
 
 
 def tracker_for(folder: Path) -> BackgroundTracker:

@@ -13,9 +13,9 @@ import os
 import numpy as np
 import pytest
 
-from pipeline import litert
 from pipeline.errors import PipelineError
-from pipeline.runner import RunInfo, run
+from pipeline.measure import litert
+from pipeline.run.runner import RunInfo, run
 from tests._runs import compose_config
 from tests._user_models import SHAPES
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config.recipe import check_recipe
 from pipeline.errors import PipelineError
-from pipeline.recipe import build_plan
 from tests._runs import compose_config
 
 # (overrides, text the one-line message must contain)
@@ -39,7 +39,7 @@ BAD_OVERRIDES = [
 @pytest.mark.parametrize("overrides, expected", BAD_OVERRIDES, ids=[o[0] for o, _ in BAD_OVERRIDES])
 def test_bad_config_is_one_clear_line(tmp_path, overrides, expected):
     with pytest.raises(PipelineError) as raised:
-        build_plan(compose_config(tmp_path, *overrides))
+        check_recipe(compose_config(tmp_path, *overrides))
     message = str(raised.value)
     assert expected in message
     assert "\n" not in message
@@ -49,14 +49,14 @@ def test_stage_order_is_checked(tmp_path):
     cfg = compose_config(tmp_path)
     cfg.stages = {"quantize": {"mode": "int8"}, "prune": {}}
     with pytest.raises(PipelineError, match=r"stages.quantize: needs a keras or saved_model model but gets no model yet"):
-        build_plan(cfg)
+        check_recipe(cfg)
     cfg.stages = {"train": {}, "quantize": {}, "prune": {}}
     with pytest.raises(PipelineError, match=r"stages.prune: needs a keras model but gets a tflite model from stages.quantize"):
-        build_plan(cfg)
+        check_recipe(cfg)
 
 
 def test_defaults_fill_in_and_type_defaults_to_key(tmp_path):
-    plan = build_plan(compose_config(tmp_path))
+    plan = check_recipe(compose_config(tmp_path))
     assert [(p.name, p.type) for p in plan.stages] == [
         ("train", "train"), ("prune", "prune"), ("quantize", "quantize"), ("export", "export"),
     ]
@@ -69,8 +69,8 @@ def test_validation_does_not_import_tensorflow(tmp_path):
         f"""
         import sys
         from tests._runs import compose_config
-        from pipeline.recipe import build_plan
-        build_plan(compose_config(__import__("pathlib").Path({str(tmp_path)!r})))
+        from pipeline.config.recipe import check_recipe
+        check_recipe(compose_config(__import__("pathlib").Path({str(tmp_path)!r})))
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_keras", "mlflow")))
         """
     )

@@ -26,8 +26,8 @@ from pipeline.data.dataset import (
     with_channel,
 )
 from pipeline.errors import PipelineError
-from pipeline.fields import ExistingFile
-from pipeline.schema import Plugin
+from pipeline.plugin.fields import ExistingFile
+from pipeline.plugin.schema import Plugin
 
 SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 

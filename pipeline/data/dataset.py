@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 
 from pipeline.data.preprocessing import Preprocessing, Rescale, Step, fit_steps
 from pipeline.errors import PipelineError
-from pipeline.schema import Params
+from pipeline.plugin.schema import Params
 
 Normalize = Literal["unit", "standard", "none"]
 NORMALIZE_HELP = (

@@ -6,7 +6,7 @@ import numpy as np
 
 from pipeline.data.dataset import Dataset, SplitParams, prepared, split
 from pipeline.data.preprocessing import Rescale
-from pipeline.schema import Plugin
+from pipeline.plugin.schema import Plugin
 
 
 class DigitsSource(Plugin[SplitParams]):

@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from pipeline.data.dataset import Dataset, SplitParams, as_labels, given_split, pixels, split, with_channel
 from pipeline.errors import PipelineError
-from pipeline.schema import Plugin
+from pipeline.plugin.schema import Plugin
 
 TFDS_MISSING = "tensorflow-datasets is not installed; pip install tensorflow-datasets, or use data=idx, npz or image_folder"
 OFFLINE = (

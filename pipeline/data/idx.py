@@ -15,8 +15,8 @@ from pydantic import Field, field_validator
 
 from pipeline.data.dataset import Dataset, SplitParams, as_labels, given_split, pixels, split, with_channel
 from pipeline.errors import PipelineError
-from pipeline.fields import ExistingFolder
-from pipeline.schema import Plugin
+from pipeline.plugin.fields import ExistingFolder
+from pipeline.plugin.schema import Plugin
 
 # IDX type byte -> numpy dtype (big-endian, as the format stores it).
 DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

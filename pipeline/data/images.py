@@ -11,8 +11,8 @@ from pydantic import Field, field_validator
 from pipeline.data.dataset import Dataset, SplitParams, prepared, split
 from pipeline.data.preprocessing import RESIZE, Rescale
 from pipeline.errors import PipelineError
-from pipeline.fields import ExistingFolder
-from pipeline.schema import Plugin
+from pipeline.plugin.fields import ExistingFolder
+from pipeline.plugin.schema import Plugin
 
 # What tf.io.decode_image reads.
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")

@@ -6,42 +6,21 @@ take in `check`. `check_compatible(builder, data)` compares a model with the dat
 `build(builder, data)` is how every stage gets a model: nested models flattened into one graph
 (pipeline.models.flatten) and a final softmax removed, whatever plugin built it.
 
-Optional methods serve models that come as files: `prepare(data)`, called once the data is
+Optional methods serve models that come as files: `on_data_loaded(data)`, called once the data is
 loaded and before any model is built (a Keras 3 file is rebuilt in tf-keras and checked on a
 batch of it); `start_format()`, the format of the file the recipe starts from, told without
 importing TensorFlow (recipes are checked against it); and `start()`, that file as a
 `ModelArtifact`, which the runner hands to the first stage as its input. Plugins that build a
-model have none of these: the first stage starts from nothing and calls `ctx.build_model()`.
+model have none of these (pipeline.models.hooks calls them): the first stage starts from nothing and calls `ctx.build_model()`.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.models.builtin import MLP, Architecture, ModelParams, SmallCNN, SmallCNNParams
 from pipeline.models.compat import build, check_compatible
+from pipeline.models.hooks import on_data_loaded, starting_artifact, starting_format
 
 __all__ = [
-    "MLP", "Architecture", "ModelParams", "SmallCNN", "SmallCNNParams", "build", "check_compatible", "prepare",
-    "starting_artifact", "starting_format",
+    "MLP", "Architecture", "ModelParams", "SmallCNN", "SmallCNNParams", "build", "check_compatible",
+    "on_data_loaded", "starting_artifact", "starting_format",
 ]
-
-
-def starting_format(builder: Any) -> ModelFormat | None:
-    """The format of the model file a recipe starts from; None when the first stage builds the model."""
-    start_format = getattr(builder, "start_format", None)
-    return start_format() if start_format is not None else None
-
-
-def starting_artifact(builder: Any) -> ModelArtifact | None:
-    """The model file the first stage gets as its input; None when it builds the model itself."""
-    start = getattr(builder, "start", None)
-    return start() if start is not None else None
-
-
-def prepare(builder: Any, data: Any) -> None:
-    """Let a model plugin use the loaded data before any model is built (a no-op for most)."""
-    hook = getattr(builder, "prepare", None)
-    if hook is not None:
-        hook(data)

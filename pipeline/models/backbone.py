@@ -28,8 +28,8 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.errors import PipelineError
-from pipeline.fields import OptionalFile
 from pipeline.models.builtin import Architecture, ModelParams, require_images
+from pipeline.plugin.fields import OptionalFile
 
 MIN_SIDE = 32  # keras.applications refuses smaller inputs: five stride-2 stages
 
@@ -187,7 +187,7 @@ def copy_weights(source: Any, target: Any) -> None:
             target.get_layer(layer.name).set_weights(layer.get_weights())
 
 
-class Preprocessing:
+class BackboneInputs:
     """The affine map from [0, 1] images to what an architecture's weights expect, per channel.
 
     `order` is set when the architecture also reorders the channels (RGB to BGR): the map's
@@ -201,7 +201,7 @@ class Preprocessing:
         self.order = order
 
 
-def input_preprocessing(architecture: str) -> Preprocessing | None:
+def input_preprocessing(architecture: str) -> BackboneInputs | None:
     """The architecture's `preprocess_input` (on 0-255 pixels) as a map from [0, 1] pixels.
 
     Measured by running it on black and on pure red, green and blue pixels, so every
@@ -221,7 +221,7 @@ def input_preprocessing(architecture: str) -> Preprocessing | None:
     scale_in, offset_in = [0.0] * 3, [0.0] * 3
     for c, j in enumerate(order):  # output channel c reads input channel j
         scale_in[j], offset_in[j] = float(matrix[c, j] * 255.0), float(offset_out[c])
-    return Preprocessing(scale_in, offset_in, order if order != [0, 1, 2] else None)
+    return BackboneInputs(scale_in, offset_in, order if order != [0, 1, 2] else None)
 
 
 def reorder_first_kernel(base: Any, order: list[int]) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import Field
 
 from pipeline.errors import PipelineError
-from pipeline.schema import Params, Plugin
+from pipeline.plugin.schema import Params, Plugin
 
 
 class ModelParams(Params):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipeline.artifact import ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.models.flatten import flatten, is_graph_model
+from pipeline.models.hooks import starting_artifact, starting_format
+from pipeline.plugin.artifact import ModelFormat
 from pipeline.private_api import keras_history
 
 log = logging.getLogger("pipeline")
@@ -15,7 +16,7 @@ log = logging.getLogger("pipeline")
 
 def build(builder: Any, data: Any) -> Any:
     """The model of `builder` for `data` as every stage gets it: one flat graph that outputs logits."""
-    return prepared(builder.build(data.input_shape, data.num_classes), describe(builder), data.x_train[:32])
+    return prepared(builder.build(data.input_shape, data.num_classes), model_origin(builder), data.x_train[:32])
 
 
 def prepared(model: Any, where: str, sample: Any = None) -> Any:
@@ -34,9 +35,7 @@ def check_compatible(builder: Any, data: Any) -> Any:
     its actual input and output shapes compared with the data, which covers user files and
     builders that ignore the shape they are given.
     """
-    from pipeline.models import starting_artifact, starting_format
-
-    origin = describe(builder)
+    origin = model_origin(builder)
     if data.num_classes < 2:
         raise PipelineError(f"data: only {data.num_classes} class found; classification needs at least two")
     check = getattr(builder, "check", None)
@@ -115,7 +114,7 @@ def shapes_match(model_shape: tuple, data_shape: tuple[int, ...]) -> bool:
     return len(model_shape) == len(data_shape) and all(m in (None, d) for m, d in zip(model_shape, data_shape))
 
 
-def describe(builder: Any) -> str:
+def model_origin(builder: Any) -> str:
     """The config key a user would change: model.path, model.target or the architecture name."""
     config = builder.config
     if getattr(config, "path", None):

@@ -8,7 +8,7 @@ Keras model. Either way the file is what the recipe starts from (`start`): the f
 it as its input, so a recipe may begin with any stage that takes its format.
 `custom` imports `target` (`package.module:function`) only when the model is built and calls it
 with `input_shape`, `num_classes` and `kwargs`; which modules a recipe may name is decided by
-the user's environment, not the recipe (pipeline.security).
+the user's environment, not the recipe (pipeline.plugin.security).
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from pipeline.artifact import ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
-from pipeline.fields import ExistingPath, Required
 from pipeline.models.compat import prepared
-from pipeline.savedmodel import is_inference_only
-from pipeline.schema import Params, Plugin
-from pipeline.security import check_target
+from pipeline.models.savedmodel import is_inference_only
+from pipeline.plugin.artifact import ModelArtifact, ModelFormat
+from pipeline.plugin.fields import ExistingPath, Required
+from pipeline.plugin.schema import Params, Plugin
+from pipeline.plugin.security import check_target
 
 MODEL_FILES = (".keras", ".h5", ".hdf5")
 TARGET = re.compile(r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")
@@ -106,7 +106,7 @@ class FileModel(Plugin[FileModelParams]):
         prepared(self.build((), 0), "model.path", self.sample).save(path)
         return ModelArtifact(path, ModelFormat.KERAS, "model", metadata=source)
 
-    def prepare(self, data: Any) -> None:
+    def on_data_loaded(self, data: Any) -> None:
         """Keep a batch of `data`: a Keras 3 file's rebuild is checked on it."""
         from pipeline.models.keras3 import sample_of
 

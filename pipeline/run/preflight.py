@@ -1,6 +1,6 @@
 """Checks of the world outside the recipe, made before any work: can we write, can we track.
 
-They run after the recipe itself is valid (pipeline.recipe.build_plan) and before Hydra makes a
+They run after the recipe itself is valid (pipeline.config.recipe.check_recipe) and before Hydra makes a
 run directory, so a read-only disk or a tracking server that is down costs the user seconds,
 not a training run, and leaves nothing behind.
 """
@@ -12,8 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from pipeline.config.settings import RunSettings
 from pipeline.errors import PipelineError
-from pipeline.recipe import RunSettings
 
 HEALTH_TIMEOUT_S = 5
 

@@ -90,7 +90,7 @@ class ModelArtifact:
     def load_model(self) -> Any:
         """A model to run for inference: the tf-keras model, or an inference-only SavedModel's signature."""
         if self.format is ModelFormat.SAVED_MODEL:
-            from pipeline.savedmodel import SignatureModel
+            from pipeline.models.savedmodel import SignatureModel
 
             return SignatureModel(self.path)
         return self.load_keras()

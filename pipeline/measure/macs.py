@@ -60,7 +60,7 @@ def layer_macs(layer: Any, node: Any = None) -> int:
 
 def tflite_macs(path: Path) -> int:
     """MACs of one invocation of a .tflite file, from its operators' weight and output shapes."""
-    from pipeline.litert import read_model
+    from pipeline.measure.litert import read_model
     from pipeline.private_api import tflite_operator_names
 
     names = tflite_operator_names()

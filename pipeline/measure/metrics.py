@@ -2,7 +2,7 @@
 
 Size and gzip size of the file as shipped, parameter count and actual sparsity (zeros among
 weight matrices and kernels, the tensors pruning acts on), multiply-accumulates per example
-(pipeline.macs), test accuracy, validation accuracy (what a search may steer by; the test split
+(pipeline.measure.macs), test accuracy, validation accuracy (what a search may steer by; the test split
 never steers anything), and batch-1 latency (median and p90 after warm-up). TFLite files are run
 through the LiteRT interpreter.
 """
@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import litert
-from pipeline.artifact import ModelArtifact, ModelFormat
+from pipeline.config.settings import MeasureParams
 from pipeline.data import Dataset
-from pipeline.macs import keras_macs, tflite_macs
-from pipeline.recipe import MeasureParams
+from pipeline.measure import litert
+from pipeline.measure.macs import keras_macs, tflite_macs
+from pipeline.plugin.artifact import ModelArtifact, ModelFormat
 
 METRICS = (
     "size_bytes", "gzip_bytes", "params", "sparsity", "macs", "accuracy", "val_accuracy", "latency_p50_ms",

@@ -50,7 +50,7 @@ def install() -> None:
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
     os.close(write_end)
-    relay = threading.Thread(target=_relay, args=(read_end, terminal), name="pipeline.quiet", daemon=True)
+    relay = threading.Thread(target=_relay, args=(read_end, terminal), name="pipeline.run.quiet", daemon=True)
     relay.start()
     atexit.register(_restore, relay, terminal)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.schema import suggest
+from pipeline.plugin.schema import suggest
 
 CHECKED_GROUPS = ("recipe", "data", "model", "device")
 # Hydra plugins behind sweeper and launcher choices, with the extra that installs each.
@@ -30,7 +30,7 @@ PLUGINS = {
 }
 
 
-def prepare(argv: list[str]) -> list[str]:
+def expand_arguments(argv: list[str]) -> list[str]:
     """Check group choices and return the arguments to hand to Hydra."""
     from pipeline.private_api import hydra_argument_parser
 

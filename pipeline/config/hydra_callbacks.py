@@ -13,10 +13,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config.objectives import check_directions
+from pipeline.config.recipe import CheckedRecipe, check_recipe
 from pipeline.errors import PipelineError, report
-from pipeline.objectives import check_directions
-from pipeline.preflight import check_environment
-from pipeline.recipe import Plan, build_plan
+from pipeline.run.preflight import check_environment
 
 
 class ValidateBeforeRun(Callback):
@@ -24,22 +24,22 @@ class ValidateBeforeRun(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            check_environment(build_plan(config).settings)
+            check_environment(check_recipe(config).settings)
         except PipelineError as error:
             report(error)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             for variant in sweep_variants(config):
-                build_plan(variant)
-            plan = build_plan(config)
+                check_recipe(variant)
+            plan = check_recipe(config)
             check_search(plan, config.hydra.sweeper)
             check_environment(plan.settings)
         except PipelineError as error:
             report(error)
 
 
-def check_search(plan: Plan, sweeper: DictConfig) -> None:
+def check_search(plan: CheckedRecipe, sweeper: DictConfig) -> None:
     """A search must be able to measure its objectives and must move each the right way."""
     names = plan.settings.objectives
     if "val_accuracy" in names and getattr(plan.data_source.config, "val_fraction", None) == 0:

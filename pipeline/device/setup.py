@@ -1,6 +1,6 @@
 """Where training runs: the `device` config group's lazy resolution to a tf.distribute strategy.
 
-`DeviceParams` (in pipeline.device_config) is checked with the rest of the recipe, without
+`DeviceParams` (in pipeline.device.params) is checked with the rest of the recipe, without
 TensorFlow. `DeviceSetup` turns it into facts (device kind, strategy, precision, XLA) the first
 time a run needs them, and gives stages a `scope()` that creates models and optimizers on the
 right devices, fixed batch sizes, and tf.data input pipelines.
@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pipeline import _device_probe
-from pipeline.device_config import DeviceParams, Kind, Resolution, WorkerRole, worker_role
+from pipeline.device import probe
+from pipeline.device.params import DeviceParams, Kind, Resolution, WorkerRole, worker_role
+from pipeline.device.precision import MIXED, with_dtypes
 from pipeline.errors import PipelineError
-from pipeline.precision import MIXED, with_dtypes
 
 __all__ = ["DeviceParams", "DeviceSetup", "Kind", "Resolution", "WorkerRole", "worker_role"]
 
@@ -32,7 +32,7 @@ class DeviceSetup:
     def resolve(self) -> Resolution:
         """Pick the device, strategy and precision; PipelineError when what is asked for is absent."""
         if self._resolution is None:
-            self._resolution = _device_probe.resolve(self.params, self.role)
+            self._resolution = probe.resolve(self.params, self.role)
         return self._resolution
 
     def start(self) -> Resolution:
@@ -45,7 +45,7 @@ class DeviceSetup:
     def strategy(self) -> Any:
         """The tf.distribute strategy, created once (multi-worker needs it before other TF work)."""
         if self._strategy is None:
-            self._strategy, self._resolution = _device_probe.make_strategy(self.resolve(), self.params)
+            self._strategy, self._resolution = probe.make_strategy(self.resolve(), self.params)
         return self._strategy
 
     @property
@@ -58,7 +58,7 @@ class DeviceSetup:
         """Models, optimizers and compiles made inside live on the strategy's devices.
 
         The global Keras dtype policy stays float32: TFMOT's wrappers break under a mixed
-        global policy (float16 inputs meet float32 masks), so `prepare` sets policies per layer.
+        global policy (float16 inputs meet float32 masks), so `place_model` sets policies per layer.
         """
         with self.strategy.scope():
             yield
@@ -110,7 +110,7 @@ class DeviceSetup:
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         return data.with_options(options).prefetch(tf.data.AUTOTUNE)
 
-    def prepare(self, model: Any) -> Any:
+    def place_model(self, model: Any) -> Any:
         """A freshly built model under the configured precision: a mixed copy with float32 output layers.
 
         Softmax and the loss lose accuracy in float16; the mixed-precision guide keeps the

@@ -14,7 +14,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.schema import suggest
+from pipeline.plugin.schema import suggest
 
 STAGES = "pipeline.stages"
 DATA = "pipeline.data"

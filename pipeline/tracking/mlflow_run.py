@@ -6,7 +6,7 @@ step (so the run's charts follow the model through the pipeline, and the latest 
 model's, is what run lists show).
 
 Importing MLflow and opening its store takes about two seconds, as long as a short training
-stage. `BackgroundTracker` hands the writing to a child process (`python -m pipeline.tracking`),
+stage. `BackgroundTracker` hands the writing to a child process (`python -m pipeline.tracking.mlflow_run`),
 so that cost overlaps TensorFlow's start-up and the stages instead of adding to them. The child
 also closes the run as KILLED when the pipeline process dies without saying how the run ended.
 The jobs of a sweep that run one after another in one process (Hydra's basic launcher, a joblib
@@ -28,8 +28,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
+from pipeline.config.settings import TrackingParams
 from pipeline.errors import PipelineError
-from pipeline.recipe import TrackingParams
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class Tracker:
 
     def register(self, name: str) -> None:
         """The run's shipped model (its `model/` artifacts) as a new version of registered model `name`."""
-        from pipeline.model_registry import register
+        from pipeline.tracking.model_registry import register
 
         version = register(self.client, name, self.current_run())
         self.registered = f"{name} version {version.version}"
@@ -189,10 +189,10 @@ class BackgroundTracker:
         """The shared child, started when there is none or the last one stopped."""
         if cls._shared is None or cls._shared.poll() is not None:
             # The child imports this package from where the parent did, installed or not.
-            root = str(Path(__file__).resolve().parents[1])
+            root = str(Path(__file__).resolve().parents[2])
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
             cls._shared = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.tracking"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                [sys.executable, "-m", "pipeline.tracking.mlflow_run"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 text=True, env=env,
             )
             atexit.register(cls.close, cls._shared)

@@ -19,43 +19,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
-
-from pydantic import Field
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PipelineError
-from pipeline.schema import Params
+
+if TYPE_CHECKING:
+    from pipeline.config.settings import BudgetParams
 
 # Accuracies are shares of a finite split: a tie with the floor must count as meeting it.
 EPSILON = 1e-9
-# The default safety net. The shipped recipes, at their own epochs on the default digits data, lose
-# from the first trained model to the export between -1.1 and +1.1 points of validation accuracy, and
-# smallest_mnist (tuned for MNIST) 3.9 (one validation example is 0.56 points there). Five points
-# passes them all and still stops a broken conversion, which loses tens of points.
-SAFETY_NET = 0.05
-
-
-class BudgetParams(Params):
-    """The recipe-level accuracy budget (config key `budget`)."""
-
-    accuracy_drop: float | None = Field(
-        None, ge=0, le=1,
-        description=(
-            "Most validation accuracy the whole pipeline may lose against the first trained model "
-            "(0.01 = one point); the stages that choose (fallback, planned sparsity) stay within it; null: no budget."
-        ),
-    )
-    safety_net: float | None = Field(
-        SAFETY_NET, ge=0, le=1,
-        description=(
-            "Without accuracy_drop: most validation accuracy the shipped model may lose against the first trained "
-            "model before the run fails (0.05 = five points); null: no such check (opt out), with or without a budget."
-        ),
-    )
-
-    def margin(self) -> float | None:
-        """The largest loss the shipped model may show: the budget's, else the safety net's; None: unchecked."""
-        return None if self.safety_net is None else self.accuracy_drop if self.accuracy_drop is not None else self.safety_net
 
 
 @dataclass(frozen=True)
@@ -86,7 +58,7 @@ class Budget:
         """Whether a model of this validation accuracy stays within the budget."""
         return accuracy >= self.floor - EPSILON
 
-    def describe(self) -> dict[str, Any]:
+    def as_metadata(self) -> dict[str, Any]:
         """The budget as plain data, for the export metadata."""
         return {
             "split": "validation",

@@ -1,7 +1,7 @@
 """The `device` config group and the facts it resolves to, free of TensorFlow.
 
 `DeviceParams` is checked with the rest of the recipe; `WorkerRole` comes from the standard
-`TF_CONFIG` variable; `Resolution` is what `pipeline.devices.DeviceSetup` found on this machine.
+`TF_CONFIG` variable; `Resolution` is what `pipeline.device.setup.DeviceSetup` found on this machine.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipeline.errors import PipelineError
-from pipeline.schema import Params
+from pipeline.plugin.schema import Params
 
 Kind = Literal["cpu", "gpu", "tpu"]
 
@@ -113,7 +113,7 @@ class Resolution:
     drop_remainder: bool
     replicas: int
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         """One line for the run log and `pipeline.doctor`."""
         return (
             f"device {self.kind} ({', '.join(self.devices)}), strategy {self.strategy} with {self.replicas} "

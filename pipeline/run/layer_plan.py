@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.artifact import Effect
 from pipeline.errors import PipelineError
-from pipeline.summary import markdown
+from pipeline.plugin.artifact import Effect
+from pipeline.run.summary import markdown
 
 
 @dataclass(frozen=True)

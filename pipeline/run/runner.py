@@ -21,19 +21,19 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 import pipeline
-from pipeline.artifact import ModelArtifact
-from pipeline.budget import Ledger, check_shipped
-from pipeline.cache import StageCache, cache_key, referenced_files
+from pipeline.config.recipe import CheckedRecipe, RecipeStage, check_recipe
 from pipeline.data.dataset import check_finite
 from pipeline.errors import PipelineError
-from pipeline.interrupts import raise_if_interrupted
-from pipeline.layer_plan import LayerPlan, plan_layers
-from pipeline.models import build, check_compatible, prepare, starting_artifact
-from pipeline.models.compat import describe
-from pipeline.preflight import check_environment
-from pipeline.recipe import Plan, PlannedStage, build_plan
-from pipeline.stage import StageContext
-from pipeline.summary import StageRow, table
+from pipeline.models import build, check_compatible, on_data_loaded, starting_artifact
+from pipeline.models.compat import model_origin
+from pipeline.plugin.artifact import ModelArtifact
+from pipeline.plugin.stage import StageContext
+from pipeline.run.budget import Ledger, check_shipped
+from pipeline.run.cache import StageCache, cache_key, referenced_files
+from pipeline.run.interrupts import raise_if_interrupted
+from pipeline.run.layer_plan import LayerPlan, plan_layers
+from pipeline.run.preflight import check_environment
+from pipeline.run.summary import StageRow, table
 
 if TYPE_CHECKING:
     from pipeline.data import Dataset
@@ -74,12 +74,12 @@ class StageOutcome:
 
 def run(cfg: Any, info: RunInfo) -> RunResult:
     """Check the composed config, then execute it. Raises PipelineError on user mistakes."""
-    return execute(build_plan(cfg), info)
+    return execute(check_recipe(cfg), info)
 
 
-def execute(plan: Plan, info: RunInfo) -> RunResult:
+def execute(plan: CheckedRecipe, info: RunInfo) -> RunResult:
     """Run every stage of a checked plan in order, measuring and tracking after each."""
-    from pipeline.tracking import BackgroundTracker, NoTracking, flatten
+    from pipeline.tracking.mlflow_run import BackgroundTracker, NoTracking, flatten
 
     settings = plan.settings
     check_environment(settings)
@@ -146,7 +146,7 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
         log.info("exported: %s", ", ".join(str(p) for p in exports))
     if tracker.registered:
         log.info("registered in the MLflow Model Registry as %s", tracker.registered)
-    assert artifact is not None  # build_plan guarantees at least one stage
+    assert artifact is not None  # check_recipe guarantees at least one stage
     return RunResult(rows, artifact, tracker.run_id, info.run_dir, exports)
 
 
@@ -155,7 +155,7 @@ def execute(plan: Plan, info: RunInfo) -> RunResult:
 _loaded: dict[str, Dataset] = {}
 
 
-def load_data(plan: Plan) -> Dataset:
+def load_data(plan: CheckedRecipe) -> Dataset:
     """Load the configured data source, logging the split sizes."""
     log.info("loading data '%s'", plan.settings.data["name"])
     config = plan.data_source.config.model_dump(mode="json")
@@ -169,15 +169,15 @@ def load_data(plan: Plan) -> Dataset:
         len(data.x_train), len(data.x_val), len(data.x_test), data.input_shape, data.num_classes,
     )
     check_finite(data, plan.settings.data["name"])
-    prepare(plan.model_builder, data)  # before any model is built (a Keras 3 file is checked on the data)
+    on_data_loaded(plan.model_builder, data)  # before any model is built (a Keras 3 file is checked on the data)
     return data
 
 
-def planned_layers(plan: Plan, data: Dataset) -> LayerPlan:
+def planned_layers(plan: CheckedRecipe, data: Dataset) -> LayerPlan:
     """Build the model once (a data/model mismatch fails here), then ask every stage what it will do to each layer."""
     seed_everything(plan.settings.seed)  # a fresh session: layer names as the first stage will build them
     model = check_compatible(plan.model_builder, data)
-    return plan_layers(model, plan.stages, describe(plan.model_builder))
+    return plan_layers(model, plan.stages, model_origin(plan.model_builder))
 
 
 def file_stamps(tree: Any) -> list[Any]:
@@ -194,7 +194,7 @@ def file_stamps(tree: Any) -> list[Any]:
 
 
 def stage_context(
-    plan: Plan, planned: PlannedStage, index: int, info: RunInfo, data: Dataset,
+    plan: CheckedRecipe, planned: RecipeStage, index: int, info: RunInfo, data: Dataset,
     measured: dict[str, Mapping[str, float]], ledger: Ledger | None = None,
 ) -> StageContext:
     """The context one stage runs in, with its own work folder and what earlier stages measured."""
@@ -207,7 +207,7 @@ def stage_context(
         run_dir=info.run_dir,
         seed=plan.settings.seed,
         data=data,
-        build_model=lambda: plan.device.prepare(build(plan.model_builder, data)),
+        build_model=lambda: plan.device.place_model(build(plan.model_builder, data)),
         log=log,
         device=plan.device,
         config=resolved_config(plan),
@@ -216,7 +216,7 @@ def stage_context(
     )
 
 
-def stage_key(plan: Plan, planned: PlannedStage, input_key: str, data: Dataset) -> str:
+def stage_key(plan: CheckedRecipe, planned: RecipeStage, input_key: str, data: Dataset) -> str:
     """The cache key of a stage's output: everything that determines it, its input's key included."""
     config = planned.stage.config.model_dump(mode="json")
     model = plan.model_builder.config.model_dump(mode="json")
@@ -236,11 +236,11 @@ def stage_key(plan: Plan, planned: PlannedStage, input_key: str, data: Dataset) 
 
 
 def run_stage(
-    planned: PlannedStage, model: ModelArtifact | None, ctx: StageContext,
-    key: str, cache: StageCache | None, data: Dataset, plan: Plan,
+    planned: RecipeStage, model: ModelArtifact | None, ctx: StageContext,
+    key: str, cache: StageCache | None, data: Dataset, plan: CheckedRecipe,
 ) -> StageOutcome:
     """Reuse the stage's cached output when present, else run and measure it (and store it)."""
-    from pipeline.measure import METRICS, measure
+    from pipeline.measure.metrics import METRICS, measure
 
     # Stored measurements are reused only if they hold every metric the runner takes today.
     measure_id = json.dumps({**plan.settings.measure.model_dump(), "metrics": METRICS}, sort_keys=True)
@@ -259,9 +259,9 @@ def run_stage(
         return outcome
 
 
-def compute(planned: PlannedStage, model: ModelArtifact | None, ctx: StageContext, data: Dataset, plan: Plan) -> StageOutcome:
+def compute(planned: RecipeStage, model: ModelArtifact | None, ctx: StageContext, data: Dataset, plan: CheckedRecipe) -> StageOutcome:
     """Run the stage through its contract (`Stage.execute`), then measure its output."""
-    from pipeline.measure import measure
+    from pipeline.measure.metrics import measure
 
     started = time.perf_counter()
     seed_everything(ctx.seed + ctx.index)
@@ -282,7 +282,7 @@ def show_summary(info: RunInfo, summary: str, ledger: Ledger | None) -> None:
         log.info("%s", ledger.table())
 
 
-def open_ledger(plan: Plan, start: ModelArtifact | None, data: Dataset) -> Ledger | None:
+def open_ledger(plan: CheckedRecipe, start: ModelArtifact | None, data: Dataset) -> Ledger | None:
     """The books of the accuracy budget and of the safety net; None when the recipe opts out of both.
 
     The reference is the first trained model: the first stage's output when that stage can build
@@ -297,13 +297,13 @@ def open_ledger(plan: Plan, start: ModelArtifact | None, data: Dataset) -> Ledge
         return None
     ledger = Ledger(allowed, label="accuracy budget" if params.accuracy_drop is not None else "safety net")
     if start is not None and None not in type(plan.stages[0].stage).accepts:
-        from pipeline.measure import validation_accuracy
+        from pipeline.measure.metrics import validation_accuracy
 
         ledger.record(start.stage, validation_accuracy(start, data))
     return ledger
 
 
-def account(ledger: Ledger | None, planned: PlannedStage, outcome: StageOutcome, budgeted: bool = True) -> StageOutcome:
+def account(ledger: Ledger | None, planned: RecipeStage, outcome: StageOutcome, budgeted: bool = True) -> StageOutcome:
     """Note the stage's validation accuracy in the books (as the runner measured it: no second pass).
     With a budget (`budgeted`): the outcome with what the stage spent of it; a stage that chose within
     the budget (`uses_budget`) and handed on a model below its floor stops the run here."""
@@ -350,7 +350,7 @@ def seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def resolved_config(plan: Plan) -> dict[str, Any]:
+def resolved_config(plan: CheckedRecipe) -> dict[str, Any]:
     """The config with every default filled in: what the run actually used."""
     stages = {p.name: {"type": p.type, **p.stage.config.model_dump(mode="json")} for p in plan.stages}
     return {
@@ -363,7 +363,7 @@ def resolved_config(plan: Plan) -> dict[str, Any]:
     }
 
 
-def run_tags(plan: Plan, info: RunInfo, data: Dataset) -> dict[str, str]:
+def run_tags(plan: CheckedRecipe, info: RunInfo, data: Dataset) -> dict[str, str]:
     """Tags to filter and group runs by in the MLflow UI."""
     tags = {
         "recipe": info.recipe,
@@ -382,13 +382,13 @@ def run_tags(plan: Plan, info: RunInfo, data: Dataset) -> dict[str, str]:
     return tags
 
 
-def for_this_worker(plan: Plan, info: RunInfo) -> RunInfo:
+def for_this_worker(plan: CheckedRecipe, info: RunInfo) -> RunInfo:
     """Resolve the device (logged once) and give a non-chief worker a temporary run folder.
 
     Resolving first matters: multi-worker training must configure TensorFlow before it runs any
     op. Other workers run every stage too (training is collective) but keep nothing.
     """
-    log.info("device: %s", plan.device.start().describe())
+    log.info("device: %s", plan.device.start().summary())
     if plan.device.role.is_chief:
         return info
     role = plan.device.role

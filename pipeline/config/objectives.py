@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from pipeline.errors import PipelineError
-from pipeline.schema import suggest
+from pipeline.plugin.schema import suggest
 
 Direction = Literal["maximize", "minimize"]
 
@@ -27,7 +27,7 @@ TEST_ONLY = "accuracy"  # the test split's accuracy: reported, never optimised
 
 def valid_names() -> list[str]:
     """Metrics a search may optimise: everything the runner measures but the test accuracy."""
-    from pipeline.measure import METRICS  # not at import time: measure imports the recipe schema
+    from pipeline.measure.metrics import METRICS  # not at import time: the command line starts without NumPy
 
     return [name for name in METRICS if name != TEST_ONLY]
 

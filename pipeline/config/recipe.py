@@ -1,6 +1,6 @@
 """Resolve and check a whole recipe before any stage runs (and before TensorFlow is imported).
 
-`build_plan` turns the composed Hydra config into a `Plan`: typed settings, the data source, the
+`check_recipe` turns the composed Hydra config into a `CheckedRecipe`: typed settings, the data source, the
 model builder and the ordered stages with their parsed configs. Every mistake it finds is a
 PipelineError with one line naming the dotted key and the fix.
 """
@@ -13,60 +13,22 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import Field
 
-from pipeline import objectives, registry
-from pipeline.artifact import Effect, ModelFormat
-from pipeline.budget import BudgetParams
-from pipeline.devices import DeviceParams, DeviceSetup
+from pipeline.config import objectives
+from pipeline.config.settings import RunSettings
+from pipeline.device.params import DeviceParams
+from pipeline.device.setup import DeviceSetup
 from pipeline.errors import PipelineError
 from pipeline.models import starting_format
-from pipeline.models.compat import describe
-from pipeline.schema import Params, parse
-from pipeline.stage import Stage
-
-
-class MeasureParams(Params):
-    """How the runner measures each stage's output."""
-
-    latency_runs: int = Field(50, ge=1, description="Timed invocations at batch 1 after warm-up.")
-    warmup_runs: int = Field(5, ge=0, description="Untimed invocations before timing.")
-    threads: int = Field(1, ge=1, description="TFLite interpreter threads for latency and accuracy.")
-
-
-class TrackingParams(Params):
-    """Where runs are recorded."""
-
-    uri: str = Field(description="MLflow tracking URI, e.g. sqlite:///outputs/mlflow.db or http://127.0.0.1:5000.")
-    experiment: str = Field("pipeline", min_length=1, description="MLflow experiment name.")
-    register_as: str | None = Field(
-        None, min_length=1,
-        description="Register the shipped model as a new version of this MLflow registered model (null: do not).",
-    )
-
-
-class RunSettings(Params):
-    """Top level of a composed config; `data`, `model` and `stages` are checked by their plugins."""
-
-    seed: int = Field(42, ge=0, description="Seed for data splits, weight initialisation and shuffling.")
-    outputs: str = Field("outputs", description="Folder for run directories, the stage cache and the local MLflow store.")
-    cache: bool = Field(True, description="Reuse stage outputs whose inputs and settings are unchanged.")
-    objectives: list[str] = Field(
-        default_factory=lambda: ["val_accuracy"],
-        description="Final-stage metrics the run returns to a sweeper, e.g. [val_accuracy, gzip_bytes].",
-    )
-    description: str = Field("", description="One line saying what the recipe does.")
-    measure: MeasureParams = Field(default_factory=MeasureParams)
-    budget: BudgetParams = Field(default_factory=BudgetParams)
-    tracking: TrackingParams
-    data: dict[str, Any] = Field(description="Data source config (config group `data`).")
-    model: dict[str, Any] = Field(description="Model config (config group `model`).")
-    device: dict[str, Any] = Field(default_factory=dict, description="Device, strategy and precision (config group `device`).")
-    stages: dict[str, Any] = Field(description="Ordered mapping of stage name to parameters.")
+from pipeline.models.compat import model_origin
+from pipeline.plugin import registry
+from pipeline.plugin.artifact import Effect, ModelFormat
+from pipeline.plugin.schema import parse
+from pipeline.plugin.stage import Stage
 
 
 @dataclass(frozen=True)
-class PlannedStage:
+class RecipeStage:
     """One recipe entry: its key in `stages`, its plugin type and the configured plugin."""
 
     name: str
@@ -75,18 +37,18 @@ class PlannedStage:
 
 
 @dataclass(frozen=True)
-class Plan:
+class CheckedRecipe:
     """Everything a run needs, checked."""
 
     settings: RunSettings
     config: dict[str, Any]
     data_source: Any
     model_builder: Any
-    stages: list[PlannedStage]
+    stages: list[RecipeStage]
     device: DeviceSetup
 
 
-def build_plan(cfg: DictConfig | Mapping[str, Any]) -> Plan:
+def check_recipe(cfg: DictConfig | Mapping[str, Any]) -> CheckedRecipe:
     """Check the whole composed config; raise PipelineError on the first problem found."""
     config = to_plain(cfg)
     settings = parse(RunSettings, config, "")
@@ -96,10 +58,10 @@ def build_plan(cfg: DictConfig | Mapping[str, Any]) -> Plan:
     stages = [plan_stage(name, values) for name, values in settings.stages.items()]
     if not stages:
         raise PipelineError("stages: the recipe has no stages; pick one with recipe=NAME or add a `stages:` mapping")
-    check_order(stages, starting_format(model_builder), describe(model_builder))
+    check_order(stages, starting_format(model_builder), model_origin(model_builder))
     check_budget(settings, data_source, stages)
     device = DeviceSetup(parse(DeviceParams, settings.device, "device"))
-    return Plan(settings, config, data_source, model_builder, stages, device)
+    return CheckedRecipe(settings, config, data_source, model_builder, stages, device)
 
 
 def to_plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -126,7 +88,7 @@ def configure(group: str, values: Mapping[str, Any], where: str) -> Any:
     return plugin(parse(plugin.Config, values, where))
 
 
-def plan_stage(name: str, values: Any) -> PlannedStage:
+def plan_stage(name: str, values: Any) -> RecipeStage:
     """Parse one `stages.NAME` entry; its `type` defaults to its key."""
     where = f"stages.{name}"
     if values is None:
@@ -139,11 +101,11 @@ def plan_stage(name: str, values: Any) -> PlannedStage:
         raise PipelineError(f"{where}.type: expected a stage type name, got {stage_type!r}")
     plugin = registry.load(registry.STAGES, stage_type, f"{where}.type" if "type" in values else where)
     if not (isinstance(plugin, type) and issubclass(plugin, Stage)):
-        raise PipelineError(f"{where}: plugin '{stage_type}' is not a pipeline.stage.Stage subclass")
-    return PlannedStage(name, stage_type, plugin(parse(plugin.Config, params, where)))
+        raise PipelineError(f"{where}: plugin '{stage_type}' is not a pipeline.plugin.stage.Stage subclass")
+    return RecipeStage(name, stage_type, plugin(parse(plugin.Config, params, where)))
 
 
-def check_budget(settings: RunSettings, data_source: Any, stages: list[PlannedStage]) -> None:
+def check_budget(settings: RunSettings, data_source: Any, stages: list[RecipeStage]) -> None:
     """A budget is measured on the validation split, so it needs one; stages check what they need of it."""
     if settings.budget.accuracy_drop is not None and getattr(data_source.config, "val_fraction", None) == 0:
         raise PipelineError(
@@ -154,7 +116,7 @@ def check_budget(settings: RunSettings, data_source: Any, stages: list[PlannedSt
         planned.stage.check_settings(settings, f"stages.{planned.name}")
 
 
-def check_order(stages: list[PlannedStage], start: ModelFormat | None = None, origin: str = "model") -> None:
+def check_order(stages: list[RecipeStage], start: ModelFormat | None = None, origin: str = "model") -> None:
     """Each stage must accept the format its predecessor hands on (or what the recipe starts from),
     and what the earlier stages did to the model (its `check_input`, fed their `effects_after`).
 

@@ -1,6 +1,6 @@
-"""The TensorFlow side of `pipeline.devices`: find devices, pick a strategy, create it.
+"""The TensorFlow side of `pipeline.device.setup`: find devices, pick a strategy, create it.
 
-TensorFlow is imported inside the functions, so `pipeline.devices` (imported while recipes are
+TensorFlow is imported inside the functions, so `pipeline.device.setup` (imported while recipes are
 validated) stays free of it; everything here runs only when a run or `pipeline.doctor` asks for
 the device.
 """
@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Any
 
-from pipeline.device_config import DeviceParams, Kind, Resolution, WorkerRole, tpu_needs_tpu_strategy
+from pipeline.device.params import DeviceParams, Kind, Resolution, WorkerRole, tpu_needs_tpu_strategy
 from pipeline.errors import PipelineError
 
 log = logging.getLogger("pipeline")

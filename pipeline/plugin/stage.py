@@ -14,16 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, final
 
-from pipeline.artifact import Effect, ModelArtifact, ModelFormat
-from pipeline.devices import DeviceParams, DeviceSetup
+from pipeline.device.params import DeviceParams
+from pipeline.device.setup import DeviceSetup
 from pipeline.errors import PipelineError
-from pipeline.schema import P, Params, Plugin
+from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
+from pipeline.plugin.schema import P, Params, Plugin
 
 if TYPE_CHECKING:
-    from pipeline.budget import Budget
+    from pipeline.config.settings import RunSettings
     from pipeline.data import Dataset
-    from pipeline.layer_plan import LayerPlan, StagePlan
-    from pipeline.recipe import RunSettings
+    from pipeline.run.budget import Budget
+    from pipeline.run.layer_plan import LayerPlan, StagePlan
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ class Stage(Plugin[P]):
 
         `earlier` holds what the stages before it will have done (e.g. which layers were pruned).
         None (the default) means the stage changes no layer in particular. A stage that acts layer
-        by layer raises `pipeline.layer_plan.NeedsLayerGraph` for a model without a layer graph.
+        by layer raises `pipeline.run.layer_plan.NeedsLayerGraph` for a model without a layer graph.
         """
         return None
 

@@ -1,0 +1,160 @@
+"""`python -m pipeline.predict EXPORT INPUTS...`: class names and scores for raw inputs.
+
+EXPORT is a run's export folder or one exported file (.tflite, .keras, .h5 or a SavedModel
+folder); the metadata JSON beside it says what the model takes. INPUTS are a CSV file, an .npz
+file, image files or a folder of them. The inputs are read as the data source read them, put
+through the preprocessing steps the model does not hold itself, and run through the model
+(TFLite files through the LiteRT interpreter). Inputs with labels (a CSV label column, class
+subfolders, an .npz `y`) also print the accuracy. Nothing from the run is needed but the export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.commands.raw_inputs import RawInputs, read
+from pipeline.data.preprocessing import Preprocessing
+from pipeline.errors import PipelineError, report
+
+# Which export a folder is run as when --format is not given: the file that ships first.
+PREFERENCE = ("tflite", "keras", "saved_model", "h5")
+
+
+@dataclass(frozen=True)
+class Export:
+    """One exported model and what its metadata JSON says about it."""
+
+    path: Path
+    target: str
+    serving: dict[str, Any]
+    classes: list[str]
+    preprocessing: Preprocessing
+    shape: tuple[int, ...]
+
+
+def find_export(given: Path, target: str | None) -> Export:
+    """The exported model at `given` (a file, a SavedModel folder or an export folder) and its JSON."""
+    if not given.exists():
+        raise PipelineError(f"{given}: no such file or folder; give a run's export/ folder or an exported model file")
+    folder = given if given.is_dir() and not (given / "saved_model.pb").exists() else given.parent
+    for json_path in sorted(folder.glob("*.json")):
+        meta = read_metadata(json_path)
+        files = meta.get("files", {})
+        if folder != given:  # a file was named: its JSON lists it
+            matches = [t for t, name in files.items() if name == given.name]
+            if matches and target in (None, *matches):
+                return export_of(meta, folder / given.name, matches[0])
+            continue
+        chosen = target or next((t for t in PREFERENCE if t in files), None)
+        if chosen is not None and chosen in files:
+            return export_of(meta, folder / files[chosen], chosen)
+        raise PipelineError(f"--format {chosen}: {json_path.name} lists no such export (it has {', '.join(files)}); pick one of those")
+    raise PipelineError(
+        f"{given}: no export metadata (NAME.json listing the model) in {folder}; "
+        "export with stages.export.metadata=true and keep the JSON beside the model"
+    )
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """An export's metadata JSON (other JSON files give an empty dict)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise PipelineError(f"{path}: cannot read the export metadata ({error}); export the model again") from None
+    return meta if isinstance(meta, dict) and "serving" in meta and "input" in meta else {}
+
+
+def export_of(meta: dict[str, Any], path: Path, target: str) -> Export:
+    """The Export for `target` of the metadata `meta`."""
+    described = meta["input"]
+    return Export(path, target, meta["serving"][target], meta["classes"], Preprocessing.from_json(described), tuple(described["shape"]))
+
+
+def model_inputs(export: Export, inputs: RawInputs) -> np.ndarray:
+    """The inputs as the model takes them: raw, or after the steps it does not hold."""
+    if export.serving.get("inputs") == "preprocessed":
+        return export.preprocessing.apply(inputs.x)
+    return inputs.x
+
+
+def outputs(export: Export, x: np.ndarray, threads: int) -> np.ndarray:
+    """The model's outputs (logits or probabilities, as float) for the batch `x`."""
+    if export.target == "tflite":
+        from pipeline.measure import litert
+
+        return litert.predict(export.path, x, threads)
+    if export.target == "saved_model":
+        import tensorflow as tf
+
+        signature = tf.saved_model.load(str(export.path)).signatures[export.serving["signature"]]
+        return signature(**{export.serving["input"]: tf.constant(x)})[export.serving["output"]].numpy()
+    import tf_keras as keras
+
+    from pipeline.measure.metrics import keras_predict
+
+    return keras_predict(keras.models.load_model(export.path, compile=False), x)[1]
+
+
+def scores(export: Export, y: np.ndarray) -> np.ndarray:
+    """Class probabilities: the outputs, through a softmax when they are logits."""
+    if export.serving.get("outputs") == "probabilities":
+        return y
+    shifted = np.exp(y - y.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table, readable as plain text."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def predict(export_path: Path, input_paths: list[Path], target: str | None = None, threads: int = 1) -> str:
+    """The printed report: one row per input (class, score, and label when known), then the accuracy."""
+    export = find_export(export_path, target)
+    inputs = read(input_paths, export.preprocessing, export.shape, export.classes)
+    y = outputs(export, model_inputs(export, inputs), threads)
+    probabilities = scores(export, y)
+    best = np.argmax(y, axis=-1)  # the runner's accuracy takes the argmax of the raw outputs too
+    header = ["input", "class", "score"] + (["label"] if inputs.y is not None else [])
+    rows = [
+        [name, export.classes[k], f"{probabilities[i, k]:.4f}"] + ([export.classes[inputs.y[i]]] if inputs.y is not None else [])
+        for i, (name, k) in enumerate(zip(inputs.names, best))
+    ]
+    lines = [f"{export.path.name} ({export.target}, {export.serving.get('inputs')} inputs):", table(header, rows)]
+    if inputs.y is not None:
+        correct = int(np.sum(best == inputs.y))
+        lines.append(f"accuracy: {correct / len(best):.4f} ({correct} of {len(best)})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line, predict, print; user mistakes end in one `error:` line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.predict", description="Class names and scores of an exported model for raw inputs."
+    )
+    parser.add_argument("export", type=Path, help="a run's export/ folder, or an exported .tflite/.keras/.h5/SavedModel")
+    parser.add_argument("inputs", type=Path, nargs="+", help="a CSV file, an .npz file, image files or a folder of images")
+    parser.add_argument(
+        "--format", choices=PREFERENCE, help="which export of a folder to run (default: the first of tflite, keras, saved_model, h5)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="LiteRT interpreter threads (default 1)")
+    args = parser.parse_args(argv)
+    from pipeline.run import quiet
+
+    quiet.install()  # the libraries' start-up notes stay off the terminal, as for runs
+    try:
+        print(predict(args.export, args.inputs, args.format, args.threads))
+    except PipelineError as error:
+        report(error)
+
+
+if __name__ == "__main__":
+    main()
