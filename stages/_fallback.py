@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import Field
 
@@ -22,6 +22,9 @@ from pipeline.plugin.schema import Params
 from pipeline.plugin.stage import Stage
 from pipeline.run.budget import EPSILON, Budget
 from pipeline.run.summary import human_bytes
+
+if TYPE_CHECKING:
+    from stages._quant_debug import LayerNames
 
 # Validation examples the int8 error of each layer is measured on: enough for a stable ranking,
 # few enough that each step of the search stays quick.
@@ -141,7 +144,7 @@ class Outcome:
 
 
 def search(
-    calibrated: bytes, layer_names: dict[str, str], data: Any, floor: float, where: str, log: logging.Logger,
+    calibrated: bytes, layer_names: LayerNames, data: Any, floor: float, where: str, log: logging.Logger,
     candidate: Callable[[list[str]], bytes] | None = None,
 ) -> Outcome:
     """Add float layers, worst int8 error first, until the validation accuracy reaches `floor`.

@@ -125,48 +125,43 @@ def float_operators(path: Path) -> list[str]:
     return [name for name, _ in float_ops(path)]
 
 
-def float_ops(path: Path) -> list[tuple[str, list[str]]]:
-    """Each operator that reads or writes a floating-point tensor: its name and its output tensors' names."""
+def float_ops(path: Path, keras_model: Any = None) -> list[tuple[str, str | None]]:
+    """Each operator that reads or writes a floating-point tensor: its name and, given the Keras
+    model the file was converted from, the layer it computes (None for ops of no known layer)."""
     from pipeline.private_api import read_tflite, tflite_operator_names
+    from stages._quant_debug import LayerNames, keras_layer_names, operator_layers, operator_name
 
-    names = tflite_operator_names()
+    codes = tflite_operator_names()
+    names = keras_layer_names(keras_model) if keras_model is not None else LayerNames()
     model = read_tflite(str(path))
     found = []
-    for subgraph in model.subgraphs:
-        for op in subgraph.operators:
+    for index, subgraph in enumerate(model.subgraphs):
+        layers = operator_layers(model, subgraph, names, main=index == 0)
+        for op, layer in zip(subgraph.operators, layers):
             outputs = [i for i in (op.outputs if op.outputs is not None else []) if i >= 0]
             tensors = [i for i in [*(op.inputs if op.inputs is not None else []), *outputs] if i >= 0]
             if any(subgraph.tensors[i].type in FLOAT_TYPES for i in tensors):
-                code = model.operatorCodes[op.opcodeIndex]
-                op_name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
-                found.append((op_name, [_text(subgraph.tensors[i].name) for i in outputs]))
+                found.append((operator_name(model, op, codes), layer))
     return found
-
-
-def _text(name: bytes | str | None) -> str:
-    return name.decode() if isinstance(name, bytes) else name or ""
 
 
 def float_layers(path: Path, keras_model: Any, kept_float: Collection[str] = ()) -> dict[str, list[str]]:
     """The Keras layers (`name (Type)`) whose TFLite operators compute in float, with those operators
     (but those of `kept_float`, layers kept float on purpose).
 
-    The converter names each tensor after the layer that made it (`model/norm/add`); the
-    QUANTIZE and DEQUANTIZE operators around a float layer are its boundary, not the layer.
-    Layers of nested models count (a serving model wraps the trained one), and a layer wrapped
-    for quantization-aware training is named as the layer it wraps; an inference-only
-    SavedModel has no layers, and its float operators are all `other`.
+    Operators are matched to layers as the fallback matches them (`_quant_debug.operator_layers`),
+    the last layer's too; the QUANTIZE and DEQUANTIZE operators around a float layer are its
+    boundary, not the layer. Layers of nested models count (a serving model wraps the trained
+    one), and a layer wrapped for quantization-aware training is named as the layer it wraps; an
+    inference-only SavedModel has no layers, and its float operators are all `other`.
     """
     # A wrapper (QAT's) names the tensors; the layer it wraps is the one the user knows.
-    known = {layer.name: getattr(layer, "layer", layer) for layer in leaf_layers(keras_model)}
+    known = {inner.name: inner for inner in (getattr(layer, "layer", layer) for layer in leaf_layers(keras_model))}
     found: dict[str, list[str]] = {}
-    for op, outputs in float_ops(path):
-        if op in ("QUANTIZE", "DEQUANTIZE"):
+    for op, name in float_ops(path, keras_model):
+        if op in ("QUANTIZE", "DEQUANTIZE") or name in kept_float:
             continue
-        parts = [part for name in outputs for piece in name.split(";") for part in piece.split("/")]
-        layer = next((known[part] for part in parts if part in known), None)
-        if layer is not None and layer.name in kept_float:
-            continue
+        layer = known.get(name) if name is not None else None
         ops = found.setdefault(f"{layer.name} ({type(layer).__name__})" if layer is not None else "other", [])
         if op not in ops:
             ops.append(op)

@@ -78,27 +78,72 @@ def tensor_name(subgraph: Any, index: int) -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def layer_nodes(quantized: bytes, layer_names: Mapping[str, str]) -> dict[str, list[str]]:
+def layer_nodes(quantized: bytes, layer_names: LayerNames) -> dict[str, list[str]]:
     """Keras layer -> the nodes (op output tensor names) it became in `quantized`.
 
-    The converter names an op's output after the Keras ops fused into it
-    (`model/conv2d/Relu;model/conv2d/BiasAdd;...`) and its weights after their layer
-    (`model/dense_1/MatMul`); the model's last op is renamed to the output
-    (`StatefulPartitionedCall:0`) and is known by its weights. `layer_names` maps the names that
-    appear in tensor names to the layer names reported (a QAT wrapper `quant_dense` to `dense`).
-    Ops of no known layer (QUANTIZE, DEQUANTIZE, ...) are left out.
+    `layer_names` (from `keras_layer_names`) maps the names that appear in tensor names to the
+    layer names reported (a QAT wrapper `quant_dense` to `dense`). Ops of no known layer
+    (QUANTIZE, DEQUANTIZE, ...) are left out; see `operator_layers` for how ops are matched.
     """
     model, subgraph = graph(quantized)
     found: dict[str, list[str]] = {}
-    for op in subgraph.operators:
-        output = tensor_name(subgraph, int(op.outputs[0]))
-        constants = [
-            tensor_name(subgraph, int(i)) for i in op.inputs if i >= 0 and model.buffers[subgraph.tensors[i].buffer].data is not None
-        ]
-        layer = next((name for name in (layer_in(n, layer_names) for n in [output, *constants]) if name), None)
+    for op, layer in zip(subgraph.operators, operator_layers(model, subgraph, layer_names, main=True)):
         if layer is not None:
-            found.setdefault(layer, []).append(output)
+            found.setdefault(layer, []).append(tensor_name(subgraph, int(op.outputs[0])))
     return found
+
+
+def operator_layers(model: Any, subgraph: Any, layer_names: LayerNames, main: bool) -> list[str | None]:
+    """The Keras layer (reported name) each operator of `subgraph` computes, None for ops of no layer.
+
+    Three marks, the first that names a known layer wins:
+    1. the op's output tensor: the converter names it after the Keras ops fused into it
+       (`model/conv2d/Relu;model/conv2d/BiasAdd;...`);
+    2. its constant inputs: weights and biases keep their layer's name (`model/dense_1/MatMul`);
+    3. in the `main` subgraph, the op that computes the model's only output is the Keras output
+       layer's (`output_layer`).
+    The converter renames the output of the op that computes the model's output after the
+    output (`StatefulPartitionedCall:0`, or `...:01` when a QUANTIZE after a float op writes it),
+    so mark 1 misses the last layer; mark 2 finds it by its weights, and mark 3 also when it has
+    none (a softmax, an activation). The converter's own per-op debug metadata
+    (`serialize_debug_metadata`) would be more direct, but TF 2.21 drops it from quantized
+    models (and ships no Python reader for it); converting again with each layer's output made
+    a model output would fuse differently from the file that ships. The file's own tensors and
+    the Keras graph are what the fallback and the integer gate both read, so they always agree.
+    """
+    constant = [
+        [tensor_name(subgraph, int(i)) for i in op.inputs if i >= 0 and model.buffers[subgraph.tensors[i].buffer].data is not None]
+        for op in subgraph.operators
+    ]
+    found = [
+        next((name for name in (layer_in(n, layer_names) for n in [tensor_name(subgraph, int(op.outputs[0])), *names]) if name), None)
+        for op, names in zip(subgraph.operators, constant)
+    ]
+    last = output_operator(model, subgraph) if main else None
+    if last is not None and found[last] is None:
+        found[last] = layer_names.output
+    return found
+
+
+def output_operator(model: Any, subgraph: Any) -> int | None:
+    """Index of the op that computes the subgraph's only output: the one writing it, or, when a
+    QUANTIZE or DEQUANTIZE writes it (around a float op, or converting the output type), the op before."""
+    from pipeline.private_api import tflite_operator_names
+
+    if len(subgraph.outputs) != 1:
+        return None
+    codes = tflite_operator_names()
+    writer = {int(i): k for k, op in enumerate(subgraph.operators) for i in op.outputs}
+    index = writer.get(int(subgraph.outputs[0]))
+    while index is not None and operator_name(model, subgraph.operators[index], codes) in ("QUANTIZE", "DEQUANTIZE"):
+        index = writer.get(int(subgraph.operators[index].inputs[0]))
+    return index
+
+
+def operator_name(model: Any, op: Any, codes: Mapping[int, str]) -> str:
+    """The builtin name of `op` (`FULLY_CONNECTED`), `CUSTOM` for custom ops; `codes` from `tflite_operator_names`."""
+    code = model.operatorCodes[op.opcodeIndex]
+    return codes.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
 
 
 def layer_in(name: str, layer_names: Mapping[str, str]) -> str | None:
@@ -110,17 +155,69 @@ def layer_in(name: str, layer_names: Mapping[str, str]) -> str | None:
     return None
 
 
-def keras_layer_names(model: Any) -> dict[str, str]:
+class LayerNames(dict[str, str]):
+    """Name in converter tensor names -> reported layer name, and `output`: the reported name of the
+    layer that computes the model's output (None when that is not known)."""
+
+    output: str | None = None
+
+
+# Layers that compute nothing at inference: the converter leaves no op for them.
+INFERENCE_IDENTITIES = (
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
+    "AlphaDropout", "ActivityRegularization", "Identity",
+)
+
+
+def keras_layer_names(model: Any) -> LayerNames:
+    """Name in converter tensor names -> reported layer name, for every layer (nested ones too), and the output layer."""
+    names = LayerNames(tensor_layer_names(model))
+    names.output = output_layer(model)
+    return names
+
+
+def tensor_layer_names(model: Any) -> dict[str, str]:
     """Name in converter tensor names -> reported layer name, for every layer (nested ones too)."""
     names: dict[str, str] = {}
-    for layer in model.layers:
+    for layer in getattr(model, "layers", []):  # an inference-only SavedModel has none
         if hasattr(layer, "layers"):  # a nested model: its own layers carry the names
-            names.update(keras_layer_names(layer))
+            names.update(tensor_layer_names(layer))
             continue
         # TFMOT's QAT wrappers (quant_dense) are reported by the layer they wrap (dense).
         wrapped = type(layer).__name__.startswith("QuantizeWrapper")
         names[layer.name] = layer.layer.name if wrapped else layer.name
     return names
+
+
+def output_layer(model: Any) -> str | None:
+    """The reported name of the layer whose op computes the output of the functional or Sequential
+    `model`, reached from the output past layers that convert to nothing (the serving contract's
+    linear `logits`, dropout) and into nested models; None for a subclassed model, an
+    inference-only SavedModel, or several outputs."""
+    import tf_keras as keras
+
+    from pipeline.private_api import is_graph_network, keras_history
+
+    if not is_graph_network(model) or len(model.outputs) != 1:
+        return None
+    tensor = model.outputs[0]
+    while True:
+        layer, node_index, tensor_index = keras_history(tensor)
+        inner = getattr(layer, "layer", layer)  # a QAT wrapper computes what it wraps
+        if is_graph_network(layer):  # a nested model: its own output
+            tensor = layer.outputs[tensor_index]
+        elif type(inner).__name__ in INFERENCE_IDENTITIES or (
+            isinstance(inner, keras.layers.Activation) and inner.activation is keras.activations.linear
+        ):
+            tensor = layer.inbound_nodes[node_index].input_tensors
+        elif isinstance(layer, keras.layers.InputLayer):
+            return None
+        else:
+            return tensor_layer_names(model).get(layer.name)
+        if isinstance(tensor, (list, tuple)):
+            if len(tensor) != 1:  # an identity of several tensors: no one op computes the output
+                return None
+            tensor = tensor[0]
 
 
 def layer_errors(calibrated: bytes, float_nodes: Iterable[str], nodes: Mapping[str, list[str]], x: np.ndarray) -> dict[str, float]:
