@@ -24,7 +24,7 @@ import pipeline  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow 
 from pipeline import registry  # noqa: E402
 from pipeline.devices import DeviceParams, DeviceSetup  # noqa: E402
 from pipeline.recipe import configure  # noqa: E402
-from stages._training import FitParams, compile_model  # noqa: E402
+from techniques.training import FitParams, compile_model  # noqa: E402
 
 CLASSES = 10
 

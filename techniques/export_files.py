@@ -1,4 +1,4 @@
-"""The files written beside exported models: the metadata JSON and the labels file.
+"""The exported files: the models in each format, and beside them the metadata JSON and the labels file.
 
 The JSON states each file's input contract (raw inputs with the preprocessing folded in, or
 inputs after the listed steps), its serving signature, the class names, and the recipe, metrics,
@@ -8,37 +8,38 @@ I/O details, quantization and lineage. `pipeline.predict` needs nothing else.
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.artifact import ModelArtifact, ModelFormat
-from pipeline.stage import StageContext
+from pipeline.budget import Budget
+from pipeline.data import Dataset
+from techniques.serving import serving_model
 
 
-def describe(
-    shipped: ModelArtifact, exports: dict[str, Path], contracts: dict[str, dict[str, str]], ctx: StageContext, labels: Path
+def export_metadata(
+    shipped: ModelArtifact, exports: dict[str, Path], contracts: dict[str, dict[str, str]], labels: Path, data: Dataset,
+    metrics: Mapping[str, float], recipe: Mapping[str, Any], budget: Budget | None,
 ) -> dict[str, Any]:
-    """Everything a consumer of the exported files needs to know about them.
+    """Everything a consumer of the exported files needs to know about them: the content of NAME.json.
 
-    `shipped` is the export stage's output; its parent is the model the stage was given.
+    `shipped` is the export stage's output; its parent is the model the stage was given. `metrics`
+    are the test-split measurements of what ships, `recipe` the run's resolved configuration and
+    `budget` the accuracy budget the choices were made within (None without one).
     """
-    from pipeline.measure import measure
-    from pipeline.recipe import MeasureParams
-
     model = shipped.parent or shipped
-    # A copy of the incoming model under the same contract was measured by the runner already.
-    same = model.metadata.get("serving") == shipped.metadata.get("serving")
-    measured = ctx.measurements.get(model.stage) if same else None
-    metrics = measured or measure(shipped, ctx.data, MeasureParams(latency_runs=10, warmup_runs=2))
     return {
         "files": {target: path.name for target, path in exports.items()},
-        "classes": list(ctx.data.labels),
+        "classes": list(data.labels),
         "labels_file": labels.name,
-        "input": ctx.data.preprocessing.to_json(ctx.data.input_shape),
+        "input": data.preprocessing.to_json(data.input_shape),
         "serving": {target: serving_facts(target, exports[target], contracts[target]) for target in exports},
-        "recipe": dict(ctx.config) or None,
+        "recipe": dict(recipe) or None,
         "metrics": dict(metrics),
         "metrics_split": "test",
         "io": io_details(shipped),
@@ -48,7 +49,7 @@ def describe(
         },
         # Choices (fallback layers, planned sparsity, gates) were made on the validation split; the
         # metrics above are the test split's, measured on what ships.
-        "budget": ctx.budget.describe() if ctx.budget is not None else None,
+        "budget": budget.describe() if budget is not None else None,
         "lineage": [
             {
                 "stage": a.stage, "format": a.format.value, "file": a.path.name,
@@ -96,12 +97,58 @@ def serving_facts(target: str, path: Path, contract: dict[str, str]) -> dict[str
     return facts
 
 
-def write(
-    model: ModelArtifact, exports: dict[str, Path], contracts: dict[str, dict[str, str]], ctx: StageContext, stem: Path
+def write_metadata(
+    model: ModelArtifact, exports: dict[str, Path], contracts: dict[str, dict[str, str]], stem: Path, data: Dataset,
+    metrics: Mapping[str, float], recipe: Mapping[str, Any], budget: Budget | None,
 ) -> list[Path]:
-    """Write `stem`.labels.txt and `stem`.json; their paths, the JSON last."""
+    """Write `stem`.labels.txt and `stem`.json (see `export_metadata`); their paths, the JSON last."""
     labels = stem.with_name(f"{stem.name}.labels.txt")
-    labels.write_text("".join(f"{name}\n" for name in ctx.data.labels))
+    labels.write_text("".join(f"{name}\n" for name in data.labels))
     path = stem.with_suffix(".json")
-    path.write_text(json.dumps(describe(model, exports, contracts, ctx, labels), indent=2, default=str) + "\n")
+    facts = export_metadata(model, exports, contracts, labels, data, metrics, recipe, budget)
+    path.write_text(json.dumps(facts, indent=2, default=str) + "\n")
     return [labels, path]
+
+
+def write_model(
+    source: ModelArtifact, target: str, stem: Path, serving: dict[str, str], data: Dataset, workdir: Path, where: str,
+    log: logging.Logger,
+) -> Path:
+    """Write `source` as `target` next to `stem` (Keras formats under the `serving` contract); the written path.
+
+    `workdir` holds intermediate files; `where` is the config key errors name (`stages.NAME.formats`).
+    """
+    if target == "tflite":
+        return Path(shutil.copyfile(source.path, stem.with_suffix(".tflite")))
+    if target == "saved_model" and source.format is ModelFormat.SAVED_MODEL:
+        path = stem.parent / f"{stem.name}_saved_model"
+        shutil.rmtree(path, ignore_errors=True)
+        return Path(shutil.copytree(source.path, path))
+    keras_model = serving_model(source.load_keras(), data.preprocessing, serving["inputs"], serving["outputs"])
+    if target == "keras3":
+        served = data.raw() if serving["inputs"] == "raw" else data
+        return write_keras3(keras_model, stem.parent / f"{stem.name}_keras3.keras", served, workdir, where, log)
+    if target == "keras":
+        path = stem.with_suffix(".keras")
+        keras_model.save(path)
+        return path
+    if target == "h5":
+        path = stem.with_suffix(".h5")
+        keras_model.save(path, save_format="h5")
+        return path
+    path = stem.parent / f"{stem.name}_saved_model"
+    keras_model.save(path, save_format="tf")
+    return path
+
+
+def write_keras3(keras_model: Any, path: Path, data: Dataset, workdir: Path, where: str, log: logging.Logger) -> Path:
+    """`keras_model` as a Keras 3 file, checked on a batch of `data` (in a separate process)."""
+    from pipeline.models.keras3 import sample_of, to_keras3
+
+    keras_file = workdir / "keras3_source.keras"
+    keras_model.save(keras_file)
+    report = to_keras3(keras_file, path, sample_of(data), where)
+    log.info(
+        "    Keras 3 copy matches the tf-keras model on %d examples (largest difference %.2g)", report["examples"], report["max_abs_diff"]
+    )
+    return path

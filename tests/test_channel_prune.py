@@ -8,8 +8,9 @@ import pytest
 from pipeline.artifact import Effect
 from pipeline.errors import PipelineError
 from pipeline.macs import keras_macs
-from stages.channel_prune import ChannelPruneParams, ChannelPruneStage, spread
+from stages.channel_prune import ChannelPruneParams, ChannelPruneStage
 from stages.distill import DistillParams, DistillStage
+from techniques.channel_plan import spread
 from tests._tiny import accuracy, context
 
 
