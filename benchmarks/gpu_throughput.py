@@ -25,7 +25,7 @@ from pipeline.config.recipe import configure  # noqa: E402
 from pipeline.device.params import DeviceParams  # noqa: E402
 from pipeline.device.setup import DeviceSetup  # noqa: E402
 from pipeline.plugin import registry  # noqa: E402
-from stages._training import FitParams, compile_model  # noqa: E402
+from techniques.training import FitParams, compile_model  # noqa: E402
 
 CLASSES = 10
 

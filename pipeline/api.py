@@ -70,9 +70,9 @@ def save_keras(
     which the runner logs. `parent` is the model it was made from (the input when omitted; the
     parent's metadata and the effects are filled in by `Stage.execute`).
     """
-    from stages._training import save_keras as save
+    from techniques.training import save_keras as save
 
-    saved = save(model, ctx, None, effects=frozenset(), metrics=dict(metrics or {}), **metadata)
+    saved = save(model, None, ctx.workdir, ctx.name, ctx.log, effects=frozenset(), metrics=dict(metrics or {}), **metadata)
     return dataclasses.replace(saved, parent=parent)
 
 

@@ -17,7 +17,15 @@ from pipeline.models.user import model_file_problem
 from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.plugin.stage import Stage, StageContext
 from pipeline.run.layer_plan import LayerPlan, StagePlan
-from stages._training import FitParams, compile_model, fit, save_keras
+from techniques.distillation import (
+    before_channel_pruning,
+    distillation_loss,
+    load_teacher,
+    packed_accuracy,
+    predict,
+    teacher_targets,
+)
+from techniques.training import FitParams, compile_model, fit, save_keras
 
 
 class DistillParams(FitParams):
@@ -107,7 +115,7 @@ class DistillStage(Stage[DistillParams]):
         params = self.config
         incoming = params.student == "incoming"
         if params.teacher is not None:
-            teacher_file, teacher = params.teacher, load_teacher(params.teacher, ctx)
+            teacher_file, teacher = params.teacher, load_teacher(params.teacher, ctx.data, f"stages.{ctx.name}.teacher", ctx.log)
         else:
             assert model is not None  # guaranteed by check_input
             source = before_channel_pruning(model, f"stages.{ctx.name}") if incoming else model
@@ -130,11 +138,11 @@ class DistillStage(Stage[DistillParams]):
             student, params, loss=distillation_loss(params.loss, params.alpha, params.temperature),
             metrics=[packed_accuracy],
         )
-        fit(student, ctx, params, targets=targets)
+        fit(student, params, data, ctx.device, seed=ctx.seed + ctx.index, log=ctx.log, name=ctx.name, targets=targets)
         teacher_facts = {"teacher_params": float(teacher.count_params()), "teacher_accuracy": teacher_accuracy}
         # An incoming student carries its earlier stages' facts (which channels stayed) on; a new one starts anew.
         artifact = save_keras(
-            student, ctx, model if incoming else None, effects=self.output_effects(model), metrics=teacher_facts,
+            student, model if incoming else None, ctx.workdir, ctx.name, ctx.log, effects=self.output_effects(model), metrics=teacher_facts,
             distilled=True, teacher=teacher_file, teacher_file=params.teacher, student_incoming=incoming,
             temperature=params.temperature,
         )
@@ -153,101 +161,3 @@ def check_incoming_student(params: DistillParams, input_format: ModelFormat | No
             f"before {where} prunes channels; set {where}.teacher=PATH or put a channel_prune stage first"
         )
 
-
-def before_channel_pruning(model: ModelArtifact, where: str) -> ModelArtifact:
-    """The model that channel pruning started from, in `model`'s lineage: the teacher of an incoming student."""
-    for artifact in model.lineage():
-        parent = artifact.parent
-        if Effect.CHANNEL_PRUNED in artifact.effects and parent is not None and Effect.CHANNEL_PRUNED not in parent.effects:
-            return parent
-    raise PipelineError(f"{where}.teacher: the incoming model was not channel-pruned; set {where}.teacher=PATH")
-
-
-def load_teacher(path: str, ctx: StageContext) -> Any:
-    """The teacher file as a model to predict with: a tf-keras model (Keras 3 files rebuilt) or a SavedModel's signature."""
-    from pipeline.models.keras3 import sample_of
-    from pipeline.models.savedmodel import SignatureModel, is_inference_only
-    from pipeline.models.user import load_model_file
-
-    where = f"stages.{ctx.name}.teacher"
-    if is_inference_only(path):
-        return SignatureModel(path, where)
-    sample = sample_of(ctx.data)
-    teacher = prepared(load_model_file(path, where, sample=sample), where, sample)
-    if getattr(teacher, "softmax_removed", False):
-        ctx.log.warning("    %s: %s ends in a softmax; distilling from the logits before it", where, path)
-    return teacher
-
-
-def teacher_targets(teacher: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Packed (label, teacher logits) targets of the training and validation splits."""
-    return pack(data.y_train, predict(teacher, data.x_train)), pack(data.y_val, predict(teacher, data.x_val))
-
-
-def teacher_of(model: ModelArtifact, ctx: StageContext) -> tuple[Any, float]:
-    """The teacher `model` was distilled from, loaded, and the distillation's temperature.
-
-    The distill stage's artifact is the one that measured its teacher; the teacher is its
-    `teacher_file`, or else the model that stage was handed (its parent in the lineage), or for an
-    incoming student the model from before channel pruning.
-    """
-    where = f"stages.{ctx.name}"
-    student = next((a for a in model.lineage() if "teacher_accuracy" in a.metrics), None)
-    if student is None:
-        raise PipelineError(f"{where}.teacher_alpha: the incoming model was not distilled; put a distill stage first or set it to 0")
-    if student.metadata.get("teacher_file"):
-        teacher = load_teacher(student.metadata["teacher_file"], ctx)
-    else:
-        assert student.parent is not None  # a distill stage without a teacher file was handed one
-        source = student.parent
-        if student.metadata.get("student_incoming"):
-            source = before_channel_pruning(source, f"{where}.teacher_alpha")
-        teacher = source.load_model()
-    return teacher, float(student.metadata["temperature"])
-
-
-def predict(model: Any, x: np.ndarray) -> np.ndarray:
-    """Logits of `model` for `x` (empty input gives an empty result)."""
-    if not len(x):
-        return np.zeros((0, model.output_shape[-1]), np.float32)
-    return model.predict(x, batch_size=256, verbose=0).astype(np.float32)
-
-
-def pack(labels: np.ndarray, teacher_logits: np.ndarray) -> np.ndarray:
-    """One target array per example: the class id, then the teacher's logits."""
-    return np.concatenate([labels.astype(np.float32)[:, np.newaxis], teacher_logits], axis=1)
-
-
-def distillation_loss(kind: str, alpha: float, temperature: float) -> Any:
-    """Per-example loss on packed targets.
-
-    kl:  alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(labels, student)
-    mse: alpha * mean((teacher - student)^2) + (1 - alpha) * CE(labels, student)
-    The T^2 factor keeps the soft term's gradients on the scale of the label term's as T grows.
-    """
-    import tensorflow as tf
-    import tf_keras as keras
-
-    def loss(packed: Any, student: Any) -> Any:
-        labels, teacher = tf.cast(packed[:, 0], tf.int32), packed[:, 1:]
-        hard = keras.backend.sparse_categorical_crossentropy(labels, student, from_logits=True)
-        if kind == "kl":
-            soft_teacher = tf.nn.softmax(teacher / temperature)
-            divergence = soft_teacher * (tf.nn.log_softmax(teacher / temperature) - tf.nn.log_softmax(student / temperature))
-            soft = temperature**2 * tf.reduce_sum(divergence, axis=-1)
-        else:
-            soft = tf.reduce_mean(tf.square(teacher - student), axis=-1)
-        return alpha * soft + (1 - alpha) * hard
-
-    return loss
-
-
-def packed_accuracy(packed: Any, student: Any) -> Any:
-    """Share of examples whose top student logit is the label (the first packed column)."""
-    import tensorflow as tf
-
-    labels = tf.cast(packed[:, 0], tf.int64)
-    return tf.cast(tf.equal(labels, tf.argmax(student, axis=-1)), tf.float32)
-
-
-packed_accuracy.__name__ = "accuracy"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -13,7 +13,8 @@ from pipeline.errors import PipelineError
 from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.plugin.schema import Params
 from pipeline.plugin.stage import Stage, StageContext
-from stages._serving import INPUTS_HELP, OUTPUTS_HELP, choose_inputs, contract, serving_model
+from techniques.export_files import write_metadata, write_model
+from techniques.serving import INPUTS_HELP, OUTPUTS_HELP, choose_inputs, contract
 
 Target = Literal["tflite", "keras", "h5", "saved_model", "keras3"]
 
@@ -95,7 +96,9 @@ class ExportStage(Stage[ExportParams]):
                     f"remove '{target}' or add a stage that produces one"
                 )
             contracts[target] = contract_of(source, target, keras_contract)
-            written[target] = write(source, target, folder / params.name, keras_contract, ctx)
+            written[target] = write_model(
+                source, target, folder / params.name, keras_contract, ctx.data, ctx.workdir, f"stages.{ctx.name}.formats", ctx.log
+            )
             ctx.log.info("    wrote %s", written[target])
             if trained_past(model, source):
                 ctx.log.warning(
@@ -111,9 +114,8 @@ class ExportStage(Stage[ExportParams]):
             written.get(model.format.value, model.path), model.format, ctx.name, model, facts, self.output_effects(model)
         )
         if params.metadata:
-            from stages import _metadata
-
-            for path in _metadata.write(handed_on, written, contracts, ctx, folder / params.name):
+            metrics = shipped_metrics(handed_on, ctx)
+            for path in write_metadata(handed_on, written, contracts, folder / params.name, ctx.data, metrics, ctx.config, ctx.budget):
                 exports.append(path)
                 ctx.log.info("    wrote %s", path)
         return dataclasses.replace(handed_on, exports=tuple(exports))
@@ -143,39 +145,17 @@ def contract_of(source: ModelArtifact, target: str, keras_contract: dict[str, st
     return keras_contract
 
 
-def write(source: ModelArtifact, target: str, stem: Path, serving: dict[str, str], ctx: StageContext) -> Path:
-    """Write `source` as `target` next to `stem` (Keras formats under the `serving` contract); the written path."""
-    if target == "tflite":
-        return Path(shutil.copyfile(source.path, stem.with_suffix(".tflite")))
-    if target == "saved_model" and source.format is ModelFormat.SAVED_MODEL:
-        path = stem.parent / f"{stem.name}_saved_model"
-        shutil.rmtree(path, ignore_errors=True)
-        return Path(shutil.copytree(source.path, path))
-    keras_model = serving_model(source.load_keras(), ctx.data.preprocessing, serving["inputs"], serving["outputs"])
-    if target == "keras3":
-        data = ctx.data.raw() if serving["inputs"] == "raw" else ctx.data
-        return write_keras3(keras_model, stem.parent / f"{stem.name}_keras3.keras", data, ctx)
-    if target == "keras":
-        path = stem.with_suffix(".keras")
-        keras_model.save(path)
-        return path
-    if target == "h5":
-        path = stem.with_suffix(".h5")
-        keras_model.save(path, save_format="h5")
-        return path
-    path = stem.parent / f"{stem.name}_saved_model"
-    keras_model.save(path, save_format="tf")
-    return path
 
+def shipped_metrics(shipped: ModelArtifact, ctx: StageContext) -> Mapping[str, float]:
+    """The test-split measurements of what ships, for NAME.json.
 
-def write_keras3(keras_model: Any, path: Path, data: Any, ctx: StageContext) -> Path:
-    """`keras_model` as a Keras 3 file, checked on a batch of `data` (in a separate process)."""
-    from pipeline.models.keras3 import sample_of, to_keras3
+    `shipped` is the export stage's output; a copy of the incoming model (its parent) under the
+    same contract was measured by the runner already.
+    """
+    from pipeline.config.settings import MeasureParams
+    from pipeline.measure.metrics import measure
 
-    keras_file = ctx.workdir / "keras3_source.keras"
-    keras_model.save(keras_file)
-    report = to_keras3(keras_file, path, sample_of(data), f"stages.{ctx.name}.formats")
-    ctx.log.info(
-        "    Keras 3 copy matches the tf-keras model on %d examples (largest difference %.2g)", report["examples"], report["max_abs_diff"]
-    )
-    return path
+    model = shipped.parent or shipped
+    same = model.metadata.get("serving") == shipped.metadata.get("serving")
+    measured = ctx.measurements.get(model.stage) if same else None
+    return measured or measure(shipped, ctx.data, MeasureParams(latency_runs=10, warmup_runs=2))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.errors import PipelineError
@@ -12,7 +11,18 @@ from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.plugin.stage import Stage, StageContext
 from pipeline.private_api import prunable
 from pipeline.run.layer_plan import Action, LayerPlan, StagePlan
-from stages._layer_targets import (
+from techniques.distillation import distillation_loss, packed_accuracy, teacher_of, teacher_targets
+from techniques.layers import (
+    LayerChoice,
+    acted_on,
+    choose_layers,
+    kernel_share,
+    kernel_sizes,
+    left_alone,
+    wrap_layers,
+)
+from techniques.pruning import NARROW, check_sparsity, mask_schedule, pruning_schedule
+from techniques.sparsity_targets import (
     PLAN,
     ZERO,
     SparsityTarget,
@@ -23,21 +33,7 @@ from stages._layer_targets import (
     resolve,
     with_targets,
 )
-from stages._layers import (
-    LayerChoice,
-    acted_on,
-    choose_layers,
-    kernel_share,
-    kernel_sizes,
-    left_alone,
-    wrap_layers,
-)
-from stages._training import FitParams, compile_model, fit, save_keras, steps_per_epoch
-
-# Why a layer stays dense under an m:n pattern: groups of n run along its input channels.
-NARROW = "input channels not a multiple of"
-# Measured sparsity may differ from the target by rounding within each layer.
-SPARSITY_TOLERANCE = 0.02
+from techniques.training import FitParams, compile_model, fit, save_keras, steps_per_epoch
 
 
 class PruneParams(FitParams, LayerChoice):
@@ -95,18 +91,6 @@ class PruneParams(FitParams, LayerChoice):
         if self.initial_sparsity > lowest(self.final_sparsity):
             raise ValueError("initial_sparsity must not exceed final_sparsity (any layer's)")
         return self
-
-
-def mask_schedule(params: PruneParams, total_steps: int) -> tuple[int, int]:
-    """(end_step, frequency) such that the last mask update lands inside training.
-
-    TFMOT updates masks only on steps where `step % frequency == 0` up to `end_step`; if
-    `end_step` is not such a step, or lies beyond the last step, the target is never reached.
-    """
-    ramp = max(1, int(params.ramp_fraction * (total_steps - 1)))
-    frequency = params.frequency or max(1, ramp // 10)
-    frequency = min(frequency, ramp)
-    return (ramp // frequency) * frequency, frequency
 
 
 class PruneStage(Stage[PruneParams]):
@@ -180,7 +164,8 @@ class PruneStage(Stage[PruneParams]):
         self.check_input(model.format, model.effects, where)  # also when called without a checked recipe
         sparsity = tfmot.sparsity.keras
         keras_model = model.load_keras()
-        end_step, frequency = mask_schedule(params, params.epochs * steps_per_epoch(ctx, params))
+        total_steps = params.epochs * steps_per_epoch(ctx.data, ctx.device, params)
+        end_step, frequency = mask_schedule(params.ramp_fraction, params.frequency, total_steps)
         pattern = tuple(params.m_by_n) if params.m_by_n else None
         plan = model.metadata.get("sparsity_plan")
         actions = self.choose(keras_model, where, plan)
@@ -199,15 +184,15 @@ class PruneStage(Stage[PruneParams]):
         )
 
         def wrap(layer: Any) -> Any:
-            schedule = pruning_schedule(params, targets[layer.name], end_step, frequency)
+            schedule = pruning_schedule(params.schedule, params.initial_sparsity, targets[layer.name], end_step, frequency)
             return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule, sparsity_m_by_n=pattern)
 
         pruned = wrap_layers(keras_model, names, wrap)
         fine_tune(pruned, model, ctx, params, callbacks=[sparsity.UpdatePruningStep()])
         stripped = sparsity.strip_pruning(pruned)
-        achieved = check_sparsity(stripped, targets, params, ctx.name)
+        achieved = check_sparsity(stripped, targets, params.m_by_n, ctx.name)
         return save_keras(
-            stripped, ctx, model, effects=self.output_effects(model),
+            stripped, model, ctx.workdir, ctx.name, ctx.log, effects=self.output_effects(model),
             target_sparsity=overall({n: sizes[n] for n in names}, targets),
             layer_sparsity=targets, m_by_n=list(pattern) if pattern else None, pruned_layers=names, dense_layers=dense,
             left_dense=too_narrow,
@@ -218,70 +203,18 @@ class PruneStage(Stage[PruneParams]):
         )
 
 
+
 def fine_tune(keras_model: Any, model: ModelArtifact, ctx: StageContext, params: PruneParams, callbacks: list[Any]) -> None:
     """Fit on the labels, or with `teacher_alpha` on the distillation teacher's outputs as well."""
     if not params.teacher_alpha:
         compile_model(keras_model, params)
-        fit(keras_model, ctx, params, callbacks=callbacks)
+        fit(keras_model, params, ctx.data, ctx.device, seed=ctx.seed + ctx.index, log=ctx.log, name=ctx.name, callbacks=callbacks)
         return
-    from stages.distill import (
-        distillation_loss,
-        packed_accuracy,
-        teacher_of,
-        teacher_targets,
-    )
-
-    teacher, temperature = teacher_of(model, ctx)
+    teacher, temperature = teacher_of(model, ctx.data, f"stages.{ctx.name}", ctx.log)
     ctx.log.info("    fine-tuning on the distillation teacher's outputs (alpha %.2f, T %.1f)", params.teacher_alpha, temperature)
     loss = distillation_loss("kl", params.teacher_alpha, temperature)
     compile_model(keras_model, params, loss=loss, metrics=[packed_accuracy])
-    fit(keras_model, ctx, params, callbacks=callbacks, targets=teacher_targets(teacher, ctx.data))
-
-
-def pruning_schedule(params: PruneParams, final: float, end_step: int, frequency: int) -> Any:
-    """TFMOT's schedule object reaching `final` sparsity at `end_step` (see `mask_schedule`)."""
-    import tensorflow_model_optimization as tfmot
-
-    sparsity = tfmot.sparsity.keras
-    if params.schedule == "polynomial":
-        return sparsity.PolynomialDecay(min(params.initial_sparsity, final), final, 0, end_step, frequency=frequency)
-    return sparsity.ConstantSparsity(final, 0, end_step, frequency=frequency)
-
-
-def check_sparsity(model: Any, targets: dict[str, float], params: PruneParams, stage: str) -> float:
-    """The pruned layers' sparsity; PipelineError unless each reached its target (and the m:n pattern, when asked for)."""
-    for name, target in targets.items():
-        achieved = pruned_sparsity(model, [name])
-        # A layer's zeros are a whole number: a tiny layer may land one weight off its share.
-        if abs(achieved - target) > max(SPARSITY_TOLERANCE, 1 / max(1, kernel_sizes(model.get_layer(name)))):
-            raise PipelineError(
-                f"stages.{stage}: layer {name} reached {achieved:.1%} sparsity instead of {target:.1%}; "
-                f"raise stages.{stage}.epochs or lower stages.{stage}.frequency"
-            )
-    names = list(targets)
-    achieved = pruned_sparsity(model, names)
-    if params.m_by_n:
-        broken = [n for n in names if not follows_m_by_n(model.get_layer(n).get_weights()[0], params.m_by_n)]
-        if broken:
-            raise PipelineError(
-                f"stages.{stage}: layers {', '.join(broken)} miss the {params.m_by_n[0]}:{params.m_by_n[1]} pattern; "
-                f"raise stages.{stage}.epochs or lower stages.{stage}.frequency"
-            )
-    return achieved
-
-
-def follows_m_by_n(kernel: np.ndarray, m_by_n: list[int]) -> bool:
-    """Whether every group of n consecutive input-channel weights holds at least m zeros."""
-    m, n = m_by_n
-    groups = np.moveaxis(kernel, -2, -1).reshape(-1, n)
-    return bool(((groups == 0).sum(axis=1) >= m).all())
-
-
-def pruned_sparsity(model: Any, names: list[str] | None = None) -> float:
-    """Share of zeros in the kernels (weights of rank 2 or more) of the named layers (default: every layer)."""
-    kernels = [
-        weight.numpy() for layer in model.layers if names is None or layer.name in names
-        for weight in layer.weights if len(weight.shape) >= 2
-    ]
-    total = sum(k.size for k in kernels)
-    return float(sum(k.size - np.count_nonzero(k) for k in kernels) / total) if total else 0.0
+    fit(
+        keras_model, params, ctx.data, ctx.device, seed=ctx.seed + ctx.index, log=ctx.log, name=ctx.name, callbacks=callbacks,
+        targets=teacher_targets(teacher, ctx.data),
+    )

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from pipeline.errors import PipelineError
 from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.plugin.fields import Switch
-from pipeline.plugin.stage import StageContext
+from pipeline.plugin.stage import Stage, StageContext
 from pipeline.run.layer_plan import Action, LayerPlan, StagePlan
-from stages._fallback import Fallback, FallbackParams, FallbackStage, fall_back
-from stages._gates import GateParams, apply_gates
-from stages._serving import ServingParams, contract, for_serving
+from techniques.conversion import (
+    CALIBRATED,
+    CALIBRATION_SAMPLES,
+    FLOAT_MODES,
+    calibration_set,
+    convert,
+    convert_saved,
+    sparse_encoding,
+)
+from techniques.fallback import Fallback, FallbackParams, check_budget, fall_back, fallback_note
+from techniques.gates import GateParams, apply_gates
+from techniques.serving import ServingParams, contract, for_serving
 
-# Modes that calibrate activation ranges on a representative dataset.
-CALIBRATED = {"int8", "int16x8"}
-# Modes whose weights stay floating point.
-FLOAT_MODES = {"none", "float16"}
 # What each mode makes of a layer, in the layer plan.
 MODE_WORDS = {"none": "float32", "dynamic": "int8 weights", "float16": "float16 weights", "int8": "int8", "int16x8": "int16x8"}
 
@@ -38,7 +39,7 @@ class QuantizeParams(GateParams, ServingParams, FallbackParams):
         ),
     )
     calibration_samples: int = Field(
-        200, ge=1, le=100_000, description="Training examples used to calibrate int8/int16x8 ranges."
+        CALIBRATION_SAMPLES, ge=1, le=100_000, description="Training examples used to calibrate int8/int16x8 ranges."
     )
     keep_sparsity: Switch = Field(
         "auto",
@@ -58,11 +59,20 @@ class QuantizeParams(GateParams, ServingParams, FallbackParams):
         return self
 
 
-class QuantizeStage(FallbackStage[QuantizeParams]):
+class QuantizeStage(Stage[QuantizeParams]):
     """Keras model or inference-only SavedModel -> .tflite via tf.lite.TFLiteConverter."""
 
     accepts: ClassVar = frozenset({ModelFormat.KERAS, ModelFormat.SAVED_MODEL})
     produces: ClassVar = ModelFormat.TFLITE
+
+    @property
+    def uses_budget(self) -> bool:
+        return self.config.fallback == "auto"
+
+    def check_settings(self, settings: Any, where: str) -> None:
+        """The gates need a validation split; fallback=auto needs a recipe budget or the stage's tolerance."""
+        self.config.check_settings(settings, where)
+        check_budget(self.config, settings, where)
 
     def check_input(self, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:
         if self.config.fallback == "auto" and input_format is ModelFormat.SAVED_MODEL:
@@ -79,140 +89,39 @@ class QuantizeStage(FallbackStage[QuantizeParams]):
         return StagePlan(
             actions,
             f"TFLite {MODE_WORDS[mode]}{calibrated}; layers TFLite runs only in float are named after conversion"
-            f"{self.fallback_note()}",
+            f"{fallback_note(self.config)}",
         )
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         assert model is not None  # guaranteed by `accepts`
         params = self.config
         where = f"stages.{ctx.name}"
+        data = ctx.data
         if model.format is ModelFormat.SAVED_MODEL:  # a serving signature takes what it was saved to take
             keras_model, serving = model.load_model(), contract("preprocessed", "logits")
         else:
-            keras_model, ctx, serving = for_serving(model.load_keras(), ctx, params, integer=params.mode in CALIBRATED)
-        calibration = calibration_set(ctx, params)
+            keras_model, data, serving = for_serving(model.load_keras(), data, params, params.mode in CALIBRATED, ctx.log)
+        calibration = calibration_set(data.x_train, params.calibration_samples, ctx.seed)
         path = ctx.workdir / "model.tflite"
-        path.write_bytes(convert_saved(keras_model, params, calibration, where) if model.format is ModelFormat.SAVED_MODEL
-                         else convert(keras_model, params, calibration, sparse=False))
-        sparse = self.sparse_encoding(keras_model, model, calibration, path, ctx)
+        path.write_bytes(convert_saved(keras_model, params.mode, calibration, where) if model.format is ModelFormat.SAVED_MODEL
+                         else convert(keras_model, params.mode, calibration, sparse=False))
+        # XNNPACK's sparse kernels are floating-point only: a sparse-encoded integer model came out
+        # larger and did not run, so `auto` does not spend a second conversion finding that out.
+        worth_trying = Effect.PRUNED in model.effects and params.mode in FLOAT_MODES
+        sparse = sparse_encoding(keras_model, params.keep_sparsity, params.mode, worth_trying, calibration, path, where, ctx.log)
         metadata: dict[str, Any] = {
             **model.metadata, "quantization": params.mode, "sparse_encoding": sparse, "serving": serving,
             "calibration_samples": len(calibration) if params.mode in CALIBRATED else 0,
         }
-        fallen = fall_back(keras_model, calibration, path, params.accuracy_tolerance, ctx) if params.fallback == "auto" else Fallback()
+        fallen = Fallback()
+        if params.fallback == "auto":
+            fallen = fall_back(keras_model, calibration, path, params.accuracy_tolerance, data, ctx.budget, where, ctx.log)
         metadata.update(fallen.facts)
         gates = apply_gates(
-            params, params.mode == "int8", keras_model, path, ctx.data, where, fallen.float_layers, ctx.log, fallen.accuracies
+            params, params.mode == "int8", keras_model, path, data, where, fallen.float_layers, ctx.log, fallen.accuracies
         )
         metadata.update(gates.facts)
         return ModelArtifact(
             path, ModelFormat.TFLITE, ctx.name, model, metadata, self.output_effects(model),
             metrics=fallen.metrics, gate=gates.accuracies, reports=fallen.reports,
         )
-
-    def sparse_encoding(
-        self, keras_model: Any, model: ModelArtifact, calibration: np.ndarray, path: Path, ctx: StageContext
-    ) -> bool:
-        """Rewrite `path` sparse-encoded when asked to, or (auto) when that helps; True if it did."""
-        choice = self.config.keep_sparsity
-        # XNNPACK's sparse kernels are floating-point only: a sparse-encoded integer model came out
-        # larger and did not run, so `auto` does not spend a second conversion finding that out.
-        worth_trying = Effect.PRUNED in model.effects and self.config.mode in FLOAT_MODES
-        if choice == "false" or (choice == "auto" and not worth_trying):
-            return False
-        candidate = ctx.workdir / "sparse.tflite"
-        candidate.write_bytes(convert(keras_model, self.config, calibration, sparse=True))
-        runs, smaller = loads_in_litert(candidate), candidate.stat().st_size < path.stat().st_size
-        if choice == "true" and not runs:
-            raise PipelineError(
-                f"stages.{ctx.name}.keep_sparsity: LiteRT cannot run the sparse-encoded {self.config.mode} model; "
-                f"set stages.{ctx.name}.keep_sparsity=auto or false"
-            )
-        if choice == "true" or (runs and smaller):
-            candidate.replace(path)
-            return True
-        ctx.log.info("    sparse encoding kept dense (%s)", "larger" if runs else "not runnable in LiteRT")
-        candidate.unlink()
-        return False
-
-
-def loads_in_litert(path: Path) -> bool:
-    """Whether LiteRT can allocate and invoke the model (some sparse kernels are float-only)."""
-    from pipeline.measure import litert
-
-    runner = litert.interpreter(path, threads=1)
-    try:
-        runner.allocate_tensors()
-        runner.invoke()
-    except RuntimeError:
-        return False
-    return True
-
-
-def calibration_set(ctx: StageContext, params: QuantizeParams) -> np.ndarray:
-    """A seeded random sample of the training split (never the test split)."""
-    rng = np.random.default_rng(ctx.seed)
-    count = min(params.calibration_samples, len(ctx.data.x_train))
-    return ctx.data.x_train[rng.choice(len(ctx.data.x_train), size=count, replace=False)]
-
-
-def convert(keras_model: Any, params: QuantizeParams, calibration: np.ndarray, sparse: bool) -> bytes:
-    """The TFLite flatbuffer for `params.mode`."""
-    converter = configure_converter(keras_model, params, calibration)
-    if sparse:
-        import tensorflow as tf
-
-        converter.optimizations = [*converter.optimizations, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-    with warnings.catch_warnings():
-        # Emitted for every calibrated conversion from Keras; it asks for nothing we can supply.
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
-        return converter.convert()
-
-
-def convert_saved(signature_model: Any, params: QuantizeParams, calibration: np.ndarray, where: str) -> bytes:
-    """`convert` for an inference-only SavedModel, whose graph may hold what the converter cannot take.
-
-    A Keras model is made of layers the converter knows; a SavedModel is whatever was traced
-    (custom ops, variables updated at inference), and the converter fails deep inside on those.
-    """
-    try:
-        return convert(signature_model, params, calibration, sparse=False)
-    except Exception as error:  # noqa: BLE001 - the converter raises RuntimeError, ConverterError, ValueError
-        reason = " ".join(str(error).split())[-200:]
-        raise PipelineError(
-            f"{where}: the TFLite converter cannot convert the SavedModel {signature_model.path} ({reason}); "
-            "give the Keras model (.keras) instead"
-        ) from None
-
-
-def configure_converter(keras_model: Any, params: QuantizeParams, calibration: np.ndarray) -> Any:
-    """A TFLiteConverter set up for `params.mode`; reads the SavedModel itself for a signature model."""
-    import tensorflow as tf
-
-    from pipeline.models.savedmodel import SignatureModel
-
-    if isinstance(keras_model, SignatureModel):
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([keras_model.frozen()], keras_model.loaded)
-    else:
-        converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
-    if params.mode == "none":
-        return converter
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if params.mode == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    if params.mode in CALIBRATED:
-
-        def representative() -> Iterator[list[np.ndarray]]:
-            for example in calibration:
-                yield [example[np.newaxis].astype(np.float32)]
-
-        converter.representative_dataset = representative
-    if params.mode == "int8":
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    if params.mode == "int16x8":
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-        ]
-    return converter

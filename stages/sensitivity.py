@@ -15,16 +15,18 @@ import json
 import shutil
 from typing import Any
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from pipeline.errors import PipelineError
 from pipeline.plugin.artifact import Effect, ModelArtifact
 from pipeline.plugin.stage import Stage, StageContext
+from pipeline.private_api import prunable
 from pipeline.run.layer_plan import Action, LayerPlan, StagePlan
-from stages import _sparsity_plan as planning
-from stages._layers import LayerChoice, acted_on, choose_layers, left_alone
-from stages.prune import prunable
+from techniques import sparsity_plan as planning
+from techniques.conversion import CALIBRATION_SAMPLES, calibration_set
+from techniques.fallback import RANKING_EXAMPLES
+from techniques.layers import LayerChoice, acted_on, choose_layers, left_alone
+from techniques.quant_debug import int8_errors
 
 REPORTS = ("sensitivity.md", "sensitivity.png", "sparsity_plan.json")
 MEASURED = "measured"
@@ -96,8 +98,11 @@ class SensitivityStage(Stage[SensitivityParams]):
             raise PipelineError(f"{where}: the validation split is empty; set data.val_fraction (e.g. 0.1)")
         keras_model = model.load_keras()
         layers = [keras_model.get_layer(name) for name in acted_on(self.choose(keras_model, where), MEASURED)]
-        base, measured = measure_layers(keras_model, layers, sorted(set(params.sparsities)), x, y, ctx)
-        errors = int8_errors(keras_model, ctx) if params.int8_error else {}
+        base, measured = planning.measure_layers(keras_model, layers, sorted(set(params.sparsities)), x, y, ctx.log)
+        errors: dict[str, float] = {}
+        if params.int8_error:  # on the validation split, calibrated on the training split as quantize does
+            calibration = calibration_set(ctx.data.x_train, CALIBRATION_SAMPLES, ctx.seed)
+            errors = int8_errors(keras_model, calibration, ctx.data.x_val[:RANKING_EXAMPLES])
         measured = [dataclasses.replace(layer, int8_error=errors.get(layer.name)) for layer in measured]
         shares = planning.plan(measured, base, params.target_sparsity)
         measured = [dataclasses.replace(layer, planned=shares[layer.name]) for layer in measured]
@@ -126,49 +131,3 @@ class SensitivityStage(Stage[SensitivityParams]):
         ctx.log.info("    sensitivity (validation split):\n%s", text)
 
 
-def measure_layers(
-    keras_model: Any, layers: list[Any], sparsities: list[float], x: np.ndarray, y: np.ndarray, ctx: StageContext
-) -> tuple[float, list[planning.LayerSensitivity]]:
-    """The unpruned validation accuracy, and each layer's accuracy with it alone pruned to each sparsity."""
-    from pipeline.measure.metrics import batched, hits, keras_predict
-
-    forward, logits = keras_predict(keras_model, x)  # reads the weights when called: one trace serves every trial
-    base = hits(logits, y)
-
-    def accuracy() -> float:
-        return hits(batched(forward, x), y)
-
-    measured = []
-    for index, layer in enumerate(layers, 1):
-        kernel = layer.kernel.numpy()
-        found = {}
-        for sparsity in sparsities:
-            layer.kernel.assign(magnitude_pruned(kernel, sparsity))
-            found[sparsity] = accuracy()
-        layer.kernel.assign(kernel)
-        ctx.log.info(
-            "    [%d/%d] %s: %s", index, len(layers), layer.name,
-            ", ".join(f"{s:.0%} -> {a:.4f}" for s, a in found.items()),
-        )
-        measured.append(planning.LayerSensitivity(layer.name, type(layer).__name__, kernel.size, found))
-    return base, measured
-
-
-def magnitude_pruned(kernel: np.ndarray, sparsity: float) -> np.ndarray:
-    """`kernel` with its smallest-magnitude `sparsity` share of weights set to zero."""
-    count = round(sparsity * kernel.size)
-    flat = kernel.flatten()
-    if count:
-        flat[np.argpartition(np.abs(flat), count - 1)[:count]] = 0
-    return flat.reshape(kernel.shape)
-
-
-def int8_errors(keras_model: Any, ctx: StageContext) -> dict[str, float]:
-    """Each layer's int8 error on the validation split (calibrated on the training split, as quantize does)."""
-    from stages import _quant_debug as debug
-    from stages._fallback import RANKING_EXAMPLES
-    from stages.quantize import QuantizeParams, calibration_set
-
-    calibrated = debug.calibrate(keras_model, calibration_set(ctx, QuantizeParams()))
-    nodes = debug.layer_nodes(debug.quantize(calibrated), debug.keras_layer_names(keras_model))
-    return debug.layer_errors(calibrated, [], nodes, ctx.data.x_val[:RANKING_EXAMPLES])

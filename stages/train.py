@@ -8,7 +8,7 @@ from pydantic import Field
 
 from pipeline.plugin.artifact import STRUCTURAL, Effect, ModelArtifact, ModelFormat
 from pipeline.plugin.stage import Stage, StageContext
-from stages._training import FitParams, compile_model, fit, save_keras
+from techniques.training import FitParams, compile_model, fit, save_keras
 
 
 class TrainParams(FitParams):
@@ -32,5 +32,5 @@ class TrainStage(Stage[TrainParams]):
         if frozen:  # the model plugin froze its backbone for this first fit (see save_keras)
             ctx.log.info("    %s: %d backbone layers frozen; the head trains", ctx.name, len(frozen))
         compile_model(keras_model, self.config)
-        fit(keras_model, ctx, self.config)
-        return save_keras(keras_model, ctx, model, effects=self.output_effects(model))
+        fit(keras_model, self.config, ctx.data, ctx.device, seed=ctx.seed + ctx.index, log=ctx.log, name=ctx.name)
+        return save_keras(keras_model, model, ctx.workdir, ctx.name, ctx.log, effects=self.output_effects(model))

@@ -63,3 +63,15 @@ def standardized_cnn(data):
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(32, activation="relu", name="hidden")(x)
     return keras.Model(inputs, layers.Dense(data.num_classes, name="logits")(x), name="standardized_cnn")
+
+
+def trained_standardized(tmp_path: Path):
+    """`standardized_cnn` trained on digits for 10 epochs, saved as a train stage's artifact: int8 ruins it."""
+    from stages.train import TrainParams
+    from techniques.training import compile_model, fit, save_keras
+
+    ctx = context(tmp_path, "train")
+    model, params = standardized_cnn(ctx.data), TrainParams(epochs=10)
+    compile_model(model, params)
+    fit(model, params, ctx.data, ctx.device, seed=ctx.seed + ctx.index, log=ctx.log, name=ctx.name)
+    return save_keras(model, None, ctx.workdir, ctx.name, ctx.log, effects=frozenset())

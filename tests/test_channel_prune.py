@@ -8,8 +8,9 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.measure.macs import keras_macs
 from pipeline.plugin.artifact import Effect
-from stages.channel_prune import ChannelPruneParams, ChannelPruneStage, spread
+from stages.channel_prune import ChannelPruneParams, ChannelPruneStage
 from stages.distill import DistillParams, DistillStage
+from techniques.channel_plan import spread
 from tests._tiny import accuracy, context
 
 

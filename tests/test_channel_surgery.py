@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.measure.macs import keras_macs
-from stages._channel_graph import analyse
-from stages._surgery import choose, counted_macs, indices, rebuild, scores
+from techniques.channel_graph import analyse
+from techniques.surgery import choose, counted_macs, indices, rebuild, scores
 
 
 def keras():

@@ -7,8 +7,10 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.plugin.artifact import Effect
-from stages.cluster import ClusterParams, ClusterStage, check_kept_sparsity, clusters_for, unique_values
-from stages.prune import PruneParams, PruneStage, pruned_sparsity
+from stages.cluster import ClusterParams, ClusterStage
+from stages.prune import PruneParams, PruneStage
+from techniques.clustering import check_kept_sparsity, clusters_for, unique_values
+from techniques.pruning import pruned_sparsity
 from tests._tiny import accuracy, context
 
 

@@ -160,14 +160,14 @@ def test_mixed_precision_keeps_float32_outputs_and_converts_to_tflite(tmp_path):
 
 
 def test_xla_path_compiles_training_with_fixed_batches(tmp_path):
-    from stages._training import steps_per_epoch
     from stages.train import TrainParams, TrainStage
+    from techniques.training import steps_per_epoch
 
     device = DeviceSetup(DeviceParams(jit_compile=True))
     ctx = dataclasses.replace(context(tmp_path, "train"), device=device)
     params = TrainParams(epochs=2, batch_size=100)
     assert device.resolve().jit_compile and device.resolve().drop_remainder  # auto: fixed shapes for XLA
-    assert steps_per_epoch(ctx, params) == len(ctx.data.x_train) // 100
+    assert steps_per_epoch(ctx.data, ctx.device, params) == len(ctx.data.x_train) // 100
     batches = list(device.dataset(ctx.data.x_train, ctx.data.y_train, 100, seed=0))
     assert {len(x) for x, _ in batches} == {100}
     with device.scope():

@@ -8,7 +8,8 @@ import pytest
 from pipeline.config.recipe import check_recipe
 from pipeline.errors import PipelineError
 from pipeline.plugin.artifact import Effect
-from stages.distill import DistillParams, DistillStage, distillation_loss, pack
+from stages.distill import DistillParams, DistillStage
+from techniques.distillation import distillation_loss, pack
 from tests._runs import compose_config
 from tests._tiny import accuracy, context
 
@@ -105,7 +106,8 @@ def test_missing_teacher_file_and_bad_student_are_named(tmp_path):
 
 
 def test_pruning_keeps_learning_from_the_distillation_teacher(tmp_path, trained, caplog):
-    from stages.prune import PruneParams, PruneStage, pruned_sparsity
+    from stages.prune import PruneParams, PruneStage
+    from techniques.pruning import pruned_sparsity
 
     student = DistillStage(DistillParams(student={"name": "small_cnn", "width": 0.5}, epochs=2)).run(
         trained, context(tmp_path, "distill", 1)

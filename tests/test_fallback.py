@@ -13,24 +13,20 @@ from pipeline.measure import litert
 from pipeline.measure.metrics import validation_accuracy
 from pipeline.plugin.artifact import ModelArtifact, ModelFormat
 from pipeline.run.budget import Budget
-from stages import _quant_debug as debug
-from stages._fallback import float_kept, search
-from stages._gates import float_operators, integer_gate
-from stages._training import compile_model, fit, save_keras
-from stages.qat import QuantizeAwareParams, QuantizeAwareStage, quantize_aware
-from stages.quantize import QuantizeParams, QuantizeStage, calibration_set
-from stages.train import TrainParams
-from tests._tiny import context, standardized_cnn
+from stages.qat import QuantizeAwareParams, QuantizeAwareStage
+from stages.quantize import QuantizeParams, QuantizeStage
+from techniques import quant_debug as debug
+from techniques.conversion import CALIBRATION_SAMPLES, calibration_set
+from techniques.fallback import float_kept, search
+from techniques.gates import float_operators, integer_gate
+from techniques.qat import quantize_aware
+from tests._tiny import context, trained_standardized
 
 
 @pytest.fixture(scope="module")
 def standardized(tmp_path_factory):
     """The per-pixel standardising CNN trained on digits: int8 ruins it."""
-    ctx = context(tmp_path_factory.mktemp("standardized"), "train")
-    model, params = standardized_cnn(ctx.data), TrainParams(epochs=10)
-    compile_model(model, params)
-    fit(model, ctx, params)
-    return save_keras(model, ctx, None, effects=frozenset())
+    return trained_standardized(tmp_path_factory.mktemp("standardized"))
 
 
 def with_budget(ctx, reference: float, drop: float):
@@ -48,7 +44,7 @@ def quantize(model, tmp_path, budget_drop=None, **params):
 def test_each_layer_gets_its_own_int8_error_and_the_hostile_one_ranks_first(tmp_path, standardized):
     ctx = context(tmp_path, "x")
     keras_model = standardized.load_keras()
-    calibrated = debug.calibrate(keras_model, calibration_set(ctx, QuantizeParams()))
+    calibrated = debug.calibrate(keras_model, calibration_set(ctx.data.x_train, CALIBRATION_SAMPLES, ctx.seed))
     nodes = debug.layer_nodes(debug.quantize(calibrated), debug.keras_layer_names(keras_model))
     assert {"normalization", "conv", "hidden", "logits"} <= set(nodes)  # the last op is found by its weights
     errors = debug.layer_errors(calibrated, [], nodes, ctx.data.x_val[:64])
@@ -94,7 +90,7 @@ def test_the_search_fails_in_one_line_when_even_every_layer_float_misses_the_flo
     caplog.set_level(logging.INFO, logger="test")
     ctx = context(tmp_path, "x")
     keras_model = standardized.load_keras()
-    calibrated = debug.calibrate(keras_model, calibration_set(ctx, QuantizeParams()))
+    calibrated = debug.calibrate(keras_model, calibration_set(ctx.data.x_train, CALIBRATION_SAMPLES, ctx.seed))
     with pytest.raises(PipelineError, match=r"^stages.quantize.fallback: even with all 6 quantized layers float .* below the floor 1.0000"):
         search(calibrated, debug.keras_layer_names(keras_model), ctx.data, 1.0, "stages.quantize", ctx.log)
     # One model per added layer, worst first: the hostile layer before the rest.
@@ -145,7 +141,8 @@ def test_the_integer_gate_accepts_only_the_layers_the_fallback_kept_float(tmp_pa
     hidden = keras_model.layers[-2].name
     aware, _ = quantize_aware(keras_model, "default", [hidden])
     path = tmp_path / "kept.tflite"
-    path.write_bytes(float_kept(aware, calibration_set(context(tmp_path, "qat", 1), QuantizeParams()), [hidden]))
+    ctx = context(tmp_path, "qat", 1)
+    path.write_bytes(float_kept(aware, calibration_set(ctx.data.x_train, CALIBRATION_SAMPLES, ctx.seed), [hidden]))
     integer_gate(path, "stages.qat", aware, [hidden])  # float on purpose: accepted
     # Named as the layer the QAT wrapper wraps, as the user knows it.
     with pytest.raises(PipelineError, match=rf"^stages.qat.require_integer: layers the int8 kernels cannot run stay float: {hidden} \(Dense\): FULLY_CONNECTED"):
@@ -156,7 +153,7 @@ def test_a_qat_candidate_is_fine_tuned_and_converted_with_the_chosen_layers_floa
     ctx = context(tmp_path, "qat", 1)
     hidden = trained.load_keras().layers[-2].name
     stage = QuantizeAwareStage(QuantizeAwareParams(epochs=1, fallback="auto", accuracy_tolerance=0.5))
-    calibration = calibration_set(ctx, QuantizeParams())
+    calibration = calibration_set(ctx.data.x_train, CALIBRATION_SAMPLES, ctx.seed)
     flatbuffer = stage.candidate(trained, "default", calibration, ctx, lambda model: model, calibration, [hidden])
     path = tmp_path / "candidate.tflite"
     path.write_bytes(flatbuffer)

@@ -15,10 +15,10 @@ import pytest
 
 from pipeline.data import Preprocessing
 from pipeline.errors import PipelineError
-from stages import _quant_debug as debug
-from stages._fallback import float_kept
-from stages._gates import GateParams, apply_gates, float_layers, integer_gate
-from stages._serving import serving_model
+from techniques import quant_debug as debug
+from techniques.fallback import float_kept
+from techniques.gates import GateParams, apply_gates, float_layers, integer_gate
+from techniques.serving import serving_model
 
 WHERE = "stages.quantize"
 

@@ -9,10 +9,10 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.measure.metrics import validation_accuracy
-from stages._gates import float_operators, integer_gate
 from stages.export import ExportParams, ExportStage
 from stages.prune import PruneParams, PruneStage
 from stages.quantize import QuantizeParams, QuantizeStage
+from techniques.gates import float_operators, integer_gate
 from tests._tiny import accuracy, context
 
 

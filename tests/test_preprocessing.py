@@ -13,7 +13,7 @@ from pipeline.data.arrays import CsvParams, CsvSource, NpzParams, NpzSource
 from pipeline.data.idx import IdxParams, IdxSource
 from pipeline.data.images import ImageFolderParams, ImageFolderSource
 from pipeline.data.preprocessing import Clip, Rescale, Standardize, fit_steps
-from stages._serving import choose_inputs
+from techniques.serving import choose_inputs
 from tests._data_files import idx_folder, write_csv
 
 RNG = np.random.default_rng(0)

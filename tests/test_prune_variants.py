@@ -7,8 +7,9 @@ import pytest
 
 from pipeline.config.recipe import check_recipe
 from pipeline.errors import PipelineError
-from stages.prune import PruneParams, PruneStage, follows_m_by_n, pruned_sparsity
+from stages.prune import PruneParams, PruneStage
 from stages.quantize import QuantizeParams, QuantizeStage
+from techniques.pruning import follows_m_by_n, pruned_sparsity
 from tests._runs import compose_config
 from tests._tiny import context
 

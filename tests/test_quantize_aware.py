@@ -124,7 +124,7 @@ def test_explicit_pqat_on_an_unpruned_model_fails_at_run(tmp_path, trained):
 def test_activation_ranges_start_at_the_data_not_at_tfmot_defaults(trained):
     import tf_keras as keras
 
-    from stages.qat import quantize_aware, settle_ranges
+    from techniques.qat import quantize_aware, settle_ranges
     from tests._tiny import digits
 
     x = digits().x_train[:256]
@@ -144,7 +144,7 @@ def test_ranges_of_a_layer_called_twice_cover_both_calls():
     import tf_keras as keras
 
     from pipeline.models.flatten import flatten
-    from stages.qat import quantize_aware, settle_ranges
+    from techniques.qat import quantize_aware, settle_ranges
     from tests._tiny import digits
     from tests._user_models import shared_layer
 

@@ -12,10 +12,8 @@ from pipeline.config.settings import SAFETY_NET, BudgetParams
 from pipeline.errors import PipelineError
 from pipeline.run.budget import Ledger, check_shipped
 from pipeline.run.runner import RunInfo, run
-from stages._training import compile_model, fit, save_keras
-from stages.train import TrainParams
 from tests._runs import compose_config
-from tests._tiny import context, standardized_cnn
+from tests._tiny import trained_standardized
 
 
 def books(*accuracies: tuple[str, float], allowed: float = SAFETY_NET) -> Ledger:
@@ -55,11 +53,7 @@ def test_no_validation_split_leaves_nothing_to_check():
 @pytest.fixture(scope="module")
 def hostile_file(tmp_path_factory):
     """A trained CNN that standardises each pixel inside the model: full-integer int8 ruins it."""
-    ctx = context(tmp_path_factory.mktemp("hostile"), "train")
-    model, params = standardized_cnn(ctx.data), TrainParams(epochs=10)
-    compile_model(model, params)
-    fit(model, ctx, params)
-    return save_keras(model, ctx, None, effects=frozenset()).path
+    return trained_standardized(tmp_path_factory.mktemp("hostile")).path
 
 
 def ptq(tmp_path, model_path, *overrides):

@@ -15,11 +15,12 @@ from pipeline.plugin.artifact import Effect
 from pipeline.run.budget import Ledger
 from pipeline.run.layer_plan import Action, LayerPlan
 from pipeline.run.runner import StageOutcome, account
-from stages._layers import acted_on
-from stages._sparsity_plan import LayerSensitivity, plan
-from stages.prune import PruneParams, PruneStage, pruned_sparsity
-from stages.sensitivity import SensitivityParams, SensitivityStage, magnitude_pruned
+from stages.prune import PruneParams, PruneStage
+from stages.sensitivity import SensitivityParams, SensitivityStage
 from stages.train import TrainParams, TrainStage
+from techniques.layers import acted_on
+from techniques.pruning import magnitude_pruned, pruned_sparsity
+from techniques.sparsity_plan import LayerSensitivity, plan
 from tests._runs import compose_config
 from tests._tiny import context
 from tests._user_models import nested_blocks

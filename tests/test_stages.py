@@ -11,9 +11,10 @@ from pipeline.errors import PipelineError
 from pipeline.measure.metrics import file_sizes, measure
 from pipeline.plugin.artifact import ModelArtifact, ModelFormat
 from stages.export import ExportParams, ExportStage
-from stages.prune import PruneParams, mask_schedule
+from stages.prune import PruneParams
 from stages.quantize import QuantizeParams, QuantizeStage
 from stages.train import TrainParams, TrainStage
+from techniques.pruning import mask_schedule
 from tests._tiny import context, digits
 
 QUICK = MeasureParams(latency_runs=3, warmup_runs=1)
@@ -64,7 +65,8 @@ def test_export_without_a_source_format_names_the_fix(tmp_path):
 @pytest.mark.parametrize("total_steps", [2, 3, 7, 40, 41, 99, 100, 1000, 12345])
 @pytest.mark.parametrize("ramp_fraction", [0.05, 0.5, 0.7, 1.0])
 def test_mask_schedule_always_reaches_the_target_inside_training(total_steps, ramp_fraction):
-    end_step, frequency = mask_schedule(PruneParams(ramp_fraction=ramp_fraction), total_steps)
+    params = PruneParams(ramp_fraction=ramp_fraction)
+    end_step, frequency = mask_schedule(params.ramp_fraction, params.frequency, total_steps)
     assert 1 <= end_step <= total_steps - 1  # steps run 0 .. total_steps - 1
     assert end_step % frequency == 0  # TFMOT updates masks only on multiples of frequency
 

@@ -9,14 +9,13 @@ SavedModel files.
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 from typing import Any, Literal
 
 from pydantic import Field
 
 from pipeline.data import Dataset, Preprocessing
 from pipeline.plugin.schema import Params
-from pipeline.plugin.stage import StageContext
 
 INPUT_NAME = "features"
 SIGNATURE = "serving_default"
@@ -67,16 +66,18 @@ def serving_model(keras_model: Any, preprocessing: Preprocessing, inputs: str, o
     return keras.Model(features, y, name=keras_model.name)
 
 
-def for_serving(keras_model: Any, ctx: StageContext, params: ServingParams, integer: bool) -> tuple[Any, StageContext, dict[str, str]]:
-    """The model as it will be converted, the context whose data it sees, and its contract facts.
+def for_serving(
+    keras_model: Any, data: Dataset, params: ServingParams, integer: bool, log: logging.Logger
+) -> tuple[Any, Dataset, dict[str, str]]:
+    """The model as it will be converted, the data as it sees them, and its contract facts.
 
-    For raw inputs the context's data is the raw view: calibration and gates see raw inputs.
+    For raw inputs the data are the raw view: calibration and gates see raw inputs.
     """
-    inputs, why = choose_inputs(params.inputs, ctx.data.preprocessing, integer)
-    ctx.log.info("    inputs: %s (%s); outputs: %s", inputs, why, params.outputs)
-    model = serving_model(keras_model, ctx.data.preprocessing, inputs, params.outputs)
-    data: Dataset = ctx.data.raw() if inputs == "raw" else ctx.data
-    return model, dataclasses.replace(ctx, data=data), contract(inputs, params.outputs)
+    inputs, why = choose_inputs(params.inputs, data.preprocessing, integer)
+    log.info("    inputs: %s (%s); outputs: %s", inputs, why, params.outputs)
+    model = serving_model(keras_model, data.preprocessing, inputs, params.outputs)
+    served: Dataset = data.raw() if inputs == "raw" else data
+    return model, served, contract(inputs, params.outputs)
 
 
 def contract(inputs: str, outputs: str) -> dict[str, str]:

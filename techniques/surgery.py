@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.measure.macs import calls, layer_macs
-from stages._channel_graph import ChannelGraph, Layout
+from techniques.channel_graph import ChannelGraph, Layout
 
 Kept = Mapping[int, np.ndarray]  # group representative -> sorted indices of the channels that stay
 

@@ -129,7 +129,7 @@ def float_ops(path: Path, keras_model: Any = None) -> list[tuple[str, str | None
     """Each operator that reads or writes a floating-point tensor: its name and, given the Keras
     model the file was converted from, the layer it computes (None for ops of no known layer)."""
     from pipeline.private_api import read_tflite, tflite_operator_names
-    from stages._quant_debug import LayerNames, keras_layer_names, operator_layers, operator_name
+    from techniques.quant_debug import LayerNames, keras_layer_names, operator_layers, operator_name
 
     codes = tflite_operator_names()
     names = keras_layer_names(keras_model) if keras_model is not None else LayerNames()

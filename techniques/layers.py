@@ -9,7 +9,7 @@ and the wrapping during the stage, so the plan shows what the stage does.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import Field
 
@@ -30,12 +30,22 @@ class LayerChoice(Params):
     )
 
 
+class Chosen(Protocol):
+    """Anything that names layers to act on and layers to skip, as LayerChoice does."""
+
+    @property
+    def layers(self) -> list[str]: ...
+
+    @property
+    def skip_layers(self) -> list[str]: ...
+
+
 def matches(layer: Any, patterns: list[str]) -> bool:
     """Whether `layer`'s name or class name is among `patterns`."""
     return layer.name in patterns or type(layer).__name__ in patterns
 
 
-def check_names(model: Any, choice: LayerChoice, where: str) -> None:
+def check_names(model: Any, choice: Chosen, where: str) -> None:
     """Fail on a name or type that matches no layer: a typo would otherwise select nothing."""
     for key in ("layers", "skip_layers"):
         check_patterns(model, getattr(choice, key), f"{where}.{key}")

@@ -1,17 +1,23 @@
-"""Keras training shared by every stage that fits a model (train, prune fine-tuning, ...)."""
+"""Keras training shared by every stage that fits a model (train, prune fine-tuning, ...).
+
+`name` is the stage's name, which the log lines and errors show; `seed` the stage's own seed.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
+from pipeline.data import Dataset
 from pipeline.device.precision import float32_copy, is_mixed
+from pipeline.device.setup import DeviceSetup
 from pipeline.errors import PipelineError
 from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.plugin.schema import Params
-from pipeline.plugin.stage import StageContext
 
 
 class FitParams(Params):
@@ -26,9 +32,9 @@ class FitParams(Params):
     )
 
 
-def steps_per_epoch(ctx: StageContext, params: FitParams) -> int:
+def steps_per_epoch(data: Dataset, device: DeviceSetup, params: FitParams) -> int:
     """Training steps in one epoch, as the device's batching makes them (global batch, drop_remainder)."""
-    return ctx.device.steps(len(ctx.data.x_train), params.batch_size)
+    return device.steps(len(data.x_train), params.batch_size)
 
 
 def compile_model(model: Any, params: FitParams, loss: Any = None, metrics: list[Any] | None = None) -> None:
@@ -47,8 +53,8 @@ def compile_model(model: Any, params: FitParams, loss: Any = None, metrics: list
 
 
 def fit(
-    model: Any, ctx: StageContext, params: FitParams, callbacks: list[Any] | None = None,
-    targets: tuple[Any, Any] | None = None,
+    model: Any, params: FitParams, data: Dataset, device: DeviceSetup, *, seed: int, log: logging.Logger, name: str,
+    callbacks: list[Any] | None = None, targets: tuple[Any, Any] | None = None,
 ) -> Any:
     """Seeded fit on the training split with per-epoch progress; fails clearly on a NaN loss.
 
@@ -57,26 +63,28 @@ def fit(
     """
     import tf_keras as keras
 
-    keras.utils.set_random_seed(ctx.seed + ctx.index)
-    data, device = ctx.data, ctx.device
+    keras.utils.set_random_seed(seed)
     y_train, y_val = targets or (data.y_train, data.y_val)
-    train = device.dataset(data.x_train, y_train, params.batch_size, seed=ctx.seed + ctx.index, cache=device.params.cache)
+    train = device.dataset(data.x_train, y_train, params.batch_size, seed=seed, cache=device.params.cache)
     if device.resolve().jit_compile:
         model.jit_compile = True  # resets the compiled train function, so it applies to an already compiled model
-    warn_if_not_mixed(model, ctx)
+    warn_if_not_mixed(model, device, log, name)
     if device.resolve().strategy == "one_device":
         create_step_variables(model, data.x_train[:1], y_train[:1])
     history = model.fit(
         train,
         epochs=params.epochs,
-        validation_data=validation_set(ctx, data.x_val, y_val, params.batch_size),
+        validation_data=validation_set(device, data.x_val, y_val, params.batch_size, log, name),
         verbose=0,
-        callbacks=[*(callbacks or []), *lr_callbacks(params), *batch_norm_statistics(model, ctx), epoch_logger(ctx, params.epochs)],
+        callbacks=[
+            *(callbacks or []), *lr_callbacks(params), *batch_norm_statistics(model, data.x_train, seed),
+            epoch_logger(params.epochs, log, name),
+        ],
     )
-    check_finite(model, history, ctx)
-    warn_if_chance(history, ctx)
+    check_finite(model, history, name)
+    warn_if_chance(history, data.y_val, log, name)
     if device.multi_worker:  # the workers' logs show that they ended with the same weights
-        ctx.log.info("    %s: worker %d weights %s", ctx.name, device.role.index, weights_digest(model))
+        log.info("    %s: worker %d weights %s", name, device.role.index, weights_digest(model))
     return history
 
 
@@ -93,7 +101,7 @@ def batch_norm_layers(model: Any) -> list[Any]:
     return [layer for layer in found if isinstance(layer, keras.layers.BatchNormalization)]
 
 
-def batch_norm_statistics(model: Any, ctx: StageContext) -> list[Any]:
+def batch_norm_statistics(model: Any, x: Any, seed: int) -> list[Any]:
     """A callback that re-estimates BatchNormalization's moving statistics at the end of each epoch.
 
     keras.applications builds BatchNormalization with momentum 0.999: after a few hundred steps the
@@ -111,8 +119,7 @@ def batch_norm_statistics(model: Any, ctx: StageContext) -> list[Any]:
     layers = batch_norm_layers(model)
     if not layers:
         return []
-    rng = np.random.default_rng(ctx.seed + ctx.index)
-    x = ctx.data.x_train
+    rng = np.random.default_rng(seed)
     sample = x[rng.choice(len(x), size=min(len(x), STATISTICS_EXAMPLES), replace=False)]
 
     class _Reestimate(keras.callbacks.Callback):
@@ -139,20 +146,20 @@ def reestimate_statistics(model: Any, layers: list[Any], x: Any, batch_size: int
             layer.momentum = momentum
 
 
-def warn_if_chance(history: Any, ctx: StageContext) -> None:
+def warn_if_chance(history: Any, y_val: Any, log: logging.Logger, name: str) -> None:
     """One warning when validation accuracy stays at chance while training accuracy climbs."""
     import numpy as np
 
     train, val = history.history.get("accuracy", []), history.history.get("val_accuracy", [])
-    if not val or not len(ctx.data.y_val):
+    if not val or not len(y_val):
         return
-    chance = float(np.bincount(ctx.data.y_val.astype(int)).max() / len(ctx.data.y_val))  # always the commonest class
+    chance = float(np.bincount(y_val.astype(int)).max() / len(y_val))  # always the commonest class
     if max(val) <= chance + 0.02 and train[-1] >= chance + 0.2:
-        ctx.log.warning(
+        log.warning(
             "    %s: validation accuracy stays at chance (%.2f) while training accuracy reached %.2f: the model "
             "behaves differently in inference mode; likely causes: BatchNormalization statistics or Dropout of "
             "layers called with training=True, or validation data unlike the training data",
-            ctx.name, max(val), train[-1],
+            name, max(val), train[-1],
         )
 
 
@@ -183,28 +190,27 @@ def weights_digest(model: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def validation_set(ctx: StageContext, x: Any, y: Any, batch_size: int) -> Any:
+def validation_set(device: DeviceSetup, x: Any, y: Any, batch_size: int, log: logging.Logger, name: str) -> Any:
     """The validation split as a dataset, or None when it is empty or makes no full fixed-shape batch."""
-    device = ctx.device
     if not len(x):
         return None
     if device.resolve().drop_remainder and len(x) < device.global_batch(batch_size):
-        ctx.log.warning("    %s: %d validation examples make no full batch; validation is skipped", ctx.name, len(x))
+        log.warning("    %s: %d validation examples make no full batch; validation is skipped", name, len(x))
         return None
     return device.dataset(x, y, batch_size)
 
 
-def warn_if_not_mixed(model: Any, ctx: StageContext) -> None:
+def warn_if_not_mixed(model: Any, device: DeviceSetup, log: logging.Logger, name: str) -> None:
     """Say so when a mixed precision was asked for but this model computes in float32.
 
     Models are stored in float32; a stage that fine-tunes an incoming model (TFMOT's wrappers
     included) trains it as stored, and only models a stage builds follow the mixed policy.
     """
-    precision = ctx.device.resolve().precision
+    precision = device.resolve().precision
     if precision != "float32" and not is_mixed(model):
-        ctx.log.warning(
+        log.warning(
             "    %s: trains in float32; device.precision=%s applies to newly built models, not to fine-tuned "
-            "or TFMOT-wrapped ones", ctx.name, precision,
+            "or TFMOT-wrapped ones", name, precision,
         )
 
 
@@ -221,7 +227,7 @@ def lr_callbacks(params: FitParams) -> list[Any]:
     return [keras.callbacks.LearningRateScheduler(cosine)]
 
 
-def check_finite(model: Any, history: Any, ctx: StageContext) -> None:
+def check_finite(model: Any, history: Any, name: str) -> None:
     """Fail the stage when training diverged: a NaN/inf loss or any non-finite weight.
 
     Diverged weights otherwise surface much later as an opaque TFLite converter or runtime error.
@@ -233,29 +239,29 @@ def check_finite(model: Any, history: Any, ctx: StageContext) -> None:
     if diverged or not all(np.isfinite(w).all() for w in model.get_weights()):
         final = losses[-1] if losses else float("nan")
         raise PipelineError(
-            f"stages.{ctx.name}: training diverged (final loss {final:.4g}, non-finite weights or loss); "
-            f"lower stages.{ctx.name}.learning_rate or check the data for extreme values"
+            f"stages.{name}: training diverged (final loss {final:.4g}, non-finite weights or loss); "
+            f"lower stages.{name}.learning_rate or check the data for extreme values"
         )
 
 
 def save_keras(
-    model: Any, ctx: StageContext, parent: ModelArtifact | None, *, effects: frozenset[Effect],
-    metrics: dict[str, float] | None = None, **metadata: Any,
+    model: Any, parent: ModelArtifact | None, workdir: Path, name: str, log: logging.Logger, *,
+    effects: frozenset[Effect], metrics: dict[str, float] | None = None, **metadata: Any,
 ) -> ModelArtifact:
-    """Save `model` as `<workdir>/model.keras` and describe it as this stage's artifact.
+    """Save `model` as `<workdir>/model.keras` and describe it as the artifact of stage `name`.
 
     `effects` is what the model has been through (the stage's `output_effects`). Metadata of
     earlier stages is carried over (a later stage learns which layers were pruned), then updated
     with this stage's facts; `metrics` are numbers about this stage's own work.
     """
-    path = ctx.workdir / "model.keras"
-    unfreeze(model, ctx)
+    path = workdir / "model.keras"
+    unfreeze(model, log, name)
     without_training_state(float32_copy(model)).save(path)
     metadata = {**(parent.metadata if parent is not None else {}), **metadata}
-    return ModelArtifact(path, ModelFormat.KERAS, ctx.name, parent, metadata, effects, metrics or {})
+    return ModelArtifact(path, ModelFormat.KERAS, name, parent, metadata, effects, metrics or {})
 
 
-def unfreeze(model: Any, ctx: StageContext) -> None:
+def unfreeze(model: Any, log: logging.Logger, name: str) -> None:
     """Make the layers a model plugin froze for the first training stage trainable again.
 
     A backbone frozen for its first fit (`trainable_backbone: false`) lists them in
@@ -264,9 +270,9 @@ def unfreeze(model: Any, ctx: StageContext) -> None:
     names = getattr(model, "frozen_layers", None)
     if not names:
         return
-    for name in names:
-        model.get_layer(name).trainable = True
-    ctx.log.info("    %s: %d backbone layers were frozen for this stage; later stages train the whole model", ctx.name, len(names))
+    for layer in names:
+        model.get_layer(layer).trainable = True
+    log.info("    %s: %d backbone layers were frozen for this stage; later stages train the whole model", name, len(names))
     model.frozen_layers = []
 
 
@@ -286,7 +292,7 @@ def without_training_state(model: Any) -> Any:
     return clone
 
 
-def epoch_logger(ctx: StageContext, epochs: int) -> Any:
+def epoch_logger(epochs: int, log: logging.Logger, name: str) -> Any:
     """A Keras callback logging one line per epoch, and stopping training once the loss is NaN.
 
     It acts at epoch ends only: a per-batch hook (Keras' TerminateOnNaN) reads the loss back
@@ -300,7 +306,7 @@ def epoch_logger(ctx: StageContext, epochs: int) -> Any:
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs or {}
             shown = ", ".join(f"{k}={v:.4f}" for k, v in logs.items())
-            ctx.log.info("    %s epoch %d/%d: %s", ctx.name, epoch + 1, epochs, shown)
+            log.info("    %s epoch %d/%d: %s", name, epoch + 1, epochs, shown)
             raise_if_interrupted()
             if not math.isfinite(logs.get("loss", 0.0)):
                 self.model.stop_training = True  # check_finite then reports it

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pipeline.errors import PipelineError
 from pipeline.run.layer_plan import Action
-from stages._layers import check_patterns
+from techniques.layers import check_patterns
 
 DEFAULT = "default"
 PLAN = "plan"

@@ -280,3 +280,10 @@ def squares(quantized: np.ndarray, reference: np.ndarray, scale: float, zero_poi
     """(sum of squared quantization errors, sum of squared float values) of one op's output."""
     noise = reference - (quantized.astype(np.float32) - zero_point) * scale
     return np.array([float(np.sum(np.square(noise))), float(np.sum(np.square(reference)))])
+
+
+def int8_errors(keras_model: Any, calibration: np.ndarray, x: np.ndarray) -> dict[str, float]:
+    """Each layer's int8 error on examples `x`, with activation ranges calibrated on `calibration`."""
+    calibrated = calibrate(keras_model, calibration)
+    nodes = layer_nodes(quantize(calibrated), keras_layer_names(keras_model))
+    return layer_errors(calibrated, [], nodes, x)

@@ -1,5 +1,5 @@
 """A per-layer sparsity plan from measured sensitivities: the tolerant layers pruned harder, the
-overall sparsity the same. Also the sensitivity table and plot a person reads.
+overall sparsity the same. Also the measurements themselves, and the sensitivity table and plot a person reads.
 
 Each layer was pruned alone, one-shot, to a few sparsities and the validation accuracy measured.
 The plan starts with every layer dense and repeatedly raises the layer whose next step zeroes the
@@ -11,9 +11,15 @@ the pruned, fine-tuned model.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from techniques.pruning import magnitude_pruned
 
 # A tiny cost per unit of sparsity: among layers whose measured drops are equal (often zero), the
 # larger layer is raised first, since it zeroes more weights per step.
@@ -30,6 +36,34 @@ class LayerSensitivity:
     accuracy: dict[float, float]
     int8_error: float | None = None
     planned: float = field(default=0.0, compare=False)
+
+
+def measure_layers(
+    keras_model: Any, layers: list[Any], sparsities: list[float], x: np.ndarray, y: np.ndarray, log: logging.Logger
+) -> tuple[float, list[LayerSensitivity]]:
+    """The unpruned validation accuracy, and each layer's accuracy with it alone pruned to each sparsity."""
+    from pipeline.measure.metrics import batched, hits, keras_predict
+
+    forward, logits = keras_predict(keras_model, x)  # reads the weights when called: one trace serves every trial
+    base = hits(logits, y)
+
+    def accuracy() -> float:
+        return hits(batched(forward, x), y)
+
+    measured = []
+    for index, layer in enumerate(layers, 1):
+        kernel = layer.kernel.numpy()
+        found = {}
+        for sparsity in sparsities:
+            layer.kernel.assign(magnitude_pruned(kernel, sparsity))
+            found[sparsity] = accuracy()
+        layer.kernel.assign(kernel)
+        log.info(
+            "    [%d/%d] %s: %s", index, len(layers), layer.name,
+            ", ".join(f"{s:.0%} -> {a:.4f}" for s, a in found.items()),
+        )
+        measured.append(LayerSensitivity(layer.name, type(layer).__name__, kernel.size, found))
+    return base, measured
 
 
 def plan(layers: Sequence[LayerSensitivity], base: float, target: float) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Float fallback: keep the fewest layers float that bring a full-integer model within the accuracy budget.
 
 When the int8 model misses the floor on the validation split, the search measures every
-still-quantized layer's int8 error (see `_quant_debug.layer_errors`), keeps the worst one float,
+still-quantized layer's int8 error (see `quant_debug.layer_errors`), keeps the worst one float,
 converts, and measures again; one layer at a time, re-ranking after each, until the model meets
 the floor or every layer is float. Ranking after each step matters: once a layer is float, the
 error of the layers after it changes.
@@ -13,18 +13,18 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from pipeline.data import Dataset
 from pipeline.errors import PipelineError
 from pipeline.plugin.schema import Params
-from pipeline.plugin.stage import Stage
 from pipeline.run.budget import EPSILON, Budget
 from pipeline.run.summary import human_bytes
 
 if TYPE_CHECKING:
-    from stages._quant_debug import LayerNames
+    from techniques.quant_debug import LayerNames
 
 # Validation examples the int8 error of each layer is measured on: enough for a stable ranking,
 # few enough that each step of the search stays quick.
@@ -44,75 +44,64 @@ class FallbackParams(Params):
     )
 
 
-F = TypeVar("F", bound=FallbackParams)
+def fallback_note(params: FallbackParams) -> str:
+    """For the layer plan: which layers fallback=auto may keep float. Which ones is known only after
+    conversion (their int8 error, measured on the validation split), so the plan says how they are chosen."""
+    if params.fallback != "auto":
+        return ""
+    return (
+        "; fallback auto: if full integer misses the accuracy budget on the validation split, the layers with the "
+        "largest int8 error stay float, fewest first (named after conversion, in fallback.md)"
+    )
 
 
-class FallbackStage(Stage[F]):
-    """Base of the stages that write int8 TFLite with ship gates and a float fallback (quantize, qat)."""
-
-    @property
-    def uses_budget(self) -> bool:
-        return self.config.fallback == "auto"
-
-    def fallback_note(self) -> str:
-        """For the layer plan: which layers fallback=auto may keep float. Which ones is known only after
-        conversion (their int8 error, measured on the validation split), so the plan says how they are chosen."""
-        if self.config.fallback != "auto":
-            return ""
-        return (
-            "; fallback auto: if full integer misses the accuracy budget on the validation split, the layers with the "
-            "largest int8 error stay float, fewest first (named after conversion, in fallback.md)"
+def check_budget(params: Any, settings: Any, where: str) -> None:
+    """fallback=auto needs a recipe budget or the stage's tolerance (`params` mix FallbackParams with GateParams)."""
+    if params.fallback == "auto" and settings.budget.accuracy_drop is None and params.accuracy_tolerance is None:
+        raise PipelineError(
+            f"{where}.fallback: auto keeps layers float until an accuracy budget holds, but none is set; "
+            f"set budget.accuracy_drop (e.g. 0.01) or {where}.accuracy_tolerance"
         )
-
-    def check_settings(self, settings: Any, where: str) -> None:
-        """The gates need a validation split; fallback=auto needs a recipe budget or the stage's tolerance."""
-        params: Any = self.config  # FallbackParams mixed with GateParams (quantize, qat)
-        params.check_settings(settings, where)
-        if params.fallback == "auto" and settings.budget.accuracy_drop is None and params.accuracy_tolerance is None:
-            raise PipelineError(
-                f"{where}.fallback: auto keeps layers float until an accuracy budget holds, but none is set; "
-                f"set budget.accuracy_drop (e.g. 0.01) or {where}.accuracy_tolerance"
-            )
 
 
 def fall_back(
-    keras_model: Any, calibration: Any, path: Path, tolerance: float | None, ctx: Any,
-    candidate: Callable[[list[str]], bytes] | None = None,
+    keras_model: Any, calibration: Any, path: Path, tolerance: float | None, data: Dataset, budget: Budget | None,
+    where: str, log: logging.Logger, candidate: Callable[[list[str]], bytes] | None = None,
 ) -> Fallback:
     """Check the int8 file at `path` against the floor on the validation split; if it misses, replace it
     with the model the search chooses.
 
-    `keras_model` is the float model (taking inputs as `ctx.data` holds them) whose layers are
+    `keras_model` is the float model (taking inputs as `data` holds them) whose layers are
     ranked, whose accuracy the tolerance is measured from, and which, without `candidate`, is
     converted with the chosen layers float; `candidate(float_layers)` makes the model to try
     instead (QAT fine-tunes again). With a budget, the float model's validation accuracy is the
-    one the runner measured after the stage that made it (`ctx.budget.available`), not measured again.
+    one the runner measured after the stage that made it (`budget.available`), not measured again.
+    `where` is the stage's config key (`stages.NAME`), which errors name.
     """
     from pipeline.measure.metrics import hits, keras_predict, tflite_accuracy
-    from stages import _quant_debug as debug
+    from techniques import quant_debug as debug
 
-    where = f"stages.{ctx.name}"
-    if ctx.budget is not None:
-        keras_accuracy = ctx.budget.available
+    if budget is not None:
+        keras_accuracy = budget.available
     else:
-        keras_accuracy = hits(keras_predict(keras_model, ctx.data.x_val)[1], ctx.data.y_val)
-    floor = accuracy_floor(ctx.budget, tolerance, keras_accuracy)
-    assert floor is not None  # guaranteed by check_settings
-    int8_size, int8_accuracy = path.stat().st_size, tflite_accuracy(path, ctx.data.x_val, ctx.data.y_val)
+        keras_accuracy = hits(keras_predict(keras_model, data.x_val)[1], data.y_val)
+    floor = accuracy_floor(budget, tolerance, keras_accuracy)
+    assert floor is not None  # guaranteed by check_budget
+    int8_size, int8_accuracy = path.stat().st_size, tflite_accuracy(path, data.x_val, data.y_val)
     if int8_accuracy >= floor - EPSILON:
-        ctx.log.info("    int8 validation accuracy %.4f meets the floor %.4f: every layer stays int8", int8_accuracy, floor)
-        return result(None, int8_size, int8_accuracy, floor, keras_accuracy, ctx)
+        log.info("    int8 validation accuracy %.4f meets the floor %.4f: every layer stays int8", int8_accuracy, floor)
+        return result(None, int8_size, int8_accuracy, floor, keras_accuracy, path.parent, log)
     if keras_accuracy < floor - EPSILON:
         raise PipelineError(
             f"{where}.fallback: the incoming model's validation accuracy {keras_accuracy:.4f} is already below the "
             f"floor {floor:.4f}, so no int8 model can meet it; give more budget (budget.accuracy_drop, "
             f"{where}.accuracy_tolerance) or make earlier stages spend less (see budget.md)"
         )
-    ctx.log.info("    int8 validation accuracy %.4f misses the floor %.4f: choosing layers to keep float", int8_accuracy, floor)
+    log.info("    int8 validation accuracy %.4f misses the floor %.4f: choosing layers to keep float", int8_accuracy, floor)
     calibrated = debug.calibrate(keras_model, calibration)
-    outcome = search(calibrated, debug.keras_layer_names(keras_model), ctx.data, floor, where, ctx.log, candidate)
+    outcome = search(calibrated, debug.keras_layer_names(keras_model), data, floor, where, log, candidate)
     path.write_bytes(outcome.flatbuffer)
-    return result(outcome, int8_size, int8_accuracy, floor, keras_accuracy, ctx)
+    return result(outcome, int8_size, int8_accuracy, floor, keras_accuracy, path.parent, log)
 
 
 def accuracy_floor(budget: Budget | None, tolerance: float | None, keras_accuracy: float) -> float | None:
@@ -152,7 +141,7 @@ def search(
     Each step's model is `candidate(float_layers)`, by default the calibrated model quantized with
     those layers float.
     """
-    from stages import _quant_debug as debug
+    from techniques import quant_debug as debug
 
     nodes = debug.layer_nodes(debug.quantize(calibrated), layer_names)
     ranking = data.x_val[:RANKING_EXAMPLES]
@@ -187,7 +176,7 @@ def search(
 
 def float_kept(keras_model: Any, calibration: Any, layers: list[str]) -> bytes:
     """The full-integer model of `keras_model` with `layers` kept float."""
-    from stages import _quant_debug as debug
+    from techniques import quant_debug as debug
 
     calibrated = debug.calibrate(keras_model, calibration)
     nodes = debug.layer_nodes(debug.quantize(calibrated), debug.keras_layer_names(keras_model))
@@ -244,17 +233,18 @@ class Fallback:
 
 
 def result(
-    outcome: Outcome | None, int8_size: int, int8_accuracy: float, floor: float, keras_accuracy: float, ctx: Any
+    outcome: Outcome | None, int8_size: int, int8_accuracy: float, floor: float, keras_accuracy: float, folder: Path,
+    log: logging.Logger,
 ) -> Fallback:
-    """The fallback's findings; the search's table goes to the log and to `<workdir>/fallback.md`."""
+    """The fallback's findings; the search's table goes to the log and to `<folder>/fallback.md` (beside the model)."""
     chosen = outcome.float_layers if outcome else []
     final_size = len(outcome.flatbuffer) if outcome else int8_size
     final_accuracy = outcome.val_accuracy if outcome else int8_accuracy
     reports: tuple[str, ...] = ()
     if outcome is not None:
-        report = ctx.workdir / "fallback.md"
+        report = folder / "fallback.md"
         report.write_text(table(outcome, int8_size, int8_accuracy, floor) + "\n")
-        ctx.log.info("    layers kept float: %s\n%s", ", ".join(chosen), report.read_text().rstrip())
+        log.info("    layers kept float: %s\n%s", ", ".join(chosen), report.read_text().rstrip())
         reports = (report.name,)
     facts = {
         "fallback": {
