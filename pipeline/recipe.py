@@ -19,7 +19,7 @@ from pipeline import objectives, registry
 from pipeline.artifact import Effect, ModelFormat
 from pipeline.budget import BudgetParams
 from pipeline.devices import DeviceParams, DeviceSetup
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, quoted
 from pipeline.models import starting_format
 from pipeline.models.compat import describe
 from pipeline.schema import Params, parse
@@ -132,11 +132,11 @@ def plan_stage(name: str, values: Any) -> PlannedStage:
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
-        raise PipelineError(f"{where}: expected a mapping of parameters, got {values!r}; write `{name}: {{}}` for defaults")
+        raise PipelineError(f"{where}: expected a mapping of parameters, got {quoted(values)}; write `{name}: {{}}` for defaults")
     params = dict(values)
     stage_type = params.pop("type", name)
     if not isinstance(stage_type, str):
-        raise PipelineError(f"{where}.type: expected a stage type name, got {stage_type!r}")
+        raise PipelineError(f"{where}.type: expected a stage type name, got {quoted(stage_type)}")
     plugin = registry.load(registry.STAGES, stage_type, f"{where}.type" if "type" in values else where)
     if not (isinstance(plugin, type) and issubclass(plugin, Stage)):
         raise PipelineError(f"{where}: plugin '{stage_type}' is not a pipeline.stage.Stage subclass")

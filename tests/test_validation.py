@@ -77,3 +77,33 @@ def test_validation_does_not_import_tensorflow(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+ARTICLE = " ".join(["the quick brown fox jumps over the lazy dog"] * 45)  # a 2,000-character text field
+
+
+def test_quoted_values_are_cut_to_a_readable_length():
+    from pipeline.errors import quoted
+
+    assert quoted("setosa") == "'setosa'" and quoted(2.5) == "2.5"
+    assert quoted(ARTICLE) == repr(ARTICLE[:57])[:-1] + "…'" and len(quoted(ARTICLE)) == 60
+    assert quoted(list(range(1000))).endswith("…") and len(quoted(list(range(1000)))) == 60
+
+
+def test_a_long_text_field_in_a_csv_is_quoted_short(tmp_path):
+    from pipeline.data.arrays import CsvParams, CsvSource
+
+    path = tmp_path / "articles.csv"
+    path.write_text("length,article,label\n" + "".join(f'{i},"{ARTICLE}",{i % 2}\n' for i in range(20)))
+    with pytest.raises(PipelineError) as raised:
+        CsvSource(CsvParams(name="csv", path=str(path))).load(seed=0)
+    message = str(raised.value)
+    assert message.startswith("data.features: column 'article' line 2 holds 'the quick brown fox")
+    assert "…'" in message and len(message) < 200, message
+
+
+def test_a_long_config_value_is_quoted_short(tmp_path):
+    with pytest.raises(PipelineError) as raised:
+        build_plan(compose_config(tmp_path, f"stages.prune.final_sparsity='{ARTICLE}'"))
+    message = str(raised.value)
+    assert f"stages.prune.final_sparsity: expected a valid number (got '{ARTICLE[:57]}…');" in message
