@@ -12,7 +12,7 @@ from pydantic import Field
 from pipeline.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.errors import PipelineError
 from pipeline.layer_plan import LayerPlan, StagePlan
-from pipeline.models import build, prepare, starting_format
+from pipeline.models import build, check_compatible, prepare, starting_format
 from pipeline.models.compat import prepared
 from pipeline.models.user import model_file_problem
 from pipeline.stage import Stage, StageContext
@@ -82,6 +82,14 @@ class DistillStage(Stage[DistillParams]):
                 "Keras model) and cannot be trained as the student; give a Keras model file or an architecture"
             )
 
+    def check_data(self, data: Any, where: str) -> None:
+        """A new student must take the data's examples and classes, as the recipe's model must."""
+        if self.config.student == "incoming":
+            return  # the incoming model was checked as the recipe's model or made by a stage for this data
+        builder = self.student_builder(where)
+        prepare(builder, data)
+        check_compatible(builder, data, f"{where}.student")
+
     def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
         """A new student replaces the model: later stages act on its layers. An incoming student is the model."""
         if self.config.student == "incoming":
@@ -113,7 +121,7 @@ class DistillStage(Stage[DistillParams]):
         else:
             builder = self.student_builder(f"stages.{ctx.name}")
             prepare(builder, ctx.data)
-            student = ctx.device.prepare(build(builder, ctx.data))
+            student = ctx.device.prepare(build(builder, ctx.data, f"stages.{ctx.name}.student"))
         data = ctx.data
         targets = teacher_targets(teacher, data)
         teacher_accuracy = float(np.mean(np.argmax(predict(teacher, data.x_test), -1) == data.y_test))
