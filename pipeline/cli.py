@@ -70,8 +70,6 @@ def check_plugins(overrides: list[str], extra_dirs: list[Path]) -> None:
     Choices come from the command line (`hydra/launcher=ray`) and from the chosen recipes'
     defaults (`override /hydra/sweeper: pareto`); Hydra alone would print a search-path dump.
     """
-    import importlib.util
-
     import yaml
 
     chosen = [tuple(o.split("=", 1)) for o in overrides if o.startswith(("hydra/sweeper=", "hydra/launcher="))]
@@ -82,10 +80,24 @@ def check_plugins(overrides: list[str], extra_dirs: list[Path]) -> None:
             chosen += [(k.split()[-1].strip("/"), v) for d in defaults if isinstance(d, dict) for k, v in d.items()]
     for group, option in chosen:
         module, extra = PLUGINS.get(option, (None, None))
-        if group.startswith("hydra/") and module and importlib.util.find_spec(module) is None:
+        if group.startswith("hydra/") and module and not installed(module):
             raise PipelineError(
                 f"{group}={option}: needs {module.split('.')[1].replace('_', '-')}; pip install -e \".[{extra}]\""
             )
+
+
+def installed(module: str) -> bool:
+    """Whether `module` can be imported, found without importing it.
+
+    `importlib.util.find_spec` imports a dotted name's parents and raises when one is missing: with
+    no Hydra plugin installed at all there is no `hydra_plugins` package to look in.
+    """
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def chosen_files(override: str, extra_dirs: list[Path]) -> list[Path]:
