@@ -61,6 +61,11 @@ class FallbackStage(Stage[F]):
             "largest int8 error stay float, fewest first (named after conversion, in fallback.md)"
         )
 
+    def accuracy_remedies(self, where: str) -> list[str]:
+        """What the accuracy gate's error offers besides a larger tolerance: fixes this stage is not
+        already using. Stages add their own (quantize: a qat stage; qat: longer fine-tuning)."""
+        return [f"set {where}.fallback=auto"] if self.config.fallback == "off" else []
+
     def check_settings(self, settings: Any, where: str) -> None:
         """The gates need a validation split; fallback=auto needs a recipe budget or the stage's tolerance."""
         params: Any = self.config  # FallbackParams mixed with GateParams (quantize, qat)

@@ -81,6 +81,10 @@ class QuantizeAwareStage(FallbackStage[QuantizeAwareParams]):
         kept = incoming if self.config.scheme == "auto" else incoming & (KEEPS[self.config.scheme] | STRUCTURAL)
         return kept | {Effect.QUANTIZE_AWARE}
 
+    def accuracy_remedies(self, where: str) -> list[str]:
+        """This stage already trains quantization-aware: longer fine-tuning, and the float fallback when it is off."""
+        return [f"fine-tune longer ({where}.epochs, now {self.config.epochs})", *super().accuracy_remedies(where)]
+
     def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
         """Which layers train quantization-aware and which are only calibrated at conversion (and why)."""
         require_layer_graph(model, where)
@@ -124,7 +128,9 @@ class QuantizeAwareStage(FallbackStage[QuantizeAwareParams]):
         # The gate compares with the fine-tuned model, not the float one the fallback measured: only
         # the shipped file's accuracy is known already.
         known = {"tflite_accuracy": fallen.accuracies["tflite_accuracy"]} if fallen.accuracies else None
-        gates = apply_gates(params, True, served, path, serving_ctx.data, where, fallen.float_layers, ctx.log, known)
+        gates = apply_gates(
+            params, True, served, path, serving_ctx.data, where, fallen.float_layers, ctx.log, known, self.accuracy_remedies(where)
+        )
         metadata.update(gates.facts)
         return ModelArtifact(
             path, ModelFormat.TFLITE, ctx.name, model, metadata, self.output_effects(model),

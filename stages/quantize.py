@@ -72,6 +72,13 @@ class QuantizeStage(FallbackStage[QuantizeParams]):
                 f"give the Keras model (.keras) or set {where}.fallback=off"
             )
 
+    def accuracy_remedies(self, where: str) -> list[str]:
+        """For int8: quantization-aware training, and the float fallback when it is off. Both make
+        int8 models, so other modes are offered only a larger tolerance."""
+        if self.config.mode != "int8":
+            return []
+        return ["use quantization-aware training (a qat stage)", *super().accuracy_remedies(where)]
+
     def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
         """The number format of each layer with weights in the TFLite file."""
         mode = self.config.mode
@@ -103,7 +110,8 @@ class QuantizeStage(FallbackStage[QuantizeParams]):
         fallen = fall_back(keras_model, calibration, path, params.accuracy_tolerance, ctx) if params.fallback == "auto" else Fallback()
         metadata.update(fallen.facts)
         gates = apply_gates(
-            params, params.mode == "int8", keras_model, path, ctx.data, where, fallen.float_layers, ctx.log, fallen.accuracies
+            params, params.mode == "int8", keras_model, path, ctx.data, where, fallen.float_layers, ctx.log, fallen.accuracies,
+            self.accuracy_remedies(where),
         )
         metadata.update(gates.facts)
         return ModelArtifact(
