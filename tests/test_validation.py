@@ -107,3 +107,27 @@ def test_a_long_config_value_is_quoted_short(tmp_path):
         build_plan(compose_config(tmp_path, f"stages.prune.final_sparsity='{ARTICLE}'"))
     message = str(raised.value)
     assert f"stages.prune.final_sparsity: expected a valid number (got '{ARTICLE[:57]}…');" in message
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["recipe=mobile_int8", "seeds=3"], "seeds: unknown key; did you mean 'seed'? (valid: budget, cache, data, "),
+    (["-m", "recipe=mobile_int8", "seeds=1,2"], "seeds: unknown key; did you mean 'seed'?"),
+    (["recipe=mobile_int8", "tsk=1"], "tsk: unknown key (valid: budget, cache, data, description, device, hydra, "),
+    (["mesure.threads=2"], "mesure: unknown key; did you mean 'measure'?"),
+])
+def test_a_mistyped_top_level_key_is_one_line_with_the_closest_key(argv, expected):
+    from pipeline.cli import prepare
+
+    with pytest.raises(PipelineError) as raised:
+        prepare(argv)
+    assert str(raised.value).startswith(expected) and "+" not in str(raised.value)
+
+
+def test_added_keys_nested_keys_and_hydra_groups_pass_to_hydra(tmp_path):
+    from pipeline.cli import prepare
+
+    (tmp_path / "extra" / "mine.yaml").parent.mkdir()
+    (tmp_path / "extra" / "mine.yaml").write_text("{}\n")
+    given = ["-m", "+tsk=1", "++other.x=2", "hydra/launcher=basic", "hydra.job.chdir=false", "seed=1,2", "extra=mine"]
+    assert prepare(["--config-dir", str(tmp_path), *given]) == ["--config-dir", str(tmp_path), *given]
+    assert prepare(["stages.prune.final_sparsty=0.3"]) == ["++stages.prune.final_sparsty=0.3"]  # the schema reports it
