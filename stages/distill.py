@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.artifact import Effect, ModelArtifact, ModelFormat
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, quoted
 from pipeline.layer_plan import LayerPlan, StagePlan
 from pipeline.models import build, check_compatible, prepare, starting_format
 from pipeline.models.compat import prepared
@@ -68,7 +68,7 @@ class DistillStage(Stage[DistillParams]):
                 f"put a train stage first or set {where}.teacher=PATH"
             )
         if params.teacher is not None and not Path(params.teacher).exists():
-            raise PipelineError(f"{where}.teacher: no such file '{params.teacher}'; give the path of a .keras, .h5 or SavedModel")
+            raise PipelineError(f"{where}.teacher: no such file {quoted(params.teacher)}; give the path of a .keras, .h5 or SavedModel")
         problem = model_file_problem(Path(params.teacher)) if params.teacher is not None else None
         if problem:
             raise PipelineError(f"{where}.teacher: {params.teacher} {problem}")
