@@ -10,10 +10,11 @@ the others wait for it. Launchers that are not installed are reported as such.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 from _timing import timed_sweep
+
+from pipeline.config.arguments import installed
 
 SWEEP = ["-m", "recipe=mobile_int8", "stages.prune.final_sparsity=0.3,0.45,0.6,0.75"]
 # Ray's worker processes belong to its raylet, not to the sweep's process: their CPU time is not counted.
@@ -31,7 +32,7 @@ def main() -> None:
     extra = sys.argv[1:]
     rows = []
     for name, (module, launcher) in LAUNCHERS.items():
-        if module and importlib.util.find_spec(module) is None:
+        if module and not installed(module):
             rows.append((name, "not installed", ""))
             continue
         wall, cpu = timed_sweep([*SWEEP, *launcher, *extra], name)

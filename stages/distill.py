@@ -10,8 +10,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from pipeline.errors import PipelineError
-from pipeline.models import build, on_data_loaded, starting_format
+from pipeline.errors import PipelineError, quoted
+from pipeline.models import build, check_compatible, on_data_loaded, starting_format
 from pipeline.models.compat import prepared
 from pipeline.models.user import model_file_problem
 from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
@@ -81,7 +81,7 @@ class DistillStage(Stage[DistillParams]):
                 f"put a train stage first or set {where}.teacher=PATH"
             )
         if params.teacher is not None and not Path(params.teacher).exists():
-            raise PipelineError(f"{where}.teacher: no such file '{params.teacher}'; give the path of a .keras, .h5 or SavedModel")
+            raise PipelineError(f"{where}.teacher: no such file {quoted(params.teacher)}; give the path of a .keras, .h5 or SavedModel")
         problem = model_file_problem(Path(params.teacher)) if params.teacher is not None else None
         if problem:
             raise PipelineError(f"{where}.teacher: {params.teacher} {problem}")
@@ -94,6 +94,14 @@ class DistillStage(Stage[DistillParams]):
                 f"{where}.student: {student.config.path} is an inference-only SavedModel (a serving signature, no "
                 "Keras model) and cannot be trained as the student; give a Keras model file or an architecture"
             )
+
+    def check_data(self, data: Any, where: str) -> None:
+        """A new student must take the data's examples and classes, as the recipe's model must."""
+        if self.config.student == "incoming":
+            return  # the incoming model was checked as the recipe's model or made by a stage for this data
+        builder = self.student_builder(where)
+        on_data_loaded(builder, data)
+        check_compatible(builder, data, f"{where}.student")
 
     def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
         """A new student replaces the model: later stages act on its layers. An incoming student is the model."""
@@ -126,7 +134,7 @@ class DistillStage(Stage[DistillParams]):
         else:
             builder = self.student_builder(f"stages.{ctx.name}")
             on_data_loaded(builder, ctx.data)
-            student = ctx.device.place_model(build(builder, ctx.data))
+            student = ctx.device.place_model(build(builder, ctx.data, f"stages.{ctx.name}.student"))
         data = ctx.data
         targets = teacher_targets(teacher, data)
         teacher_accuracy = float(np.mean(np.argmax(predict(teacher, data.x_test), -1) == data.y_test))

@@ -13,7 +13,7 @@ from pipeline.plugin.artifact import STRUCTURAL, Effect, ModelArtifact, ModelFor
 from pipeline.plugin.stage import Stage, StageContext
 from pipeline.run.layer_plan import LayerPlan, StagePlan
 from techniques.conversion import CALIBRATION_SAMPLES, calibration_set, convert
-from techniques.fallback import Fallback, FallbackParams, check_budget, fall_back, fallback_note, float_kept
+from techniques.fallback import Fallback, FallbackParams, check_budget, fall_back, fallback_note, fallback_remedies, float_kept
 from techniques.gates import GateParams, apply_gates
 from techniques.layers import require_layer_graph
 from techniques.qat import AWARE, annotation, quantize_aware, settle_ranges
@@ -84,6 +84,10 @@ class QuantizeAwareStage(Stage[QuantizeAwareParams]):
         kept = incoming if self.config.scheme == "auto" else incoming & (KEEPS[self.config.scheme] | STRUCTURAL)
         return kept | {Effect.QUANTIZE_AWARE}
 
+    def accuracy_remedies(self, where: str) -> list[str]:
+        """This stage already trains quantization-aware: longer fine-tuning, and the float fallback when it is off."""
+        return [f"fine-tune longer ({where}.epochs, now {self.config.epochs})", *fallback_remedies(self.config.fallback, where)]
+
     def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
         """Which layers train quantization-aware and which are only calibrated at conversion (and why)."""
         require_layer_graph(model, where)
@@ -127,7 +131,10 @@ class QuantizeAwareStage(Stage[QuantizeAwareParams]):
         # The gate compares with the fine-tuned model, not the float one the fallback measured: only
         # the shipped file's accuracy is known already.
         known = {"tflite_accuracy": fallen.accuracies["tflite_accuracy"]} if fallen.accuracies else None
-        gates = apply_gates(params, True, served, path, data, where, fallen.float_layers, ctx.log, known)
+        gates = apply_gates(
+            params, True, served, path, data, where, fallen.float_layers, ctx.log, known,
+            self.accuracy_remedies(where),
+        )
         metadata.update(gates.facts)
         return ModelArtifact(
             path, ModelFormat.TFLITE, ctx.name, model, metadata, self.output_effects(model),

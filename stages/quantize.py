@@ -20,7 +20,7 @@ from techniques.conversion import (
     convert_saved,
     sparse_encoding,
 )
-from techniques.fallback import Fallback, FallbackParams, check_budget, fall_back, fallback_note
+from techniques.fallback import Fallback, FallbackParams, check_budget, fall_back, fallback_note, fallback_remedies
 from techniques.gates import GateParams, apply_gates
 from techniques.serving import ServingParams, contract, for_serving
 
@@ -81,6 +81,13 @@ class QuantizeStage(Stage[QuantizeParams]):
                 f"give the Keras model (.keras) or set {where}.fallback=off"
             )
 
+    def accuracy_remedies(self, where: str) -> list[str]:
+        """For int8: quantization-aware training, and the float fallback when it is off. Both make
+        int8 models, so other modes are offered only a larger tolerance."""
+        if self.config.mode != "int8":
+            return []
+        return ["use quantization-aware training (a qat stage)", *fallback_remedies(self.config.fallback, where)]
+
     def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan:
         """The number format of each layer with weights in the TFLite file."""
         mode = self.config.mode
@@ -118,7 +125,8 @@ class QuantizeStage(Stage[QuantizeParams]):
             fallen = fall_back(keras_model, calibration, path, params.accuracy_tolerance, data, ctx.budget, where, ctx.log)
         metadata.update(fallen.facts)
         gates = apply_gates(
-            params, params.mode == "int8", keras_model, path, data, where, fallen.float_layers, ctx.log, fallen.accuracies
+            params, params.mode == "int8", keras_model, path, data, where, fallen.float_layers, ctx.log, fallen.accuracies,
+            self.accuracy_remedies(where),
         )
         metadata.update(gates.facts)
         return ModelArtifact(

@@ -259,3 +259,8 @@ def result(
         "fallback_size_cost_bytes": float(final_size - int8_size),
     }
     return Fallback(facts, metrics, reports, {"keras_accuracy": keras_accuracy, "tflite_accuracy": final_accuracy})
+
+
+def fallback_remedies(fallback: str, where: str) -> list[str]:
+    """The float fallback as a fix an accuracy gate's error may offer: only while it is off."""
+    return [f"set {where}.fallback=auto"] if fallback == "off" else []

@@ -57,6 +57,7 @@ class GateResult:
 def apply_gates(
     params: GateParams, int8: bool, keras_model: Any, path: Path, data: Any, where: str,
     kept_float: Sequence[str] = (), log: logging.Logger | None = None, measured: Mapping[str, float] | None = None,
+    remedies: Sequence[str] = (),
 ) -> GateResult:
     """Run the gates `params` asks for on the TFLite file at `path`.
 
@@ -64,6 +65,7 @@ def apply_gates(
     accepts them (and says so), `true` fails naming them. For int8 output the facts name the
     layers the file runs in float (`float_layers`, read from the file). `measured` are validation
     accuracies the fallback already took (`keras_accuracy`, `tflite_accuracy`), not measured again.
+    `remedies` are what the stage can still be told to do when the accuracy gate fails (see `accuracy_gate`).
     """
     result = GateResult()
     if params.require_integer == "true" or (params.require_integer == "auto" and int8):
@@ -84,16 +86,20 @@ def apply_gates(
     elif int8:  # shipped with float layers on purpose: say which
         result.facts["float_layers"] = list(float_layers(path, keras_model))
     if params.accuracy_tolerance is not None:
-        result.accuracies.update(accuracy_gate(keras_model, path, data, params.accuracy_tolerance, where, measured))
+        result.accuracies.update(accuracy_gate(keras_model, path, data, params.accuracy_tolerance, where, measured, remedies))
         result.facts["gate_split"] = "validation"
     return result
 
 
 def accuracy_gate(
-    keras_model: Any, tflite_path: Path, data: Any, tolerance: float, where: str, measured: Mapping[str, float] | None = None
+    keras_model: Any, tflite_path: Path, data: Any, tolerance: float, where: str, measured: Mapping[str, float] | None = None,
+    remedies: Sequence[str] = (),
 ) -> dict[str, float]:
     """Validation accuracy of both models (those in `measured` as given); PipelineError if TFLite
     falls more than `tolerance` below Keras.
+
+    The error offers the stage's `remedies` (each a fix the stage has not already taken: a qat
+    stage is not told to use quantization-aware training), then raising the tolerance.
 
     A gate decides whether the run ships, so it looks at the validation split: the test split is
     measured once on what ships and never steers a decision.
@@ -115,9 +121,14 @@ def accuracy_gate(
         raise PipelineError(
             f"{where}.accuracy_tolerance: TFLite validation accuracy {converted:.4f} is {keras_accuracy - converted:.4f} "
             f"below the Keras model's {keras_accuracy:.4f}, more than the allowed {tolerance}; "
-            f"use quantization-aware training (a qat stage), fallback=auto, or raise {where}.accuracy_tolerance"
+            f"{one_of([*remedies, f'raise {where}.accuracy_tolerance'])}"
         )
     return {"keras_accuracy": keras_accuracy, "tflite_accuracy": converted, "tolerance": tolerance}
+
+
+def one_of(choices: Sequence[str]) -> str:
+    """`a`, `a or b`, `a, b or c`."""
+    return " or ".join([", ".join(choices[:-1]), choices[-1]] if len(choices) > 1 else choices)
 
 
 def float_operators(path: Path) -> list[str]:

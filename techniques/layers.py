@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from pydantic import Field
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, quoted
 from pipeline.plugin.schema import Params
 from pipeline.run.layer_plan import Action, NeedsLayerGraph
 
@@ -56,7 +56,7 @@ def check_patterns(model: Any, patterns: Iterable[str], key: str) -> None:
     known = {layer.name for layer in model.layers} | {type(layer).__name__ for layer in model.layers}
     for pattern in patterns:
         if pattern not in known:
-            raise PipelineError(f"{key}: '{pattern}' matches no layer name or type; the model has {', '.join(sorted(known))}")
+            raise PipelineError(f"{key}: {quoted(pattern)} matches no layer name or type; the model has {', '.join(sorted(known))}")
 
 
 def require_layer_graph(model: Any, where: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, quoted
 from pipeline.run.layer_plan import Action
 from techniques.layers import check_patterns
 
@@ -35,8 +35,8 @@ def check_target(value: Any) -> Any:
             raise ValueError(f"an empty mapping prunes nothing; {EXAMPLE}")
         for key, share in value.items():
             if not isinstance(key, str) or not key:
-                raise ValueError(f"mapping keys are layer names or types, or 'default', not {key!r}")
-            check_share(share, f"'{key}': ")
+                raise ValueError(f"mapping keys are layer names or types, or 'default', not {quoted(key)}")
+            check_share(share, f"{quoted(key)}: ")
         return dict(value)
     check_share(value, "")
     return value

@@ -128,3 +128,21 @@ def test_pruning_with_a_teacher_needs_a_distilled_model(tmp_path):
         check_recipe(cfg)
     cfg.stages = {"train": {}, "distill": {}, "prune": {"teacher_alpha": 0.5}, "quantize": {}}
     assert [p.name for p in check_recipe(cfg).stages] == ["train", "distill", "prune", "quantize"]
+
+
+def test_a_student_that_cannot_take_the_data_fails_before_training(tmp_path):
+    # Token ids (n, 40) int32: the recipe's model is an mlp, but the default student is a CNN.
+    from pipeline.run.runner import load_data, planned_layers
+
+    rng = np.random.default_rng(0)
+    y = np.arange(100) % 5
+    np.savez(tmp_path / "tokens.npz", x=rng.integers(0, 1000, (100, 40)).astype(np.int32), y=y)
+    overrides = ["recipe=distill_prune_int8", "data=npz", f"data.path={tmp_path / 'tokens.npz'}", "model=mlp"]
+    plan = check_recipe(compose_config(tmp_path, *overrides))
+    with pytest.raises(PipelineError) as raised:
+        planned_layers(plan, load_data(plan))
+    assert str(raised.value) == (
+        "stages.distill.student.name=small_cnn: needs images shaped (height, width, channels) but the data gives "
+        "examples of shape (40,); use stages.distill.student.name=mlp for tabular data")
+    plan = check_recipe(compose_config(tmp_path, *overrides, "stages.distill.student.name=mlp"))
+    planned_layers(plan, load_data(plan))  # the suggested student fits

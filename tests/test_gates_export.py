@@ -31,6 +31,17 @@ def test_accuracy_gate_fails_on_an_impossible_tolerance(tmp_path, trained):
         QuantizeStage(QuantizeParams(mode="dynamic", accuracy_tolerance=-0.2)).run(trained, context(tmp_path, "quantize", 1))
 
 
+@pytest.mark.parametrize("mode, advice", [
+    ("int8", "use quantization-aware training (a qat stage), set stages.quantize.fallback=auto "
+             "or raise stages.quantize.accuracy_tolerance"),
+    ("dynamic", "raise stages.quantize.accuracy_tolerance"),  # qat and the fallback make int8 models only
+])
+def test_accuracy_gate_advice_fits_the_mode(tmp_path, trained, mode, advice):
+    with pytest.raises(PipelineError) as raised:
+        QuantizeStage(QuantizeParams(mode=mode, accuracy_tolerance=-0.2)).run(trained, context(tmp_path, "quantize", 1))
+    assert str(raised.value).endswith(f"allowed -0.2; {advice}")
+
+
 def test_int8_output_is_checked_fully_integer(tmp_path, trained):
     out = QuantizeStage(QuantizeParams(mode="int8")).run(trained, context(tmp_path, "quantize", 1))
     assert out.metadata["fully_integer"] is True and float_operators(out.path) == []

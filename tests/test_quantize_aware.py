@@ -86,8 +86,13 @@ def test_cqat_keeps_clusters_where_plain_qat_does_not(tmp_path, trained):
 
 
 def test_accuracy_gate_fails_when_nothing_can_pass(tmp_path, trained):
-    with pytest.raises(PipelineError, match=r"stages.qat.accuracy_tolerance: TFLite validation accuracy .* more than the allowed -0.5"):
+    with pytest.raises(PipelineError, match=r"stages.qat.accuracy_tolerance: TFLite validation accuracy .* more than the allowed -0.5") as raised:
         qat(trained, tmp_path, 1, accuracy_tolerance=-0.5)
+    # The advice names fixes the stage has not taken: it already trains quantization-aware.
+    assert str(raised.value).endswith(
+        "allowed -0.5; fine-tune longer (stages.qat.epochs, now 1), set stages.qat.fallback=auto "
+        "or raise stages.qat.accuracy_tolerance")
+    assert "qat stage" not in str(raised.value) and "quantization-aware" not in str(raised.value)
 
 
 def test_explicit_scheme_without_its_stage_fails_at_validation(tmp_path):

@@ -4,7 +4,6 @@ and one MLflow store."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 
@@ -12,17 +11,38 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests._runs import TINY, run_cli
+from pipeline.config.arguments import installed
+from tests._runs import ROOT, TINY, run_cli
 
 
 def needs(module: str, extra: str):
     """Skip when an optional engine is not installed (the `test` extra installs them all)."""
     return pytest.mark.skipif(
-        importlib.util.find_spec(module) is None, reason=f"{module} is not installed (pip install -e '.[{extra}]')"
+        not installed(module), reason=f"{module} is not installed (pip install -e '.[{extra}]')"
     )
 
 
 with_optuna = needs("hydra_plugins.hydra_optuna_sweeper", "search")
+
+# Python started as if no Hydra plugin were installed (a plain `pip install -e .`): no finder sees the
+# `hydra_plugins` package, so importing it fails and find_spec of a plugin in it raises, as then.
+WITHOUT_PLUGINS = """\
+import sys
+from importlib.machinery import PathFinder
+
+class WithoutHydraPlugins(PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        return None if name.partition(".")[0] == "hydra_plugins" else super().find_spec(name, path, target)
+
+sys.meta_path[sys.meta_path.index(PathFinder)] = WithoutHydraPlugins
+"""
+
+
+def without_plugins(code: str, *args: str, cwd) -> subprocess.CompletedProcess:
+    """`python -c CODE ARGS` with no Hydra plugin importable."""
+    return subprocess.run([sys.executable, "-c", WITHOUT_PLUGINS + code, *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
 
 # The shipped search recipe with a narrower space and short training, so that a few trials run in seconds.
 TINY_SEARCH = """\
@@ -148,3 +168,22 @@ def test_a_missing_engine_is_one_line_naming_its_extra(monkeypatch):
         arguments.expand_arguments(["-m", "recipe=mobile_int8", "hydra/launcher=ray"])
     with pytest.raises(PipelineError, match=r"^hydra/sweeper=pareto: needs .*\[search\]"):
         arguments.expand_arguments(["-m", "recipe=search_int8"])  # the recipe picks the sweeper in its defaults
+
+
+@pytest.mark.parametrize("args, extra", [
+    (["recipe=search_int8"], 'hydra/sweeper=pareto: needs hydra-optuna-sweeper; pip install -e ".[search]"'),
+    (["recipe=mobile_int8", "hydra/launcher=ray"], 'hydra/launcher=ray: needs hydra-ray-launcher; pip install -e ".[ray]"'),
+])
+def test_without_any_hydra_plugin_a_search_names_the_extra(tmp_path, args, extra):
+    run = "import runpy; sys.argv[0] = 'pipeline'; runpy.run_module('pipeline', run_name='__main__')"
+    done = without_plugins(run, "-m", *args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [f"error: {extra}"]
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_without_any_hydra_plugin_the_search_tests_skip(tmp_path):
+    tests = "import pytest; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-k', 'directions', sys.argv[1]]))"
+    done = without_plugins(tests, __file__, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "1 skipped" in done.stdout.splitlines()[-1]

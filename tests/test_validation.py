@@ -77,3 +77,57 @@ def test_validation_does_not_import_tensorflow(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+ARTICLE = " ".join(["the quick brown fox jumps over the lazy dog"] * 45)  # a 2,000-character text field
+
+
+def test_quoted_values_are_cut_to_a_readable_length():
+    from pipeline.errors import quoted
+
+    assert quoted("setosa") == "'setosa'" and quoted(2.5) == "2.5"
+    assert quoted(ARTICLE) == repr(ARTICLE[:57])[:-1] + "…'" and len(quoted(ARTICLE)) == 60
+    assert quoted(list(range(1000))).endswith("…") and len(quoted(list(range(1000)))) == 60
+
+
+def test_a_long_text_field_in_a_csv_is_quoted_short(tmp_path):
+    from pipeline.data.arrays import CsvParams, CsvSource
+
+    path = tmp_path / "articles.csv"
+    path.write_text("length,article,label\n" + "".join(f'{i},"{ARTICLE}",{i % 2}\n' for i in range(20)))
+    with pytest.raises(PipelineError) as raised:
+        CsvSource(CsvParams(name="csv", path=str(path))).load(seed=0)
+    message = str(raised.value)
+    assert message.startswith("data.features: column 'article' line 2 holds 'the quick brown fox")
+    assert "…'" in message and len(message) < 200, message
+
+
+def test_a_long_config_value_is_quoted_short(tmp_path):
+    with pytest.raises(PipelineError) as raised:
+        check_recipe(compose_config(tmp_path, f"stages.prune.final_sparsity='{ARTICLE}'"))
+    message = str(raised.value)
+    assert f"stages.prune.final_sparsity: expected a valid number (got '{ARTICLE[:57]}…');" in message
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["recipe=mobile_int8", "seeds=3"], "seeds: unknown key; did you mean 'seed'? (valid: budget, cache, data, "),
+    (["-m", "recipe=mobile_int8", "seeds=1,2"], "seeds: unknown key; did you mean 'seed'?"),
+    (["recipe=mobile_int8", "tsk=1"], "tsk: unknown key (valid: budget, cache, data, description, device, hydra, "),
+    (["mesure.threads=2"], "mesure: unknown key; did you mean 'measure'?"),
+])
+def test_a_mistyped_top_level_key_is_one_line_with_the_closest_key(argv, expected):
+    from pipeline.config.arguments import expand_arguments
+
+    with pytest.raises(PipelineError) as raised:
+        expand_arguments(argv)
+    assert str(raised.value).startswith(expected) and "+" not in str(raised.value)
+
+
+def test_added_keys_nested_keys_and_hydra_groups_pass_to_hydra(tmp_path):
+    from pipeline.config.arguments import expand_arguments
+
+    (tmp_path / "extra" / "mine.yaml").parent.mkdir()
+    (tmp_path / "extra" / "mine.yaml").write_text("{}\n")
+    given = ["-m", "+tsk=1", "++other.x=2", "hydra/launcher=basic", "hydra.job.chdir=false", "seed=1,2", "extra=mine"]
+    assert expand_arguments(["--config-dir", str(tmp_path), *given]) == ["--config-dir", str(tmp_path), *given]
+    assert expand_arguments(["stages.prune.final_sparsty=0.3"]) == ["++stages.prune.final_sparsty=0.3"]  # the schema reports it

@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.data.arrays import read_csv, read_npz, with_channel
 from pipeline.data.images import EXTENSIONS, class_folders, image_paths
 from pipeline.data.preprocessing import Preprocessing
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, quoted
 
 FIX_SHAPE = "give inputs shaped as the JSON's input.shape says"
 
@@ -63,7 +63,9 @@ def read_table(path: Path, preprocessing: Preprocessing, shape: tuple[int, ...],
             try:
                 x[i, j] = float(row[at])
             except ValueError:
-                raise PipelineError(f"{path}: line {line} column '{header[at]}' holds {row[at]!r}, not a number; fix the row") from None
+                raise PipelineError(
+                    f"{path}: line {line} column {quoted(header[at])} holds {quoted(row[at])}, not a number; fix the row"
+                ) from None
     names = [f"{path.name}:{line}" for line, _ in rows]
     label = preprocessing.label
     if label is None or label not in header:
@@ -138,5 +140,5 @@ def class_ids(labels: list, classes: list[str], path: Path) -> np.ndarray:
         elif text.isdigit() and int(text) < len(classes):
             ids.append(int(text))
         else:
-            raise PipelineError(f"{path}: label {text!r} is not a class of the model ({', '.join(classes)}); fix the label")
+            raise PipelineError(f"{path}: label {quoted(text)} is not a class of the model ({', '.join(classes)}); fix the label")
     return np.array(ids, np.int64)

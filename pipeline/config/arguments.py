@@ -2,6 +2,8 @@
 
 - A config-group choice that does not exist (`recipe=mobile_in8`) is reported in one line with
   the closest name, instead of Hydra's multi-line search-path dump.
+- A top-level key that no config has (`seeds=3`) is reported in one line with the closest key,
+  instead of Hydra's advice to add it with `+seeds=3` (the run settings forbid unknown keys).
 - Stage parameters can be set without Hydra's `+` prefix (`stages.prune.frequency=10`) even when
   the recipe leaves them at their schema default: the recipe's schema, not the YAML file, defines
   which keys exist, and a mistyped key still fails validation with a suggestion. Keys the chosen
@@ -41,6 +43,7 @@ def expand_arguments(argv: list[str]) -> list[str]:
     if any(o.startswith("hydra.searchpath") for o in args.overrides):
         return argv  # recipes may come from anywhere: Hydra reports what it cannot find
     search = [Path(args.config_dir)] if args.config_dir else []
+    check_top_level(args.overrides, search)
     for override in args.overrides:
         check_choice(override, search)
         for path in chosen_files(override, search):
@@ -48,6 +51,38 @@ def expand_arguments(argv: list[str]) -> list[str]:
     check_plugins(args.overrides, search)
     defined = frozenset() if args.config_name or args.config_path else recipe_keys(args.overrides, search)
     return [with_stage_prefix(a, defined) if a in args.overrides else a for a in argv]
+
+
+def check_top_level(overrides: list[str], extra_dirs: list[Path]) -> None:
+    """Raise PipelineError if an override sets a top-level key that is neither a run setting nor a config group.
+
+    Only plain `key=value` overrides are checked: `+key=value` adds a key on purpose and goes to
+    Hydra as typed, and nested keys (`stages.prune.x`) are checked by their schemas.
+    """
+    import re
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import OverrideParseException
+
+    from pipeline.config.settings import RunSettings
+
+    known = sorted({*RunSettings.model_fields, "hydra", *groups(extra_dirs)})
+    parser = OverridesParser.create()
+    for text in overrides:
+        try:
+            (override,) = parser.parse_overrides([text])
+        except OverrideParseException:
+            continue  # Hydra reports its own syntax errors
+        top = re.split(r"[./]", override.key_or_group)[0]
+        if override.type is OverrideType.CHANGE and top not in known:
+            raise PipelineError(f"{top}: unknown key{suggest(top, known)}")
+
+
+def groups(extra_dirs: list[Path]) -> set[str]:
+    """Names of the config groups (folders) of the packaged recipes and of `extra_dirs`."""
+    names = {entry.name for entry in files("recipes").iterdir() if entry.is_dir() and not entry.name.startswith("_")}
+    return names | {p.name for folder in extra_dirs if folder.is_dir() for p in folder.iterdir() if p.is_dir()}
 
 
 def check_choice(override: str, extra_dirs: list[Path]) -> None:
@@ -70,8 +105,6 @@ def check_plugins(overrides: list[str], extra_dirs: list[Path]) -> None:
     Choices come from the command line (`hydra/launcher=ray`) and from the chosen recipes'
     defaults (`override /hydra/sweeper: pareto`); Hydra alone would print a search-path dump.
     """
-    import importlib.util
-
     import yaml
 
     chosen = [tuple(o.split("=", 1)) for o in overrides if o.startswith(("hydra/sweeper=", "hydra/launcher="))]
@@ -82,10 +115,24 @@ def check_plugins(overrides: list[str], extra_dirs: list[Path]) -> None:
             chosen += [(k.split()[-1].strip("/"), v) for d in defaults if isinstance(d, dict) for k, v in d.items()]
     for group, option in chosen:
         module, extra = PLUGINS.get(option, (None, None))
-        if group.startswith("hydra/") and module and importlib.util.find_spec(module) is None:
+        if group.startswith("hydra/") and module and not installed(module):
             raise PipelineError(
                 f"{group}={option}: needs {module.split('.')[1].replace('_', '-')}; pip install -e \".[{extra}]\""
             )
+
+
+def installed(module: str) -> bool:
+    """Whether `module` can be imported, found without importing it.
+
+    `importlib.util.find_spec` imports a dotted name's parents and raises when one is missing: with
+    no Hydra plugin installed at all there is no `hydra_plugins` package to look in.
+    """
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def chosen_files(override: str, extra_dirs: list[Path]) -> list[Path]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, quoted
 from pipeline.plugin.schema import suggest
 
 Direction = Literal["maximize", "minimize"]
@@ -53,7 +53,7 @@ def check(names: Sequence[str], where: str = "objectives") -> None:
                 f"{where}: 'accuracy' is the test split's, which never steers a choice; use val_accuracy"
             )
         if name not in valid:
-            raise PipelineError(f"{where}: '{name}' is not a measured metric{suggest(name, valid)}")
+            raise PipelineError(f"{where}: {quoted(name)} is not a measured metric{suggest(name, valid)}")
     if len(set(names)) != len(names):
         raise PipelineError(f"{where}: {list(names)} names a metric twice; name each once")
 

@@ -18,7 +18,7 @@ from pipeline.config import objectives
 from pipeline.config.settings import RunSettings
 from pipeline.device.params import DeviceParams
 from pipeline.device.setup import DeviceSetup
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, quoted
 from pipeline.models import starting_format
 from pipeline.models.compat import model_origin
 from pipeline.plugin import registry
@@ -94,11 +94,11 @@ def plan_stage(name: str, values: Any) -> RecipeStage:
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
-        raise PipelineError(f"{where}: expected a mapping of parameters, got {values!r}; write `{name}: {{}}` for defaults")
+        raise PipelineError(f"{where}: expected a mapping of parameters, got {quoted(values)}; write `{name}: {{}}` for defaults")
     params = dict(values)
     stage_type = params.pop("type", name)
     if not isinstance(stage_type, str):
-        raise PipelineError(f"{where}.type: expected a stage type name, got {stage_type!r}")
+        raise PipelineError(f"{where}.type: expected a stage type name, got {quoted(stage_type)}")
     plugin = registry.load(registry.STAGES, stage_type, f"{where}.type" if "type" in values else where)
     if not (isinstance(plugin, type) and issubclass(plugin, Stage)):
         raise PipelineError(f"{where}: plugin '{stage_type}' is not a pipeline.plugin.stage.Stage subclass")

@@ -25,7 +25,7 @@ from pipeline.data.dataset import (
     split,
     with_channel,
 )
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, quoted
 from pipeline.plugin.fields import ExistingFile
 from pipeline.plugin.schema import Plugin
 
@@ -153,12 +153,12 @@ def number(row: list[str], at: int, header: list[str], line: int) -> float:
         value = float(row[at])
     except ValueError:
         raise PipelineError(
-            f"data.features: column '{header[at]}' line {line} holds {row[at]!r}, not a number; "
+            f"data.features: column {quoted(header[at])} line {line} holds {quoted(row[at])}, not a number; "
             "list only numeric columns in data.features"
         ) from None
     if not math.isfinite(value):
         raise PipelineError(
-            f"data.path: column '{header[at]}' line {line} holds {row[at]!r}; "
+            f"data.path: column {quoted(header[at])} line {line} holds {quoted(row[at])}; "
             "fill in or drop rows with missing or infinite values"
         )
     return value

@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from pipeline.device.params import DeviceParams, Kind, Resolution, WorkerRole, tpu_needs_tpu_strategy
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, quoted
 
 log = logging.getLogger("pipeline")
 
@@ -156,5 +156,6 @@ def tpu_strategy(params: DeviceParams) -> Any:
             tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as error:
-        raise PipelineError(f"device.tpu={address!r}: cannot reach the TPU ({str(error).splitlines()[0]}); set device.tpu=NAME") from None
+        reason = str(error).splitlines()[0]
+        raise PipelineError(f"device.tpu={quoted(address)}: cannot reach the TPU ({reason}); set device.tpu=NAME") from None
     return tf.distribute.TPUStrategy(resolver)

@@ -2,7 +2,8 @@
 
 A model plugin has a `Config` schema and `build(input_shape, num_classes)` returning an
 uncompiled tf-keras model whose last layer outputs logits; built-ins also state what data they
-take in `check`. `check_compatible(builder, data)` compares a model with the data before training;
+take in `check(input_shape, num_classes, where)`. `check_compatible(builder, data, where)` compares a
+model (the recipe's `model`, or a stage's own such as `stages.distill.student`) with the data before training;
 `build(builder, data)` is how every stage gets a model: nested models flattened into one graph
 (pipeline.models.flatten) and a final softmax removed, whatever plugin built it.
 

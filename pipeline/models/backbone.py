@@ -99,17 +99,17 @@ class Backbone(Architecture[BackboneParams]):
         """Whether the base starts from pretrained weights."""
         return bool(self.config.weights or self.config.weights_path)
 
-    def check(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+    def check(self, input_shape: tuple[int, ...], num_classes: int, where: str = "model") -> None:
         """Images, at least 32x32 once resized, with three channels for pretrained weights."""
         name = self.config.name
-        require_images(name, input_shape)
+        require_images(name, input_shape, where)
         if self.config.input_size is None and min(input_shape[:2]) < MIN_SIDE:
             raise PipelineError(
-                f"model.input_size: the data's {input_shape[0]}x{input_shape[1]} images are below {self.config.architecture}'s "
-                f"{MIN_SIDE}x{MIN_SIDE} minimum; set model.input_size={MIN_SIDE} (or larger) to resize them"
+                f"{where}.input_size: the data's {input_shape[0]}x{input_shape[1]} images are below {self.config.architecture}'s "
+                f"{MIN_SIDE}x{MIN_SIDE} minimum; set {where}.input_size={MIN_SIDE} (or larger) to resize them"
             )
         if self.pretrained and input_shape[-1] != 3:
-            key = "model.weights" if self.config.weights else "model.weights_path"
+            key = f"{where}.weights" if self.config.weights else f"{where}.weights_path"
             raise PipelineError(
                 f"{key}: pretrained {self.config.architecture} weights take RGB images but the data has {input_shape[-1]} "
                 "channel(s); use RGB data (data.color_mode=rgb for image_folder) or train from scratch (weights: null)"

@@ -1,8 +1,8 @@
 """Built-in architectures sized by a `width` multiplier, so a narrower copy can be a distillation student.
 
-Each plugin has a `Config` schema, `check(input_shape, num_classes)` (what it needs from the data,
-checked before any training) and `build(input_shape, num_classes)` returning an uncompiled tf-keras
-model whose last layer outputs logits.
+Each plugin has a `Config` schema, `check(input_shape, num_classes, where)` (what it needs from the
+data, checked before any training; `where` is the config key it was chosen under) and
+`build(input_shape, num_classes)` returning an uncompiled tf-keras model whose last layer outputs logits.
 """
 
 from __future__ import annotations
@@ -33,27 +33,39 @@ class Architecture(Plugin[A]):
         """`units` times the width multiplier, at least 1."""
         return max(1, round(units * self.config.width))
 
-    def check(self, input_shape: tuple[int, ...], num_classes: int) -> None:
-        """Raise PipelineError when this architecture cannot take such data; any shape by default."""
+    def check(self, input_shape: tuple[int, ...], num_classes: int, where: str = "model") -> None:
+        """Raise PipelineError when this architecture cannot take such data; any shape by default.
+
+        `where` is the config key the architecture was chosen under (`model`, or a stage's model
+        such as `stages.distill.student`), so that the message names the key to change.
+        """
 
 
-def require_images(name: str, input_shape: tuple[int, ...]) -> None:
+def choice(where: str, name: str) -> str:
+    """How a user picks architecture `name` at `where`: `model=mlp` (a config group), else `where.name=mlp`."""
+    return f"{where}={name}" if where == "model" else f"{where}.name={name}"
+
+
+def require_images(name: str, input_shape: tuple[int, ...], where: str = "model") -> None:
     """Convolutional models need (height, width, channels) examples."""
     if len(input_shape) != 3:
         raise PipelineError(
-            f"model={name}: needs images shaped (height, width, channels) but the data gives examples "
-            f"of shape {input_shape}; use model=mlp for tabular data"
+            f"{choice(where, name)}: needs images shaped (height, width, channels) but the data gives examples "
+            f"of shape {input_shape}; use {choice(where, 'mlp')} for tabular data"
         )
 
 
 class SmallCNN(Architecture[ModelParams]):
     """Two 3x3 convolutions, 2x2 max-pooling and a dense head: small enough for microcontrollers."""
 
-    def check(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+    def check(self, input_shape: tuple[int, ...], num_classes: int, where: str = "model") -> None:
         """Images of at least 2x2 pixels (one max-pooling step)."""
-        require_images("small_cnn", input_shape)
+        require_images("small_cnn", input_shape, where)
         if min(input_shape[:2]) < 2:
-            raise PipelineError(f"model=small_cnn: images of {input_shape[0]}x{input_shape[1]} pixels are too small to pool; use model=mlp")
+            raise PipelineError(
+                f"{choice(where, 'small_cnn')}: images of {input_shape[0]}x{input_shape[1]} pixels are too small to pool; "
+                f"use {choice(where, 'mlp')}"
+            )
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> Any:
         """An uncompiled tf-keras model that outputs logits."""

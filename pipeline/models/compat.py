@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.models.builtin import choice
 from pipeline.models.flatten import flatten, is_graph_model
 from pipeline.models.hooks import starting_artifact, starting_format
 from pipeline.plugin.artifact import ModelFormat
@@ -14,9 +15,9 @@ from pipeline.private_api import keras_history
 log = logging.getLogger("pipeline")
 
 
-def build(builder: Any, data: Any) -> Any:
-    """The model of `builder` for `data` as every stage gets it: one flat graph that outputs logits."""
-    return prepared(builder.build(data.input_shape, data.num_classes), model_origin(builder), data.x_train[:32])
+def build(builder: Any, data: Any, where: str = "model") -> Any:
+    """The model of `builder` (configured at `where`) for `data` as every stage gets it: one flat graph that outputs logits."""
+    return prepared(builder.build(data.input_shape, data.num_classes), model_origin(builder, where), data.x_train[:32])
 
 
 def prepared(model: Any, where: str, sample: Any = None) -> Any:
@@ -27,20 +28,23 @@ def prepared(model: Any, where: str, sample: Any = None) -> Any:
     return without_softmax(flatten(model, sample, where))
 
 
-def check_compatible(builder: Any, data: Any) -> Any:
+def check_compatible(builder: Any, data: Any, where: str = "model") -> Any:
     """The model as the stages will get it, or PipelineError when it cannot take `data`'s examples or classes.
+
+    `where` is the config key of the model: `model` for the recipe's, or a stage's own model
+    (`stages.distill.student`), so that every message names the key to change.
 
     Built-in architectures state their needs in `check` (no model is built for that); every model
     is then built once (or, for one the recipe starts from as a file, loaded for inference) and
     its actual input and output shapes compared with the data, which covers user files and
     builders that ignore the shape they are given.
     """
-    origin = model_origin(builder)
+    origin = model_origin(builder, where)
     if data.num_classes < 2:
         raise PipelineError(f"data: only {data.num_classes} class found; classification needs at least two")
     check = getattr(builder, "check", None)
     if check is not None:
-        check(data.input_shape, data.num_classes)
+        check(data.input_shape, data.num_classes, where)
     if starting_format(builder) is ModelFormat.SAVED_MODEL:
         start = starting_artifact(builder)
         assert start is not None  # a SavedModel start is always a file
@@ -114,14 +118,14 @@ def shapes_match(model_shape: tuple, data_shape: tuple[int, ...]) -> bool:
     return len(model_shape) == len(data_shape) and all(m in (None, d) for m, d in zip(model_shape, data_shape))
 
 
-def model_origin(builder: Any) -> str:
-    """The config key a user would change: model.path, model.target or the architecture name."""
+def model_origin(builder: Any, where: str = "model") -> str:
+    """The config key a user would change: `where`.path, `where`.target or the architecture's name."""
     config = builder.config
     if getattr(config, "path", None):
-        return f"model.path: {config.path}"
+        return f"{where}.path: {config.path}"
     if getattr(config, "target", None):
-        return f"model.target: {config.target}"
-    return f"model={config.name}"
+        return f"{where}.target: {config.target}"
+    return choice(where, config.name)
 
 
 def plain(shape: Any) -> str:

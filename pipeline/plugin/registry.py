@@ -13,7 +13,7 @@ import sys
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, quoted
 from pipeline.plugin.schema import suggest
 
 STAGES = "pipeline.stages"
@@ -50,7 +50,7 @@ def load(group: str, name: str, where: str) -> Any:
     """The plugin class registered as `name` in `group`, or a PipelineError naming `where`."""
     found = available(group)
     if name not in found:
-        raise PipelineError(f"{where}: unknown {KINDS.get(group, group)} '{name}'{suggest(name, list(found))}")
+        raise PipelineError(f"{where}: unknown {KINDS.get(group, group)} {quoted(name)}{suggest(name, list(found))}")
     try:
         return found[name].load()
     except Exception as error:  # a broken third-party plugin must not look like a user typo

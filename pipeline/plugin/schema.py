@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union, g
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, quoted
 
 P = TypeVar("P", bound="Params")
 
@@ -98,7 +98,7 @@ def describe_error(error: ValidationError, schema: type[Params], where: str) -> 
     message = first["msg"].replace("Input should be", "expected")
     if first["type"].startswith("value_error"):
         message = message.removeprefix("Value error, ")
-    got = f" (got {first['input']!r})" if "input" in first and field_name else ""
+    got = f" (got {quoted(first['input'])})" if "input" in first and field_name else ""
     described = help_of(schema, field_name)
     return f"{key}: {message}{got}" + (f"; {described}" if described else "")
 

@@ -180,6 +180,11 @@ class Stage(Plugin[P]):
         """Raise PipelineError if this stage cannot run under the run-level settings (e.g. it
         chooses within an accuracy budget but the recipe sets none). Called at validation time."""
 
+    def check_data(self, data: Dataset, where: str) -> None:
+        """Raise PipelineError if this stage cannot work on the loaded `data` (a model the stage builds
+        itself cannot take its examples or classes). Called once the data is loaded, after the recipe's
+        model has been checked against it and before any stage runs."""
+
     def layer_plan(self, model: Any, earlier: LayerPlan, where: str) -> StagePlan | None:
         """What this stage will do to each layer of `model` (a tf-keras model), without training.
 

@@ -177,6 +177,8 @@ def planned_layers(plan: CheckedRecipe, data: Dataset) -> LayerPlan:
     """Build the model once (a data/model mismatch fails here), then ask every stage what it will do to each layer."""
     seed_everything(plan.settings.seed)  # a fresh session: layer names as the first stage will build them
     model = check_compatible(plan.model_builder, data)
+    for planned in plan.stages:  # models a stage builds for itself must fit the data too
+        planned.stage.check_data(data, f"stages.{planned.name}")
     return plan_layers(model, plan.stages, model_origin(plan.model_builder))
 
 
