@@ -21,7 +21,7 @@ from pipeline.errors import PipelineError
 from pipeline.measure import litert
 from pipeline.run.runner import RunInfo, run
 from tests._chains import Chain, chains, sample
-from tests._runs import compose_config
+from tests._runs import NO_SAFETY_NET, compose_config
 
 # Few latency repetitions: the measurement must happen, its precision does not matter here.
 MEASURE = ["measure.latency_runs=3", "measure.warmup_runs=1"]
@@ -41,7 +41,7 @@ def classify(found: list[Chain], base: dict) -> tuple[list[Chain], list[tuple[Ch
 
 def run_chain(chain: Chain, outputs: Path, number: int):
     """Run one chain through the runner, as `python -m pipeline` would, in a shared outputs folder."""
-    cfg = compose_config(outputs, *MEASURE)
+    cfg = compose_config(outputs, *MEASURE, NO_SAFETY_NET)
     cfg.stages = chain.stages
     return run(cfg, RunInfo(run_dir=outputs / "runs" / str(number), recipe="chain"))
 

@@ -42,7 +42,7 @@ def test_mobile_int8_on_a_subset_of_real_mnist(tmp_path):
     assert_int8_export(result)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the whole recipe on 8,000 images; test_mobile_int8_on_a_subset_of_real_mnist is its quick twin
 @needs_mnist
 def test_readme_command_on_real_mnist(tmp_path):
     done = run_cli("recipe=mobile_int8", "data=idx", f"data.path={MNIST10K}", cwd=tmp_path)

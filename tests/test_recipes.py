@@ -10,7 +10,7 @@ import pytest
 from pipeline.config.recipe import check_recipe
 from pipeline.errors import PipelineError
 from pipeline.run.runner import RunInfo, run
-from tests._runs import compose_config
+from tests._runs import NO_SAFETY_NET, compose_config
 
 RECIPES = sorted(p.stem for p in (Path(__file__).parents[1] / "recipes" / "recipe").glob("*.yaml"))
 
@@ -50,7 +50,7 @@ TINY_EPOCHS = {
     "recipe", ["cluster_int8", "distill_prune_int8", "smallest_mnist"]
 )
 def test_technique_recipe_runs_and_exports_metadata(tmp_path, recipe):
-    cfg = compose_config(tmp_path, f"recipe={recipe}", *TINY_EPOCHS[recipe], "measure.latency_runs=3", "measure.warmup_runs=1")
+    cfg = compose_config(tmp_path, f"recipe={recipe}", *TINY_EPOCHS[recipe], NO_SAFETY_NET, "measure.latency_runs=3", "measure.warmup_runs=1")
     result = run(cfg, RunInfo(run_dir=tmp_path / "run", recipe=recipe))
     final = result.rows[-1].metrics
     assert result.rows[-1].format == "tflite" and final["accuracy"] > 0.5

@@ -56,6 +56,7 @@ stages:
   prune:   {epochs: 2}
   cluster: {epochs: 1}
 measure: {latency_runs: 5, warmup_runs: 1}
+budget: {safety_net: null}  # a few epochs: the trials test the search, not the models
 hydra:
   sweeper:
     n_trials: 3
@@ -183,7 +184,7 @@ def test_without_any_hydra_plugin_a_search_names_the_extra(tmp_path, args, extra
 
 
 def test_without_any_hydra_plugin_the_search_tests_skip(tmp_path):
-    tests = "import pytest; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-k', 'directions', sys.argv[1]]))"
+    tests = "import pytest; sys.exit(pytest.main(['-q', '-n', '0', '-p', 'no:cacheprovider', '-k', 'directions', sys.argv[1]]))"
     done = without_plugins(tests, __file__, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:]
     assert "1 skipped" in done.stdout.splitlines()[-1]

@@ -16,7 +16,7 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.measure import litert
 from pipeline.run.runner import RunInfo, run
-from tests._runs import compose_config
+from tests._runs import NO_SAFETY_NET, compose_config
 from tests._user_models import SHAPES
 
 SMALL = [
@@ -46,7 +46,7 @@ def outputs(tmp_path_factory):
 
 def run_recipe(outputs, shape: str, recipe: str, *extra: str):
     """The recipe on `shape`'s model, small; its result."""
-    cfg = compose_config(outputs, f"recipe={recipe}", *SMALL, *RECIPES[recipe], f"model.target=tests._user_models:{shape}", *extra)
+    cfg = compose_config(outputs, f"recipe={recipe}", NO_SAFETY_NET, *SMALL, *RECIPES[recipe], f"model.target=tests._user_models:{shape}", *extra)
     return run(cfg, RunInfo(run_dir=outputs / f"{shape}_{recipe}_{len(extra)}", recipe=recipe))
 
 
@@ -117,7 +117,9 @@ def test_every_recipe_acts_on_the_layers_inside(outputs, name, caplog):
     check_int8(clustered, shape, "qat")
 
 
-@pytest.mark.slow
+# Minutes of MobileNetV2 fine-tuning: heavy. The transfer shape's flattening is checked quickly in
+# test_flatten, and pruning, clustering and QAT inside nested blocks by the recipes above.
+@pytest.mark.heavy
 def test_a_transfer_learning_model_goes_through_pruning_clustering_and_qat(outputs, caplog):
     shape = SHAPES["transfer"]
     with caplog.at_level("INFO", logger="pipeline"):
