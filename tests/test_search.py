@@ -141,8 +141,10 @@ def assert_two_parallel_jobs_shared_everything(cwd):
 SWEEP = ["-m", "recipe=mobile_int8", *TINY, "stages.prune.final_sparsity=0.25,0.5"]
 
 
+# Starting a local Ray cluster takes over a minute on 2 cores: heavy. Submitit's local launcher below
+# checks the same parallel jobs, shared cache lock and one MLflow sweep in the default run.
 @needs("hydra_plugins.hydra_ray_launcher", "ray")
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_ray_launcher_runs_jobs_in_parallel_on_a_local_cluster(tmp_path):
     # The launcher's ray.init() starts a local Ray cluster for the sweep and stops it at the end.
     done = run_cli(*SWEEP, "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
