@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import math
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from pipeline.data.dataset import (
     split,
     with_channel,
 )
+from pipeline.data.preprocessing import Preprocessing
 from pipeline.data.text import column_texts, tokenized
 from pipeline.data.tokenizer import TokenizerParams
 from pipeline.errors import PipelineError, quoted
@@ -122,7 +124,9 @@ class CsvSource(Plugin[CsvParams]):
         y, names = as_labels(np.array([row[label_at] for _, row in rows]), f"data.label: column '{self.config.label}'")
         if self.config.text is not None:
             column(header, self.config.text, "data.text")
-            return tokenized(split(column_texts(header, rows, self.config.text), y, self.config, seed, names), self.config)
+            data = split(column_texts(header, rows, self.config.text), y, self.config, seed, names)
+            described = Preprocessing(features=(self.config.text,), label=self.config.label)  # what predict reads
+            return tokenized(replace(data, preprocessing=described), self.config)
         wanted = self.config.features or [name for name in header if name != self.config.label]
         columns = [column(header, name, "data.features") for name in wanted]
         x = np.array([[number(row, at, header, line) for at in columns] for line, row in rows], dtype=np.float32)
