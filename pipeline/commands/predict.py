@@ -3,8 +3,9 @@
 EXPORT is a run's export folder or one exported file (.tflite, .keras, .h5 or a SavedModel
 folder); the metadata JSON beside it says what the model takes. INPUTS are a CSV file, an .npz
 file, image files or a folder of them; for a text model, .txt files, a folder of them (class
-subfolders give labels) or a CSV file with the text column, tokenized with the shipped vocabulary. The inputs are read as the data source read them, put
-through the preprocessing steps the model does not hold itself, and run through the model
+subfolders give labels) or a CSV file with the text column, tokenized with the shipped vocabulary.
+The inputs are read as the data source read them, put through the preprocessing steps the model
+does not hold itself, and run through the model
 (TFLite files through the LiteRT interpreter). Inputs with labels (a CSV label column, class
 subfolders, an .npz `y`) also print the accuracy. Nothing from the run is needed but the export.
 """

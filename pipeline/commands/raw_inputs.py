@@ -127,7 +127,9 @@ def read_texts(paths: list[Path], preprocessing: Preprocessing, classes: list[st
         header, rows = read_csv(paths[0], ",")
         column = preprocessing.features[0] if preprocessing.features else None
         if column is None or column not in header:
-            raise PipelineError(f"{paths[0]}: the model reads texts from the column {quoted(column or 'text')}, missing from the header; add it")
+            raise PipelineError(
+                f"{paths[0]}: the model reads texts from the column {quoted(column or 'text')}, missing from the header; add it"
+            )
         texts = list(column_texts(header, rows, column))
         names = [f"{paths[0].name}:{line}" for line, _ in rows]
         label = preprocessing.label

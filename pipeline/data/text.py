@@ -51,8 +51,8 @@ def tokenized(data: Dataset, params: TokenizerParams) -> Dataset:
     """`data` holding texts, with a tokenizer fitted on its training split and every split as token ids."""
     tokenizer = fit(list(data.x_train), params)
     say_truncated(tokenizer, "data.sequence_length")
-    ids = {name: tokenizer.encode(list(getattr(data, name)))[0] for name in ("x_train", "x_val", "x_test")}
-    return replace(data, **ids, tokenizer=tokenizer)
+    encode = lambda texts: tokenizer.encode(list(texts))[0]  # noqa: E731
+    return replace(data, x_train=encode(data.x_train), x_val=encode(data.x_val), x_test=encode(data.x_test), tokenizer=tokenizer)
 
 
 def class_folders(root: Path) -> list[Path]:
