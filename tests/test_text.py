@@ -235,3 +235,81 @@ def test_mobile_int8_ships_a_transformer_at_the_float_accuracy_and_predict_reads
     for shipped, stage in ((export, "export"), (export / "model.keras", "prune")):  # int8 file, float Keras file
         correct, total = predicted_accuracy(shipped, tests)
         assert correct / total == rows[stage]["accuracy"]
+
+
+# --- DistilBERT-style distillation ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def text_teacher(text_data, tmp_path_factory):
+    """A trained 4-block transformer saved as a file, as a teacher given by path would be."""
+    import tf_keras as keras
+
+    model = builder("transformer", text_data, blocks=4, dim=16, heads=2, ff=32).build(text_data.input_shape, 3)
+    model.compile(keras.optimizers.Adam(0.003), keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
+    keras.utils.set_random_seed(0)
+    model.fit(text_data.x_train, text_data.y_train, epochs=12, batch_size=16, verbose=0)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.keras"
+    model.save(path)
+    return model, path
+
+
+def test_a_half_depth_student_starts_from_the_teachers_embeddings_and_every_other_block(text_data, text_teacher):
+    from techniques.student_init import initialise_from_teacher
+
+    teacher, _ = text_teacher
+    student = builder("transformer", text_data, blocks=2, dim=16, heads=2, ff=32).build(text_data.input_shape, 3)
+    assert initialise_from_teacher(student, teacher, None, "stages.distill") == [0, 2]
+    same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(student.get_layer(a).get_weights(), teacher.get_layer(b).get_weights()))  # noqa: E731
+    assert same("tokens", "tokens") and same("positions", "positions") and same("classifier", "classifier")
+    assert same("block0_attention", "block0_attention") and same("block1_ffn_in", "block2_ffn_in")
+    assert not same("block1_ffn_in", "block1_ffn_in")
+
+
+def test_a_student_that_cannot_start_from_the_teacher_is_named(text_data, text_teacher):
+    from techniques.student_init import initialise_from_teacher
+
+    teacher, _ = text_teacher
+    wide = builder("transformer", text_data, blocks=2, dim=32, heads=2, ff=32).build(text_data.input_shape, 3)
+    with pytest.raises(PipelineError, match=r"^stages.distill.init: the student's tokens has weights \[\(\d+, 32\)\] but the teacher's tokens has \[\(\d+, 16\)\]; give the student the teacher's dim"):
+        initialise_from_teacher(wide, teacher, None, "stages.distill")
+    deep = builder("transformer", text_data, blocks=3, dim=16, heads=2, ff=32).build(text_data.input_shape, 3)
+    with pytest.raises(PipelineError, match=r"^stages.distill.teacher_blocks: \[0, 2, 4\] \(every other one\) must name 3 of the teacher's blocks 0-3"):
+        initialise_from_teacher(deep, teacher, None, "stages.distill")
+    cnn = builder("text_cnn", text_data, dim=16).build(text_data.input_shape, 3)
+    with pytest.raises(PipelineError, match=r"^stages.distill.init: initialising from the teacher needs encoder blocks"):
+        initialise_from_teacher(cnn, teacher, None, "stages.distill")
+
+
+def test_hidden_state_loss_is_zero_for_aligned_states_and_adds_for_opposite_ones():
+    from techniques.distillation import distillation_loss
+
+    loss = distillation_loss("kl", 0.5, 2.0, classes=2, hidden_weight=3.0)
+    packed = np.array([[0, 1.0, -1.0, 0.5, 0.5]], np.float32)  # label, teacher logits, teacher state
+    aligned = np.array([[1.0, -1.0, 2.0, 2.0]], np.float32)  # the same logits, a state in the same direction
+    opposite = np.array([[1.0, -1.0, -2.0, -2.0]], np.float32)
+    base = float(distillation_loss("kl", 0.5, 2.0)(packed[:, :3], aligned[:, :2])[0])
+    assert float(loss(packed, aligned)[0]) == pytest.approx(base, abs=1e-5)
+    assert float(loss(packed, opposite)[0]) == pytest.approx(base + 3.0 * 2, abs=1e-5)
+
+
+def test_distilbert_student_from_a_teacher_file(tmp_path, text_data, text_teacher):
+    from stages.distill import DistillParams, DistillStage
+    from tests._tiny import context
+
+    teacher, path = text_teacher
+    student = {"name": "transformer", "blocks": 2, "dim": 16, "heads": 2, "ff": 32}
+    params = DistillParams(teacher=str(path), student=student, init="teacher", hidden_weight=1.0, epochs=3, learning_rate=0.001)
+    stage = DistillStage(params)
+    stage.check_data(text_data, "stages.distill")
+    out = stage.run(None, context(tmp_path, "distill", 0, data=text_data))
+    model = out.load_keras()
+    assert out.metadata["initialised_from_blocks"] == [0, 2] and model.count_params() < teacher.count_params()
+    assert [layer.name for layer in model.layers][-1] == "classifier" and model.output_shape == (None, 3)  # the view is not saved
+    accuracy = np.mean(model.predict(text_data.x_test, verbose=0).argmax(-1) == text_data.y_test)
+    assert accuracy >= 0.8  # three epochs suffice for a student that starts from a trained teacher
+    too_wide = {**student, "dim": 32, "heads": 2}
+    with pytest.raises(PipelineError, match=r"^stages.distill.hidden_weight: the student's pooled hidden state has 32 values and the teacher's 16"):
+        DistillStage(DistillParams(teacher=str(path), student=too_wide, hidden_weight=1.0, epochs=1)).run(
+            None, context(tmp_path, "distill", 1, data=text_data)
+        )
