@@ -313,3 +313,20 @@ def test_distilbert_student_from_a_teacher_file(tmp_path, text_data, text_teache
         DistillStage(DistillParams(teacher=str(path), student=too_wide, hidden_weight=1.0, epochs=1)).run(
             None, context(tmp_path, "distill", 1, data=text_data)
         )
+
+
+@pytest.mark.slow
+def test_distilbert_int8_recipe_on_a_text_folder(tmp_path):
+    root = write_text_folder(tmp_path / "texts", per_class=40)
+    cfg = compose_config(
+        tmp_path, "recipe=distilbert_int8", *TINY, "data=text_folder", f"data.path={root}", "data.sequence_length=32",
+        "model.dim=16", "model.ff=32", "stages.train.epochs=12", "stages.train.learning_rate=0.003", "stages.distill.epochs=6",
+    )
+    result = run(cfg, RunInfo(run_dir=tmp_path / "run", recipe="distilbert_int8"))
+    rows = {row.stage: row.metrics for row in result.rows}
+    assert rows["distill"]["params"] < 0.6 * rows["train"]["params"]  # half the blocks, the same embeddings
+    assert rows["export"]["accuracy"] >= rows["train"]["accuracy"] - 0.1
+    meta = json.loads((result.run_dir / "export" / "model.json").read_text())
+    assert [step["stage"] for step in meta["lineage"]] == ["train", "distill", "prune", "quantize"]
+    assert meta["lineage"][1]["facts"]["initialised_from_blocks"] == [0, 2]
+    assert meta["io"]["inputs"][0]["dtype"] == "int32" and meta["quantization"]["fully_integer"] is True
