@@ -330,3 +330,22 @@ def test_distilbert_int8_recipe_on_a_text_folder(tmp_path):
     assert [step["stage"] for step in meta["lineage"]] == ["train", "distill", "prune", "quantize"]
     assert meta["lineage"][1]["facts"]["initialised_from_blocks"] == [0, 2]
     assert meta["io"]["inputs"][0]["dtype"] == "int32" and meta["quantization"]["fully_integer"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, stage", [("qat_int8", "qat"), ("channel_int8", "channel_prune")])
+def test_qat_and_channel_pruning_on_a_transformer_keep_int32_ids(tmp_path, recipe, stage):
+    root = write_text_folder(tmp_path / "texts", per_class=40)
+    cfg = compose_config(
+        tmp_path, f"recipe={recipe}", *(o for o in TINY if not o.startswith("stages.prune")), "model=transformer",
+        "model.blocks=1", "model.dim=16", "model.ff=32", "data=text_folder", f"data.path={root}", "data.sequence_length=32",
+        "stages.train.epochs=12", "stages.train.learning_rate=0.003", f"stages.{stage}.epochs=2",
+    )
+    result = run(cfg, RunInfo(run_dir=tmp_path / "run", recipe=recipe))
+    rows = {row.stage: row.metrics for row in result.rows}
+    meta = json.loads((result.run_dir / "export" / "model.json").read_text())
+    assert meta["io"]["inputs"][0]["dtype"] == "int32" and meta["io"]["outputs"][0]["dtype"] == "int8"
+    assert meta["quantization"]["fully_integer"] is True
+    assert rows["export"]["accuracy"] >= rows["train"]["accuracy"] - 0.1
+    if stage == "channel_prune":  # the feed-forward layer lost half its units
+        assert rows["channel_prune"]["params"] < rows["train"]["params"] - 500
