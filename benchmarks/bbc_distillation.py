@@ -18,6 +18,7 @@ CPU int8 attention is not always the fastest. "gzip smaller" is against the teac
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -55,8 +56,10 @@ def main() -> None:
     parser.add_argument("--student-epochs", type=int, default=8)
     parser.add_argument("--sequence-length", type=int, default=256)
     parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--max-examples", type=int, default=None, help="a stratified subset of the articles (default: all)")
     parser.add_argument("--outputs", type=Path, default=Path(tempfile.mkdtemp()) / "outputs")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the runner's progress, as a run prints it
 
     corpus = args.outputs.parent / "bbc"
     shutil.rmtree(corpus, ignore_errors=True)
@@ -65,6 +68,7 @@ def main() -> None:
         "data=text_folder", f"data.path={corpus}", f"data.sequence_length={args.sequence_length}", f"data.vocab_size={args.vocab_size}",
         "model=transformer", "model.blocks=4", "budget.safety_net=null", "measure.latency_runs=50",
         f"stages.train.epochs={args.teacher_epochs}", "stages.train.lr_decay=cosine",
+        *([f"data.max_examples={args.max_examples}"] if args.max_examples else []),
     ]
     shipped: dict[str, list[dict[str, float]]] = {}
     labels_only, teacher, teacher_tflite = [], {}, {}

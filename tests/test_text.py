@@ -246,9 +246,9 @@ def text_teacher(text_data, tmp_path_factory):
     import tf_keras as keras
 
     model = builder("transformer", text_data, blocks=4, dim=16, heads=2, ff=32).build(text_data.input_shape, 3)
-    model.compile(keras.optimizers.Adam(0.003), keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
+    model.compile(keras.optimizers.Adam(0.005), keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
     keras.utils.set_random_seed(0)
-    model.fit(text_data.x_train, text_data.y_train, epochs=12, batch_size=16, verbose=0)
+    model.fit(text_data.x_train, text_data.y_train, epochs=6, batch_size=32, verbose=0)
     path = tmp_path_factory.mktemp("teacher") / "teacher.keras"
     model.save(path)
     return model, path
@@ -293,6 +293,7 @@ def test_hidden_state_loss_is_zero_for_aligned_states_and_adds_for_opposite_ones
     assert float(loss(packed, opposite)[0]) == pytest.approx(base + 3.0 * 2, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_distilbert_student_from_a_teacher_file(tmp_path, text_data, text_teacher):
     from stages.distill import DistillParams, DistillStage
     from tests._tiny import context
@@ -349,3 +350,25 @@ def test_qat_and_channel_pruning_on_a_transformer_keep_int32_ids(tmp_path, recip
     assert rows["export"]["accuracy"] >= rows["train"]["accuracy"] - 0.1
     if stage == "channel_prune":  # the feed-forward layer lost half its units
         assert rows["channel_prune"]["params"] < rows["train"]["params"] - 500
+
+
+def test_predict_reads_raw_text_as_the_sources_do(tmp_path):
+    from pipeline.commands.raw_inputs import read
+    from pipeline.data.preprocessing import Preprocessing
+
+    root = write_text_folder(tmp_path / "texts", per_class=5)
+    tokenizer = fit([path.read_text() for path in root.rglob("*.txt")], TokenizerParams(sequence_length=12))
+    classes = sorted(TOPICS)
+    inputs = read([root], Preprocessing(), (12,), classes, tokenizer)
+    assert inputs.x.dtype == np.int32 and inputs.x.shape == (15, 12) and sorted(set(inputs.y.tolist())) == [0, 1, 2]
+    first = sorted((root / "business").glob("*.txt"))[0]
+    assert np.array_equal(inputs.x[0], tokenizer.encode([first.read_text()])[0][0])
+
+    table = write_text_csv(tmp_path / "reviews.csv", per_class=5)
+    described = Preprocessing(features=("review",), label="sentiment")
+    assert np.array_equal(read([table], described, (12,), classes, tokenizer).y, inputs.y)
+    with pytest.raises(PipelineError, match=r"reviews.csv: the model was trained on a folder of .txt files; give .txt files or a folder of them$"):
+        read([table], Preprocessing(), (12,), classes, tokenizer)
+    (root / "sport" / "bad.txt").write_bytes(b"\xff\xfe")
+    with pytest.raises(PipelineError, match=r"^/.*bad.txt is not UTF-8 text \(byte 0xff at position 0\)"):
+        read([root], Preprocessing(), (12,), classes, tokenizer)

@@ -126,10 +126,10 @@ def read_texts(paths: list[Path], preprocessing: Preprocessing, classes: list[st
     if len(paths) == 1 and paths[0].suffix.lower() == ".csv":
         header, rows = read_csv(paths[0], ",")
         column = preprocessing.features[0] if preprocessing.features else None
-        if column is None or column not in header:
-            raise PipelineError(
-                f"{paths[0]}: the model reads texts from the column {quoted(column or 'text')}, missing from the header; add it"
-            )
+        if column is None:
+            raise PipelineError(f"{paths[0]}: the model was trained on a folder of .txt files; give .txt files or a folder of them")
+        if column not in header:
+            raise PipelineError(f"{paths[0]}: the model reads texts from the column {quoted(column)}, missing from the header; add it")
         texts = list(column_texts(header, rows, column))
         names = [f"{paths[0].name}:{line}" for line, _ in rows]
         label = preprocessing.label
