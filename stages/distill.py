@@ -1,4 +1,8 @@
-"""distill: train a smaller student on a teacher's softened outputs (Hinton et al., 2015) and the labels."""
+"""distill: train a smaller student on a teacher's softened outputs (Hinton et al., 2015) and the labels.
+
+DistilBERT-style (Sanh et al., 2019) with `init=teacher` (the student starts from the teacher's
+embeddings and every other block) and `hidden_weight` (a cosine loss aligning pooled hidden states).
+"""
 
 from __future__ import annotations
 
@@ -18,13 +22,16 @@ from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.plugin.stage import Stage, StageContext
 from pipeline.run.layer_plan import LayerPlan, StagePlan
 from techniques.distillation import (
+    accuracy_on_logits,
     before_channel_pruning,
     distillation_loss,
+    hidden_width,
     load_teacher,
-    packed_accuracy,
     predict,
     teacher_targets,
+    with_hidden_state,
 )
+from techniques.student_init import initialise_from_teacher
 from techniques.training import FitParams, compile_model, fit, save_keras
 
 
@@ -51,6 +58,23 @@ class DistillParams(FitParams):
     temperature: float = Field(4.0, gt=0, le=100, description="Softens both softmaxes of the kl loss.")
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the teacher term; 1 - alpha weighs the label loss.")
     epochs: int = Field(20, ge=1, le=10_000, description="Passes over the training split.")
+    init: Literal["none", "teacher"] = Field(
+        "none",
+        description=(
+            "teacher: the new student starts from the teacher's embeddings, classifier and the blocks in teacher_blocks "
+            "(DistilBERT); the student needs the teacher's width with fewer blocks (model=transformer); none: fresh weights."
+        ),
+    )
+    teacher_blocks: list[int] | None = Field(
+        None, description="With init=teacher: the teacher block each student block starts from (null: every other one: 0, 2, 4, ...)."
+    )
+    hidden_weight: float = Field(
+        0.0, ge=0, le=100,
+        description=(
+            "Weight of a cosine loss aligning the student's pooled hidden state (its classifier's input) with the "
+            "teacher's, as DistilBERT's; 0: off. Both states need the same width."
+        ),
+    )
 
 
 class DistillStage(Stage[DistillParams]):
@@ -87,6 +111,8 @@ class DistillStage(Stage[DistillParams]):
             raise PipelineError(f"{where}.teacher: {params.teacher} {problem}")
         if params.student == "incoming":
             check_incoming_student(params, input_format, effects, where)
+            if params.init == "teacher":
+                raise PipelineError(f"{where}.init: 'teacher' initialises a new student; with student=incoming set {where}.init=none")
             return
         student = self.student_builder(where)
         if starting_format(student) is ModelFormat.SAVED_MODEL:
@@ -109,15 +135,21 @@ class DistillStage(Stage[DistillParams]):
             return StagePlan(summary="trains the incoming model as the student on the teacher's outputs")
         builder = self.student_builder(where)
         student = prepared(builder.build(tuple(model.input_shape[1:]), model.output_shape[-1]), f"{where}.student")
-        return StagePlan(summary=f"trains a new {self.config.student['name']} student on the teacher's outputs", model=student)
+        how = " (starting from the teacher's embeddings and blocks)" if self.config.init == "teacher" else ""
+        aligned = " and its pooled hidden state" if self.config.hidden_weight else ""
+        summary = f"trains a new {self.config.student['name']} student{how} on the teacher's outputs{aligned}"
+        return StagePlan(summary=summary, model=student)
 
     def student_builder(self, where: str) -> Any:
-        """The configured model plugin of the student."""
+        """The configured model plugin of the student, one per stage: what the data told it (a text
+        model's vocabulary size, in `check_data`) holds when the layer plan builds it."""
         from pipeline.config.recipe import configure
         from pipeline.plugin import registry
 
         assert not isinstance(self.config.student, str)  # "incoming" is the only string it takes
-        return configure(registry.MODELS, self.config.student, f"{where}.student")
+        if getattr(self, "_student", None) is None:
+            self._student = configure(registry.MODELS, self.config.student, f"{where}.student")
+        return self._student
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         params = self.config
@@ -135,26 +167,46 @@ class DistillStage(Stage[DistillParams]):
             builder = self.student_builder(f"stages.{ctx.name}")
             on_data_loaded(builder, ctx.data)
             student = ctx.device.place_model(build(builder, ctx.data, f"stages.{ctx.name}.student"))
-        data = ctx.data
-        targets = teacher_targets(teacher, data)
+        data, where = ctx.data, f"stages.{ctx.name}"
+        facts: dict[str, Any] = {}
+        if params.init == "teacher":
+            facts["initialised_from_blocks"] = initialise_from_teacher(student, teacher, params.teacher_blocks, where)
+            ctx.log.info("    student starts from the teacher's embeddings, classifier and blocks %s", facts["initialised_from_blocks"])
+        classes = aligned_classes(params, student, teacher, data.num_classes, where)
+        trained = with_hidden_state(student) if classes else student  # shares the student's layers
+        targets = teacher_targets(teacher, data, hidden=bool(classes))
         teacher_accuracy = float(np.mean(np.argmax(predict(teacher, data.x_test), -1) == data.y_test))
         ctx.log.info(
             "    teacher: %d parameters, test accuracy %.4f; student: %d parameters",
             teacher.count_params(), teacher_accuracy, student.count_params(),
         )
         compile_model(
-            student, params, loss=distillation_loss(params.loss, params.alpha, params.temperature),
-            metrics=[packed_accuracy],
+            trained, params, loss=distillation_loss(params.loss, params.alpha, params.temperature, classes, params.hidden_weight),
+            metrics=[accuracy_on_logits(classes)],
         )
-        fit(student, params, data, ctx.device, seed=ctx.seed + ctx.index, log=ctx.log, name=ctx.name, targets=targets)
+        fit(trained, params, data, ctx.device, seed=ctx.seed + ctx.index, log=ctx.log, name=ctx.name, targets=targets)
         teacher_facts = {"teacher_params": float(teacher.count_params()), "teacher_accuracy": teacher_accuracy}
         # An incoming student carries its earlier stages' facts (which channels stayed) on; a new one starts anew.
         artifact = save_keras(
             student, model if incoming else None, ctx.workdir, ctx.name, ctx.log, effects=self.output_effects(model), metrics=teacher_facts,
             distilled=True, teacher=teacher_file, teacher_file=params.teacher, student_incoming=incoming,
-            temperature=params.temperature,
+            temperature=params.temperature, **facts,
         )
         return dataclasses.replace(artifact, parent=model)
+
+
+def aligned_classes(params: DistillParams, student: Any, teacher: Any, classes: int, where: str) -> int | None:
+    """With hidden-state alignment, the class count that splits logits from hidden states; None without it."""
+    if not params.hidden_weight:
+        return None
+    widths = hidden_width(student, f"{where}.hidden_weight"), hidden_width(teacher, f"{where}.hidden_weight")
+    if widths[0] != widths[1]:
+        raise PipelineError(
+            f"{where}.hidden_weight: the student's pooled hidden state has {widths[0]} values and the teacher's {widths[1]}; "
+            f"the cosine loss needs equal widths (DistilBERT keeps the teacher's width): give the student the teacher's width "
+            f"or set {where}.hidden_weight=0"
+        )
+    return classes
 
 
 def check_incoming_student(params: DistillParams, input_format: ModelFormat | None, effects: frozenset[Effect], where: str) -> None:

@@ -44,7 +44,8 @@ class ExportParams(Params):
         True,
         description=(
             "Also write NAME.json (input contract and preprocessing, class names, recipe, metrics, I/O details, "
-            "quantization, lineage) and NAME.labels.txt (one class name per line)."
+            "quantization, lineage, the tokenizer's rules for text), NAME.labels.txt (one class name per line) and, "
+            "for text, NAME.vocab.txt (the tokenizer's vocabulary, line n being token id n)."
         ),
     )
     inputs: Literal["auto", "raw", "preprocessed"] = Field(

@@ -27,6 +27,20 @@ def calibration_set(x_train: np.ndarray, count: int, seed: int) -> np.ndarray:
     return x_train[rng.choice(len(x_train), size=count, replace=False)]
 
 
+def representative(calibration: np.ndarray) -> Any:
+    """The converter's representative dataset: one example at a time, as the model takes it.
+
+    Float inputs go in as float32; integer inputs (token ids) keep their integer type, so the
+    converter keeps an integer input instead of quantizing the ids as if they were values.
+    """
+
+    def examples() -> Iterator[list[np.ndarray]]:
+        for example in calibration:
+            yield [example[np.newaxis] if example.dtype.kind in "iu" else example[np.newaxis].astype(np.float32)]
+
+    return examples
+
+
 def convert(keras_model: Any, mode: str, calibration: np.ndarray, sparse: bool) -> bytes:
     """The TFLite flatbuffer for quantization `mode`."""
     converter = configure_converter(keras_model, mode, calibration)
@@ -72,12 +86,7 @@ def configure_converter(keras_model: Any, mode: str, calibration: np.ndarray) ->
     if mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if mode in CALIBRATED:
-
-        def representative() -> Iterator[list[np.ndarray]]:
-            for example in calibration:
-                yield [example[np.newaxis].astype(np.float32)]
-
-        converter.representative_dataset = representative
+        converter.representative_dataset = representative(calibration)
     if mode == "int8":
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8

@@ -1,4 +1,9 @@
-"""Knowledge distillation (Hinton et al., 2015): the teacher, its packed targets and the distillation loss."""
+"""Knowledge distillation (Hinton et al., 2015): the teacher, its packed targets and the distillation loss.
+
+With hidden-state alignment (DistilBERT's cosine loss, Sanh et al., 2019) the targets also carry
+the teacher's pooled hidden state (the input of its classifier), and the student is trained
+through a view that outputs its logits and its own pooled state side by side.
+"""
 
 from __future__ import annotations
 
@@ -40,9 +45,26 @@ def load_teacher(path: str, data: Dataset, where: str, log: logging.Logger) -> A
     return teacher
 
 
-def teacher_targets(teacher: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Packed (label, teacher logits) targets of the training and validation splits."""
-    return pack(data.y_train, predict(teacher, data.x_train)), pack(data.y_val, predict(teacher, data.x_val))
+def teacher_targets(teacher: Any, data: Any, hidden: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Packed (label, teacher logits[, teacher pooled state]) targets of the training and validation splits."""
+    source = with_hidden_state(teacher) if hidden else teacher
+    return pack(data.y_train, predict(source, data.x_train)), pack(data.y_val, predict(source, data.x_val))
+
+
+def with_hidden_state(model: Any) -> Any:
+    """A view of `model` (sharing its layers) that outputs its logits and then its pooled hidden state,
+    the input of its last layer (the classifier), in one row per example."""
+    import tf_keras as keras
+
+    hidden = model.layers[-1].input
+    return keras.Model(model.inputs, keras.layers.Concatenate(name="logits_and_hidden")([model.outputs[0], hidden]))
+
+
+def hidden_width(model: Any, where: str) -> int:
+    """Width of `model`'s pooled hidden state; PipelineError for a model without layers (`where` names the setting)."""
+    if not hasattr(model, "layers"):
+        raise PipelineError(f"{where}: an inference-only SavedModel teacher has no hidden state to align; give a Keras file or set it to 0")
+    return int(model.layers[-1].input.shape[-1])
 
 
 def teacher_of(model: ModelArtifact, data: Dataset, where: str, log: logging.Logger) -> tuple[Any, float]:
@@ -74,22 +96,25 @@ def predict(model: Any, x: np.ndarray) -> np.ndarray:
 
 
 def pack(labels: np.ndarray, teacher_logits: np.ndarray) -> np.ndarray:
-    """One target array per example: the class id, then the teacher's logits."""
+    """One target array per example: the class id, then the teacher's logits (and pooled state, when asked for)."""
     return np.concatenate([labels.astype(np.float32)[:, np.newaxis], teacher_logits], axis=1)
 
 
-def distillation_loss(kind: str, alpha: float, temperature: float) -> Any:
+def distillation_loss(kind: str, alpha: float, temperature: float, classes: int | None = None, hidden_weight: float = 0.0) -> Any:
     """Per-example loss on packed targets.
 
     kl:  alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(labels, student)
     mse: alpha * mean((teacher - student)^2) + (1 - alpha) * CE(labels, student)
     The T^2 factor keeps the soft term's gradients on the scale of the label term's as T grows.
+    With `classes` set, the first `classes` values of the targets and outputs are logits and the
+    rest pooled hidden states, and `hidden_weight * (1 - cosine(student state, teacher state))` is added.
     """
     import tensorflow as tf
     import tf_keras as keras
 
-    def loss(packed: Any, student: Any) -> Any:
-        labels, teacher = tf.cast(packed[:, 0], tf.int32), packed[:, 1:]
+    def loss(packed: Any, output: Any) -> Any:
+        end = 1 + classes if classes else None
+        labels, teacher, student = tf.cast(packed[:, 0], tf.int32), packed[:, 1:end], output[:, :classes]
         hard = keras.backend.sparse_categorical_crossentropy(labels, student, from_logits=True)
         if kind == "kl":
             soft_teacher = tf.nn.softmax(teacher / temperature)
@@ -97,17 +122,27 @@ def distillation_loss(kind: str, alpha: float, temperature: float) -> Any:
             soft = temperature**2 * tf.reduce_sum(divergence, axis=-1)
         else:
             soft = tf.reduce_mean(tf.square(teacher - student), axis=-1)
-        return alpha * soft + (1 - alpha) * hard
+        total = alpha * soft + (1 - alpha) * hard
+        if classes and hidden_weight:
+            cosine = tf.reduce_sum(
+                tf.math.l2_normalize(output[:, classes:], -1) * tf.math.l2_normalize(packed[:, 1 + classes :], -1), axis=-1
+            )
+            total += hidden_weight * (1 - cosine)
+        return total
 
     return loss
 
 
-def packed_accuracy(packed: Any, student: Any) -> Any:
-    """Share of examples whose top student logit is the label (the first packed column)."""
+def accuracy_on_logits(classes: int | None = None) -> Any:
+    """The packed-target accuracy metric for outputs whose first `classes` values are the logits (all, when None)."""
     import tensorflow as tf
 
-    labels = tf.cast(packed[:, 0], tf.int64)
-    return tf.cast(tf.equal(labels, tf.argmax(student, axis=-1)), tf.float32)
+    def accuracy(packed: Any, output: Any) -> Any:
+        labels = tf.cast(packed[:, 0], tf.int64)
+        return tf.cast(tf.equal(labels, tf.argmax(output[:, :classes], axis=-1)), tf.float32)
+
+    return accuracy
 
 
-packed_accuracy.__name__ = "accuracy"
+# Share of examples whose top student logit is the label (the first packed column).
+packed_accuracy = accuracy_on_logits()

@@ -1,8 +1,10 @@
-"""The exported files: the models in each format, and beside them the metadata JSON and the labels file.
+"""The exported files: the models in each format, and beside them the metadata JSON, the labels file and,
+for text, the tokenizer's vocabulary file.
 
 The JSON states each file's input contract (raw inputs with the preprocessing folded in, or
 inputs after the listed steps), its serving signature, the class names, and the recipe, metrics,
-I/O details, quantization and lineage. `pipeline.predict` needs nothing else.
+I/O details, quantization and lineage; for text, the tokenizer's rules (`tokenizer`), so that an app
+tokenizes exactly as training did. `pipeline.predict` needs nothing else.
 """
 
 from __future__ import annotations
@@ -24,20 +26,22 @@ from techniques.serving import serving_model
 
 def export_metadata(
     shipped: ModelArtifact, exports: dict[str, Path], contracts: dict[str, dict[str, str]], labels: Path, data: Dataset,
-    metrics: Mapping[str, float], recipe: Mapping[str, Any], budget: Budget | None,
+    metrics: Mapping[str, float], recipe: Mapping[str, Any], budget: Budget | None, vocabulary: Path | None = None,
 ) -> dict[str, Any]:
     """Everything a consumer of the exported files needs to know about them: the content of NAME.json.
 
     `shipped` is the export stage's output; its parent is the model the stage was given. `metrics`
     are the test-split measurements of what ships, `recipe` the run's resolved configuration and
-    `budget` the accuracy budget the choices were made within (None without one).
+    `budget` the accuracy budget the choices were made within (None without one). `vocabulary` is
+    the tokenizer's vocabulary file of text data.
     """
     model = shipped.parent or shipped
     return {
         "files": {target: path.name for target, path in exports.items()},
         "classes": list(data.labels),
         "labels_file": labels.name,
-        "input": data.preprocessing.to_json(data.input_shape),
+        "input": input_description(data),
+        "tokenizer": data.tokenizer.to_json(vocabulary.name) if data.tokenizer is not None and vocabulary else None,
         "serving": {target: serving_facts(target, exports[target], contracts[target]) for target in exports},
         "recipe": dict(recipe) or None,
         "metrics": dict(metrics),
@@ -58,6 +62,17 @@ def export_metadata(
             }
             for a in reversed(model.lineage())
         ],
+    }
+
+
+def input_description(data: Dataset) -> dict[str, Any]:
+    """What the model takes: the preprocessing's description, or for text int32 token ids of texts
+    (`features` names the CSV column they came from; empty for a folder of .txt files)."""
+    if data.tokenizer is None:
+        return data.preprocessing.to_json(data.input_shape)
+    return {
+        "kind": "text", "shape": list(data.input_shape), "dtype": "int32", "features": list(data.preprocessing.features),
+        "label_column": data.preprocessing.label, "steps": [],
     }
 
 
@@ -101,13 +116,16 @@ def write_metadata(
     model: ModelArtifact, exports: dict[str, Path], contracts: dict[str, dict[str, str]], stem: Path, data: Dataset,
     metrics: Mapping[str, float], recipe: Mapping[str, Any], budget: Budget | None,
 ) -> list[Path]:
-    """Write `stem`.labels.txt and `stem`.json (see `export_metadata`); their paths, the JSON last."""
+    """Write `stem`.labels.txt, for text `stem`.vocab.txt, and `stem`.json (see `export_metadata`); their paths, the JSON last."""
     labels = stem.with_name(f"{stem.name}.labels.txt")
     labels.write_text("".join(f"{name}\n" for name in data.labels))
+    vocabulary = None
+    if data.tokenizer is not None:
+        vocabulary = data.tokenizer.write_vocabulary(stem.with_name(f"{stem.name}.vocab.txt"))
     path = stem.with_suffix(".json")
-    facts = export_metadata(model, exports, contracts, labels, data, metrics, recipe, budget)
+    facts = export_metadata(model, exports, contracts, labels, data, metrics, recipe, budget, vocabulary)
     path.write_text(json.dumps(facts, indent=2, default=str) + "\n")
-    return [labels, path]
+    return [labels, *([vocabulary] if vocabulary else []), path]
 
 
 def write_model(

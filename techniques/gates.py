@@ -32,8 +32,8 @@ class GateParams(Params):
     require_integer: Switch = Field(
         "auto",
         description=(
-            "Fail unless every op is integer with int8 input and output; auto: for int8 output, accepting "
-            "layers the accuracy fallback kept float."
+            "Fail unless every op is integer with int8 input (or int32 token ids) and int8 output; auto: for "
+            "int8 output, accepting layers the accuracy fallback kept float."
         ),
     )
 
@@ -189,8 +189,16 @@ def leaf_layers(model: Any) -> list[Any]:
     return found
 
 
+def integer_io(side: str, detail: dict) -> bool:
+    """An integer model's input or output: int8, or for the input integer ids that are not quantized
+    (token ids, int32, which an embedding looks up: they are indices, not values to scale)."""
+    if detail["dtype"] == np.int8:
+        return True
+    return side == "input" and np.issubdtype(detail["dtype"], np.integer) and detail["quantization"][0] == 0
+
+
 def integer_gate(path: Path, where: str, keras_model: Any = None, kept_float: Collection[str] = ()) -> None:
-    """PipelineError unless every operator is integer and the input and output are int8.
+    """PipelineError unless every operator is integer, the output int8 and the input int8 (or integer ids).
 
     Given the Keras model the file was converted from, the error names the layers left in float;
     the operators of `kept_float` (layers the accuracy fallback kept float on purpose) are accepted.
@@ -198,8 +206,8 @@ def integer_gate(path: Path, where: str, keras_model: Any = None, kept_float: Co
     from pipeline.measure import litert
 
     runner = litert.interpreter(path, threads=1)
-    io = {"input": runner.get_input_details()[0]["dtype"], "output": runner.get_output_details()[0]["dtype"]}
-    wrong = [f"{side} is {np.dtype(dtype).name}" for side, dtype in io.items() if dtype != np.int8]
+    io = {"input": runner.get_input_details()[0], "output": runner.get_output_details()[0]}
+    wrong = [f"{side} is {np.dtype(detail['dtype']).name}" for side, detail in io.items() if not integer_io(side, detail)]
     layers = float_layers(path, keras_model, kept_float) if keras_model is not None else {}
     if layers and not wrong:
         listed = ", ".join(f"{layer}: {' '.join(ops)}" for layer, ops in layers.items())

@@ -67,9 +67,15 @@ def require_layer_graph(model: Any, where: str) -> None:
         raise NeedsLayerGraph(f"{where}: the model has no layer graph")
 
 
+def is_kernel(weight: Any) -> bool:
+    """Whether `weight` is a kernel: rank 2 or more and not a bias (MultiHeadAttention's biases are
+    (heads, head size) matrices, which pruning leaves dense like every bias)."""
+    return len(weight.shape) >= 2 and not weight.name.rsplit("/", 1)[-1].startswith("bias")
+
+
 def kernel_sizes(layer: Any) -> int:
-    """Number of values in `layer`'s weights of rank 2 or more (kernels, not biases or scales)."""
-    return sum(int(w.shape.num_elements()) for w in layer.weights if len(w.shape) >= 2)
+    """Number of values in `layer`'s kernels (not biases or scales)."""
+    return sum(int(w.shape.num_elements()) for w in layer.weights if is_kernel(w))
 
 
 def choose_layers(

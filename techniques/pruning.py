@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-from techniques.layers import kernel_sizes
+from techniques.layers import is_kernel, kernel_sizes
 
 # Why a layer stays dense under an m:n pattern: groups of n run along its input channels.
 NARROW = "input channels not a multiple of"
@@ -69,10 +69,10 @@ def follows_m_by_n(kernel: np.ndarray, m_by_n: list[int]) -> bool:
 
 
 def pruned_sparsity(model: Any, names: list[str] | None = None) -> float:
-    """Share of zeros in the kernels (weights of rank 2 or more) of the named layers (default: every layer)."""
+    """Share of zeros in the kernels (weights of rank 2 or more, not biases) of the named layers (default: every layer)."""
     kernels = [
         weight.numpy() for layer in model.layers if names is None or layer.name in names
-        for weight in layer.weights if len(weight.shape) >= 2
+        for weight in layer.weights if is_kernel(weight)
     ]
     total = sum(k.size for k in kernels)
     return float(sum(k.size - np.count_nonzero(k) for k in kernels) / total) if total else 0.0

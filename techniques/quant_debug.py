@@ -20,7 +20,7 @@ points on CONV_2D outputs).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -33,13 +33,11 @@ def calibrate(keras_model: Any, calibration: np.ndarray) -> bytes:
     """The float model with recorded activation ranges, ready for `quantize` (int8 input and output)."""
     import tensorflow as tf
 
-    def representative() -> Iterator[list[np.ndarray]]:
-        for example in calibration:
-            yield [example[np.newaxis].astype(np.float32)]
+    from techniques.conversion import representative
 
     converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
+    converter.representative_dataset = representative(calibration)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8

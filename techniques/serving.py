@@ -55,7 +55,9 @@ def serving_model(keras_model: Any, preprocessing: Preprocessing, inputs: str, o
     with its input named `features` and its output `logits` or `probabilities`."""
     import tf_keras as keras
 
-    features = keras.Input(keras_model.input_shape[1:], name=INPUT_NAME)
+    # The trained model's input type is kept: token ids stay int32 (a float input cast to ids would
+    # have the int8 converter quantize the ids themselves).
+    features = keras.Input(keras_model.input_shape[1:], dtype=keras_model.inputs[0].dtype, name=INPUT_NAME)
     x = features
     if inputs == "raw":
         for layer in preprocessing.layers():

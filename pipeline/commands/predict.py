@@ -2,8 +2,10 @@
 
 EXPORT is a run's export folder or one exported file (.tflite, .keras, .h5 or a SavedModel
 folder); the metadata JSON beside it says what the model takes. INPUTS are a CSV file, an .npz
-file, image files or a folder of them. The inputs are read as the data source read them, put
-through the preprocessing steps the model does not hold itself, and run through the model
+file, image files or a folder of them; for a text model, .txt files, a folder of them (class
+subfolders give labels) or a CSV file with the text column, tokenized with the shipped vocabulary.
+The inputs are read as the data source read them, put through the preprocessing steps the model
+does not hold itself, and run through the model
 (TFLite files through the LiteRT interpreter). Inputs with labels (a CSV label column, class
 subfolders, an .npz `y`) also print the accuracy. Nothing from the run is needed but the export.
 """
@@ -20,6 +22,7 @@ import numpy as np
 
 from pipeline.commands.raw_inputs import RawInputs, read
 from pipeline.data.preprocessing import Preprocessing
+from pipeline.data.tokenizer import Tokenizer
 from pipeline.errors import PipelineError, report
 
 # Which export a folder is run as when --format is not given: the file that ships first.
@@ -36,6 +39,7 @@ class Export:
     classes: list[str]
     preprocessing: Preprocessing
     shape: tuple[int, ...]
+    tokenizer: Tokenizer | None = None
 
 
 def find_export(given: Path, target: str | None) -> Export:
@@ -73,7 +77,20 @@ def read_metadata(path: Path) -> dict[str, Any]:
 def export_of(meta: dict[str, Any], path: Path, target: str) -> Export:
     """The Export for `target` of the metadata `meta`."""
     described = meta["input"]
-    return Export(path, target, meta["serving"][target], meta["classes"], Preprocessing.from_json(described), tuple(described["shape"]))
+    return Export(
+        path, target, meta["serving"][target], meta["classes"], Preprocessing.from_json(described), tuple(described["shape"]),
+        shipped_tokenizer(meta.get("tokenizer"), path.parent),
+    )
+
+
+def shipped_tokenizer(described: dict[str, Any] | None, folder: Path) -> Tokenizer | None:
+    """The tokenizer a text model's export ships (its rules from the JSON, its vocabulary file), else None."""
+    if not described:
+        return None
+    vocabulary = folder / str(described.get("vocabulary_file"))
+    if not vocabulary.is_file():
+        raise PipelineError(f"{vocabulary}: the vocabulary file of this text model is missing; keep it beside the model")
+    return Tokenizer.from_files(described, vocabulary)
 
 
 def model_inputs(export: Export, inputs: RawInputs) -> np.ndarray:
@@ -119,7 +136,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def predict(export_path: Path, input_paths: list[Path], target: str | None = None, threads: int = 1) -> str:
     """The printed report: one row per input (class, score, and label when known), then the accuracy."""
     export = find_export(export_path, target)
-    inputs = read(input_paths, export.preprocessing, export.shape, export.classes)
+    inputs = read(input_paths, export.preprocessing, export.shape, export.classes, export.tokenizer)
     y = outputs(export, model_inputs(export, inputs), threads)
     probabilities = scores(export, y)
     best = np.argmax(y, axis=-1)  # the runner's accuracy takes the argmax of the raw outputs too
@@ -141,7 +158,10 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m pipeline.predict", description="Class names and scores of an exported model for raw inputs."
     )
     parser.add_argument("export", type=Path, help="a run's export/ folder, or an exported .tflite/.keras/.h5/SavedModel")
-    parser.add_argument("inputs", type=Path, nargs="+", help="a CSV file, an .npz file, image files or a folder of images")
+    parser.add_argument(
+        "inputs", type=Path, nargs="+",
+        help="a CSV file, an .npz file, image files or a folder of images; for text, .txt files, a folder of them or a CSV file",
+    )
     parser.add_argument(
         "--format", choices=PREFERENCE, help="which export of a folder to run (default: the first of tflite, keras, saved_model, h5)"
     )

@@ -2,7 +2,8 @@
 
 A CSV table (the feature columns the export's JSON names, in its order; the label column when
 present), image files or a folder of them (class subfolders give labels), or an .npz archive
-(`x` or `x_test`, with `y` or `y_test` when present). Every reader checks what it can without
+(`x` or `x_test`, with `y` or `y_test` when present); for a text model, .txt files, folders of them
+(class subfolders give labels) or a CSV file's text column, tokenized with the shipped tokenizer. Every reader checks what it can without
 TensorFlow; images are decoded with the image_folder source's own function.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 from pipeline.data.arrays import read_csv, read_npz, with_channel
 from pipeline.data.images import EXTENSIONS, class_folders, image_paths
 from pipeline.data.preprocessing import Preprocessing
+from pipeline.data.tokenizer import Tokenizer
 from pipeline.errors import PipelineError, quoted
 
 FIX_SHAPE = "give inputs shaped as the JSON's input.shape says"
@@ -23,18 +25,25 @@ FIX_SHAPE = "give inputs shaped as the JSON's input.shape says"
 
 @dataclass(frozen=True)
 class RawInputs:
-    """Raw examples (float32, one per row), a name for each, and class ids where the input had labels."""
+    """Raw examples (float32, or int32 token ids for text; one per row), a name for each, and class ids where the input had labels."""
 
     names: list[str]
     x: np.ndarray
     y: np.ndarray | None = None
 
 
-def read(paths: list[Path], preprocessing: Preprocessing, shape: tuple[int, ...], classes: list[str]) -> RawInputs:
-    """Raw inputs from `paths`: one CSV or .npz file, or image files and folders."""
+def read(
+    paths: list[Path], preprocessing: Preprocessing, shape: tuple[int, ...], classes: list[str], tokenizer: Tokenizer | None = None
+) -> RawInputs:
+    """Raw inputs from `paths`: one CSV or .npz file, or image files and folders; texts for a model with a `tokenizer`."""
     for path in paths:
         if not path.exists():
             raise PipelineError(f"{path}: no such file or folder; give a CSV file, an .npz file, image files or a folder")
+    if tokenizer is not None:
+        try:
+            return read_texts(paths, preprocessing, classes, tokenizer)
+        except PipelineError as error:  # the data source's messages name its config key, not a command-line input
+            raise PipelineError(str(error).removeprefix("data.path: ").removeprefix("data.text: ")) from None
     suffixes = {path.suffix.lower() for path in paths if path.is_file()}
     if suffixes & {".csv", ".npz"}:
         if len(paths) != 1:
@@ -107,6 +116,40 @@ def read_images(paths: list[Path], preprocessing: Preprocessing, shape: tuple[in
     labelled = [label for _, label in found if label is not None]
     y = class_ids(labelled, classes, paths[0]) if len(labelled) == len(found) else None
     return RawInputs([str(path) for path, _ in found], decode_all([p for p, _ in found], preprocessing, shape), y)
+
+
+def read_texts(paths: list[Path], preprocessing: Preprocessing, classes: list[str], tokenizer: Tokenizer) -> RawInputs:
+    """Texts as token ids: a CSV file's text column (labels from its label column when present), or
+    .txt files and folders of them (class subfolders give labels), read as the data sources read them."""
+    from pipeline.data.text import class_folders, column_texts, read_text, text_files
+
+    if len(paths) == 1 and paths[0].suffix.lower() == ".csv":
+        header, rows = read_csv(paths[0], ",")
+        column = preprocessing.features[0] if preprocessing.features else None
+        if column is None:
+            raise PipelineError(f"{paths[0]}: the model was trained on a folder of .txt files; give .txt files or a folder of them")
+        if column not in header:
+            raise PipelineError(f"{paths[0]}: the model reads texts from the column {quoted(column)}, missing from the header; add it")
+        texts = list(column_texts(header, rows, column))
+        names = [f"{paths[0].name}:{line}" for line, _ in rows]
+        label = preprocessing.label
+        y = class_ids([row[header.index(label)] for _, row in rows], classes, paths[0]) if label in header else None
+        return RawInputs(names, tokenizer.encode(texts)[0], y)
+    found: list[tuple[Path, str | None]] = []
+    for path in paths:
+        if path.is_file():
+            if path.suffix.lower() != ".txt":
+                raise PipelineError(f"{path}: the model takes text; give .txt files, a folder of them or a CSV file")
+            found.append((path, None))
+            continue
+        found += [(file, None) for file in text_files(path)]
+        found += [(file, folder.name) for folder in class_folders(path) for file in text_files(folder)]
+    if not found:
+        raise PipelineError(f"{paths[0]}: no .txt files in it or in its subfolders")
+    labelled = [label for _, label in found if label is not None]
+    y = class_ids(labelled, classes, paths[0]) if len(labelled) == len(found) else None
+    texts = [read_text(path) for path, _ in found]
+    return RawInputs([str(path) for path, _ in found], tokenizer.encode(texts)[0], y)
 
 
 def decode_all(paths: list[Path], preprocessing: Preprocessing, shape: tuple[int, ...]) -> np.ndarray:

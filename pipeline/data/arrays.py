@@ -1,4 +1,4 @@
-"""Arrays a user already has: NumPy `.npz` archives and CSV tables.
+"""Arrays a user already has: NumPy `.npz` archives and CSV tables (numeric columns, or a text column).
 
 Both are read without pickle (no code in a data file can run). Scaling uses statistics of the
 training split only, so the test split stays unseen.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import math
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,9 @@ from pipeline.data.dataset import (
     split,
     with_channel,
 )
+from pipeline.data.preprocessing import Preprocessing
+from pipeline.data.text import column_texts, tokenized
+from pipeline.data.tokenizer import TokenizerParams
 from pipeline.errors import PipelineError, quoted
 from pipeline.plugin.fields import ExistingFile
 from pipeline.plugin.schema import Plugin
@@ -94,27 +98,38 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-class CsvParams(SplitParams):
-    """A CSV table with a header row: numeric feature columns and one label column."""
+class CsvParams(SplitParams, TokenizerParams):
+    """A CSV table with a header row: numeric feature columns (or one text column) and one label column.
+
+    The tokenizer's settings (vocab_size, sequence_length, standardize) apply with `text` only.
+    """
 
     path: ExistingFile = Field(description="The .csv file; its first row names the columns.")
     label: str = Field("label", min_length=1, description="Column holding the class (ids or names).")
+    text: str | None = Field(
+        None, min_length=1, description="Column holding a text per row, tokenized to int32 ids (null: numeric features)."
+    )
     features: list[str] | None = Field(None, description="Feature columns to use (null: every other column).")
     delimiter: str = Field(",", min_length=1, max_length=1, description="Character between fields.")
     normalize: Normalize = Field("standard", description=NORMALIZE_HELP)
 
 
 class CsvSource(Plugin[CsvParams]):
-    """Tabular examples (N, features) for models such as `mlp`."""
+    """Tabular examples (N, features) for models such as `mlp`, or texts as token ids for text models."""
 
     def load(self, seed: int) -> Dataset:
-        """Features as float32, labels as ids (text labels numbered in sorted order)."""
+        """Features as float32 (or, with `text`, int32 token ids), labels as ids (text labels numbered in sorted order)."""
         header, rows = read_csv(Path(self.config.path), self.config.delimiter)
         label_at = column(header, self.config.label, "data.label")
+        y, names = as_labels(np.array([row[label_at] for _, row in rows]), f"data.label: column '{self.config.label}'")
+        if self.config.text is not None:
+            column(header, self.config.text, "data.text")
+            data = split(column_texts(header, rows, self.config.text), y, self.config, seed, names)
+            described = Preprocessing(features=(self.config.text,), label=self.config.label)  # what predict reads
+            return tokenized(replace(data, preprocessing=described), self.config)
         wanted = self.config.features or [name for name in header if name != self.config.label]
         columns = [column(header, name, "data.features") for name in wanted]
         x = np.array([[number(row, at, header, line) for at in columns] for line, row in rows], dtype=np.float32)
-        y, names = as_labels(np.array([row[label_at] for _, row in rows]), f"data.label: column '{self.config.label}'")
         data = split(x, y, self.config, seed, names)
         return normalize(data, self.config.normalize, features=tuple(wanted), label=self.config.label)
 

@@ -1,7 +1,8 @@
 """The data every source hands to the runner, and the splitting and scaling all sources share.
 
-Images have a channel axis (N, H, W, C); tabular data is (N, features); model inputs are float32
-and labels int64 class ids from 0. Splits are stratified and deterministic for a given seed, and
+Images have a channel axis (N, H, W, C); tabular data is (N, features); model inputs are float32,
+but for text: (N, sequence_length) int32 token ids, with the fitted tokenizer kept beside them;
+labels are int64 class ids from 0. Splits are stratified and deterministic for a given seed, and
 any statistics used for scaling come from the training split only. Each source declares its
 scaling as a `Preprocessing` and keeps the raw test inputs, so a model that takes raw inputs can
 be measured on exactly what a user would feed it.
@@ -18,6 +19,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from pipeline.data.preprocessing import Preprocessing, Rescale, Step, fit_steps
+from pipeline.data.tokenizer import Tokenizer
 from pipeline.errors import PipelineError
 from pipeline.plugin.schema import Params
 
@@ -31,9 +33,10 @@ NORMALIZE_HELP = (
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train/validation/test model inputs (float32), int class ids, and how raw inputs became them.
+    """Train/validation/test model inputs (float32, or int32 token ids), int class ids, and how raw inputs became them.
 
-    `x_test_raw` holds the test inputs before `preprocessing` (None when it has no steps).
+    `x_test_raw` holds the test inputs before `preprocessing` (None when it has no steps);
+    `tokenizer` turned texts into the token ids (None for other data).
     """
 
     x_train: np.ndarray
@@ -46,6 +49,7 @@ class Dataset:
     class_names: tuple[str, ...] = ()
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     x_test_raw: np.ndarray | None = None
+    tokenizer: Tokenizer | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -79,6 +83,8 @@ class Dataset:
             digest.update(np.ascontiguousarray(array).tobytes())
         if self.preprocessing.steps:  # the same model inputs can come from different raw inputs
             digest.update(self.preprocessing.fingerprint_text().encode())
+        if self.tokenizer is not None:  # the same ids mean other words under another vocabulary
+            digest.update(self.tokenizer.fingerprint_text().encode())
         return digest.hexdigest()[:16]
 
 

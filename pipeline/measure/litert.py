@@ -24,11 +24,12 @@ def interpreter(path: Path, threads: int):
 
 
 def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
-    """Map float inputs onto an integer input tensor's scale and zero point; floats pass through."""
+    """Map float inputs onto an integer input tensor's scale and zero point; floats, and integers for an
+    unquantized integer input (token ids), pass through."""
     dtype = detail["dtype"]
-    if not np.issubdtype(dtype, np.integer):
-        return x.astype(dtype)
     scale, zero_point = detail["quantization"]
+    if not np.issubdtype(dtype, np.integer) or scale == 0:
+        return x.astype(dtype)
     info = np.iinfo(dtype)
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
 

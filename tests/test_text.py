@@ -1,0 +1,374 @@
+"""Text: the text_folder source and CSV text columns, the tokenizer, the text models, int32 ids through
+TFLite and the integer gate, and (slow) a whole recipe whose export predict runs on raw text."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config.recipe import check_recipe, configure
+from pipeline.data.arrays import CsvParams, CsvSource
+from pipeline.data.dataset import split
+from pipeline.data.text import TextFolderParams, TextFolderSource, class_folders, text_files
+from pipeline.data.tokenizer import OOV, PAD, Tokenizer, TokenizerParams, fit
+from pipeline.errors import PipelineError
+from pipeline.plugin import registry
+from pipeline.run.runner import RunInfo, run
+from tests._runs import TINY, compose_config
+from tests._text import TOPICS, write_text_csv, write_text_folder
+
+
+def load_folder(root: Path, seed: int = 0, **params):
+    return TextFolderSource(TextFolderParams(name="text_folder", path=str(root), **params)).load(seed)
+
+
+def load_csv(path: Path, seed: int = 0, **params):
+    return CsvSource(CsvParams(name="csv", path=str(path), **params)).load(seed)
+
+
+# --- tokenizer and sources --------------------------------------------------------------------------
+
+
+def test_tokenizer_pads_truncates_and_maps_unknown_words():
+    tokenizer = fit(["Goal! The team wins.", "the market, the shares"], TokenizerParams(sequence_length=4))
+    assert tokenizer.vocabulary[0] == "the"  # commonest first, from id 2
+    ids, truncated = tokenizer.encode(["THE team", "the goal team wins market shares", "zebra"])
+    assert ids.dtype == np.int32 and ids.shape == (3, 4) and truncated == 1
+    assert ids[0].tolist() == [2, tokenizer.vocabulary.index("team") + 2, PAD, PAD]
+    assert ids[2].tolist() == [OOV, PAD, PAD, PAD]
+    assert tokenizer.truncated == 0 and tokenizer.examples == 2
+
+
+def test_shipped_vocabulary_gives_the_same_ids(tmp_path):
+    tokenizer = fit(["Goal! The team wins.", "the market, the shares"], TokenizerParams(sequence_length=6))
+    path = tokenizer.write_vocabulary(tmp_path / "vocab.txt")
+    assert path.read_text().split("\n")[:3] == ["[PAD]", "[UNK]", "the"]
+    again = Tokenizer.from_files(tokenizer.to_json(path.name), path)
+    texts = ["the team; the market", "unknown words only"]
+    assert np.array_equal(again.encode(texts)[0], tokenizer.encode(texts)[0])
+
+
+def test_text_folder_gives_int32_ids_from_a_tokenizer_fitted_on_training_texts_only(tmp_path, caplog):
+    root = write_text_folder(tmp_path / "texts", per_class=20)
+    for i, path in enumerate(sorted(root.rglob("*.txt"))):  # a word no other text has
+        path.write_text(path.read_text() + f" unique{i}")
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        data = load_folder(root, sequence_length=100, vocab_size=1000)
+    assert data.input_shape == (100,) and data.num_classes == 3 and data.labels == tuple(sorted(TOPICS))
+    for x in (data.x_train, data.x_val, data.x_test):
+        assert x.dtype == np.int32 and x.min() >= 0 and x.max() < data.tokenizer.vocab_size
+    unique = [word for word in data.tokenizer.vocabulary if word.startswith("unique")]
+    assert len(unique) == len(data.x_train)  # only the training texts' own words
+    assert all((row == OOV).any() for row in data.x_test)  # every test text's own word is unknown
+    assert "vocabulary of" in caplog.text
+
+
+def test_truncated_texts_are_counted_and_said(tmp_path, caplog):
+    root = write_text_folder(tmp_path / "texts", per_class=20)
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        data = load_folder(root, sequence_length=30)
+    long = data.tokenizer.truncated
+    assert 0 < long < len(data.x_train)  # one text in five is long
+    assert f"data: {long} of {len(data.x_train)} training texts" in caplog.text
+    assert "longer than data.sequence_length=30 tokens and were truncated" in caplog.text
+
+
+def test_csv_text_column(tmp_path):
+    data = load_csv(write_text_csv(tmp_path / "reviews.csv", per_class=20), text="review", label="sentiment", sequence_length=16)
+    assert data.x_train.dtype == np.int32 and data.input_shape == (16,) and data.labels == tuple(sorted(TOPICS))
+    assert data.preprocessing.features == ("review",) and data.preprocessing.label == "sentiment"
+
+
+def test_the_same_texts_give_the_same_fingerprint_and_another_vocabulary_another(tmp_path):
+    root = write_text_folder(tmp_path / "texts", per_class=10)
+    assert load_folder(root).fingerprint() == load_folder(root).fingerprint()
+    assert load_folder(root).fingerprint() != load_folder(root, standardize="none").fingerprint()
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda root: (root / "sport" / "0000.txt").write_text("  \n"), r"^data.path: .*sport/0000.txt is empty; add its text or remove the file$"),
+        (lambda root: (root / "tech" / "bad.txt").write_bytes(b"caf\xe9 au lait"), r"^data.path: .*tech/bad.txt is not UTF-8 text \(byte 0xe9 at position 3\); save it as UTF-8 or remove it$"),
+        (lambda root: (root / "empty").mkdir(), r"^data.path: class folder .*empty holds no .txt files; add its texts or remove the folder$"),
+    ],
+    ids=["empty text", "not UTF-8", "class folder without .txt files"],
+)
+def test_bad_text_folders_get_one_line(tmp_path, spoil, message):
+    root = write_text_folder(tmp_path / "texts", per_class=10)
+    spoil(root)
+    with pytest.raises(PipelineError, match=message):
+        load_folder(root)
+
+
+def test_a_text_column_of_numbers_or_with_an_empty_cell_gets_one_line(tmp_path):
+    path = write_text_csv(tmp_path / "reviews.csv", per_class=10)
+    with pytest.raises(PipelineError, match=r"^data.text: column 'id' holds only numbers, not text; name the text column"):
+        load_csv(path, text="id", label="sentiment")
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].split(",")[0] + ",,sport"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PipelineError, match=r"^data.text: column 'review' line 4 is empty; fill in or drop the row$"):
+        load_csv(path, text="review", label="sentiment")
+    with pytest.raises(PipelineError, match=r"^data.text: no column 'text' in the CSV file \(columns: id, review, sentiment\)$"):
+        load_csv(path, text="text", label="sentiment")
+
+
+# --- models -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def text_data(tmp_path_factory):
+    return load_folder(write_text_folder(tmp_path_factory.mktemp("texts"), per_class=20), sequence_length=24)
+
+
+def builder(name: str, data, **params):
+    model = configure(registry.MODELS, {"name": name, **params}, "model")
+    model.on_data_loaded(data)
+    return model
+
+
+@pytest.mark.parametrize("name", ["transformer", "text_cnn"])
+def test_text_models_take_int32_ids_and_output_logits(text_data, name):
+    model = builder(name, text_data, dim=16).build(text_data.input_shape, text_data.num_classes)
+    assert model.inputs[0].dtype.name == "int32" and model.output_shape == (None, 3)
+    assert model.get_layer("tokens").input_dim == text_data.tokenizer.vocab_size
+    assert np.isfinite(model.predict(text_data.x_val, verbose=0)).all()
+
+
+def test_transformer_has_the_configured_blocks_and_heads(text_data):
+    model = builder("transformer", text_data, blocks=3, dim=32, heads=8, ff=48).build(text_data.input_shape, 3)
+    attention = [layer for layer in model.layers if type(layer).__name__ == "MultiHeadAttention"]
+    assert [layer.name for layer in attention] == ["block0_attention", "block1_attention", "block2_attention"]
+    assert attention[0].get_config()["num_heads"] == 8 and attention[0].get_config()["key_dim"] == 4
+    assert model.get_layer("block1_ffn_in").units == 48
+
+
+def test_text_models_refuse_images_and_an_unknown_vocabulary(text_data):
+    with pytest.raises(PipelineError, match=r"^model=transformer: takes token ids shaped \(sequence_length,\) but the data gives examples of shape \(8, 8, 1\); use text data"):
+        configure(registry.MODELS, {"name": "transformer"}, "model").check((8, 8, 1), 10)
+    with pytest.raises(PipelineError, match=r"^model.vocab_size: text_cnn needs the vocabulary size; use text data"):
+        configure(registry.MODELS, {"name": "text_cnn"}, "model").build((24,), 3)
+
+
+# --- int32 ids through TFLite -----------------------------------------------------------------------
+
+
+def test_int8_file_keeps_an_int32_id_input_and_passes_the_integer_gate(text_data, tmp_path):
+    from pipeline.measure import litert
+    from techniques.conversion import calibration_set, convert
+    from techniques.gates import integer_gate
+    from techniques.serving import serving_model
+
+    model = builder("transformer", text_data, dim=16, blocks=1).build(text_data.input_shape, 3)
+    served = serving_model(model, text_data.preprocessing, "raw", "logits")
+    assert served.inputs[0].dtype.name == "int32"  # a float input cast to ids would have the ids quantized
+    path = tmp_path / "model.tflite"
+    path.write_bytes(convert(served, "int8", calibration_set(text_data.x_train, 50, 0), sparse=False))
+    source = litert.interpreter(path, threads=1).get_input_details()[0]
+    assert source["dtype"] == np.int32 and source["quantization"] == (0.0, 0)
+    integer_gate(path, "stages.quantize", served)  # no float operator, an id input accepted as integer
+    float_logits, int8_logits = model.predict(text_data.x_test, verbose=0), litert.predict(path, text_data.x_test)
+    assert np.mean(float_logits.argmax(-1) == int8_logits.argmax(-1)) >= 0.9
+
+
+def test_the_integer_gate_still_refuses_a_float_input(tmp_path, text_data):
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from techniques.gates import integer_gate
+
+    features = keras.Input((4,))
+    model = keras.Model(features, keras.layers.Dense(3)(features))
+    path = tmp_path / "float.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    with pytest.raises(PipelineError, match=r"not fully integer \(input is float32; output is float32; float operators FULLY_CONNECTED\)"):
+        integer_gate(path, "stages.quantize")
+
+
+# --- a whole recipe, and predict on raw text ---------------------------------------------------------
+
+
+def split_test_files(root: Path, seed: int, **params) -> list[Path]:
+    """The .txt files the text_folder source puts in the test split (the split is seeded and works on any array)."""
+    folders = class_folders(root)
+    files = [(path, label) for label, folder in enumerate(folders) for path in text_files(folder)]
+    config = TextFolderParams(name="text_folder", path=str(root), **params)
+    paths = np.array([str(path) for path, _ in files], dtype=object)
+    return [Path(p) for p in split(paths, np.array([label for _, label in files]), config, seed).x_test]
+
+
+@pytest.mark.slow
+def test_mobile_int8_ships_a_transformer_at_the_float_accuracy_and_predict_reads_raw_text(tmp_path):
+    from tests.test_predict import predicted_accuracy
+
+    root = write_text_folder(tmp_path / "texts", per_class=40)
+    cfg = compose_config(
+        tmp_path, "recipe=mobile_int8", *TINY, "model=transformer", "model.blocks=1", "model.dim=16", "model.ff=32",
+        "data=text_folder", f"data.path={root}", "data.sequence_length=32", "stages.train.epochs=15",
+        "stages.train.learning_rate=0.003", "stages.export.formats=[tflite,keras]",
+    )
+    check_recipe(cfg)
+    result = run(cfg, RunInfo(run_dir=tmp_path / "run", recipe="mobile_int8"))
+    rows = {row.stage: row.metrics for row in result.rows}
+    assert rows["train"]["accuracy"] >= 0.9
+    assert rows["quantize"]["accuracy"] >= rows["train"]["accuracy"] - 0.02  # int8 at the float model's accuracy
+
+    export = result.run_dir / "export"
+    meta = json.loads((export / "model.json").read_text())
+    assert meta["serving"]["tflite"]["input_tensor"]["dtype"] == "int32"
+    assert meta["serving"]["tflite"]["output_tensor"]["dtype"] == "int8"
+    assert meta["quantization"]["fully_integer"] is True
+    assert meta["input"] == {"kind": "text", "shape": [32], "dtype": "int32", "features": [], "label_column": None, "steps": []}
+    assert meta["tokenizer"]["vocabulary_file"] == "model.vocab.txt" and meta["tokenizer"]["sequence_length"] == 32
+    assert (export / "model.vocab.txt").read_text().split("\n")[:2] == ["[PAD]", "[UNK]"]
+
+    tests = tmp_path / "test_texts"  # the run's test split as raw .txt files in class folders
+    for path in split_test_files(root, cfg.seed, sequence_length=32):
+        (tests / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, tests / path.parent.name / path.name)
+    for shipped, stage in ((export, "export"), (export / "model.keras", "prune")):  # int8 file, float Keras file
+        correct, total = predicted_accuracy(shipped, tests)
+        assert correct / total == rows[stage]["accuracy"]
+
+
+# --- DistilBERT-style distillation ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def text_teacher(text_data, tmp_path_factory):
+    """A trained 4-block transformer saved as a file, as a teacher given by path would be."""
+    import tf_keras as keras
+
+    model = builder("transformer", text_data, blocks=4, dim=16, heads=2, ff=32).build(text_data.input_shape, 3)
+    model.compile(keras.optimizers.Adam(0.005), keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
+    keras.utils.set_random_seed(0)
+    model.fit(text_data.x_train, text_data.y_train, epochs=6, batch_size=32, verbose=0)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.keras"
+    model.save(path)
+    return model, path
+
+
+def test_a_half_depth_student_starts_from_the_teachers_embeddings_and_every_other_block(text_data, text_teacher):
+    from techniques.student_init import initialise_from_teacher
+
+    teacher, _ = text_teacher
+    student = builder("transformer", text_data, blocks=2, dim=16, heads=2, ff=32).build(text_data.input_shape, 3)
+    assert initialise_from_teacher(student, teacher, None, "stages.distill") == [0, 2]
+    same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(student.get_layer(a).get_weights(), teacher.get_layer(b).get_weights()))  # noqa: E731
+    assert same("tokens", "tokens") and same("positions", "positions") and same("classifier", "classifier")
+    assert same("block0_attention", "block0_attention") and same("block1_ffn_in", "block2_ffn_in")
+    assert not same("block1_ffn_in", "block1_ffn_in")
+
+
+def test_a_student_that_cannot_start_from_the_teacher_is_named(text_data, text_teacher):
+    from techniques.student_init import initialise_from_teacher
+
+    teacher, _ = text_teacher
+    wide = builder("transformer", text_data, blocks=2, dim=32, heads=2, ff=32).build(text_data.input_shape, 3)
+    with pytest.raises(PipelineError, match=r"^stages.distill.init: the student's tokens has weights \[\(\d+, 32\)\] but the teacher's tokens has \[\(\d+, 16\)\]; give the student the teacher's dim"):
+        initialise_from_teacher(wide, teacher, None, "stages.distill")
+    deep = builder("transformer", text_data, blocks=3, dim=16, heads=2, ff=32).build(text_data.input_shape, 3)
+    with pytest.raises(PipelineError, match=r"^stages.distill.teacher_blocks: \[0, 2, 4\] \(every other one\) must name 3 of the teacher's blocks 0-3"):
+        initialise_from_teacher(deep, teacher, None, "stages.distill")
+    cnn = builder("text_cnn", text_data, dim=16).build(text_data.input_shape, 3)
+    with pytest.raises(PipelineError, match=r"^stages.distill.init: initialising from the teacher needs encoder blocks"):
+        initialise_from_teacher(cnn, teacher, None, "stages.distill")
+
+
+def test_hidden_state_loss_is_zero_for_aligned_states_and_adds_for_opposite_ones():
+    from techniques.distillation import distillation_loss
+
+    loss = distillation_loss("kl", 0.5, 2.0, classes=2, hidden_weight=3.0)
+    packed = np.array([[0, 1.0, -1.0, 0.5, 0.5]], np.float32)  # label, teacher logits, teacher state
+    aligned = np.array([[1.0, -1.0, 2.0, 2.0]], np.float32)  # the same logits, a state in the same direction
+    opposite = np.array([[1.0, -1.0, -2.0, -2.0]], np.float32)
+    base = float(distillation_loss("kl", 0.5, 2.0)(packed[:, :3], aligned[:, :2])[0])
+    assert float(loss(packed, aligned)[0]) == pytest.approx(base, abs=1e-5)
+    assert float(loss(packed, opposite)[0]) == pytest.approx(base + 3.0 * 2, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_distilbert_student_from_a_teacher_file(tmp_path, text_data, text_teacher):
+    from stages.distill import DistillParams, DistillStage
+    from tests._tiny import context
+
+    teacher, path = text_teacher
+    student = {"name": "transformer", "blocks": 2, "dim": 16, "heads": 2, "ff": 32}
+    params = DistillParams(teacher=str(path), student=student, init="teacher", hidden_weight=1.0, epochs=3, learning_rate=0.001)
+    stage = DistillStage(params)
+    stage.check_data(text_data, "stages.distill")
+    out = stage.run(None, context(tmp_path, "distill", 0, data=text_data))
+    model = out.load_keras()
+    assert out.metadata["initialised_from_blocks"] == [0, 2] and model.count_params() < teacher.count_params()
+    assert [layer.name for layer in model.layers][-1] == "classifier" and model.output_shape == (None, 3)  # the view is not saved
+    accuracy = np.mean(model.predict(text_data.x_test, verbose=0).argmax(-1) == text_data.y_test)
+    assert accuracy >= 0.8  # three epochs suffice for a student that starts from a trained teacher
+    too_wide = {**student, "dim": 32, "heads": 2}
+    with pytest.raises(PipelineError, match=r"^stages.distill.hidden_weight: the student's pooled hidden state has 32 values and the teacher's 16"):
+        DistillStage(DistillParams(teacher=str(path), student=too_wide, hidden_weight=1.0, epochs=1)).run(
+            None, context(tmp_path, "distill", 1, data=text_data)
+        )
+
+
+@pytest.mark.slow
+def test_distilbert_int8_recipe_on_a_text_folder(tmp_path):
+    root = write_text_folder(tmp_path / "texts", per_class=40)
+    cfg = compose_config(
+        tmp_path, "recipe=distilbert_int8", *TINY, "data=text_folder", f"data.path={root}", "data.sequence_length=32",
+        "model.dim=16", "model.ff=32", "stages.train.epochs=12", "stages.train.learning_rate=0.003", "stages.distill.epochs=6",
+    )
+    result = run(cfg, RunInfo(run_dir=tmp_path / "run", recipe="distilbert_int8"))
+    rows = {row.stage: row.metrics for row in result.rows}
+    assert rows["distill"]["params"] < 0.6 * rows["train"]["params"]  # half the blocks, the same embeddings
+    assert rows["export"]["accuracy"] >= rows["train"]["accuracy"] - 0.1
+    meta = json.loads((result.run_dir / "export" / "model.json").read_text())
+    assert [step["stage"] for step in meta["lineage"]] == ["train", "distill", "prune", "quantize"]
+    assert meta["lineage"][1]["facts"]["initialised_from_blocks"] == [0, 2]
+    assert meta["io"]["inputs"][0]["dtype"] == "int32" and meta["quantization"]["fully_integer"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, stage", [("qat_int8", "qat"), ("channel_int8", "channel_prune")])
+def test_qat_and_channel_pruning_on_a_transformer_keep_int32_ids(tmp_path, recipe, stage):
+    root = write_text_folder(tmp_path / "texts", per_class=40)
+    cfg = compose_config(
+        tmp_path, f"recipe={recipe}", *(o for o in TINY if not o.startswith("stages.prune")), "model=transformer",
+        "model.blocks=1", "model.dim=16", "model.ff=32", "data=text_folder", f"data.path={root}", "data.sequence_length=32",
+        "stages.train.epochs=12", "stages.train.learning_rate=0.003", f"stages.{stage}.epochs=2",
+    )
+    result = run(cfg, RunInfo(run_dir=tmp_path / "run", recipe=recipe))
+    rows = {row.stage: row.metrics for row in result.rows}
+    meta = json.loads((result.run_dir / "export" / "model.json").read_text())
+    assert meta["io"]["inputs"][0]["dtype"] == "int32" and meta["io"]["outputs"][0]["dtype"] == "int8"
+    assert meta["quantization"]["fully_integer"] is True
+    assert rows["export"]["accuracy"] >= rows["train"]["accuracy"] - 0.1
+    if stage == "channel_prune":  # the feed-forward layer lost half its units
+        assert rows["channel_prune"]["params"] < rows["train"]["params"] - 500
+
+
+def test_predict_reads_raw_text_as_the_sources_do(tmp_path):
+    from pipeline.commands.raw_inputs import read
+    from pipeline.data.preprocessing import Preprocessing
+
+    root = write_text_folder(tmp_path / "texts", per_class=5)
+    tokenizer = fit([path.read_text() for path in root.rglob("*.txt")], TokenizerParams(sequence_length=12))
+    classes = sorted(TOPICS)
+    inputs = read([root], Preprocessing(), (12,), classes, tokenizer)
+    assert inputs.x.dtype == np.int32 and inputs.x.shape == (15, 12) and sorted(set(inputs.y.tolist())) == [0, 1, 2]
+    first = sorted((root / "business").glob("*.txt"))[0]
+    assert np.array_equal(inputs.x[0], tokenizer.encode([first.read_text()])[0][0])
+
+    table = write_text_csv(tmp_path / "reviews.csv", per_class=5)
+    described = Preprocessing(features=("review",), label="sentiment")
+    assert np.array_equal(read([table], described, (12,), classes, tokenizer).y, inputs.y)
+    with pytest.raises(PipelineError, match=r"reviews.csv: the model was trained on a folder of .txt files; give .txt files or a folder of them$"):
+        read([table], Preprocessing(), (12,), classes, tokenizer)
+    (root / "sport" / "bad.txt").write_bytes(b"\xff\xfe")
+    with pytest.raises(PipelineError, match=r"^/.*bad.txt is not UTF-8 text \(byte 0xff at position 0\)"):
+        read([root], Preprocessing(), (12,), classes, tokenizer)
