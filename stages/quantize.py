@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -22,6 +23,7 @@ from techniques.conversion import (
 )
 from techniques.fallback import Fallback, FallbackParams, check_budget, fall_back, fallback_note, fallback_remedies
 from techniques.gates import GateParams, apply_gates
+from techniques.mixed_precision import needs_quantizer, resolve, write
 from techniques.serving import ServingParams, contract, for_serving
 
 # What each mode makes of a layer, in the layer plan.
@@ -41,6 +43,21 @@ class QuantizeParams(GateParams, ServingParams, FallbackParams):
     calibration_samples: int = Field(
         CALIBRATION_SAMPLES, ge=1, le=100_000, description="Training examples used to calibrate int8/int16x8 ranges."
     )
+    precision: dict[str, Literal["int8", "int16", "float"]] = Field(
+        default_factory=dict,
+        description=(
+            "A precision per layer, by layer name or Keras type (Dense), name first: int8, int16 (int16 "
+            "activations, int8 weights) or float; `default` for the rest (else the mode's). E.g. {dense_1: int16, "
+            "Conv2D: float}. Written by ai-edge-quantizer; int16 runs slowly on CPU (XNNPACK)."
+        ),
+    )
+    weights: Literal["int8", "int4"] | dict[str, Literal["int8", "int4"]] = Field(
+        "int8",
+        description=(
+            "Weight type of the quantized layers: int8, or int4 (channelwise; halves the weights) for the whole "
+            "model, or per layer like precision ({default: int4, dense_1: int8}). int4 is written by ai-edge-quantizer."
+        ),
+    )
     keep_sparsity: Switch = Field(
         "auto",
         description=(
@@ -56,7 +73,18 @@ class QuantizeParams(GateParams, ServingParams, FallbackParams):
         if self.fallback == "auto" and self.mode != "int8":
             # TF 2.21 quantizes int16 activations with a calibrator that cannot keep chosen layers float.
             raise ValueError("fallback=auto needs mode=int8 (TFLite can keep chosen layers float only in int8 models)")
+        if self.mixed and self.mode not in CALIBRATED:
+            raise ValueError("precision and int4 weights need mode=int8 or int16x8 (a calibrated integer model)")
+        if self.mixed and self.fallback == "auto":
+            raise ValueError("fallback=auto cannot be combined with precision or int4 weights rules yet; set fallback=off")
+        if self.require_integer == "true" and "float" in self.precision.values():
+            raise ValueError("require_integer=true forbids the float layers precision asks for; set require_integer=auto")
         return self
+
+    @property
+    def mixed(self) -> bool:
+        """Whether the rules ask for what TFLiteConverter cannot write (then ai-edge-quantizer writes the file)."""
+        return needs_quantizer(self.precision, self.weights, "int16" if self.mode == "int16x8" else "int8")
 
 
 class QuantizeStage(Stage[QuantizeParams]):
@@ -92,12 +120,27 @@ class QuantizeStage(Stage[QuantizeParams]):
         """The number format of each layer with weights in the TFLite file."""
         mode = self.config.mode
         actions = {layer.name: Action(MODE_WORDS[mode]) for layer in model.layers if layer.weights}
+        if self.config.mixed:
+            _, choices = resolve(model, self.config.precision, self.config.weights, "int16" if mode == "int16x8" else "int8", where)
+            actions = {name: Action(choices[name].words) for name in actions if name in choices}
         calibrated = f", calibrated on {self.config.calibration_samples} training examples" if mode in CALIBRATED else ""
         return StagePlan(
             actions,
             f"TFLite {MODE_WORDS[mode]}{calibrated}; layers TFLite runs only in float are named after conversion"
             f"{fallback_note(self.config)}",
         )
+
+    def write(self, keras_model: Any, source: ModelFormat, calibration: Any, path: Path, where: str) -> dict[str, str]:
+        """Write the .tflite to `path`: by ai-edge-quantizer when the rules need it (then return each
+        layer's precision in words), else by TFLiteConverter (then return nothing)."""
+        params = self.config
+        if params.mixed:
+            flatbuffer, choices = write(keras_model, params.mode, params.precision, params.weights, calibration, where)
+            path.write_bytes(flatbuffer)
+            return {name: choice.words for name, choice in choices.items()}
+        path.write_bytes(convert_saved(keras_model, params.mode, calibration, where) if source is ModelFormat.SAVED_MODEL
+                         else convert(keras_model, params.mode, calibration, sparse=False))
+        return {}
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         assert model is not None  # guaranteed by `accepts`
@@ -110,8 +153,8 @@ class QuantizeStage(Stage[QuantizeParams]):
             keras_model, data, serving = for_serving(model.load_keras(), data, params, params.mode in CALIBRATED, ctx.log)
         calibration = calibration_set(data.x_train, params.calibration_samples, ctx.seed)
         path = ctx.workdir / "model.tflite"
-        path.write_bytes(convert_saved(keras_model, params.mode, calibration, where) if model.format is ModelFormat.SAVED_MODEL
-                         else convert(keras_model, params.mode, calibration, sparse=False))
+        precisions = self.write(keras_model, model.format, calibration, path, where)
+        asked_float = [name for name, words in precisions.items() if words == "float32"]
         # XNNPACK's sparse kernels are floating-point only: a sparse-encoded integer model came out
         # larger and did not run, so `auto` does not spend a second conversion finding that out.
         worth_trying = Effect.PRUNED in model.effects and params.mode in FLOAT_MODES
@@ -120,12 +163,14 @@ class QuantizeStage(Stage[QuantizeParams]):
             **model.metadata, "quantization": params.mode, "sparse_encoding": sparse, "serving": serving,
             "calibration_samples": len(calibration) if params.mode in CALIBRATED else 0,
         }
+        if precisions:
+            metadata["layer_precisions"] = precisions
         fallen = Fallback()
         if params.fallback == "auto":
             fallen = fall_back(keras_model, calibration, path, params.accuracy_tolerance, data, ctx.budget, where, ctx.log)
         metadata.update(fallen.facts)
         gates = apply_gates(
-            params, params.mode == "int8", keras_model, path, data, where, fallen.float_layers, ctx.log, fallen.accuracies,
+            params, params.mode == "int8", keras_model, path, data, where, [*fallen.float_layers, *asked_float], ctx.log, fallen.accuracies,
             self.accuracy_remedies(where),
         )
         metadata.update(gates.facts)
