@@ -170,8 +170,8 @@ class QuantizeStage(Stage[QuantizeParams]):
             fallen = fall_back(keras_model, calibration, path, params.accuracy_tolerance, data, ctx.budget, where, ctx.log)
         metadata.update(fallen.facts)
         gates = apply_gates(
-            params, params.mode == "int8", keras_model, path, data, where, [*fallen.float_layers, *asked_float], ctx.log, fallen.accuracies,
-            self.accuracy_remedies(where),
+            params, params.mode == "int8", keras_model, path, data, where, fallen.float_layers, ctx.log, fallen.accuracies,
+            self.accuracy_remedies(where), asked_float,
         )
         metadata.update(gates.facts)
         return ModelArtifact(

@@ -17,9 +17,13 @@ Everything here imports ai-edge-quantizer lazily: only recipes that ask for it p
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from io import StringIO
 from typing import Any
 
 import numpy as np
@@ -122,12 +126,28 @@ def quantize(
 
     from pipeline.private_api import min_max_ranges
 
-    tool = quantizer.Quantizer(float_flatbuffer)
-    for node, operation, layer in ops:
-        add_rule(tool, node, operation, layer, choices.get(layer, default) if layer else default, where)
-    add_io_rules(tool, io)
-    ranges = min_max_ranges(float_flatbuffer, tool.get_quantization_recipe(), signature_samples(float_flatbuffer, calibration))
-    return bytes(tool.quantize(ranges, enable_progress_report=False).quantized_model)
+    with quiet():
+        tool = quantizer.Quantizer(float_flatbuffer)
+        for node, operation, layer in ops:
+            add_rule(tool, node, operation, layer, choices.get(layer, default) if layer else default, where)
+        add_io_rules(tool, io)
+        ranges = min_max_ranges(float_flatbuffer, tool.get_quantization_recipe(), signature_samples(float_flatbuffer, calibration))
+        return bytes(tool.quantize(ranges, enable_progress_report=False).quantized_model)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Hold back what ai-edge-quantizer prints while it works: a progress bar on stderr, INFO lines (on the
+    root logger) about every tensor it rewires, and LiteRT's warning that its calibration keeps every
+    tensor (it must). Nothing of the pipeline's own logs in between."""
+    disabled = logging.root.manager.disable
+    logging.disable(max(disabled, logging.INFO))
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(StringIO()):
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+            yield
+    finally:
+        logging.disable(disabled)
 
 
 def write(

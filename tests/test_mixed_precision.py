@@ -88,6 +88,7 @@ def test_a_layer_asked_float_stays_float_and_one_asked_int16_has_int16_activatio
     assert types["dense"] == [("FULLY_CONNECTED", "int8", ["int8"])]
     runner = litert.interpreter(out.path, threads=1)  # the input and output stay what mode=int8 says
     assert runner.get_input_details()[0]["dtype"] == np.int8 and runner.get_output_details()[0]["dtype"] == np.int8
+    assert out.metadata["float_layers"] == ["conv2d (Conv2D)"] and out.metadata["fully_integer"] is False
     assert out.metadata["layer_precisions"] == {
         "conv2d": "float32", "conv2d_1": "int8", "max_pooling2d": "int8", "flatten": "int8", "dense": "int8",
         "dense_1": "int16x8",
