@@ -38,6 +38,9 @@ WEIGHT_BITS = {"int8": 8, "int4": 4}
 TENSOR_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 7: "int16", 9: "int8", 17: "int4"}
 # What an op's output holds under each precision.
 OUTPUT_TYPE = {"int8": "int8", "int16": "int16", "float": "float32"}
+# Ops whose constant input is a weight matrix, which `weights` sets (the constants of other ops, such
+# as a Normalization layer's mean, get the activations' type).
+WEIGHT_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D", "FULLY_CONNECTED", "BATCH_MATMUL", "EMBEDDING_LOOKUP"})
 # Ops that only convert between precisions: the quantizer inserts them at every boundary.
 CONVERSIONS = ("QUANTIZE", "DEQUANTIZE")
 
@@ -150,22 +153,58 @@ def quiet() -> Iterator[None]:
         logging.disable(disabled)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What the quantizer needs to write a model by rules: the float file, its ops (as `float_ops` lists
+    them), the Choice of ops of no layer (`base`) and of each layer, and the input and output type."""
+
+    keras_model: Any
+    float_model: bytes
+    ops: list[tuple[str, str, str | None]]
+    base: Choice
+    choices: dict[str, Choice]
+    io: str
+    calibration: np.ndarray
+    where: str
+
+    def write(self, choices: Mapping[str, Choice], base: Choice | None = None) -> bytes:
+        """The model quantized by `choices` (ops of no layer by `base`, else the plan's)."""
+        return quantize(self.float_model, self.ops, choices, base or self.base, self.calibration, self.io, self.where)
+
+    @property
+    def weighted(self) -> set[str]:
+        """The layers with a weight matrix (an op of WEIGHT_OPS)."""
+        return {layer for _, operation, layer in self.ops if layer is not None and operation in WEIGHT_OPS}
+
+    def reported(self, choices: Mapping[str, Choice]) -> dict[str, Choice]:
+        """`choices` of the layers that compute something in the file (dropout and a linear
+        activation have no op and no precision to report)."""
+        return {layer: choices[layer] for _, _, layer in self.ops if layer is not None and layer in choices}
+
+
+def plan(
+    keras_model: Any, mode: str, precision: Mapping[str, str], weights: str | Mapping[str, str], calibration: np.ndarray,
+    where: str,
+) -> Plan:
+    """The Plan for the stage's rules (`precision`, `weights`) over `mode`'s precision (int8 or int16x8,
+    which also sets the input and output type)."""
+    from techniques.conversion import convert
+
+    base, choices = resolve(keras_model, precision, weights, "int16" if mode == "int16x8" else "int8", where)
+    float_model = convert(keras_model, "none", calibration, sparse=False)
+    ops = float_ops(float_model, keras_model)
+    return Plan(keras_model, float_model, ops, base, choices, "int8" if mode == "int8" else "float32", calibration, where)
+
+
 def write(
     keras_model: Any, mode: str, precision: Mapping[str, str], weights: str | Mapping[str, str], calibration: np.ndarray,
     where: str,
 ) -> tuple[bytes, dict[str, Choice]]:
-    """The .tflite of `keras_model` with the stage's rules (`precision`, `weights`) over `mode`'s precision
-    (int8 or int16x8, which also sets the input and output type), checked to hold them; and each layer's Choice."""
-    from techniques.conversion import convert
-
-    base, choices = resolve(keras_model, precision, weights, "int16" if mode == "int16x8" else "int8", where)
-    io = "int8" if mode == "int8" else "float32"
-    float_model = convert(keras_model, "none", calibration, sparse=False)
-    ops = float_ops(float_model, keras_model)
-    flatbuffer = quantize(float_model, ops, choices, base, calibration, io, where)
-    check_written(flatbuffer, keras_model, choices, io, where)
-    # Layers that compute nothing in the file (dropout, a linear activation) have no precision to report.
-    return flatbuffer, {layer: choices[layer] for _, _, layer in ops if layer in choices}
+    """The .tflite of `keras_model` by the stage's rules (see `plan`), checked to hold them; and each layer's Choice."""
+    rules = plan(keras_model, mode, precision, weights, calibration, where)
+    flatbuffer = rules.write(rules.choices)
+    check_written(flatbuffer, keras_model, rules.choices, rules.io, where)
+    return flatbuffer, rules.reported(rules.choices)
 
 
 def float_ops(flatbuffer: bytes, keras_model: Any) -> list[tuple[str, str, str | None]]:
@@ -246,7 +285,7 @@ def check_written(flatbuffer: bytes, keras_model: Any, choices: Mapping[str, Cho
         operation = debug.operator_name(model, op, codes)
         if layer is None or layer not in choices or operation in CONVERSIONS:
             continue
-        problem = op_problem(model, subgraph, op, choices[layer])
+        problem = op_problem(model, subgraph, op, choices[layer], operation in WEIGHT_OPS)
         if problem:
             choice = choices[layer]
             key = choice.weights_key if problem.startswith("weights") else choice.precision_key
@@ -259,11 +298,14 @@ def check_written(flatbuffer: bytes, keras_model: Any, choices: Mapping[str, Cho
             raise PipelineError(f"{where}.mode: the model's {kind} should be {io} but the written file has {found}")
 
 
-def op_problem(model: Any, subgraph: Any, op: Any, choice: Choice) -> str | None:
-    """What in `op` contradicts `choice` ("activations int8", "weights int8"), or None."""
+def op_problem(model: Any, subgraph: Any, op: Any, choice: Choice, has_weights: bool) -> str | None:
+    """What in `op` contradicts `choice` ("activations int8", "weights int8"), or None. The weights are
+    checked in ops that have a weight matrix (`has_weights`), and any constant in a float op."""
     output = TENSOR_TYPES.get(subgraph.tensors[int(op.outputs[0])].type, "other")
     if output in OUTPUT_TYPE.values() and output != OUTPUT_TYPE[choice.precision]:
         return f"activations {output}"
+    if not has_weights and choice.precision != "float":
+        return None
     wanted = "float32" if choice.precision == "float" else choice.weights
     for weight in weight_tensors(model, subgraph, op):
         found = TENSOR_TYPES.get(weight.type, "other")

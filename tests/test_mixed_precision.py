@@ -43,7 +43,7 @@ def op_types(path, layer_names) -> dict[str, list[tuple[str, str, list[str]]]]:
         name = debug.operator_name(model, op, codes)
         if layer is None or name in mixed.CONVERSIONS:
             continue
-        weights = [mixed.TENSOR_TYPES[t.type] for t in mixed.weight_tensors(model, subgraph, op)]
+        weights = [mixed.TENSOR_TYPES[t.type] for t in mixed.weight_tensors(model, subgraph, op)] if name in mixed.WEIGHT_OPS else []
         found.setdefault(layer, []).append((name, mixed.TENSOR_TYPES[subgraph.tensors[op.outputs[0]].type], weights))
     return found
 
@@ -139,10 +139,51 @@ def test_a_rule_that_did_not_take_effect_is_named(trained):
         mixed.check_written(flatbuffer, keras_model, asked, "int8", "stages.q")
 
 
-def test_rules_need_an_integer_mode_and_no_fallback():
+def test_which_settings_need_the_quantizer():
     with pytest.raises(ValueError, match="need mode=int8 or int16x8"):
         QuantizeParams(mode="dynamic", weights="int4")
-    with pytest.raises(ValueError, match="fallback=auto cannot be combined"):
-        QuantizeParams(precision={"dense": "float"}, fallback="auto", accuracy_tolerance=0.1)
     assert not QuantizeParams(precision={"default": "int8"}).mixed  # TFLiteConverter writes that alone
+    assert not QuantizeParams(fallback="auto").mixed  # today's float fallback
     assert QuantizeParams(mode="int16x8", precision={"default": "int8"}).mixed
+    assert QuantizeParams(fallback="auto", fallback_steps=["int16", "float"]).mixed
+    assert QuantizeParams(mode="int16x8", precision={"dense": "float"}, fallback="auto").mixed  # int16x8 may fall back now
+
+
+@pytest.fixture(scope="module")
+def standardized(tmp_path_factory):
+    """The per-pixel standardising CNN trained on digits: int8 ruins its normalization layer."""
+    from tests._tiny import trained_standardized
+
+    return trained_standardized(tmp_path_factory.mktemp("standardized"))
+
+
+def with_budget(ctx, model, drop: float):
+    """`ctx` as the runner makes it when a budget of `drop` below the model's validation accuracy is left whole."""
+    import dataclasses
+
+    from pipeline.run.budget import Budget
+
+    reference = validation_accuracy(model, ctx.data)
+    return dataclasses.replace(ctx, budget=Budget(reference, "train", drop, reference))
+
+
+def test_the_fallback_climbs_the_precision_ladder_for_the_worst_layer_first(tmp_path, standardized):
+    ctx = with_budget(context(tmp_path, "quantize", 1), standardized, 0.03)
+    params = QuantizeParams(weights="int4", fallback="auto", fallback_steps=["int8", "int16", "float"])
+    out = QuantizeStage(params).run(standardized, ctx)
+    trials = out.metadata["fallback"]["trials"]
+    assert trials[0]["layer"] == "normalization"  # the layer int8 ruins is ranked first
+    assert validation_accuracy(out, ctx.data) >= ctx.budget.floor
+    report = (out.path.parent / "fallback.md").read_text()
+    assert "| p50 ms |" in report and "| normalization | float32 |" in report
+    assert out.metadata["fallback"]["float_layers"] == ["normalization"]
+    assert out.metadata["layer_precisions"]["normalization"] == "float32"
+    assert out.metadata["layer_precisions"]["hidden"] == "int4 weights, int8"  # the others stay as the rules ask
+
+
+def test_a_latency_limit_refuses_steps(tmp_path, standardized):
+    ctx = with_budget(context(tmp_path, "quantize", 1), standardized, 0.03)
+    params = QuantizeParams(weights="int4", fallback="auto", fallback_steps=["int16", "float"], fallback_max_latency_ms=1e-6)
+    with pytest.raises(PipelineError, match=r"^stages\.quantize\.fallback: no allowed precision steps .*fallback_max_latency_ms") as error:
+        QuantizeStage(params).run(standardized, ctx)
+    assert "\n" not in str(error.value)
