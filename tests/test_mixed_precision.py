@@ -11,6 +11,7 @@ from pipeline.measure.metrics import validation_accuracy
 from stages.quantize import QuantizeParams, QuantizeStage
 from techniques import mixed_precision as mixed
 from techniques import quant_debug as debug
+from techniques import quantizer_errors
 from techniques.conversion import CALIBRATION_SAMPLES, calibration_set, convert
 from tests._tiny import context, digits
 
@@ -187,3 +188,30 @@ def test_a_latency_limit_refuses_steps(tmp_path, standardized):
     with pytest.raises(PipelineError, match=r"^stages\.quantize\.fallback: no allowed precision steps .*fallback_max_latency_ms") as error:
         QuantizeStage(params).run(standardized, ctx)
     assert "\n" not in str(error.value)
+
+
+def test_the_quantizers_per_layer_error_agrees_with_our_own(tmp_path, trained):
+    keras_model = trained.load_keras()
+    data = context(tmp_path, "x").data
+    calibration = calibration_set(data.x_train, CALIBRATION_SAMPLES, 0)
+    x = data.x_val[:64]
+    ours = debug.int8_errors(keras_model, calibration, x)
+    theirs = quantizer_errors.layer_errors(mixed.plan(keras_model, "int8", {}, "int8", calibration, "s"), x)
+    # Layers with weights: the same error within a factor of 1.5 (measured: within 20%), and the same worst layer.
+    for layer in ("conv2d", "conv2d_1", "dense", "dense_1"):
+        assert 1 / 1.5 < theirs[layer].noise_to_signal / ours[layer] < 1.5, (layer, theirs[layer], ours[layer])
+    weighted = ("conv2d", "conv2d_1", "dense", "dense_1")
+    assert max(weighted, key=lambda n: theirs[n].noise_to_signal) == max(weighted, key=ours.get)
+    assert all(theirs[layer].mse > 0 for layer in weighted)
+
+
+def test_the_sensitivity_table_can_take_the_quantizers_errors(tmp_path, trained):
+    from stages.sensitivity import SensitivityParams, SensitivityStage
+
+    params = SensitivityParams(sparsities=[0.5], target_sparsity=0.5, int8_error_by="quantizer", max_examples=60)
+    out = SensitivityStage(params).run(trained, context(tmp_path, "sensitivity", 1))
+    table = (out.path.parent / "sensitivity.md").read_text()
+    assert "| int8 error | int8 SNR | int8 MSE |" in table
+    row = next(line for line in table.splitlines() if line.startswith("| dense_1 |")).split("|")
+    error, snr = float(row[-5]), float(row[-4])
+    assert error == pytest.approx(1 / np.sqrt(snr), rel=1e-2)  # both printed to 3 digits
