@@ -98,39 +98,54 @@ def search(
             errors[key] = noise_to_signal(predict(write(only, float_choice), ranking), reference)
         return errors[key]
 
-    current, trials, stuck = dict(start), [], set()
+    current: dict[str, Choice] = dict(start)
+    trials: list[Trial] = []
+    stuck: set[str] = set()
     while True:
         movable = [layer for layer in current if layer not in stuck and steps_after(current[layer], allowed, layer in weighted)]
         if not movable:
             break
         worst = max(movable, key=lambda layer: alone(layer, current[layer]))
-        error, kept = alone(worst, current[worst]), None
-        for step in steps_after(current[worst], allowed, worst in weighted):
-            trial_choices = {**current, worst: step}
-            flatbuffer = write(trial_choices, None)
-            trial = measure(flatbuffer, worst, step, error, data, max_latency_ms)
-            trials.append(trial)
-            log.info(
-                "    fallback: %s -> %s (its error alone %.3g): validation accuracy %.4f, %s, p50 %.3f ms%s",
-                worst, step.words, error, trial.val_accuracy, human_bytes(trial.size_bytes), trial.latency_ms,
-                " (refused: over the latency limit)" if trial.refused else "",
-            )
-            if trial.refused:
-                continue
-            kept = (step, flatbuffer, trial.val_accuracy)
-            if trial.val_accuracy >= floor - EPSILON:
-                current[worst] = step
-                return Outcome(current, trials, flatbuffer, trial.val_accuracy)
+        steps = steps_after(current[worst], allowed, worst in weighted)
+        kept, outcome = climb(write, current, worst, steps, alone(worst, current[worst]), data, floor, max_latency_ms, trials, log)
+        if outcome is not None:
+            return outcome
         if kept is None:
             stuck.add(worst)  # every step refused: the layer stays as it is
         else:
-            current[worst] = kept[0]
+            current[worst] = kept
     best = max((t.val_accuracy for t in trials if not t.refused), default=float("nan"))
     raise PipelineError(
         f"{where}.fallback: no allowed precision steps ({', '.join(allowed)}) bring the model to the floor {floor:.4f} "
         f"(best validation accuracy {best:.4f}); allow more steps ({where}.fallback_steps), raise "
         f"{where}.fallback_max_latency_ms, or give more budget (budget.accuracy_drop, {where}.accuracy_tolerance)"
     )
+
+
+def climb(
+    write: Callable[[Mapping[str, Choice], Choice | None], bytes], current: Mapping[str, Choice], layer: str,
+    steps: Sequence[Choice], error: float, data: Any, floor: float, max_latency_ms: float | None, trials: list[Trial],
+    log: logging.Logger,
+) -> tuple[Choice | None, Outcome | None]:
+    """Try `layer`'s `steps` in order (appending to `trials`): the Outcome of the first that meets `floor`,
+    else (the most precise step not refused, None)."""
+    kept = None
+    for step in steps:
+        trial_choices = {**current, layer: step}
+        flatbuffer = write(trial_choices, None)
+        trial = measure(flatbuffer, layer, step, error, data, max_latency_ms)
+        trials.append(trial)
+        log.info(
+            "    fallback: %s -> %s (its error alone %.3g): validation accuracy %.4f, %s, p50 %.3f ms%s",
+            layer, step.words, error, trial.val_accuracy, human_bytes(trial.size_bytes), trial.latency_ms,
+            " (refused: over the latency limit)" if trial.refused else "",
+        )
+        if trial.refused:
+            continue
+        kept = step
+        if trial.val_accuracy >= floor - EPSILON:
+            return step, Outcome(trial_choices, trials, flatbuffer, trial.val_accuracy)
+    return kept, None
 
 
 def measure(flatbuffer: bytes, layer: str, step: Choice, error: float, data: Any, max_latency_ms: float | None) -> Trial:
