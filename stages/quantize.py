@@ -144,10 +144,17 @@ class QuantizeStage(Stage[QuantizeParams]):
             _, choices = resolve(model, self.config.precision, self.config.weights, "int16" if mode == "int16x8" else "int8", where)
             actions = {name: Action(choices[name].words) for name in actions if name in choices}
         calibrated = f", calibrated on {self.config.calibration_samples} training examples" if mode in CALIBRATED else ""
+        note = fallback_note(self.config)
+        if self.config.mixed:
+            calibrated += " (global min/max); written by ai-edge-quantizer"
+            if self.config.fallback == "auto":
+                note = (
+                    f"; fallback auto: if the model misses the accuracy budget on the validation split, the layer whose error "
+                    f"alone hurts most takes the cheapest of {', '.join(self.config.fallback_steps)} that holds, one layer at "
+                    f"a time (named after conversion, in fallback.md)"
+                )
         return StagePlan(
-            actions,
-            f"TFLite {MODE_WORDS[mode]}{calibrated}; layers TFLite runs only in float are named after conversion"
-            f"{fallback_note(self.config)}",
+            actions, f"TFLite {MODE_WORDS[mode]}{calibrated}; layers TFLite runs only in float are named after conversion{note}"
         )
 
     def write(self, keras_model: Any, source: ModelFormat, rules: Plan | None, calibration: Any, path: Path, where: str) -> None:
