@@ -3,10 +3,11 @@
 When a file written by ai-edge-quantizer misses the accuracy floor on the validation split, each
 layer can climb a ladder of steps, cheapest first: int4 weights -> int8 weights -> int16 activations
 -> float (the steps a stage allows). The layers are ranked by the error each one alone adds to the
-logits at its current step (the model quantized with only that layer, the rest float; the noise-
-to-signal ratio of the logits against the float model's), the worst first. For that layer every
-allowed step is tried in order, and the first one whose model meets the floor wins; when none does,
-the layer keeps its most precise allowed step and the next layer is ranked. Each try's size, p50
+logits at its current step (the model quantized with only that layer, the rest and the input and
+output float; the noise-to-signal ratio of the logits against the float model's), the worst first.
+For that layer every allowed step is tried in order, and the first one whose model meets the floor
+wins; when none does, the layer keeps the cheapest step that raised the validation accuracy most
+(or stays as it was when none raised it) and the next layer is ranked; each layer climbs once. Each try's size, p50
 latency (batch 1, one thread) and validation accuracy go to the table: int16 is slow on CPU, and a
 step over the latency limit is refused.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,42 +79,43 @@ def steps_after(choice: Choice, allowed: Sequence[str], weighted: bool) -> list[
 
 
 def search(
-    write: Callable[[Mapping[str, Choice], Choice | None], bytes], start: Mapping[str, Choice], weighted: set[str],
-    data: Any, floor: float, allowed: Sequence[str], max_latency_ms: float | None, where: str, log: logging.Logger,
+    rules: Plan, start: Mapping[str, Choice], accuracy: float, data: Any, floor: float, allowed: Sequence[str],
+    max_latency_ms: float | None, log: logging.Logger,
 ) -> Outcome:
-    """Climb the ladder layer by layer until the model `write(choices, None)` writes meets `floor`.
-
-    `write(choices, default)` gives ops of no layer `default` (None: as the stage's rules say);
-    `start` holds each layer's Choice as the rules give it; `weighted` the layers with weights.
-    """
+    """Climb the ladder layer by layer until the model `rules` writes meets `floor`; `start` holds each
+    layer's Choice as the rules give it, and `accuracy` that model's validation accuracy."""
+    where = rules.where
     float_choice = Choice("float", "int8", "fallback", "fallback")
     ranking = data.x_val[:RANKING_EXAMPLES]
-    reference = predict(write(dict.fromkeys(start, float_choice), float_choice), ranking)
+    # A layer's error alone is measured with a float input and output: int8 ones would add the same
+    # noise to every layer's number and hide which layer hurts.
+    isolated = replace(rules, io="float32")
+    reference = predict(isolated.write(dict.fromkeys(start, float_choice), float_choice), ranking)
     errors: dict[tuple[str, str, str], float] = {}
 
     def alone(layer: str, choice: Choice) -> float:
         key = (layer, choice.precision, choice.weights)
         if key not in errors:
             only = {**dict.fromkeys(start, float_choice), layer: choice}
-            errors[key] = noise_to_signal(predict(write(only, float_choice), ranking), reference)
+            errors[key] = noise_to_signal(predict(isolated.write(only, float_choice), ranking), reference)
         return errors[key]
 
     current: dict[str, Choice] = dict(start)
     trials: list[Trial] = []
     stuck: set[str] = set()
     while True:
-        movable = [layer for layer in current if layer not in stuck and steps_after(current[layer], allowed, layer in weighted)]
+        movable = [layer for layer in current if layer not in stuck and steps_after(current[layer], allowed, layer in rules.weighted)]
         if not movable:
             break
         worst = max(movable, key=lambda layer: alone(layer, current[layer]))
-        steps = steps_after(current[worst], allowed, worst in weighted)
-        kept, outcome = climb(write, current, worst, steps, alone(worst, current[worst]), data, floor, max_latency_ms, trials, log)
+        steps = steps_after(current[worst], allowed, worst in rules.weighted)
+        error = alone(worst, current[worst])
+        kept, outcome = climb(rules, current, worst, steps, error, accuracy, data, floor, max_latency_ms, trials, log)
         if outcome is not None:
             return outcome
-        if kept is None:
-            stuck.add(worst)  # every step refused: the layer stays as it is
-        else:
-            current[worst] = kept
+        stuck.add(worst)  # its steps are spent: the next search round ranks the others
+        if kept is not None:
+            current[worst], accuracy = kept
     best = max((t.val_accuracy for t in trials if not t.refused), default=float("nan"))
     raise PipelineError(
         f"{where}.fallback: no allowed precision steps ({', '.join(allowed)}) bring the model to the floor {floor:.4f} "
@@ -123,16 +125,17 @@ def search(
 
 
 def climb(
-    write: Callable[[Mapping[str, Choice], Choice | None], bytes], current: Mapping[str, Choice], layer: str,
-    steps: Sequence[Choice], error: float, data: Any, floor: float, max_latency_ms: float | None, trials: list[Trial],
-    log: logging.Logger,
-) -> tuple[Choice | None, Outcome | None]:
-    """Try `layer`'s `steps` in order (appending to `trials`): the Outcome of the first that meets `floor`,
-    else (the most precise step not refused, None)."""
-    kept = None
+    rules: Plan, current: Mapping[str, Choice], layer: str, steps: Sequence[Choice], error: float, accuracy: float, data: Any,
+    floor: float, max_latency_ms: float | None, trials: list[Trial], log: logging.Logger,
+) -> tuple[tuple[Choice, float] | None, Outcome | None]:
+    """Try `layer`'s `steps` in order (appending to `trials`), from a model of validation `accuracy`: the
+    Outcome of the first that meets `floor`; else (the cheapest of the steps that raised the accuracy
+    most, and that accuracy), or None when none raised it (the layer stays as it is)."""
+    kept: tuple[Choice, float] | None = None
+    best = accuracy
     for step in steps:
         trial_choices = {**current, layer: step}
-        flatbuffer = write(trial_choices, None)
+        flatbuffer = rules.write(trial_choices)
         trial = measure(flatbuffer, layer, step, error, data, max_latency_ms)
         trials.append(trial)
         log.info(
@@ -142,9 +145,10 @@ def climb(
         )
         if trial.refused:
             continue
-        kept = step
+        if trial.val_accuracy > best + EPSILON:
+            kept, best = (step, trial.val_accuracy), trial.val_accuracy
         if trial.val_accuracy >= floor - EPSILON:
-            return step, Outcome(trial_choices, trials, flatbuffer, trial.val_accuracy)
+            return kept, Outcome(trial_choices, trials, flatbuffer, trial.val_accuracy)
     return kept, None
 
 
@@ -229,7 +233,7 @@ def fall_back(
     if accuracy < floor - EPSILON:
         log.info("    validation accuracy %.4f misses the floor %.4f: choosing precisions per layer", accuracy, floor)
         start = rules.reported(rules.choices)
-        outcome = search(rules.write, start, rules.weighted, data, floor, allowed, max_latency_ms, where, log)
+        outcome = search(rules, start, accuracy, data, floor, allowed, max_latency_ms, log)
         check_written(outcome.flatbuffer, rules.keras_model, outcome.choices, rules.io, where)
         path.write_bytes(outcome.flatbuffer)
     reports: tuple[str, ...] = ()

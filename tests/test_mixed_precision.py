@@ -215,3 +215,15 @@ def test_the_sensitivity_table_can_take_the_quantizers_errors(tmp_path, trained)
     row = next(line for line in table.splitlines() if line.startswith("| dense_1 |")).split("|")
     error, snr = float(row[-5]), float(row[-4])
     assert error == pytest.approx(1 / np.sqrt(snr), rel=1e-2)  # both printed to 3 digits
+
+
+def test_the_ladder_goes_from_int4_weights_to_float_through_the_allowed_steps():
+    from techniques.precision_fallback import steps_after
+
+    int4 = mixed.Choice("int8", "int4", "precision.default", "weights.default")
+    words = lambda steps: [step.words for step in steps]  # noqa: E731
+    assert words(steps_after(int4, ["int8", "int16", "float"], weighted=True)) == ["int8", "int16x8", "float32"]
+    assert words(steps_after(int4, ["int8", "float"], weighted=True)) == ["int8", "float32"]
+    assert words(steps_after(int4, ["int16", "float"], weighted=False)) == ["int16x8", "float32"]
+    assert words(steps_after(int4, ["int8"], weighted=False)) == []  # no weights to widen
+    assert steps_after(mixed.Choice("float", "int8", "k", "k"), ["int8", "int16", "float"], weighted=True) == []

@@ -68,7 +68,9 @@ def test_technique_recipe_runs_and_exports_metadata(tmp_path, recipe):
     elif recipe == "smallest_mnist_int4":  # int4 weights where they hold, by ai-edge-quantizer
         assert stages == ["train", "distill", "prune", "cluster", "quantize"]
         precisions = meta["lineage"][-1]["facts"]["layer_precisions"]
-        assert precisions["dense"].startswith("int4 weights") and set(precisions) >= {"conv2d", "conv2d_1", "dense", "dense_1"}
+        assert set(precisions) >= {"conv2d", "conv2d_1", "dense", "dense_1"}
+        # Tiny training leaves the budget's fallback some layers to widen, never all of them.
+        assert any(words.startswith("int4 weights") for words in precisions.values()), precisions
     elif recipe == "cluster_int8":
         assert stages == ["train", "prune", "cluster", "qat"]
         assert meta["lineage"][-1]["facts"]["qat_scheme"] == "pcqat"
