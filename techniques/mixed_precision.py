@@ -22,7 +22,7 @@ import logging
 import re
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import StringIO
 from typing import Any
 
@@ -178,8 +178,13 @@ class Plan:
 
     def reported(self, choices: Mapping[str, Choice]) -> dict[str, Choice]:
         """`choices` of the layers that compute something in the file (dropout and a linear
-        activation have no op and no precision to report)."""
-        return {layer: choices[layer] for _, _, layer in self.ops if layer is not None and layer in choices}
+        activation have no op and no precision to report); a layer without a weight matrix is
+        reported with int8 weights, whatever `weights` said (it has none to store in 4 bits)."""
+        weighted = self.weighted
+        return {
+            layer: choices[layer] if layer in weighted else replace(choices[layer], weights="int8")
+            for _, _, layer in self.ops if layer is not None and layer in choices
+        }
 
 
 def plan(

@@ -79,6 +79,7 @@ def test_int4_weights_make_the_file_smaller_and_it_still_runs(tmp_path, trained)
     accuracy = validation_accuracy(int4, data)  # it runs in LiteRT and still classifies
     assert accuracy > 0.8 and accuracy > validation_accuracy(int8, data) - 0.05, accuracy
     assert int4.metadata["layer_precisions"]["dense"] == "int4 weights, int8"
+    assert int4.metadata["layer_precisions"]["max_pooling2d"] == "int8"  # no weights to store in 4 bits
 
 
 def test_a_layer_asked_float_stays_float_and_one_asked_int16_has_int16_activations(tmp_path, trained):
