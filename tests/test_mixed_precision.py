@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -228,3 +231,21 @@ def test_the_ladder_goes_from_int4_weights_to_float_through_the_allowed_steps():
     assert words(steps_after(int4, ["int16", "float"], weighted=False)) == ["int16x8", "float32"]
     assert words(steps_after(int4, ["int8"], weighted=False)) == []  # no weights to widen
     assert steps_after(mixed.Choice("float", "int8", "k", "k"), ["int8", "int16", "float"], weighted=True) == []
+
+
+def test_zeros_in_int4_weights_are_counted():
+    # A kernel half zeros, written with int4 weights: the measure reads the packed nibbles.
+    import tf_keras as keras
+
+    inputs = keras.Input((16,))
+    dense = keras.layers.Dense(8, name="head")
+    model = keras.Model(inputs, dense(inputs))
+    kernel = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)
+    kernel[:8] = 0
+    dense.set_weights([kernel, np.zeros(8, np.float32)])
+    calibration = np.random.default_rng(1).normal(size=(16, 16)).astype(np.float32)
+    flatbuffer, _ = mixed.write(model, "int8", {}, "int4", calibration, "stages.q")
+    path = Path(tempfile.mkdtemp()) / "int4.tflite"
+    path.write_bytes(flatbuffer)
+    [zeros] = [zeros for shape, _, zeros in litert.constant_tensors(path) if shape == (8, 16)]
+    assert zeros is not None and 64 <= zeros < 80  # the 64 zeros, and a few small weights int4 rounds to zero
