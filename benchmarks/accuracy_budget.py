@@ -16,7 +16,9 @@ once per shipped model.
    multiplier (median 7) rounds to zero. Side by side: the float Keras model, float TFLite, plain
    int8, and int8 with `fallback: auto` under `budget.accuracy_drop: 0.01`, with test accuracy,
    size and latency. Targets: plain int8 loses at least 2 points; the fallback model is within
-   the budget (validation) at no more than 1.5x the plain int8 size.
+   the budget (validation) at no more than 1.5x the plain int8 size. Beside it, int4 weights with
+   the precision ladder (int8 weights, int16 activations, float) under the same budget: within the
+   budget at a smaller file than the float fallback's.
 2. Per-layer sparsity. The small CNN pruned to the same overall sparsity three ways, each
    fine-tuned the same way: uniformly (every layer alike), by the usual hand rule (first and last
    layer dense, the rest even) and by the sensitivity plan; test accuracy of each, at several
@@ -92,6 +94,10 @@ def standardizing_model(mnist: Path, folder: Path) -> Path:
     return folder / "standardizing_cnn.keras"
 
 
+# Quantize settings of the precision ladder's row.
+MIXED_FALLBACK = {"mode": "int8", "weights": "int4", "fallback": "auto", "fallback_steps": ["int8", "int16", "float"]}
+
+
 def fallback_part(mnist: Path, outputs: Path, quick: bool) -> tuple[str, list[tuple[str, str, str, bool]]]:
     """Float, plain int8 and int8 with fallback of the standardising model: the table and the targets."""
     model = standardizing_model(mnist, outputs / "model")
@@ -101,13 +107,18 @@ def fallback_part(mnist: Path, outputs: Path, quick: bool) -> tuple[str, list[tu
     int8_run = run_stages("int8", {**train, "quantize": {"mode": "int8"}}, data, outputs, quick)
     fallback = run_stages("int8_fallback", {**train, "quantize": {"mode": "int8", "fallback": "auto"}},
                           [*data, f"budget.accuracy_drop={BUDGET}"], outputs, quick)
+    # The same budget with the precision ladder: int4 weights to start, int8 weights, int16 activations, float.
+    ladder = run_stages("int4_fallback", {**train, "quantize": MIXED_FALLBACK}, [*data, f"budget.accuracy_drop={BUDGET}"], outputs, quick)
     keras, tflite, int8, mixed = float_run["train"], float_run["quantize"], int8_run["quantize"], fallback["quantize"]
+    precise = ladder["quantize"]
     rows = [
         (label, f"{x['accuracy']:.4f}", f"{x['val_accuracy']:.4f}" if "val_accuracy" in x else "-",
          f"{x['size_bytes'] / 1024:.1f}", f"{x['size_bytes'] / int8['size_bytes']:.2f}x", f"{x['latency_p50_ms']:.3f}", floats)
         for label, x, floats in [
             ("float32 Keras", keras, "all"), ("float32 TFLite", tflite, "all"), ("int8, full integer", int8, "none"),
             (f"int8 + fallback (budget {BUDGET:.0%})", mixed, ", ".join(mixed["facts"].get("float_layers", [])) or "none"),
+            (f"int4 weights + precision fallback (budget {BUDGET:.0%})", precise,
+             ", ".join(precise["facts"].get("fallback", {}).get("float_layers", [])) or "none"),
         ]
     ]
     table = markdown(("model", "test accuracy", "val accuracy", "size KiB", "size / int8", "p50 ms", "float layers"), rows)
@@ -118,6 +129,11 @@ def fallback_part(mnist: Path, outputs: Path, quick: bool) -> tuple[str, list[tu
         ("fallback validation accuracy vs float (the budget)", f"{100 * (mixed['val_accuracy'] - reference):+.2f} pt",
          f">= -{100 * BUDGET:.0f} pt", mixed["val_accuracy"] >= reference - BUDGET - 1e-9),
         ("fallback size / plain int8 size", f"{size_ratio:.2f}x", "<= 1.5x", size_ratio <= 1.5),
+        ("precision fallback validation accuracy vs float (the budget)",
+         f"{100 * (precise['val_accuracy'] - reference):+.2f} pt", f">= -{100 * BUDGET:.0f} pt",
+         precise["val_accuracy"] >= reference - BUDGET - 1e-9),
+        ("precision fallback size / float fallback size", f"{precise['size_bytes'] / mixed['size_bytes']:.2f}x", "< 1x",
+         precise["size_bytes"] < mixed["size_bytes"]),
     ]
     return table + "\n\n" + search_table(fallback), targets
 

@@ -12,7 +12,10 @@ from importlib import metadata
 from typing import Any
 
 # Distribution name -> the major.minor every API below was checked against.
-CHECKED = {"tensorflow": "2.21", "tf-keras": "2.21", "tensorflow-model-optimization": "0.8", "hydra-core": "1.3"}
+CHECKED = {
+    "tensorflow": "2.21", "tf-keras": "2.21", "tensorflow-model-optimization": "0.8", "hydra-core": "1.3",
+    "ai-edge-quantizer": "0.10",
+}
 
 
 def untested_versions() -> list[str]:
@@ -145,6 +148,23 @@ def tflite_operator_names() -> dict[int, str]:
     from tensorflow.lite.python import schema_py_generated as schema
 
     return {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+
+
+def min_max_ranges(float_flatbuffer: bytes, recipe: Any, samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """ai-edge-quantizer's activation ranges for `recipe` (its recipe list), as the global min and max over
+    `samples` ({signature: [{input name: batch}]}), which is what TFLiteConverter calibrates.
+
+    `Quantizer.calibrate` keeps a moving average of each sample's min/max instead, which clipped ranges
+    so hard that the logits' error was 150x the converter's; only its `Calibrator` takes another update.
+    """
+    from ai_edge_quantizer import calibrator, recipe_manager
+    from ai_edge_quantizer.utils import qsv_utils
+
+    manager = recipe_manager.RecipeManager()
+    manager.load_quantization_recipe(recipe)
+    calibration = calibrator.Calibrator(float_flatbuffer, num_threads=1, qsv_update_func=qsv_utils.min_max_update)
+    calibration.calibrate(samples, manager)
+    return dict(calibration.get_model_qsvs())
 
 
 def frozen_function(function: Any) -> Any:

@@ -57,12 +57,13 @@ class GateResult:
 def apply_gates(
     params: GateParams, int8: bool, keras_model: Any, path: Path, data: Any, where: str,
     kept_float: Sequence[str] = (), log: logging.Logger | None = None, measured: Mapping[str, float] | None = None,
-    remedies: Sequence[str] = (),
+    remedies: Sequence[str] = (), asked_float: Sequence[str] = (),
 ) -> GateResult:
     """Run the gates `params` asks for on the TFLite file at `path`.
 
     `kept_float` are layers the accuracy fallback kept float on purpose: `require_integer=auto`
-    accepts them (and says so), `true` fails naming them. For int8 output the facts name the
+    accepts them (and says so), `true` fails naming them. `asked_float` are layers the stage's
+    `precision` asks float (its schema already refuses them with `require_integer=true`). For int8 output the facts name the
     layers the file runs in float (`float_layers`, read from the file). `measured` are validation
     accuracies the fallback already took (`keras_accuracy`, `tflite_accuracy`), not measured again.
     `remedies` are what the stage can still be told to do when the accuracy gate fails (see `accuracy_gate`).
@@ -75,14 +76,17 @@ def apply_gates(
                 f"(fallback=auto: fully integer missed the budget); set {where}.require_integer=auto to accept them, "
                 f"or give more budget (budget.accuracy_drop, {where}.accuracy_tolerance)"
             )
-        integer_gate(path, where, keras_model, kept_float)
-        result.facts["fully_integer"] = not kept_float
+        integer_gate(path, where, keras_model, [*kept_float, *asked_float])
+        result.facts["fully_integer"] = not kept_float and not asked_float
         if kept_float and log is not None:
             log.info(
                 "    %s.require_integer: int8 input and output; layers %s stay float by the accuracy budget's choice",
                 where, ", ".join(kept_float),
             )
-        result.facts["float_layers"] = list(float_layers(path, keras_model)) if kept_float else []
+        if asked_float and log is not None:
+            log.info("    %s.require_integer: int8 input and output; layers %s stay float as %s.precision asks",
+                     where, ", ".join(asked_float), where)
+        result.facts["float_layers"] = list(float_layers(path, keras_model)) if kept_float or asked_float else []
     elif int8:  # shipped with float layers on purpose: say which
         result.facts["float_layers"] = list(float_layers(path, keras_model))
     if params.accuracy_tolerance is not None:

@@ -36,6 +36,9 @@ class LayerSensitivity:
     accuracy: dict[float, float]
     int8_error: float | None = None
     planned: float = field(default=0.0, compare=False)
+    # ai-edge-quantizer's validation of the layer quantized alone: SNR (power ratio) and MSE.
+    quantizer_snr: float | None = None
+    quantizer_mse: float | None = None
 
 
 def measure_layers(
@@ -115,15 +118,19 @@ def cheapest_step(
 def table(layers: Sequence[LayerSensitivity], base: float, examples: int, target: float) -> str:
     """The sensitivities, int8 errors and plan as a Markdown table."""
     levels = sorted({s for layer in layers for s in layer.accuracy})
+    by_quantizer = any(layer.quantizer_snr is not None for layer in layers)
+    extra = " int8 SNR | int8 MSE |" if by_quantizer else ""
     lines = [
         f"validation accuracy unpruned: {base:.4f} ({examples} examples); plan: {target:.0%} overall",
         "",
-        "| layer | type | weights | " + " | ".join(f"acc @{level:.0%}" for level in levels) + " | int8 error | planned |",
-        "|---|---|---:|" + "---:|" * len(levels) + "---:|---:|",
+        "| layer | type | weights | " + " | ".join(f"acc @{level:.0%}" for level in levels) + f" | int8 error |{extra} planned |",
+        "|---|---|---:|" + "---:|" * len(levels) + "---:|" + "---:|---:|" * by_quantizer + "---:|",
     ]
     for layer in layers:
         error = "-" if layer.int8_error is None else f"{layer.int8_error:.3g}"
         accuracies = " | ".join(f"{layer.accuracy[level]:.4f}" for level in levels)
+        if by_quantizer:
+            error += " | " + " | ".join("-" if v is None else f"{v:.3g}" for v in (layer.quantizer_snr, layer.quantizer_mse))
         lines.append(f"| {layer.name} | {layer.kind} | {layer.size:,} | {accuracies} | {error} | {layer.planned:.1%} |")
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tf_keras as keras
 
 from pipeline import private_api
@@ -69,6 +70,22 @@ def test_tflite_reader_and_frozen_functions(tmp_path):
     codes = {names[max(c.builtinCode, c.deprecatedBuiltinCode)] for c in private_api.read_tflite(str(path)).operatorCodes}
     assert {"CONV_2D", "FULLY_CONNECTED"} <= codes
     assert len(private_api.tflite_from_bytes(path.read_bytes()).subgraphs) == 1
+
+
+def test_quantizer_ranges_are_the_global_min_and_max():
+    from ai_edge_quantizer import recipe
+
+    from techniques.conversion import convert
+    from techniques.mixed_precision import signature_samples
+
+    model = small_model()
+    x = np.random.default_rng(0).normal(size=(20, 8, 8, 1)).astype(np.float32)
+    flatbuffer = convert(model, "none", x, sparse=False)
+    ranges = private_api.min_max_ranges(flatbuffer, recipe.static_wi8_ai8(), signature_samples(flatbuffer, x))
+    logits = model.predict(x, verbose=0)
+    output = next(value for name, value in ranges.items() if name.startswith("StatefulPartitionedCall"))
+    assert float(np.min(output["min"])) == pytest.approx(float(logits.min()), rel=1e-4)
+    assert float(np.max(output["max"])) == pytest.approx(float(logits.max()), rel=1e-4)
 
 
 def test_safe_mode_scope_and_hydra_parser():

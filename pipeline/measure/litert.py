@@ -14,6 +14,8 @@ _TENSOR_DTYPES = {
     0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64,
     6: np.bool_, 7: np.int16, 9: np.int8, 10: np.float64,
 }
+# TFLite's INT4 tensor type: two values packed in each byte, which no numpy dtype reads.
+_INT4 = 17
 
 
 def interpreter(path: Path, threads: int):
@@ -88,6 +90,9 @@ def constant_tensors(path: Path) -> list[tuple[tuple[int, ...], int, int | None]
                 continue
             shape = tuple(int(d) for d in tensor.shape)
             count = int(np.prod(shape)) if shape else 1
+            if tensor.type == _INT4 and tensor.sparsity is None:
+                found.append((shape, count, count - int(np.count_nonzero(int4_values(data)[:count]))))
+                continue
             dtype = _TENSOR_DTYPES.get(tensor.type)
             if dtype is None:
                 found.append((shape, count, None))
@@ -96,6 +101,13 @@ def constant_tensors(path: Path) -> list[tuple[tuple[int, ...], int, int | None]
             zeros = count - int(np.count_nonzero(values)) if tensor.sparsity is None else count - values.size
             found.append((shape, count, zeros))
     return found
+
+
+def int4_values(data: Any) -> np.ndarray:
+    """The 4-bit values packed two to a byte (low nibble first) in a tensor buffer, as signed integers."""
+    packed = np.asarray(data, dtype=np.uint8)
+    nibbles = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(-1).astype(np.int8)
+    return np.where(nibbles > 7, nibbles - 16, nibbles)
 
 
 def read_model(path: Path) -> Any:

@@ -1,0 +1,252 @@
+"""The budget's fallback among precisions: for the layer that hurts most, the cheapest step up that holds.
+
+When a file written by ai-edge-quantizer misses the accuracy floor on the validation split, each
+layer can climb a ladder of steps, cheapest first: int4 weights -> int8 weights -> int16 activations
+-> float (the steps a stage allows). The layers are ranked by the error each one alone adds to the
+logits at its current step (the model quantized with only that layer, the rest and the input and
+output float; the noise-to-signal ratio of the logits against the float model's), the worst first.
+For that layer every allowed step is tried in order, and the first one whose model meets the floor
+wins; when none does, the layer keeps the cheapest step that raised the validation accuracy most
+(or stays as it was when none raised it) and the next layer is ranked; each layer climbs once. Each try's size, p50
+latency (batch 1, one thread) and validation accuracy go to the table: int16 is slow on CPU, and a
+step over the latency limit is refused.
+
+The error of a layer alone does not depend on the other layers' steps, so each (layer, step) is
+measured once.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.run.budget import EPSILON
+from pipeline.run.summary import human_bytes
+from techniques.fallback import Fallback
+from techniques.mixed_precision import Choice, Plan, check_written
+
+if TYPE_CHECKING:
+    from pipeline.run.budget import Budget
+
+# (precision, weights) from cheapest to most precise, and the step name a stage allows each by.
+LADDER = (("int8", "int4"), ("int8", "int8"), ("int16", "int8"), ("float", "int8"))
+STEP_NAMES = {("int8", "int4"): "int4", ("int8", "int8"): "int8", ("int16", "int8"): "int16", ("float", "int8"): "float"}
+# Validation examples the ranking errors are measured on, as the int8 fallback ranks.
+RANKING_EXAMPLES = 256
+LATENCY_RUNS, LATENCY_WARMUP = 50, 5
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One model the search measured: the layer it moved, the step, and what that cost and bought."""
+
+    layer: str
+    step: str
+    error: float
+    size_bytes: int
+    latency_ms: float
+    val_accuracy: float
+    refused: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the search chose: each layer's Choice, every trial, the model bytes and its validation accuracy."""
+
+    choices: dict[str, Choice]
+    trials: list[Trial]
+    flatbuffer: bytes
+    val_accuracy: float
+
+
+def steps_after(choice: Choice, allowed: Sequence[str], weighted: bool) -> list[Choice]:
+    """The allowed steps above `choice` on the ladder, cheapest first. A layer without weights has
+    no weights to widen, so it skips the int8-weights step."""
+    here = (choice.precision, choice.weights)
+    start = LADDER.index(here) + 1 if here in LADDER else LADDER.index(("int16", "int8"))  # int16 with int4 weights
+    return [
+        replace(choice, precision=precision, weights=weights)
+        for precision, weights in LADDER[start:]
+        if STEP_NAMES[(precision, weights)] in allowed and (weighted or (precision, weights) != ("int8", "int8"))
+    ]
+
+
+def search(
+    rules: Plan, start: Mapping[str, Choice], accuracy: float, data: Any, floor: float, allowed: Sequence[str],
+    max_latency_ms: float | None, log: logging.Logger,
+) -> Outcome:
+    """Climb the ladder layer by layer until the model `rules` writes meets `floor`; `start` holds each
+    layer's Choice as the rules give it, and `accuracy` that model's validation accuracy."""
+    where = rules.where
+    float_choice = Choice("float", "int8", "fallback", "fallback")
+    ranking = data.x_val[:RANKING_EXAMPLES]
+    # A layer's error alone is measured with a float input and output: int8 ones would add the same
+    # noise to every layer's number and hide which layer hurts.
+    isolated = replace(rules, io="float32")
+    reference = predict(isolated.write(dict.fromkeys(start, float_choice), float_choice), ranking)
+    errors: dict[tuple[str, str, str], float] = {}
+
+    def alone(layer: str, choice: Choice) -> float:
+        key = (layer, choice.precision, choice.weights)
+        if key not in errors:
+            only = {**dict.fromkeys(start, float_choice), layer: choice}
+            errors[key] = noise_to_signal(predict(isolated.write(only, float_choice), ranking), reference)
+        return errors[key]
+
+    current: dict[str, Choice] = dict(start)
+    trials: list[Trial] = []
+    stuck: set[str] = set()
+    while True:
+        movable = [layer for layer in current if layer not in stuck and steps_after(current[layer], allowed, layer in rules.weighted)]
+        if not movable:
+            break
+        worst = max(movable, key=lambda layer: alone(layer, current[layer]))
+        steps = steps_after(current[worst], allowed, worst in rules.weighted)
+        error = alone(worst, current[worst])
+        kept, outcome = climb(rules, current, worst, steps, error, accuracy, data, floor, max_latency_ms, trials, log)
+        if outcome is not None:
+            return outcome
+        stuck.add(worst)  # its steps are spent: the next search round ranks the others
+        if kept is not None:
+            current[worst], accuracy = kept
+    best = max((t.val_accuracy for t in trials if not t.refused), default=float("nan"))
+    raise PipelineError(
+        f"{where}.fallback: no allowed precision steps ({', '.join(allowed)}) bring the model to the floor {floor:.4f} "
+        f"(best validation accuracy {best:.4f}); allow more steps ({where}.fallback_steps), raise "
+        f"{where}.fallback_max_latency_ms, or give more budget (budget.accuracy_drop, {where}.accuracy_tolerance)"
+    )
+
+
+def climb(
+    rules: Plan, current: Mapping[str, Choice], layer: str, steps: Sequence[Choice], error: float, accuracy: float, data: Any,
+    floor: float, max_latency_ms: float | None, trials: list[Trial], log: logging.Logger,
+) -> tuple[tuple[Choice, float] | None, Outcome | None]:
+    """Try `layer`'s `steps` in order (appending to `trials`), from a model of validation `accuracy`: the
+    Outcome of the first that meets `floor`; else (the cheapest of the steps that raised the accuracy
+    most, and that accuracy), or None when none raised it (the layer stays as it is)."""
+    kept: tuple[Choice, float] | None = None
+    best = accuracy
+    for step in steps:
+        trial_choices = {**current, layer: step}
+        flatbuffer = rules.write(trial_choices)
+        trial = measure(flatbuffer, layer, step, error, data, max_latency_ms)
+        trials.append(trial)
+        log.info(
+            "    fallback: %s -> %s (its error alone %.3g): validation accuracy %.4f, %s, p50 %.3f ms%s",
+            layer, step.words, error, trial.val_accuracy, human_bytes(trial.size_bytes), trial.latency_ms,
+            " (refused: over the latency limit)" if trial.refused else "",
+        )
+        if trial.refused:
+            continue
+        if trial.val_accuracy > best + EPSILON:
+            kept, best = (step, trial.val_accuracy), trial.val_accuracy
+        if trial.val_accuracy >= floor - EPSILON:
+            return kept, Outcome(trial_choices, trials, flatbuffer, trial.val_accuracy)
+    return kept, None
+
+
+def measure(flatbuffer: bytes, layer: str, step: Choice, error: float, data: Any, max_latency_ms: float | None) -> Trial:
+    """Size, p50 latency and validation accuracy of one tried model."""
+    from pipeline.measure import litert
+    from pipeline.measure.metrics import tflite_accuracy
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "trial.tflite"
+        path.write_bytes(flatbuffer)
+        latency = float(np.median(litert.latency_ms(path, data.x_val[0], LATENCY_RUNS, LATENCY_WARMUP, threads=1)))
+        refused = max_latency_ms is not None and latency > max_latency_ms
+        accuracy = float("nan") if refused else tflite_accuracy(path, data.x_val, data.y_val)
+    return Trial(layer, step.words, error, len(flatbuffer), latency, accuracy, refused)
+
+
+def predict(flatbuffer: bytes, x: np.ndarray) -> np.ndarray:
+    """The model's float outputs on `x` through LiteRT."""
+    from pipeline.measure import litert
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.tflite"
+        path.write_bytes(flatbuffer)
+        return np.asarray(litert.predict(path, x), dtype=np.float64)
+
+
+def noise_to_signal(outputs: np.ndarray, reference: np.ndarray) -> float:
+    """sqrt(sum noise^2 / sum signal^2): 0 is exact, 1 means the output is lost."""
+    signal = float(np.sum(np.square(reference)))
+    return float(np.sqrt(np.sum(np.square(outputs - reference)) / signal)) if signal > 0 else 0.0
+
+
+def table(trials: Sequence[Trial], start_size: int, start_accuracy: float, floor: float) -> str:
+    """The search as a Markdown table: each step tried, what it cost in size and latency and bought in accuracy."""
+    lines = [
+        f"precision fallback: floor {floor:.4f} (validation accuracy)",
+        "",
+        "| layer | step | its error alone before | size | size cost | p50 ms | val accuracy | within budget |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+        f"| (as the rules ask) | - | - | {human_bytes(start_size)} | - | - | {start_accuracy:.4f} | no |",
+    ]
+    for trial in trials:
+        verdict = "refused: latency" if trial.refused else ("yes" if trial.val_accuracy >= floor - EPSILON else "no")
+        accuracy = "-" if trial.refused else f"{trial.val_accuracy:.4f}"
+        lines.append(
+            f"| {trial.layer} | {trial.step} | {trial.error:.3g} | {human_bytes(trial.size_bytes)} | "
+            f"{(trial.size_bytes - start_size) / start_size:+.1%} | {trial.latency_ms:.3f} | {accuracy} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def facts(outcome: Outcome | None, start_size: int, start_accuracy: float, floor: float) -> dict[str, Any]:
+    """The search for the stage's metadata (`fallback`), in the int8 fallback's shape plus the precisions."""
+    chosen = outcome.choices if outcome else {}
+    return {
+        "fallback": {
+            "float_layers": [name for name, choice in chosen.items() if choice.precision == "float"],
+            "precisions": {name: choice.words for name, choice in chosen.items()},
+            "split": "validation", "floor": floor, "start_val_accuracy": start_accuracy, "start_size_bytes": start_size,
+            "trials": [asdict(trial) for trial in outcome.trials] if outcome else [],
+        },
+    }
+
+
+def fall_back(
+    rules: Plan, path: Path, tolerance: float | None, data: Any, budget: Budget | None, allowed: Sequence[str],
+    max_latency_ms: float | None, log: logging.Logger,
+) -> tuple[Fallback, dict[str, Choice]]:
+    """Check the file at `path` (written by `rules`) against the floor on the validation split; if it
+    misses, replace it with the model the search chooses. Returns the findings (as the int8 fallback's)
+    and each reported layer's final Choice."""
+    from pipeline.measure.metrics import hits, keras_predict, tflite_accuracy
+    from techniques.fallback import accuracy_floor
+
+    where = rules.where
+    keras_accuracy = budget.available if budget is not None else hits(keras_predict(rules.keras_model, data.x_val)[1], data.y_val)
+    floor = accuracy_floor(budget, tolerance, keras_accuracy)
+    assert floor is not None  # guaranteed by check_budget
+    size, accuracy = path.stat().st_size, tflite_accuracy(path, data.x_val, data.y_val)
+    outcome = None
+    if accuracy < floor - EPSILON:
+        log.info("    validation accuracy %.4f misses the floor %.4f: choosing precisions per layer", accuracy, floor)
+        start = rules.reported(rules.choices)
+        outcome = search(rules, start, accuracy, data, floor, allowed, max_latency_ms, log)
+        check_written(outcome.flatbuffer, rules.keras_model, outcome.choices, rules.io, where)
+        path.write_bytes(outcome.flatbuffer)
+    reports: tuple[str, ...] = ()
+    if outcome is not None:
+        report = path.parent / "fallback.md"
+        report.write_text(table(outcome.trials, size, accuracy, floor) + "\n")
+        log.info("    precisions chosen:\n%s", report.read_text().rstrip())
+        reports = (report.name,)
+    final = outcome.val_accuracy if outcome else accuracy
+    metrics = {
+        "start_val_accuracy": accuracy, "fallback_val_accuracy": final,
+        "fallback_size_cost_bytes": float((len(outcome.flatbuffer) if outcome else size) - size),
+        "fallback_float_layers": float(sum(c.precision == "float" for c in (outcome.choices if outcome else {}).values())),
+    }
+    found = Fallback(facts(outcome, size, accuracy, floor), metrics, reports, {"keras_accuracy": keras_accuracy, "tflite_accuracy": final})
+    return found, rules.reported(outcome.choices if outcome else rules.choices)
