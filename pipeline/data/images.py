@@ -1,18 +1,28 @@
-"""A folder of image files with one subfolder per class (`cats/001.jpg`, `dogs/002.png`, ...)."""
+"""A folder of image files with one subfolder per class (`cats/001.jpg`, `dogs/002.png`, ...).
+
+Files are listed, and the split is chosen from the list. A folder whose decoded pixels fit
+`data.in_memory_mb` is decoded once into arrays (fast epochs); a larger one streams: each split
+stays a list of files that `tf.data` decodes and resizes in parallel as training reads them.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from pipeline.data.dataset import Dataset, SplitParams, prepared, split
 from pipeline.data.preprocessing import RESIZE, Rescale
+from pipeline.data.streaming import Streamed
 from pipeline.errors import PipelineError
 from pipeline.plugin.fields import ExistingFolder
 from pipeline.plugin.schema import Plugin
+
+log = logging.getLogger("pipeline")
 
 # What tf.io.decode_image reads.
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -28,6 +38,10 @@ class ImageFolderParams(SplitParams):
         None, description="[height, width] every image is resized to; set it to the model's input size (null: size of the first image)."
     )
     color_mode: Literal["rgb", "grayscale"] = Field("rgb", description="Channels: rgb (3) or grayscale (1).")
+    in_memory_mb: int = Field(
+        1024, ge=0, description="Largest size of the decoded images (float32 pixels, MB) loaded into memory; "
+        "larger folders stream from disk in batches (0: always stream).",
+    )
 
     @field_validator("path")
     @classmethod
@@ -44,16 +58,47 @@ class ImageFolderSource(Plugin[ImageFolderParams]):
         """Images (H, W, C) of pixel values divided by 255; class names are the folder names."""
         folders = class_folders(Path(self.config.path))
         files = [(path, label) for label, folder in enumerate(folders) for path in image_paths(folder)]
-        size: list[int] | tuple[int, ...] | None = self.config.image_size
-        images = []
-        for path, _ in files:
-            image = decode(path, self.config.color_mode, size)
-            size = size or image.shape[:2]  # the first image fixes the size when none is configured
-            images.append(image)
-        x = np.stack(images)
+        size = tuple(self.config.image_size or decode(files[0][0], self.config.color_mode, None).shape[:2])
+        channels = 3 if self.config.color_mode == "rgb" else 1
+        images = ImageFiles(tuple(str(path) for path, _ in files), (*size, channels))
         y = np.array([label for _, label in files], dtype=np.int64)
-        data = split(x, y, self.config, seed, tuple(folder.name for folder in folders))
+        indices = split(np.arange(len(files)), y, self.config, seed, tuple(folder.name for folder in folders))
+        decoded_mb = len(indices.y_train) + len(indices.y_val) + len(indices.y_test)
+        decoded_mb = decoded_mb * int(np.prod(images.example_shape)) * 4 / 2**20
+        stream = decoded_mb > self.config.in_memory_mb
+        log.info(
+            "data: %d images, %.0f MB decoded: %s (data.in_memory_mb=%d)", len(files), decoded_mb,
+            "streamed from disk in batches" if stream else "decoded into memory", self.config.in_memory_mb,
+        )
+        pick = images.subset if stream else lambda at: decode_all(images.subset(at))
+        data = replace(indices, x_train=pick(indices.x_train), x_val=pick(indices.x_val), x_test=pick(indices.x_test))
         return prepared(data, [Rescale(1 / 255)], color_mode=self.config.color_mode, resize=RESIZE)
+
+
+@dataclass(frozen=True)
+class ImageFiles(Streamed):
+    """Image files of one split, decoded and resized to `example_shape` as they are read."""
+
+    def decoded(self, record: Any) -> Any:
+        """One file's pixels as float32 values in [0, 255] (see `decode_pixels`)."""
+        import tensorflow as tf
+
+        image = decode_pixels(tf.io.read_file(record), self.example_shape[-1], self.example_shape[:2])
+        image.set_shape(self.example_shape)
+        return image
+
+
+def decode_all(images: ImageFiles) -> np.ndarray:
+    """Every image of `images` decoded (in parallel) into one array; a file that cannot be decoded
+    is named, as `decode` names it, by decoding the files one by one to find it."""
+    import tensorflow as tf
+
+    try:
+        return images.take(list(range(len(images))))
+    except tf.errors.InvalidArgumentError:
+        for path in images.records:
+            decode(Path(path), "rgb" if images.example_shape[-1] == 3 else "grayscale", images.example_shape[:2])
+        raise
 
 
 def class_folders(root: Path) -> list[Path]:
@@ -79,13 +124,23 @@ def decode(path: Path, color_mode: str | None, size: list[int] | tuple[int, ...]
     import tensorflow as tf
 
     try:
-        image = tf.io.decode_image(
-            path.read_bytes(), channels=3 if color_mode == "rgb" else 1, expand_animations=False
-        )
+        image = decode_pixels(tf.constant(path.read_bytes()), 3 if color_mode == "rgb" else 1, size)
     except (tf.errors.InvalidArgumentError, OSError) as error:
         reason = str(error).splitlines()[0]
         raise PipelineError(f"data.path: cannot decode image {path} ({reason}); remove or replace the file") from None
-    image = tf.cast(image, tf.float32)
-    if size is not None and tuple(image.shape[:2]) != tuple(size):
-        image = tf.clip_by_value(tf.image.resize(image, size, antialias=True), 0.0, 255.0)
     return image.numpy()
+
+
+def decode_pixels(contents: Any, channels: int, size: Any) -> Any:
+    """Encoded image bytes (a string tensor) as float32 pixel values in [0, 255], resized to `size`
+    when given and different: eagerly for one file, or inside a tf.data pipeline."""
+    import tensorflow as tf
+
+    image = tf.cast(tf.io.decode_image(contents, channels=channels, expand_animations=False), tf.float32)
+    if size is None:
+        return image
+    return tf.cond(
+        tf.reduce_all(tf.shape(image)[:2] == tf.constant(size, tf.int32)),
+        lambda: image,
+        lambda: tf.clip_by_value(tf.image.resize(image, size, antialias=True), 0.0, 255.0),
+    )
