@@ -103,3 +103,62 @@ def test_a_streamed_folder_runs_to_an_export(tmp_path):
     rows = table_rows(done.stdout)
     assert float(rows["export"]["accuracy"]) > 0.6  # three colours: far above chance (0.33)
     assert any((tmp_path / "outputs" / "cache" / ".decoded").iterdir())
+
+
+# --- TFRecord files ---------------------------------------------------------------------------------
+
+
+def write_records(photos: Path, target: Path, files: int = 2, text_labels: bool = False) -> Path:
+    """The images of an image folder as tf.train.Example records, in image_folder's order, over `files` files."""
+    import tensorflow as tf
+
+    from pipeline.data.images import class_folders, image_paths
+
+    target.mkdir(parents=True, exist_ok=True)
+    examples = [(path, label, folder.name) for label, folder in enumerate(class_folders(photos)) for path in image_paths(folder)]
+    per_file = -(-len(examples) // files)
+    for number in range(files):
+        with tf.io.TFRecordWriter(str(target / f"part-{number}.tfrecord")) as writer:
+            for path, label, name in examples[number * per_file : (number + 1) * per_file]:
+                value = tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()])) if text_labels else (
+                    tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))
+                )
+                features = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[path.read_bytes()])),
+                            "image/class/label": value}
+                writer.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
+    return target
+
+
+def load_records(folder: Path, in_memory_mb: int, **params):
+    from pipeline.data.records import TFRecordParams, TFRecordSource
+
+    config = TFRecordParams(name="tfrecord", path=str(folder), image_size=[16, 16], in_memory_mb=in_memory_mb, **params)
+    return TFRecordSource(config).load(seed=0)
+
+
+def test_tfrecords_give_the_image_folders_split_and_pixels_in_memory_or_streamed(photos, tmp_path):
+    records = write_records(photos, tmp_path / "records", text_labels=True)
+    folder = load(photos, 1024)
+    for in_memory_mb in (1024, 0):
+        data = load_records(records, in_memory_mb)
+        assert data.streams == (in_memory_mb == 0) and data.class_names == folder.class_names
+        for name in ("train", "val", "test"):
+            np.testing.assert_array_equal(data.split_named(name)[1], folder.split_named(name)[1])
+            np.testing.assert_array_equal(np.concatenate(list(data.batches(name))), folder.split_named(name)[0])
+    streamed = load_records(records, 0, max_examples=30)
+    assert len(streamed.y_train) + len(streamed.y_val) + len(streamed.y_test) == 30
+
+
+def test_tfrecord_mistakes_name_the_key_or_file(photos, tmp_path):
+    from pipeline.errors import PipelineError
+
+    records = write_records(photos, tmp_path / "records", files=1)
+    with pytest.raises(PipelineError, match="data.label_key: no feature 'label' .*features: image/class/label, image/encoded"):
+        load_records(records, 0, label_key="label")
+    with pytest.raises(PipelineError, match="cannot decode image .*part-0.tfrecord@"):
+        load_records(records, 1024, image_key="image/class/label")
+    truncated = tmp_path / "short" / "cut.tfrecord"
+    truncated.parent.mkdir()
+    truncated.write_bytes((records / "part-0.tfrecord").read_bytes()[:-7])
+    with pytest.raises(PipelineError, match="cut.tfrecord"):
+        load_records(truncated.parent, 0)

@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 
 from pipeline.data.dataset import Dataset, SplitParams, prepared, split
 from pipeline.data.preprocessing import RESIZE, Rescale
-from pipeline.data.streaming import Streamed
+from pipeline.data.streaming import Streamed, as_split
 from pipeline.errors import PipelineError
 from pipeline.plugin.fields import ExistingFolder
 from pipeline.plugin.schema import Plugin
@@ -30,18 +30,23 @@ Side = Annotated[int, Field(ge=8, le=1024)]
 Size = Annotated[list[Side], Field(min_length=2, max_length=2)]
 
 
-class ImageFolderParams(SplitParams):
-    """Where the class folders are and the size every image is resized to."""
+class ImageParams(SplitParams):
+    """How images become model inputs, and when they stream; shared by image sources."""
 
-    path: ExistingFolder = Field(description="Folder with one subfolder of images (png, jpg, bmp, gif) per class.")
     image_size: Size | None = Field(
         None, description="[height, width] every image is resized to; set it to the model's input size (null: size of the first image)."
     )
     color_mode: Literal["rgb", "grayscale"] = Field("rgb", description="Channels: rgb (3) or grayscale (1).")
     in_memory_mb: int = Field(
         1024, ge=0, description="Largest size of the decoded images (float32 pixels, MB) loaded into memory; "
-        "larger folders stream from disk in batches (0: always stream).",
+        "larger data sets stream from disk in batches (0: always stream).",
     )
+
+
+class ImageFolderParams(ImageParams):
+    """Where the class folders are and the size every image is resized to."""
+
+    path: ExistingFolder = Field(description="Folder with one subfolder of images (png, jpg, bmp, gif) per class.")
 
     @field_validator("path")
     @classmethod
@@ -58,21 +63,32 @@ class ImageFolderSource(Plugin[ImageFolderParams]):
         """Images (H, W, C) of pixel values divided by 255; class names are the folder names."""
         folders = class_folders(Path(self.config.path))
         files = [(path, label) for label, folder in enumerate(folders) for path in image_paths(folder)]
-        size = tuple(self.config.image_size or decode(files[0][0], self.config.color_mode, None).shape[:2])
-        channels = 3 if self.config.color_mode == "rgb" else 1
-        images = ImageFiles(tuple(str(path) for path, _ in files), (*size, channels))
+        size = self.config.image_size or decode(files[0][0], self.config.color_mode, None).shape[:2]
+        images = ImageFiles(tuple(str(path) for path, _ in files), example_shape(size, self.config.color_mode))
         y = np.array([label for _, label in files], dtype=np.int64)
-        indices = split(np.arange(len(files)), y, self.config, seed, tuple(folder.name for folder in folders))
-        decoded_mb = len(indices.y_train) + len(indices.y_val) + len(indices.y_test)
-        decoded_mb = decoded_mb * int(np.prod(images.example_shape)) * 4 / 2**20
-        stream = decoded_mb > self.config.in_memory_mb
-        log.info(
-            "data: %d images, %.0f MB decoded: %s (data.in_memory_mb=%d)", len(files), decoded_mb,
-            "streamed from disk in batches" if stream else "decoded into memory", self.config.in_memory_mb,
-        )
-        pick = images.subset if stream else lambda at: decode_all(images.subset(at))
-        data = replace(indices, x_train=pick(indices.x_train), x_val=pick(indices.x_val), x_test=pick(indices.x_test))
-        return prepared(data, [Rescale(1 / 255)], color_mode=self.config.color_mode, resize=RESIZE)
+        return image_data(images, y, self.config, seed, tuple(folder.name for folder in folders))
+
+
+def example_shape(size: Any, color_mode: str) -> tuple[int, int, int]:
+    """(height, width, channels) of a decoded image."""
+    return int(size[0]), int(size[1]), 3 if color_mode == "rgb" else 1
+
+
+def image_data(images: Streamed, y: np.ndarray, params: ImageParams, seed: int, class_names: tuple[str, ...]) -> Dataset:
+    """Images (with labels `y`) split by the params' fractions, seeded and stratified as `split` splits
+    arrays, pixel values divided by 255: decoded into memory when they fit `params.in_memory_mb`,
+    else streamed (each split a list of records decoded as read). The choice is logged."""
+    indices = split(np.arange(len(images)), y, params, seed, class_names)
+    examples = len(indices.y_train) + len(indices.y_val) + len(indices.y_test)
+    decoded_mb = examples * int(np.prod(images.example_shape)) * 4 / 2**20
+    stream = decoded_mb > params.in_memory_mb
+    log.info(
+        "data: %d images, %.0f MB decoded: %s (data.in_memory_mb=%d)", examples, decoded_mb,
+        "streamed from disk in batches" if stream else "decoded into memory", params.in_memory_mb,
+    )
+    pick = (lambda at: as_split(images.subset(at))) if stream else (lambda at: decode_all(images.subset(at)))
+    data = replace(indices, x_train=pick(indices.x_train), x_val=pick(indices.x_val), x_test=pick(indices.x_test))
+    return prepared(data, [Rescale(1 / 255)], color_mode=params.color_mode, resize=RESIZE)
 
 
 @dataclass(frozen=True)
@@ -88,16 +104,22 @@ class ImageFiles(Streamed):
         return image
 
 
-def decode_all(images: ImageFiles) -> np.ndarray:
-    """Every image of `images` decoded (in parallel) into one array; a file that cannot be decoded
-    is named, as `decode` names it, by decoding the files one by one to find it."""
+def decode_all(images: Streamed) -> np.ndarray:
+    """Every image of `images` decoded (in parallel) into one array; an image that cannot be decoded
+    is named, found by decoding the records one by one (only once decoding has failed)."""
     import tensorflow as tf
 
     try:
         return images.take(list(range(len(images))))
     except tf.errors.InvalidArgumentError:
-        for path in images.records:
-            decode(Path(path), "rgb" if images.example_shape[-1] == 3 else "grayscale", images.example_shape[:2])
+        for record in images.records:
+            try:
+                images.decoded(tf.constant(record))
+            except tf.errors.InvalidArgumentError as error:
+                reason = str(error).splitlines()[0]
+                raise PipelineError(
+                    f"data.path: cannot decode image {record} ({reason}); remove or replace it"
+                ) from None
         raise
 
 

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import numpy as np
 
@@ -176,18 +176,29 @@ class Streamed:
         """What identifies the split without reading an example: its records, with each file's size
         and modification time, the example shape and the steps."""
         digest = hashlib.sha256(repr((type(self).__name__, self.example_shape, self.steps)).encode())
+        stamps: dict[str, str] = {}
         for record in self.records:
-            digest.update(record.encode())
-            path = record.split("#", 1)[0]
-            if os.path.exists(path):
+            path = self.file_of(record)
+            if path not in stamps:
                 stat = os.stat(path)
-                digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+                stamps[path] = f"{stat.st_size}:{stat.st_mtime_ns}"
+            digest.update(f"{record}|{stamps[path]}".encode())
         return digest.digest()
 
+    def file_of(self, record: str) -> str:
+        """The file a record is read from (the record itself: a file path)."""
+        return record
 
-def is_streamed(x: Any) -> bool:
+
+def is_streamed(x: Any) -> TypeGuard[Streamed]:
     """Whether a split is streamed from files rather than held as an array."""
     return isinstance(x, Streamed)
+
+
+def as_split(x: Streamed) -> np.ndarray:
+    """`x` typed as the array a `Dataset` field holds: it answers what consumers of arrays read
+    (len, shape, dtype, indexing, np.asarray), and `is_streamed` tells the two apart."""
+    return cast(np.ndarray, x)
 
 
 def in_batches(x: Any, size: int = MEASURE_BATCH) -> Iterator[np.ndarray]:
