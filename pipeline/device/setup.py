@@ -8,6 +8,7 @@ right devices, fixed batch sizes, and tf.data input pipelines.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -109,6 +110,10 @@ class DeviceSetup:
         if is_streamed(x):
             shard = (self.role.workers, self.role.shard) if self.multi_worker else None
             data = x.dataset(y, shuffle_seed=seed, shard=shard, cached=cache)
+            if shard is not None:
+                logging.getLogger("pipeline").info(
+                    "    worker %d reads %d of %d files", shard[1], len(x) // shard[0], len(x)
+                )
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         else:
             data = tf.data.Dataset.from_tensor_slices((x, y))
