@@ -78,16 +78,22 @@ def test_training_input_shuffles_each_epoch_and_shards_by_file(photos):
     assert not set(shards[0]) & set(shards[1])  # each reads its own files
 
 
-def test_decoded_cache_is_written_once_and_read_back(photos, tmp_path):
-    data = load(photos, 0).with_cache(str(tmp_path / "decoded"))
-    first = [(x.copy(), y) for x, y in data.x_train.dataset(data.y_train, shuffle_seed=1, cached=True).as_numpy_iterator()]
+def test_decoded_cache_is_written_once_read_back_and_shared_by_every_labelling(photos, tmp_path):
+    data = load(photos, 0, cache_decoded=True).with_cache(str(tmp_path / "decoded"))
+    x, y = data.x_train, data.y_train
+    first = list(x.dataset(y, shuffle_seed=1, cached=True).as_numpy_iterator())
     written = sorted(p.name for p in (tmp_path / "decoded").iterdir())
-    assert written and any(name.endswith(".index") for name in written)
-    again = list(data.x_train.dataset(data.y_train, shuffle_seed=1, cached=True).as_numpy_iterator())
-    assert sorted(p.name for p in (tmp_path / "decoded").iterdir()) == written  # read, not written again
-    assert sorted(float(x.sum()) for x, _ in again) == sorted(float(x.sum()) for x, _ in first)
-    other = load(photos, 0, val_fraction=0.2).with_cache(str(tmp_path / "decoded"))
-    assert other.x_train.cache_file(other.y_train, 1, None) != data.x_train.cache_file(data.y_train, 1, None)
+    assert any(name.endswith(".index") for name in written)
+    targets = np.arange(len(x))  # other labels, another seed (a later stage): the same cache is read
+    again = list(x.dataset(targets, shuffle_seed=2, cached=True).as_numpy_iterator())
+    assert sorted(p.name for p in (tmp_path / "decoded").iterdir()) == written
+    assert sorted(float(image.sum()) for image, _ in again) == sorted(float(image.sum()) for image, _ in first)
+    pairs = {int(position): float(image.sum()) for image, position in again}  # images still meet their own labels
+    assert all(pairs[i] == float(x[i].sum()) for i in range(0, len(x), 5))
+    other = load(photos, 0, cache_decoded=True, val_fraction=0.2).with_cache(str(tmp_path / "decoded"))
+    assert other.x_train.cache_file(None) != x.cache_file(None) != x.cache_file((2, 0))
+    next(iter(load(photos, 0).with_cache(str(tmp_path / "off")).x_train.dataset(cached=True)))
+    assert not (tmp_path / "off").exists()  # without data.cache_decoded nothing is written
 
 
 @pytest.mark.slow
@@ -95,7 +101,7 @@ def test_a_streamed_folder_runs_to_an_export(tmp_path):
     photos = image_tree(tmp_path / "photos", per_class=30)
     done = run_cli(
         "recipe=mobile_int8", "data=image_folder", f"data.path={photos}", "data.image_size=[16,16]",
-        "data.in_memory_mb=0", *TINY, cwd=tmp_path,
+        "data.in_memory_mb=0", "data.cache_decoded=true", *TINY, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "streamed from disk in batches" in done.stdout

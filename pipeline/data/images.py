@@ -41,6 +41,10 @@ class ImageParams(SplitParams):
         1024, ge=0, description="Largest size of the decoded images (float32 pixels, MB) loaded into memory; "
         "larger data sets stream from disk in batches (0: always stream).",
     )
+    cache_decoded: bool = Field(
+        False, description="Streamed data: keep the decoded training images on disk beside the stage cache "
+        "(float32, 4 bytes per pixel value) and read them back after the first epoch instead of decoding again.",
+    )
 
 
 class ImageFolderParams(ImageParams):
@@ -86,6 +90,7 @@ def image_data(images: Streamed, y: np.ndarray, params: ImageParams, seed: int, 
         "data: %d images, %.0f MB decoded: %s (data.in_memory_mb=%d)", examples, decoded_mb,
         "streamed from disk in batches" if stream else "decoded into memory", params.in_memory_mb,
     )
+    images = replace(images, cache_decoded=params.cache_decoded)
     pick = (lambda at: as_split(images.subset(at))) if stream else (lambda at: decode_all(images.subset(at)))
     data = replace(indices, x_train=pick(indices.x_train), x_val=pick(indices.x_val), x_test=pick(indices.x_test))
     return prepared(data, [Rescale(1 / 255)], color_mode=params.color_mode, resize=RESIZE)

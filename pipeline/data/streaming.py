@@ -39,14 +39,15 @@ class Streamed:
     """One split as a list of records (file paths, or record indices) read on demand.
 
     `steps` are the preprocessing steps applied after decoding (empty for the raw inputs);
-    `example_shape` the shape of one decoded example; `cache_dir` where decoded examples may be
-    cached on disk (the runner sets it beside the stage cache).
+    `example_shape` the shape of one decoded example; `cache_decoded` whether decoded training
+    examples may be cached on disk, and `cache_dir` where (the runner sets it beside the stage cache).
     """
 
     records: tuple[str, ...]
     example_shape: tuple[int, ...]
     steps: tuple[Step, ...] = ()
     cache_dir: str | None = None
+    cache_decoded: bool = False
 
     # --- what consumers written for arrays read ---------------------------------------------
     @property
@@ -117,48 +118,51 @@ class Streamed:
 
         `shard` = (workers, index) keeps every `workers`-th record from `index`: each worker reads
         its own files, all the same number of them. Shuffling permutes the record list each epoch
-        (names, not pixels, so the whole list) before decoding. `cached` (with a `cache_dir`)
-        writes the decoded examples to disk on the first pass, in one seeded order, and a bounded
-        buffer then reshuffles them each epoch.
+        (names, not pixels, so the whole list) before decoding. `cached` (with `cache_decoded` and
+        a `cache_dir`) writes the decoded examples to disk on the first pass, in one fixed mixed
+        order shared by every stage, and a bounded buffer then reshuffles them each epoch.
         """
         import tensorflow as tf
 
-        records = np.asarray(self.records)
-        order = np.arange(len(records))
-        cache = self.cache_file(labels, shuffle_seed, shard) if cached and self.cache_dir else None
-        if cache is not None and shuffle_seed is not None:  # the cache fixes the order: mix the files once
-            order = np.random.default_rng(shuffle_seed).permutation(len(records))
+        cache = self.cache_file(shard) if cached and self.cache_decoded and self.cache_dir else None
+        order = self.order(mixed=cache is not None, shard=shard)
+        records = np.asarray(self.records)[order]
+        decode = {"num_parallel_calls": tf.data.AUTOTUNE, "deterministic": True}
+        if cache is None:
+            data = tf.data.Dataset.from_tensor_slices(records if labels is None else (records, np.asarray(labels)[order]))
+            if shuffle_seed is not None:
+                data = data.shuffle(len(order), seed=shuffle_seed, reshuffle_each_iteration=True)
+            return data.map(self.example if labels is None else self.element, **decode)
+        # The cache holds the images only: every stage shares it, whatever labels (or a teacher's targets) it trains on.
+        data = tf.data.Dataset.from_tensor_slices(records).map(self.example, **decode).cache(cache)
+        if labels is not None:
+            data = tf.data.Dataset.zip((data, tf.data.Dataset.from_tensor_slices(np.asarray(labels)[order])))
+        if shuffle_seed is not None:
+            data = data.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed, reshuffle_each_iteration=True)
+        return data
+
+    def order(self, mixed: bool, shard: tuple[int, int] | None) -> np.ndarray:
+        """Positions of the records to read: all in order, or mixed once in a fixed order (for the
+        cache: files are often stored class by class), and of those every worker's own share."""
+        order = np.random.default_rng(0).permutation(len(self.records)) if mixed else np.arange(len(self.records))
         if shard is not None:  # equal shards: every worker must take the same number of steps
             workers, index = shard
             order = order[: len(order) - len(order) % workers][index::workers]
-        columns = (records[order],) if labels is None else (records[order], np.asarray(labels)[order])
-        data = tf.data.Dataset.from_tensor_slices(columns)
-        if shuffle_seed is not None and cache is None:
-            data = data.shuffle(len(order), seed=shuffle_seed, reshuffle_each_iteration=True)
-        data = data.map(self.element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if cache is not None:
-            data = data.cache(cache)
-            if shuffle_seed is not None:
-                data = data.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed, reshuffle_each_iteration=True)
-        return data
+        return order
 
-    def cache_file(self, labels: np.ndarray | None, seed: int | None, shard: tuple[int, int] | None) -> str:
-        """The on-disk cache prefix of this split's decoded examples: named by everything the cached
-        file holds (the split's fingerprint, the labels, the order's seed, the shard), so changed
-        files, steps or targets never read a stale cache."""
+    def cache_file(self, shard: tuple[int, int] | None) -> str:
+        """The on-disk cache prefix of this split's decoded examples: named by the split's
+        fingerprint (its files, sizes, times and steps) and the shard, so a changed file or step
+        never reads a stale cache, and every stage training on the split reads the same one."""
         assert self.cache_dir is not None
         digest = hashlib.sha256(self.fingerprint())
-        digest.update(repr((seed, shard)).encode())
-        if labels is not None:
-            digest.update(np.ascontiguousarray(labels).tobytes())
-        name = digest.hexdigest()[:16]
+        digest.update(repr(shard).encode())
         Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
-        return str(Path(self.cache_dir) / name)
+        return str(Path(self.cache_dir) / digest.hexdigest()[:16])
 
-    def element(self, record: Any, *label: Any) -> Any:
-        """A record's example, with its label when there is one (the tf.data map function)."""
-        x = self.example(record)
-        return (x, label[0]) if label else x
+    def element(self, record: Any, label: Any) -> Any:
+        """A record's example and its label (the tf.data map function)."""
+        return self.example(record), label
 
     def example(self, record: Any) -> Any:
         """One record decoded, then preprocessed, as a float32 tensor of `example_shape`."""
