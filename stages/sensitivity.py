@@ -103,7 +103,9 @@ class SensitivityStage(Stage[SensitivityParams]):
         assert model is not None  # guaranteed by `accepts`
         params = self.config
         where = f"stages.{ctx.name}"
-        x, y = ctx.data.x_val[: params.max_examples], ctx.data.y_val[: params.max_examples]
+        x, y = ctx.data.x_val, ctx.data.y_val[: params.max_examples]
+        if params.max_examples is not None:  # else the whole split, streamed through each trial when it streams
+            x = x[: params.max_examples]
         if not len(x):
             raise PipelineError(f"{where}: the validation split is empty; set data.val_fraction (e.g. 0.1)")
         keras_model = model.load_keras()

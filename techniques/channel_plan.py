@@ -199,5 +199,7 @@ def validation_accuracy(model: Any, data: Dataset) -> dict[str, float]:
     """{"val_accuracy": ...} on the validation split, {} without one: what choices such as `steps` are compared on."""
     if not len(data.x_val):
         return {}
-    logits = model.predict(data.x_val, batch_size=256, verbose=0)
+    from pipeline.measure.metrics import keras_predict
+
+    logits = keras_predict(model, data.x_val)[1]
     return {"val_accuracy": float(np.mean(np.argmax(logits, axis=-1) == data.y_val))}

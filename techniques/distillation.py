@@ -89,10 +89,13 @@ def teacher_of(model: ModelArtifact, data: Dataset, where: str, log: logging.Log
 
 
 def predict(model: Any, x: np.ndarray) -> np.ndarray:
-    """Logits of `model` for `x` (empty input gives an empty result)."""
+    """Logits of `model` for `x` (an array or a streamed split, run in batches; empty input gives an
+    empty result): the teacher's outputs are computed batch by batch, never for all inputs at once."""
+    from pipeline.measure.metrics import keras_predict
+
     if not len(x):
         return np.zeros((0, model.output_shape[-1]), np.float32)
-    return model.predict(x, batch_size=256, verbose=0).astype(np.float32)
+    return keras_predict(model, x)[1].astype(np.float32)
 
 
 def pack(labels: np.ndarray, teacher_logits: np.ndarray) -> np.ndarray:

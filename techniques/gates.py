@@ -108,7 +108,7 @@ def accuracy_gate(
     A gate decides whether the run ships, so it looks at the validation split: the test split is
     measured once on what ships and never steers a decision.
     """
-    from pipeline.measure.metrics import hits, tflite_accuracy
+    from pipeline.measure.metrics import hits, keras_predict, tflite_accuracy
 
     if not len(data.x_val):
         raise PipelineError(
@@ -117,7 +117,7 @@ def accuracy_gate(
     measured = measured or {}
     keras_accuracy = measured.get("keras_accuracy")
     if keras_accuracy is None:
-        keras_accuracy = hits(keras_model.predict(data.x_val, batch_size=256, verbose=0), data.y_val)
+        keras_accuracy = hits(keras_predict(keras_model, data.x_val)[1], data.y_val)
     converted = measured.get("tflite_accuracy")
     if converted is None:
         converted = tflite_accuracy(tflite_path, data.x_val, data.y_val)

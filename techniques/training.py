@@ -78,7 +78,7 @@ def fit(
         verbose=0,
         callbacks=[
             *(callbacks or []), *lr_callbacks(params), *batch_norm_statistics(model, data.x_train, seed),
-            epoch_logger(params.epochs, log, name),
+            epoch_logger(params.epochs, log, name), step_rate(log, name),
         ],
     )
     check_finite(model, history, name)
@@ -119,8 +119,11 @@ def batch_norm_statistics(model: Any, x: Any, seed: int) -> list[Any]:
     layers = batch_norm_layers(model)
     if not layers:
         return []
+    from pipeline.data.streaming import is_streamed
+
     rng = np.random.default_rng(seed)
-    sample = x[rng.choice(len(x), size=min(len(x), STATISTICS_EXAMPLES), replace=False)]
+    chosen = rng.choice(len(x), size=min(len(x), STATISTICS_EXAMPLES), replace=False)
+    sample = x.subset(chosen) if is_streamed(x) else x[chosen]  # a streamed sample is decoded per epoch
 
     class _Reestimate(keras.callbacks.Callback):
         def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
@@ -131,16 +134,19 @@ def batch_norm_statistics(model: Any, x: Any, seed: int) -> list[Any]:
 
 
 def reestimate_statistics(model: Any, layers: list[Any], x: Any, batch_size: int = 256) -> None:
-    """Set the moving statistics of `layers` to their mean over `x`, run through `model` in training mode.
+    """Set the moving statistics of `layers` to their mean over `x` (an array or a streamed split),
+    run through `model` in training mode.
 
     A momentum of k/(k+1) at the k-th batch (from 0) makes the moving average a plain average.
     """
+    from pipeline.data.streaming import in_batches
+
     momenta = [layer.momentum for layer in layers]
     try:
-        for k, start in enumerate(range(0, len(x), batch_size)):
+        for k, batch in enumerate(in_batches(x, batch_size)):
             for layer in layers:
                 layer.momentum = k / (k + 1)
-            model(x[start : start + batch_size], training=True)
+            model(batch, training=True)
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
@@ -290,6 +296,28 @@ def without_training_state(model: Any) -> Any:
         return model
     clone.set_weights(model.get_weights())
     return clone
+
+
+def step_rate(log: logging.Logger, name: str) -> Any:
+    """A Keras callback logging when the first training step is done and the step rate of the rest of
+    the first epoch: where input is the bottleneck, the first shows the wait and the second the pace."""
+    import time
+
+    import tf_keras as keras
+
+    class _StepRate(keras.callbacks.Callback):
+        first: float | None = None
+        _supports_tf_logs = True  # the logs stay tensors: no copy back from the device per step
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            if self.first is None:
+                self.first = time.perf_counter()
+                log.info("    %s: first training step done", name)
+            elif batch + 1 == self.params.get("steps") and batch:
+                log.info("    %s: %.1f training steps/s", name, batch / (time.perf_counter() - self.first))
+                self.on_train_batch_end = lambda *args, **kwargs: None  # type: ignore[method-assign]
+
+    return _StepRate()
 
 
 def epoch_logger(epochs: int, log: logging.Logger, name: str) -> Any:

@@ -60,6 +60,30 @@ def test_two_workers_end_with_identical_weights_and_one_export(tmp_path):
     assert len(runs) == 1 and runs[0].data.tags["strategy"] == "multi_worker"  # the chief's run only
 
 
+@pytest.mark.slow
+def test_two_workers_each_stream_their_half_of_the_files(tmp_path):
+    from tests._data_files import image_tree
+
+    photos = image_tree(tmp_path / "photos", per_class=20)
+    recipes = tmp_path / "recipes" / "recipe"
+    recipes.mkdir(parents=True)
+    (recipes / "two_workers.yaml").write_text(TINY_RECIPE)
+    done = launch(
+        "--workers", "2", "--config-dir", str(tmp_path / "recipes"), "recipe=two_workers", f"outputs={tmp_path / 'outputs'}",
+        "data=image_folder", f"data.path={photos}", "data.image_size=[16,16]", "data.in_memory_mb=0",
+        "measure.latency_runs=3", "measure.warmup_runs=1", cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    log = done.stdout
+    assert "streamed from disk in batches" in log
+    train_files = int(re.search(r"data: (\d+) train", log).group(1))
+    for worker in (0, 1):  # the first dataset each builds is its training input
+        reads = re.search(rf"\[worker {worker}\] .*worker {worker} reads (\d+) of (\d+) files", log)
+        assert reads and int(reads.group(1)) == train_files // 2 and int(reads.group(2)) == train_files
+    digests = dict(re.findall(r"train: worker (\d) weights ([0-9a-f]{16})", log))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+
+
 def test_a_failing_worker_stops_the_others():
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
     failing = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], start_new_session=True)

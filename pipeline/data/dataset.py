@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from pydantic import Field, model_validator
 
 from pipeline.data.preprocessing import Preprocessing, Rescale, Step, fit_steps
 from pipeline.data.tokenizer import Tokenizer
+from pipeline.data.streaming import MEASURE_BATCH, in_batches, is_streamed
 from pipeline.errors import PipelineError
 from pipeline.plugin.schema import Params
 
@@ -37,6 +39,10 @@ class Dataset:
 
     `x_test_raw` holds the test inputs before `preprocessing` (None when it has no steps);
     `tokenizer` turned texts into the token ids (None for other data).
+    A split too large for memory is a `pipeline.data.streaming.Streamed` in place of the array
+    (a list of files decoded as read); `streams` says so. Consumers that read a whole split go
+    through `batches` (in order, to measure) or, for training, `DeviceSetup.dataset`, which
+    serve arrays and streamed splits alike; indexing a split (`x_train[:32]`) works for both.
     """
 
     x_train: np.ndarray
@@ -61,6 +67,30 @@ class Dataset:
         """A name per class id: the source's class names, else the ids as text."""
         return self.class_names or tuple(str(i) for i in range(self.num_classes))
 
+    @property
+    def streams(self) -> bool:
+        """Whether the splits are streamed from disk rather than held in memory."""
+        return is_streamed(self.x_train)
+
+    def split_named(self, name: Literal["train", "val", "test"]) -> tuple[np.ndarray, np.ndarray]:
+        """The inputs and labels of split `name`."""
+        return {
+            "train": (self.x_train, self.y_train), "val": (self.x_val, self.y_val), "test": (self.x_test, self.y_test),
+        }[name]
+
+    def batches(self, name: Literal["train", "val", "test"], size: int = MEASURE_BATCH) -> Iterator[np.ndarray]:
+        """The inputs of split `name` in order, `size` at a time (float32 arrays): a whole split run
+        through a model without holding it in memory when it streams."""
+        return in_batches(self.split_named(name)[0], size)
+
+    def with_cache(self, folder: str | None) -> Dataset:
+        """Streamed splits that may cache their decoded examples under `folder` (arrays stay as they are)."""
+        if not self.streams:
+            return self
+        cached = {key: getattr(self, key).with_cache(folder) for key in ("x_train", "x_val", "x_test", "x_test_raw")
+                  if is_streamed(getattr(self, key))}
+        return replace(self, **cached)
+
     def test_inputs(self, raw: bool) -> np.ndarray:
         """The test inputs as a model taking raw (True) or preprocessed (False) inputs sees them."""
         return self.x_test_raw if raw and self.x_test_raw is not None else self.x_test
@@ -70,7 +100,7 @@ class Dataset:
         training and validation inputs recovered through the inverse steps (for calibration)."""
         if not self.preprocessing.steps:
             return self
-        undo = self.preprocessing.invert
+        undo = self.preprocessing.invert if not self.streams else lambda x: x.with_steps(())
         return replace(
             self, x_train=undo(self.x_train), x_val=undo(self.x_val), x_test=self.test_inputs(raw=True),
             preprocessing=replace(self.preprocessing, steps=()), x_test_raw=None,
@@ -80,7 +110,8 @@ class Dataset:
         """A short hash of every split and the steps, so results can be tied to the exact data."""
         digest = hashlib.sha256()
         for array in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test):
-            digest.update(np.ascontiguousarray(array).tobytes())
+            # a streamed split is known by its files' names, sizes and times: no image is read
+            digest.update(array.fingerprint() if is_streamed(array) else np.ascontiguousarray(array).tobytes())
         if self.preprocessing.steps:  # the same model inputs can come from different raw inputs
             digest.update(self.preprocessing.fingerprint_text().encode())
         if self.tokenizer is not None:  # the same ids mean other words under another vocabulary
@@ -90,6 +121,8 @@ class Dataset:
 
 def check_finite(data: Dataset, source: str) -> None:
     """Raise PipelineError when any split holds NaN or infinite values: training would only diverge later."""
+    if data.streams:  # decoded from 8-bit image files: always finite
+        return
     for split_name, x in (("training", data.x_train), ("validation", data.x_val), ("test", data.x_test)):
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum())
@@ -232,15 +265,18 @@ def prepared(data: Dataset, steps: list[Step], **described: Any) -> Dataset:
     """
     modes = {1: "grayscale", 3: "rgb"}
     described.setdefault("color_mode", modes.get(data.x_train.shape[-1]) if data.x_train.ndim == 4 else None)
-    if len(data.x_train):
+    if data.streams:  # the range 8-bit image files can hold, known without decoding them all
+        described["value_range"] = (0.0, 255.0)
+    elif len(data.x_train):
         described["value_range"] = (float(data.x_train.min()), float(data.x_train.max()))
     preprocessing = Preprocessing(tuple(steps), **described)
-    raw_test = np.asarray(data.x_test, np.float32)
+    apply = preprocessing.apply if not data.streams else lambda x: x.with_steps(tuple(steps))
+    raw_test = data.x_test if data.streams else np.asarray(data.x_test, np.float32)
     return replace(
         data,
-        x_train=preprocessing.apply(data.x_train),
-        x_val=preprocessing.apply(data.x_val),
-        x_test=preprocessing.apply(raw_test),
+        x_train=apply(data.x_train),
+        x_val=apply(data.x_val),
+        x_test=apply(raw_test),
         preprocessing=preprocessing,
         x_test_raw=raw_test if steps else None,
     )

@@ -82,6 +82,13 @@ class WorkerRole:
         """The chief writes outputs, the cache and the MLflow run; the task `chief`, else worker 0."""
         return self.task_type == "chief" or (not self.has_chief and self.task_type == "worker" and self.index == 0)
 
+    @property
+    def shard(self) -> int:
+        """This process's place among all `workers` (the chief first), e.g. which shard of the files it reads."""
+        if self.task_type == "chief":
+            return 0
+        return self.index + 1 if self.has_chief else self.index
+
 
 def worker_role(environ: dict[str, str] | None = None) -> WorkerRole:
     """Parse `TF_CONFIG`; a malformed value is a user mistake reported in one line."""

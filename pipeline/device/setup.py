@@ -8,6 +8,7 @@ right devices, fixed batch sizes, and tf.data input pipelines.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -86,12 +87,17 @@ class DeviceSetup:
         return -(-examples // batch)
 
     def dataset(self, x: Any, y: Any, batch_size: int, seed: int | None = None, cache: bool = False) -> Any:
-        """A tf.data pipeline over in-memory arrays: cached, shuffled when seeded, batched, prefetched.
+        """A tf.data pipeline over a split (an array or a streamed one): cached, shuffled when
+        seeded, batched, prefetched.
 
-        Under multi-worker training each worker reads every example and TensorFlow shards the
-        batches by position (DATA policy): in-memory arrays have no files to shard by.
+        In-memory arrays are cached in memory; a streamed split is decoded in parallel as it is
+        read and cached on disk (when the run has a stage cache). Under multi-worker training
+        each worker reads its own shard of a streamed split's files; arrays have no files to shard
+        by, so every worker reads every example and TensorFlow shards the batches by position.
         """
         import tensorflow as tf
+
+        from pipeline.data.streaming import is_streamed
 
         resolution = self.resolve()
         batch = self.global_batch(batch_size)
@@ -100,14 +106,23 @@ class DeviceSetup:
                 f"device.drop_remainder: {len(x)} examples make no full batch of {batch}; "
                 "lower the stage's batch_size or set device.drop_remainder=false"
             )
-        data = tf.data.Dataset.from_tensor_slices((x, y))
-        if cache:
-            data = data.cache()
-        if seed is not None:
-            data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        data = data.batch(batch, drop_remainder=resolution.drop_remainder)
         options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        if is_streamed(x):
+            shard = (self.role.workers, self.role.shard) if self.multi_worker else None
+            data = x.dataset(y, shuffle_seed=seed, shard=shard, cached=cache)
+            if shard is not None:
+                logging.getLogger("pipeline").info(
+                    "    worker %d reads %d of %d files", shard[1], len(x) // shard[0], len(x)
+                )
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        else:
+            data = tf.data.Dataset.from_tensor_slices((x, y))
+            if cache:
+                data = data.cache()
+            if seed is not None:
+                data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        data = data.batch(batch, drop_remainder=resolution.drop_remainder)
         return data.with_options(options).prefetch(tf.data.AUTOTUNE)
 
     def place_model(self, model: Any) -> Any:

@@ -45,16 +45,28 @@ def dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def predict(path: Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
-    """Float outputs of the model's first output for a batch of float inputs `x`."""
+    """Float outputs of the model's first output for float inputs `x` (an array or a streamed split).
+
+    The interpreter runs batches of MEASURE_BATCH examples: its activations for a whole split at
+    once would take gigabytes for images of a few hundred thousand pixels.
+    """
+    from pipeline.data.streaming import in_batches
+
     runner = interpreter(path, threads)
-    source = runner.get_input_details()[0]
-    runner.resize_tensor_input(source["index"], list(x.shape))
-    runner.allocate_tensors()
-    # Details re-read after allocation: resizing can change the reported shapes.
-    source, target = runner.get_input_details()[0], runner.get_output_details()[0]
-    runner.set_tensor(source["index"], quantize_input(x, source))
-    runner.invoke()
-    return dequantize_output(runner.get_tensor(target["index"]), target)
+    outputs, shape = [], None
+    for batch in in_batches(x):
+        if batch.shape != shape:  # the first batch, and a shorter last one
+            runner.resize_tensor_input(runner.get_input_details()[0]["index"], list(batch.shape))
+            runner.allocate_tensors()
+            shape = batch.shape
+        # Details re-read after allocation: resizing can change the reported shapes.
+        source, target = runner.get_input_details()[0], runner.get_output_details()[0]
+        runner.set_tensor(source["index"], quantize_input(batch, source))
+        runner.invoke()
+        outputs.append(dequantize_output(runner.get_tensor(target["index"]), target))
+    if not outputs:
+        return np.zeros((0, *runner.get_output_details()[0]["shape"][1:]), np.float32)
+    return np.concatenate(outputs)
 
 
 def latency_ms(path: Path, sample: np.ndarray, runs: int, warmup: int, threads: int) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 
 from pipeline.config.settings import MeasureParams
 from pipeline.data import Dataset
+from pipeline.data.streaming import MEASURE_BATCH, in_batches
 from pipeline.measure import litert
 from pipeline.measure.macs import keras_macs, tflite_macs
 from pipeline.plugin.artifact import ModelArtifact, ModelFormat
@@ -76,25 +77,26 @@ def percentiles(timings_ms: np.ndarray) -> dict[str, float]:
 def measure_tflite(path: Path, data: Dataset, params: MeasureParams) -> dict[str, float]:
     """Parameters, sparsity, accuracy and latency of a .tflite file through LiteRT."""
     tensors = litert.constant_tensors(path)
-    logits = litert.predict(path, np.concatenate([data.x_test, data.x_val]), params.threads)
+    test = litert.predict(path, data.x_test, params.threads)
+    val = litert.predict(path, data.x_val, params.threads)
     timings = litert.latency_ms(path, data.x_test[0], params.latency_runs, params.warmup_runs, params.threads)
     return {
         "params": float(sum(count for _, count, _ in tensors)),
         "sparsity": sparsity_of(tensors),
         "macs": float(tflite_macs(path)),
-        **accuracies(logits, data),
+        **accuracies(test, val, data),
         **percentiles(timings),
     }
 
 
-def accuracies(logits: np.ndarray, data: Dataset) -> dict[str, float]:
-    """Test and validation accuracy from the logits of the test examples followed by the validation ones."""
-    test, val = logits[: len(data.y_test)], logits[len(data.y_test) :]
+def accuracies(test: np.ndarray, val: np.ndarray, data: Dataset) -> dict[str, float]:
+    """Test and validation accuracy from the logits of the test and the validation examples."""
     return {"accuracy": hits(test, data.y_test), "val_accuracy": hits(val, data.y_val) if len(val) else float("nan")}
 
 
 def keras_predict(model, x: np.ndarray) -> tuple[Any, np.ndarray]:
-    """A traced forward pass for any batch size, and its outputs for `x` in batches of 256.
+    """A traced forward pass for any batch size, and its outputs for `x` (an array or a streamed
+    split) in batches of 256.
 
     One graph serves both the accuracy pass and the batch-1 timing: tracing costs more than the
     whole test pass on small models. `pipeline.predict` runs Keras exports through it too.
@@ -108,9 +110,9 @@ def keras_predict(model, x: np.ndarray) -> tuple[Any, np.ndarray]:
     return forward, batched(forward, x)
 
 
-def batched(forward: Any, x: np.ndarray, size: int = 256) -> np.ndarray:
-    """`forward` applied to `x` in batches of `size`, outputs concatenated."""
-    return np.concatenate([forward(x[start : start + size]).numpy() for start in range(0, len(x), size)])
+def batched(forward: Any, x: np.ndarray, size: int = MEASURE_BATCH) -> np.ndarray:
+    """`forward` applied to `x` (an array or a streamed split) in batches of `size`, outputs concatenated."""
+    return np.concatenate([forward(batch).numpy() for batch in in_batches(x, size)])
 
 
 def hits(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -139,7 +141,8 @@ def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams)
 
     model = artifact.load_model()
     tensors = [(w.shape, w.size, w.size - int(np.count_nonzero(w))) for w in model.get_weights()]
-    forward, logits = keras_predict(model, np.concatenate([data.x_test, data.x_val]))
+    forward, test = keras_predict(model, data.x_test)
+    val = batched(forward, data.x_val) if len(data.x_val) else test[:0]
 
     sample = tf.constant(data.x_test[:1])
     for _ in range(params.warmup_runs):
@@ -154,6 +157,6 @@ def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams)
         "sparsity": sparsity_of(tensors),
         # An inference-only SavedModel is a serving signature without layers to count.
         **({"macs": float(keras_macs(model))} if hasattr(model, "layers") else {}),
-        **accuracies(logits, data),
+        **accuracies(test, val, data),
         **percentiles(timings),
     }

@@ -85,6 +85,8 @@ def execute(plan: CheckedRecipe, info: RunInfo) -> RunResult:
     check_environment(settings)
     info = for_this_worker(plan, info)
     data = load_data(plan)
+    if settings.cache:  # streamed splits may keep their decoded examples beside the stage cache
+        data = data.with_cache(str(Path(settings.outputs) / "cache" / DECODED))
     layers = planned_layers(plan, data)  # a model no stage can work on fails here, before any training
     log.info("layer plan:\n%s", layers.table())
     info.run_dir.mkdir(parents=True, exist_ok=True)
@@ -149,6 +151,9 @@ def execute(plan: CheckedRecipe, info: RunInfo) -> RunResult:
     assert artifact is not None  # check_recipe guarantees at least one stage
     return RunResult(rows, artifact, tracker.run_id, info.run_dir, exports)
 
+
+# Folder of the stage cache holding decoded streamed examples (hidden: not a stage's entry).
+DECODED = ".decoded"
 
 # The data of the latest run in this process: the jobs of a sweep under Hydra's basic launcher
 # run one after another in one process and mostly read the same data.

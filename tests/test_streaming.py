@@ -1,0 +1,170 @@
+"""Image folders streamed from disk: the same split and pixels as in memory, fingerprints from file
+facts, shuffled and sharded input, the decoded cache, and whole runs that never hold a split."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.data.images import ImageFolderParams, ImageFolderSource
+from pipeline.data.streaming import is_streamed
+from pipeline.device.params import DeviceParams
+from pipeline.device.setup import DeviceSetup
+from tests._data_files import image_tree
+from tests._runs import TINY, run_cli, table_rows
+
+
+def load(root: Path, in_memory_mb: int, seed: int = 0, **params):
+    """The image folder at `root`, streamed when in_memory_mb is 0."""
+    config = ImageFolderParams(name="image_folder", path=str(root), image_size=[16, 16], in_memory_mb=in_memory_mb, **params)
+    return ImageFolderSource(config).load(seed=seed)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    return image_tree(tmp_path_factory.mktemp("streaming") / "photos", per_class=12)
+
+
+def test_streamed_folder_has_the_in_memory_split_and_pixels(photos):
+    memory, streamed = load(photos, 1024), load(photos, 0)
+    assert not memory.streams and streamed.streams and is_streamed(streamed.x_val)
+    assert streamed.input_shape == memory.input_shape == (16, 16, 3)
+    for name in ("train", "val", "test"):
+        x_memory, y_memory = memory.split_named(name)
+        x_streamed, y_streamed = streamed.split_named(name)
+        np.testing.assert_array_equal(y_streamed, y_memory)
+        np.testing.assert_array_equal(np.concatenate(list(streamed.batches(name, size=5))), x_memory)
+    np.testing.assert_array_equal(streamed.raw().x_test[:3], memory.raw().x_test[:3])  # raw: pixels 0-255
+    assert streamed.preprocessing.steps == memory.preprocessing.steps
+    chosen = np.array([4, 0, 7])
+    np.testing.assert_array_equal(streamed.x_train[chosen], memory.x_train[chosen])  # a sample decodes just those
+
+
+def test_max_examples_keeps_the_same_subset_when_streamed(photos):
+    memory, streamed = load(photos, 1024, max_examples=30), load(photos, 0, max_examples=30)
+    assert len(streamed.x_train) + len(streamed.x_val) + len(streamed.x_test) == 30
+    np.testing.assert_array_equal(streamed.y_train, memory.y_train)
+    np.testing.assert_array_equal(streamed.x_test[:], memory.x_test)
+
+
+def test_fingerprint_comes_from_file_facts_without_reading_an_image(tmp_path):
+    root = image_tree(tmp_path / "photos")
+    before = load(root, 0).fingerprint()
+    assert load(root, 0).fingerprint() == before
+    # Same sizes and times, other bytes: were any image read, the fingerprint would change.
+    files = sorted(root.rglob("*.png")) + sorted(root.rglob("*.jpg"))
+    for path in files:
+        stat = path.stat()
+        path.write_bytes(b"\0" * stat.st_size)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert load(root, 0).fingerprint() == before
+    os.utime(files[0], ns=(0, files[0].stat().st_mtime_ns + 10**9))  # one file changed on disk
+    assert load(root, 0).fingerprint() != before
+
+
+def test_training_input_shuffles_each_epoch_and_shards_by_file(photos):
+    x = load(photos, 0).x_train
+    positions = np.arange(len(x))  # as labels: each element says which file it came from
+    device = DeviceSetup(DeviceParams(name="cpu"))
+    epochs = np.concatenate([y.numpy() for _, y in device.dataset(x, positions, 4, seed=3).repeat(2)])
+    first, second = epochs[: len(x)], epochs[len(x) :]
+    assert sorted(first) == sorted(second) == list(positions)  # each example once per epoch
+    assert list(first) != list(positions) and list(first) != list(second)  # shuffled, afresh each epoch
+    shards = [[int(y) for _, y in x.dataset(positions, shard=(2, index)).as_numpy_iterator()] for index in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == len(x) // 2  # every worker takes the same number of steps
+    assert not set(shards[0]) & set(shards[1])  # each reads its own files
+
+
+def test_decoded_cache_is_written_once_read_back_and_shared_by_every_labelling(photos, tmp_path):
+    data = load(photos, 0, cache_decoded=True).with_cache(str(tmp_path / "decoded"))
+    x, y = data.x_train, data.y_train
+    first = list(x.dataset(y, shuffle_seed=1, cached=True).as_numpy_iterator())
+    written = sorted(p.name for p in (tmp_path / "decoded").iterdir())
+    assert any(name.endswith(".index") for name in written)
+    targets = np.arange(len(x))  # other labels, another seed (a later stage): the same cache is read
+    again = list(x.dataset(targets, shuffle_seed=2, cached=True).as_numpy_iterator())
+    assert sorted(p.name for p in (tmp_path / "decoded").iterdir()) == written
+    assert sorted(float(image.sum()) for image, _ in again) == sorted(float(image.sum()) for image, _ in first)
+    pairs = {int(position): float(image.sum()) for image, position in again}  # images still meet their own labels
+    assert all(pairs[i] == float(x[i].sum()) for i in range(0, len(x), 5))
+    other = load(photos, 0, cache_decoded=True, val_fraction=0.2).with_cache(str(tmp_path / "decoded"))
+    assert other.x_train.cache_file(None) != x.cache_file(None) != x.cache_file((2, 0))
+    next(iter(load(photos, 0).with_cache(str(tmp_path / "off")).x_train.dataset(cached=True)))
+    assert not (tmp_path / "off").exists()  # without data.cache_decoded nothing is written
+
+
+@pytest.mark.slow
+def test_a_streamed_folder_runs_to_an_export(tmp_path):
+    photos = image_tree(tmp_path / "photos", per_class=30)
+    done = run_cli(
+        "recipe=mobile_int8", "data=image_folder", f"data.path={photos}", "data.image_size=[16,16]",
+        "data.in_memory_mb=0", "data.cache_decoded=true", *TINY, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "streamed from disk in batches" in done.stdout
+    assert "loaded into memory as one array" not in done.stdout  # no consumer took a whole split
+    rows = table_rows(done.stdout)
+    assert float(rows["export"]["accuracy"]) > 0.6  # three colours: far above chance (0.33)
+    assert any((tmp_path / "outputs" / "cache" / ".decoded").iterdir())
+
+
+# --- TFRecord files ---------------------------------------------------------------------------------
+
+
+def write_records(photos: Path, target: Path, files: int = 2, text_labels: bool = False) -> Path:
+    """The images of an image folder as tf.train.Example records, in image_folder's order, over `files` files."""
+    import tensorflow as tf
+
+    from pipeline.data.images import class_folders, image_paths
+
+    target.mkdir(parents=True, exist_ok=True)
+    examples = [(path, label, folder.name) for label, folder in enumerate(class_folders(photos)) for path in image_paths(folder)]
+    per_file = -(-len(examples) // files)
+    for number in range(files):
+        with tf.io.TFRecordWriter(str(target / f"part-{number}.tfrecord")) as writer:
+            for path, label, name in examples[number * per_file : (number + 1) * per_file]:
+                value = tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()])) if text_labels else (
+                    tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))
+                )
+                features = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[path.read_bytes()])),
+                            "image/class/label": value}
+                writer.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
+    return target
+
+
+def load_records(folder: Path, in_memory_mb: int, **params):
+    from pipeline.data.records import TFRecordParams, TFRecordSource
+
+    config = TFRecordParams(name="tfrecord", path=str(folder), image_size=[16, 16], in_memory_mb=in_memory_mb, **params)
+    return TFRecordSource(config).load(seed=0)
+
+
+def test_tfrecords_give_the_image_folders_split_and_pixels_in_memory_or_streamed(photos, tmp_path):
+    records = write_records(photos, tmp_path / "records", text_labels=True)
+    folder = load(photos, 1024)
+    for in_memory_mb in (1024, 0):
+        data = load_records(records, in_memory_mb)
+        assert data.streams == (in_memory_mb == 0) and data.class_names == folder.class_names
+        for name in ("train", "val", "test"):
+            np.testing.assert_array_equal(data.split_named(name)[1], folder.split_named(name)[1])
+            np.testing.assert_array_equal(np.concatenate(list(data.batches(name))), folder.split_named(name)[0])
+    streamed = load_records(records, 0, max_examples=30)
+    assert len(streamed.y_train) + len(streamed.y_val) + len(streamed.y_test) == 30
+
+
+def test_tfrecord_mistakes_name_the_key_or_file(photos, tmp_path):
+    from pipeline.errors import PipelineError
+
+    records = write_records(photos, tmp_path / "records", files=1)
+    with pytest.raises(PipelineError, match="data.label_key: no feature 'label' .*features: image/class/label, image/encoded"):
+        load_records(records, 0, label_key="label")
+    with pytest.raises(PipelineError, match="cannot decode image .*part-0.tfrecord@"):
+        load_records(records, 1024, image_key="image/class/label")
+    truncated = tmp_path / "short" / "cut.tfrecord"
+    truncated.parent.mkdir()
+    truncated.write_bytes((records / "part-0.tfrecord").read_bytes()[:-7])
+    with pytest.raises(PipelineError, match="cut.tfrecord"):
+        load_records(truncated.parent, 0)
