@@ -20,8 +20,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from pipeline.data.preprocessing import Preprocessing, Rescale, Step, fit_steps
-from pipeline.data.tokenizer import Tokenizer
 from pipeline.data.streaming import MEASURE_BATCH, in_batches, is_streamed
+from pipeline.data.tokenizer import Tokenizer
 from pipeline.errors import PipelineError
 from pipeline.plugin.schema import Params
 
