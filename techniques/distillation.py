@@ -137,7 +137,8 @@ def distillation_loss(kind: str, alpha: float, temperature: float, classes: int 
 
 
 def accuracy_on_logits(classes: int | None = None) -> Any:
-    """The packed-target accuracy metric for outputs whose first `classes` values are the logits (all, when None)."""
+    """The packed-target accuracy metric for outputs whose first `classes` values are the logits (all, when None):
+    the share of examples whose top student logit is the label (the first packed column)."""
     import tensorflow as tf
 
     def accuracy(packed: Any, output: Any) -> Any:
@@ -145,7 +146,3 @@ def accuracy_on_logits(classes: int | None = None) -> Any:
         return tf.cast(tf.equal(labels, tf.argmax(output[:, :classes], axis=-1)), tf.float32)
 
     return accuracy
-
-
-# Share of examples whose top student logit is the label (the first packed column).
-packed_accuracy = accuracy_on_logits()

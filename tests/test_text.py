@@ -307,8 +307,12 @@ def test_distilbert_student_from_a_teacher_file(tmp_path, text_data, text_teache
     model = out.load_keras()
     assert out.metadata["initialised_from_blocks"] == [0, 2] and model.count_params() < teacher.count_params()
     assert [layer.name for layer in model.layers][-1] == "classifier" and model.output_shape == (None, 3)  # the view is not saved
-    accuracy = np.mean(model.predict(text_data.x_test, verbose=0).argmax(-1) == text_data.y_test)
-    assert accuracy >= 0.8  # three epochs suffice for a student that starts from a trained teacher
+    def accuracy(keras_model):
+        return np.mean(keras_model.predict(text_data.x_test, verbose=0).argmax(-1) == text_data.y_test)
+
+    # Three epochs bring a student that starts from a trained teacher to the teacher's accuracy, within
+    # two of the twelve test texts (a student from scratch stays near chance, a third, after three epochs).
+    assert accuracy(model) >= accuracy(teacher) - 2 / len(text_data.y_test) and accuracy(model) > 0.5
     too_wide = {**student, "dim": 32, "heads": 2}
     with pytest.raises(PipelineError, match=r"^stages.distill.hidden_weight: the student's pooled hidden state has 32 values and the teacher's 16"):
         DistillStage(DistillParams(teacher=str(path), student=too_wide, hidden_weight=1.0, epochs=1)).run(
