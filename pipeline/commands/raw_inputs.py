@@ -9,6 +9,7 @@ TensorFlow; images are decoded with the image_folder source's own function.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,20 +103,12 @@ def read_images(paths: list[Path], preprocessing: Preprocessing, shape: tuple[in
     """Image files, images in folders, and images in class subfolders (labelled by the folder's name)."""
     if not preprocessing.color_mode:
         raise PipelineError(f"{paths[0]}: the model does not take images; give a CSV or .npz file")
-    found: list[tuple[Path, str | None]] = []
-    for path in paths:
-        if path.is_file():
-            if path.suffix.lower() not in EXTENSIONS:
-                raise PipelineError(f"{path}: not a CSV, .npz or image file ({', '.join(EXTENSIONS)})")
-            found.append((path, None))
-            continue
-        found += [(image, None) for image in image_paths(path)]
-        found += [(image, folder.name) for folder in class_folders(path) for image in image_paths(folder)]
-    if not found:
-        raise PipelineError(f"{paths[0]}: no images ({', '.join(EXTENSIONS)}) in it or in its subfolders")
-    labelled = [label for _, label in found if label is not None]
-    y = class_ids(labelled, classes, paths[0]) if len(labelled) == len(found) else None
-    return RawInputs([str(path) for path, _ in found], decode_all([p for p, _ in found], preprocessing, shape), y)
+    kinds = ", ".join(EXTENSIONS)
+    files, y = labelled_files(
+        paths, lambda path: path.suffix.lower() in EXTENSIONS, image_paths, class_folders, classes,
+        f"not a CSV, .npz or image file ({kinds})", f"no images ({kinds}) in it or in its subfolders",
+    )
+    return RawInputs([str(path) for path in files], decode_all(files, preprocessing, shape), y)
 
 
 def read_texts(paths: list[Path], preprocessing: Preprocessing, classes: list[str], tokenizer: Tokenizer) -> RawInputs:
@@ -135,21 +128,34 @@ def read_texts(paths: list[Path], preprocessing: Preprocessing, classes: list[st
         label = preprocessing.label
         y = class_ids([row[header.index(label)] for _, row in rows], classes, paths[0]) if label in header else None
         return RawInputs(names, tokenizer.encode(texts)[0], y)
+    files, y = labelled_files(
+        paths, lambda path: path.suffix.lower() == ".txt", text_files, class_folders, classes,
+        "the model takes text; give .txt files, a folder of them or a CSV file", "no .txt files in it or in its subfolders",
+    )
+    return RawInputs([str(path) for path in files], tokenizer.encode([read_text(path) for path in files])[0], y)
+
+
+def labelled_files(
+    paths: list[Path], wanted: Callable[[Path], bool], files_in: Callable[[Path], list[Path]],
+    class_folders_in: Callable[[Path], list[Path]], classes: list[str], not_wanted: str, none_found: str,
+) -> tuple[list[Path], np.ndarray | None]:
+    """The files given, the files in the folders given, and those in their class subfolders (labelled by
+    the folder's name); class ids only when every file has a label. `not_wanted` and `none_found` end the
+    one-line errors for a file of another kind and for finding nothing."""
     found: list[tuple[Path, str | None]] = []
     for path in paths:
         if path.is_file():
-            if path.suffix.lower() != ".txt":
-                raise PipelineError(f"{path}: the model takes text; give .txt files, a folder of them or a CSV file")
+            if not wanted(path):
+                raise PipelineError(f"{path}: {not_wanted}")
             found.append((path, None))
             continue
-        found += [(file, None) for file in text_files(path)]
-        found += [(file, folder.name) for folder in class_folders(path) for file in text_files(folder)]
+        found += [(file, None) for file in files_in(path)]
+        found += [(file, folder.name) for folder in class_folders_in(path) for file in files_in(folder)]
     if not found:
-        raise PipelineError(f"{paths[0]}: no .txt files in it or in its subfolders")
+        raise PipelineError(f"{paths[0]}: {none_found}")
     labelled = [label for _, label in found if label is not None]
     y = class_ids(labelled, classes, paths[0]) if len(labelled) == len(found) else None
-    texts = [read_text(path) for path, _ in found]
-    return RawInputs([str(path) for path, _ in found], tokenizer.encode(texts)[0], y)
+    return [path for path, _ in found], y
 
 
 def decode_all(paths: list[Path], preprocessing: Preprocessing, shape: tuple[int, ...]) -> np.ndarray:
