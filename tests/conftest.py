@@ -11,11 +11,10 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 
 def pytest_collection_modifyitems(items):
-    """Heavy tests are slow too, so that `-m "not slow"` (which replaces the default `-m 'not heavy'`)
-    never starts a benchmark-scale run."""
-    for item in items:
-        if item.get_closest_marker("heavy") and not item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.slow)
+    """The three tiers stay apart: `pytest -m slow` must never start a benchmark-scale run."""
+    both = [item.nodeid for item in items if item.get_closest_marker("heavy") and item.get_closest_marker("slow")]
+    if both:
+        raise pytest.UsageError(f"marked both slow and heavy (keep one): {', '.join(both)}")
 
 
 @pytest.fixture(autouse=True)

@@ -67,6 +67,7 @@ def test_weights_path_loads_the_file_into_the_flat_model(tmp_path):
     assert model.get_layer("preprocessing").get_config()["scale"] == 2.0
 
 
+@pytest.mark.slow
 def test_bgr_architectures_get_their_preprocessing_folded_in(tmp_path):
     """ResNet50 wants BGR pixels minus the ImageNet mean; the flat model takes RGB in [0, 1] and computes the same."""
     import tf_keras as keras

@@ -111,6 +111,7 @@ def test_mlp_hidden_units_go_and_the_classes_stay():
     assert [layer.get_weights()[0].shape for layer in smaller.layers if layer.get_weights()] == [(5, 6), (6, 3), (3, 3)]
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_residual_and_depthwise_channels_stay_consistent(mobilenet):
     graph, smaller = assert_surgery_exact(mobilenet, np.random.default_rng(2).random((2, 32, 32, 3), np.float32))
     tied = [names for names in graph.prunable().values() if len(names) > 1]

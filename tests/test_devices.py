@@ -26,6 +26,7 @@ def gpu_present() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+@pytest.mark.slow
 def test_device_group_is_checked_without_importing_tensorflow(tmp_path):
     code = textwrap.dedent(
         f"""
@@ -72,6 +73,7 @@ def test_tf_config_gives_the_worker_role():
         worker_role({"TF_CONFIG": "{not json"})
 
 
+@pytest.mark.slow
 def test_absent_gpu_is_one_line_listing_what_is_there(tmp_path):
     if gpu_present():
         pytest.skip("a GPU is visible here")
@@ -159,6 +161,7 @@ def test_mixed_precision_keeps_float32_outputs_and_converts_to_tflite(tmp_path):
     assert abs(accuracy(tflite, data) - accuracy(artifact, data)) <= 0.02
 
 
+@pytest.mark.slow
 def test_xla_path_compiles_training_with_fixed_batches(tmp_path):
     from stages.train import TrainParams, TrainStage
     from techniques.training import steps_per_epoch
@@ -182,6 +185,7 @@ def test_per_replica_batch_size_scales_with_replicas():
     assert device.steps(100, 32) == -(-100 // (32 * replicas))
 
 
+@pytest.mark.slow
 def test_doctor_prints_versions_devices_and_the_auto_choice():
     done = subprocess.run([sys.executable, "-m", "pipeline.doctor"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -105,6 +105,7 @@ def test_missing_teacher_file_and_bad_student_are_named(tmp_path):
         check_recipe(cfg)
 
 
+@pytest.mark.slow
 def test_pruning_keeps_learning_from_the_distillation_teacher(tmp_path, trained, caplog):
     from stages.prune import PruneParams, PruneStage
     from techniques.pruning import pruned_sparsity

@@ -149,6 +149,7 @@ def test_the_integer_gate_accepts_only_the_layers_the_fallback_kept_float(tmp_pa
         integer_gate(path, "stages.qat", aware)
 
 
+@pytest.mark.slow
 def test_a_qat_candidate_is_fine_tuned_and_converted_with_the_chosen_layers_float(tmp_path, trained):
     ctx = context(tmp_path, "qat", 1)
     hidden = trained.load_keras().layers[-2].name
@@ -162,6 +163,7 @@ def test_a_qat_candidate_is_fine_tuned_and_converted_with_the_chosen_layers_floa
     assert validation_accuracy(ModelArtifact(path, ModelFormat.TFLITE, "qat"), ctx.data) > 0.5
 
 
+@pytest.mark.slow
 def test_qat_fallback_keeps_every_layer_int8_when_the_budget_holds(tmp_path, trained):
     ctx = with_budget(context(tmp_path, "qat", 1), validation_accuracy(trained, context(tmp_path, "x").data), 0.05)
     out = QuantizeAwareStage(QuantizeAwareParams(epochs=1, fallback="auto")).run(trained, ctx)

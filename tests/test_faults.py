@@ -21,6 +21,7 @@ from pipeline.run.runner import RunInfo, run
 from tests._runs import TINY, compose_config, run_cli
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, expected",
     [
@@ -38,6 +39,7 @@ def test_environment_problems_fail_before_any_work(tmp_path, override, expected)
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_tracking_store_that_is_not_a_database_fails_before_any_work(tmp_path):
     (tmp_path / "notes.db").write_text("meeting notes\n")
     done = run_cli(f"tracking.uri=sqlite:///{tmp_path}/notes.db", cwd=tmp_path)

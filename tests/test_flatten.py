@@ -41,6 +41,7 @@ def test_flat_and_subclassed_models_are_returned_as_they_are():
         assert flatten(model, X) is model
 
 
+@pytest.mark.slow
 def test_training_false_at_the_call_keeps_a_base_in_inference_mode(tmp_path):
     import tf_keras as keras
 

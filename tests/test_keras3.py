@@ -60,8 +60,11 @@ def test_keras3_files_are_told_apart_without_loading(tmp_path, keras3_digits):
 
 @pytest.mark.parametrize(
     ("builder", "shape", "kind"),
-    [(k3.layer_zoo, (12, 12, 1), "keras"), (k3.layer_zoo, (12, 12, 1), "h5"), (k3.transfer_model, (32, 32, 3), "keras")],
-    ids=["functional-keras", "functional-h5", "applications-base-as-layer"],
+    [
+        pytest.param(k3.layer_zoo, (12, 12, 1), "keras", id="functional-keras"),
+        pytest.param(k3.layer_zoo, (12, 12, 1), "h5", id="functional-h5", marks=pytest.mark.slow),
+        pytest.param(k3.transfer_model, (32, 32, 3), "keras", id="applications-base-as-layer", marks=pytest.mark.slow),
+    ],
 )
 def test_keras3_files_rebuild_in_tf_keras_with_the_same_predictions(tmp_path, caplog, builder, shape, kind):
     import tf_keras
@@ -76,6 +79,7 @@ def test_keras3_files_rebuild_in_tf_keras_with_the_same_predictions(tmp_path, ca
     assert "predictions on a batch of the data (8 examples) match" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_sequential_keras3_file_loses_its_softmax_like_a_tf_keras_one(tmp_path):
     model = k3.sequential((8, 8, 1), 3)
     data = images((8, 8, 1))
@@ -84,6 +88,7 @@ def test_a_sequential_keras3_file_loses_its_softmax_like_a_tf_keras_one(tmp_path
     assert (rebuilt.predict(data.x_test, verbose=0).argmax(-1) == model.predict(data.x_test, verbose=0).argmax(-1)).all()
 
 
+@pytest.mark.slow
 def test_a_layer_tf_keras_lacks_is_named(tmp_path):
     import keras
 
@@ -97,6 +102,7 @@ def test_a_layer_tf_keras_lacks_is_named(tmp_path):
     assert "\n" not in message
 
 
+@pytest.mark.slow
 def test_a_layer_that_computes_differently_is_named(tmp_path):
     """Keras 3's Resizing can pad to the aspect ratio; tf-keras's cannot, so the rebuild differs there."""
     import keras
@@ -108,6 +114,7 @@ def test_a_layer_that_computes_differently_is_named(tmp_path):
         load(k3.save(model, tmp_path, "keras"), images((8, 12, 1)))
 
 
+@pytest.mark.slow
 def test_keras3_files_that_run_code_need_the_opt_in(tmp_path):
     import keras
 
@@ -118,6 +125,7 @@ def test_keras3_files_that_run_code_need_the_opt_in(tmp_path):
         load(path, images((4,)))
 
 
+@pytest.mark.slow
 def test_keras3_export_writes_a_file_keras3_loads(tmp_path):
     import keras
 
@@ -135,6 +143,7 @@ def test_keras3_export_writes_a_file_keras3_loads(tmp_path):
     np.testing.assert_allclose(restored.predict(raw, verbose=0), trained.load_keras().predict(x, verbose=0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_keras3_teacher_file_is_rebuilt_for_distillation(tmp_path, keras3_digits):
     from stages.distill import DistillParams, DistillStage
 

@@ -120,6 +120,7 @@ def test_plugin_stage_runs_from_a_user_recipe_on_the_command_line(tmp_path, plug
     assert mlrun.data.tags["recipe"] == "rounded"
 
 
+@pytest.mark.slow
 def test_a_failing_stage_marks_the_run_failed_and_keeps_earlier_outputs(tmp_path, plugin_dir):
     cfg = compose_config(tmp_path, *TINY)
     cfg.stages = {"train": {"epochs": 1}, "explode": {}}

@@ -63,6 +63,7 @@ def test_m_by_n_fixes_the_target_and_rejects_a_contradiction():
         PruneParams(m_by_n=[4, 4])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["none", "int8"])
 def test_sparse_encoding_is_kept_only_where_it_helps(tmp_path, trained, mode):
     pruned = PruneStage(PruneParams(final_sparsity=0.8, epochs=2)).run(trained, context(tmp_path, "prune", 1))

@@ -52,6 +52,7 @@ def test_pqat_keeps_the_target_sparsity_in_the_int8_file(tmp_path, pruned):
     assert sparsity_of(kernels) >= 0.6 - 0.02
 
 
+@pytest.mark.slow
 def test_plain_qat_after_pruning_loses_sparsity_pqat_keeps(tmp_path, pruned):
     # A fine-tune brisk enough to move zeros past int8 rounding: plain QAT lets them grow back.
     lost = sparsity_of(litert.constant_tensors(qat(pruned, tmp_path / "p", scheme="default", learning_rate=3e-3).path))
@@ -59,6 +60,7 @@ def test_plain_qat_after_pruning_loses_sparsity_pqat_keeps(tmp_path, pruned):
     assert kept >= 0.6 - 0.02 and lost < kept - 0.05, (kept, lost)
 
 
+@pytest.mark.slow
 def test_pcqat_keeps_clusters_and_zeros(tmp_path, pruned):
     clustered = ClusterStage(ClusterParams(number_of_clusters=8, epochs=1)).run(pruned, context(tmp_path, "cluster", 2))
     out = qat(clustered, tmp_path, 3)
@@ -76,6 +78,7 @@ def int8_kernel_values(path, shape):
     return np.frombuffer(np.asarray(model.buffers[tensor.buffer].data, np.uint8).tobytes(), np.int8)
 
 
+@pytest.mark.slow
 def test_cqat_keeps_clusters_where_plain_qat_does_not(tmp_path, trained):
     clustered = ClusterStage(ClusterParams(number_of_clusters=4, epochs=1)).run(trained, context(tmp_path, "cluster", 1))
     kept = qat(clustered, tmp_path / "c")
@@ -85,6 +88,7 @@ def test_cqat_keeps_clusters_where_plain_qat_does_not(tmp_path, trained):
     assert len(np.unique(int8_kernel_values(spread.path, [64, 512]))) > 4
 
 
+@pytest.mark.slow
 def test_accuracy_gate_fails_when_nothing_can_pass(tmp_path, trained):
     with pytest.raises(PipelineError, match=r"stages.qat.accuracy_tolerance: TFLite validation accuracy .* more than the allowed -0.5") as raised:
         qat(trained, tmp_path, 1, accuracy_tolerance=-0.5)
@@ -167,6 +171,7 @@ def test_ranges_of_a_layer_called_twice_cover_both_calls():
     assert 0.9 * min(both) <= float(high.numpy()) <= 1.1 * max(both)
 
 
+@pytest.mark.slow
 def test_a_keras_export_after_qat_says_which_model_it_holds(tmp_path, trained, caplog):
     quantized = qat(trained, tmp_path, 1)
     with caplog.at_level("WARNING"):

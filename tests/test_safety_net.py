@@ -65,6 +65,7 @@ def ptq(tmp_path, model_path, *overrides):
     return cfg, RunInfo(run_dir=tmp_path / "run", recipe="ptq_int8")
 
 
+@pytest.mark.slow
 def test_a_run_that_ships_a_broken_conversion_fails_registers_nothing_and_prints_its_table(tmp_path, hostile_file, caplog):
     cfg, info = ptq(tmp_path, hostile_file)
     with caplog.at_level(logging.INFO, logger="pipeline"), pytest.raises(PipelineError) as error:

@@ -112,6 +112,7 @@ def test_report_marks_and_tags_the_front_of_the_search(search):
     assert {line.split("|")[1].strip() for line in marked} == {run_id[:8] for run_id in front}
 
 
+@pytest.mark.slow
 @with_optuna
 def test_sweeper_directions_must_follow_the_objectives(tmp_path):
     done = run_cli("-m", "recipe=search_int8", "hydra.sweeper.direction=[minimize,minimize]", cwd=tmp_path)
@@ -185,8 +186,9 @@ def test_without_any_hydra_plugin_a_search_names_the_extra(tmp_path, args, extra
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_without_any_hydra_plugin_the_search_tests_skip(tmp_path):
-    tests = "import pytest; sys.exit(pytest.main(['-q', '-n', '0', '-p', 'no:cacheprovider', '-k', 'directions', sys.argv[1]]))"
+    tests = "import pytest; sys.exit(pytest.main(['-q', '-n', '0', '-p', 'no:cacheprovider', '-m', 'slow', '-k', 'directions', sys.argv[1]]))"
     done = without_plugins(tests, __file__, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:]
     assert "1 skipped" in done.stdout.splitlines()[-1]

@@ -152,6 +152,7 @@ def test_a_mapping_and_a_plan_validate(tmp_path):
     assert check_recipe(compose_config(tmp_path, "recipe=smallest_within_1pt"))
 
 
+@pytest.mark.slow
 def test_a_nested_user_model_is_measured_and_pruned_layer_by_layer_inside_its_blocks(tmp_path):
     def build(data):  # as the runner builds a user's model: its Sequential blocks flattened into one graph
         return prepared(nested_blocks(data.input_shape, data.num_classes), "model", data.x_train[:32])

@@ -101,8 +101,10 @@ def check_int8(result, shape, name: str) -> None:
 SMALL_SHAPES = [name for name, shape in SHAPES.items() if not shape.float_layers and name != "transfer"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", [*SMALL_SHAPES, pytest.param("transfer", marks=pytest.mark.heavy)])
+@pytest.mark.parametrize("name", [
+    *(pytest.param(name, marks=pytest.mark.slow) for name in SMALL_SHAPES),
+    pytest.param("transfer", marks=pytest.mark.heavy),
+])
 def test_every_recipe_acts_on_the_layers_inside(outputs, name, caplog):
     shape = SHAPES[name]
     with caplog.at_level("INFO", logger="pipeline"):
