@@ -25,6 +25,9 @@ def trained(tmp_path_factory):
     from stages.train import TrainParams
     from techniques.training import compile_model, fit, save_keras
 
+    import tf_keras
+
+    tf_keras.backend.clear_session()  # the rules below name layers by Keras's default names, counted per session
     ctx = context(tmp_path_factory.mktemp("trained"), "train")
     model, params = ctx.build_model(), TrainParams(epochs=4)
     compile_model(model, params)
