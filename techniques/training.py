@@ -78,8 +78,8 @@ def fit(
     warn_if_not_mixed(model, device, log, name)
     if device.resolve().strategy == "one_device":
         create_step_variables(model, data.x_train[:1], y_train[:1])
-    history = model.fit(
-        train,
+    history = fit_or_name_the_file(
+        model, data, train,
         epochs=params.epochs,
         steps_per_epoch=capped,
         validation_data=validation_set(device, data.x_val, y_val, params.batch_size, log, name),
@@ -107,6 +107,19 @@ def capped_epochs(
         return train, None
     log.info("    %s: %d steps per epoch of the %d a pass over the training split takes (steps_per_epoch)", name, steps, full)
     return train.repeat(), steps
+
+
+def fit_or_name_the_file(model: Any, data: Dataset, train: Any, **fit_args: Any) -> Any:
+    """`model.fit(train, **fit_args)`; when streamed data fails to read mid-epoch, the error names
+    the file instead of a TensorFlow traceback of the input pipeline."""
+    from pipeline.data.streaming import read_errors, unreadable
+
+    try:
+        return model.fit(train, **fit_args)
+    except read_errors() as error:
+        if not data.streams:
+            raise
+        raise unreadable(error, data.x_train, data.x_val) from None
 
 
 # Training examples whose BatchNormalization statistics become the moving ones after each epoch:

@@ -96,6 +96,63 @@ def test_decoded_cache_is_written_once_read_back_and_shared_by_every_labelling(p
     assert not (tmp_path / "off").exists()  # without data.cache_decoded nothing is written
 
 
+def test_an_image_that_goes_bad_mid_stream_is_named_in_one_line(photos, tmp_path):
+    import logging
+    import shutil
+
+    from pipeline.errors import PipelineError
+    from techniques.training import FitParams, compile_model, fit
+    from tests._tiny import context
+
+    root = Path(shutil.copytree(photos, tmp_path / "photos"))
+    data = load(root, 0)  # listed and split; the files break afterwards, as on a disk that fails mid-run
+    for x, contents in ((data.x_val, b"not an image"), (data.x_train, None)):
+        broken = Path(x.records[3])
+        broken.unlink() if contents is None else broken.write_bytes(contents)
+    with pytest.raises(PipelineError, match=f"cannot decode image {data.x_val.records[3]} ") as failed:
+        list(data.batches("val", size=4))
+    assert "\n" not in str(failed.value)
+    ctx = context(tmp_path, "train", data=data)
+    model = ctx.build_model()
+    params = FitParams(epochs=1, batch_size=8)
+    compile_model(model, params)
+    with pytest.raises(PipelineError, match=f"cannot decode image {data.x_train.records[3]} .*(No such file|not found)") as failed:
+        fit(model, params, data, DeviceSetup(DeviceParams(name="cpu")), seed=0, log=logging.getLogger("test"), name="train")
+    assert "\n" not in str(failed.value)
+
+
+def test_decoded_cache_survives_a_run_that_died_and_one_writing_beside_it(photos, tmp_path):
+    import fcntl
+
+    x = load(photos, 0, cache_decoded=True).with_cache(str(tmp_path / "decoded")).x_train
+    prefix = x.cache_file(None)
+    Path(prefix + "_0.lockfile").write_text("")  # what tf.data leaves when a run is killed while writing
+    Path(prefix + "_0.data-00000-of-00001.tempstate123").write_bytes(b"partial")
+    assert len(list(x.dataset(cached=True).as_numpy_iterator())) == len(x)
+    written = sorted(p.name for p in Path(prefix).parent.iterdir())
+    assert Path(prefix + ".index").exists() and not [name for name in written if "lockfile" in name or "tempstate" in name]
+
+    other = load(photos, 0, cache_decoded=True, val_fraction=0.2).with_cache(str(tmp_path / "decoded")).x_train
+    busy = other.cache_file(None)
+    with open(busy + ".lock", "w") as held:  # another run is writing this cache now
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        decoded = list(other.dataset(cached=True).as_numpy_iterator())
+    assert len(decoded) == len(other) and not Path(busy + ".index").exists()  # decoded as read, nothing written
+    assert float(decoded[0].sum()) == float(other[0].sum())
+
+
+def test_clearing_the_stage_cache_removes_the_decoded_images(photos, tmp_path, capsys):
+    from pipeline.commands.cache import main as cache_cli
+
+    outputs = tmp_path / "outputs"
+    x = load(photos, 0, cache_decoded=True).with_cache(str(outputs / "cache" / ".decoded")).x_train
+    list(x.dataset(cached=True).as_numpy_iterator())
+    cache_cli(["list", "--outputs", str(outputs)])
+    assert "decoded images" in capsys.readouterr().out
+    cache_cli(["clear", "--outputs", str(outputs)])
+    assert "decoded images" in capsys.readouterr().out and not (outputs / "cache" / ".decoded").exists()
+
+
 @pytest.mark.slow
 def test_a_streamed_folder_runs_to_an_export(tmp_path):
     photos = image_tree(tmp_path / "photos", per_class=30)

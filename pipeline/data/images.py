@@ -111,21 +111,8 @@ class ImageFiles(Streamed):
 
 def decode_all(images: Streamed) -> np.ndarray:
     """Every image of `images` decoded (in parallel) into one array; an image that cannot be decoded
-    is named, found by decoding the records one by one (only once decoding has failed)."""
-    import tensorflow as tf
-
-    try:
-        return images.take(list(range(len(images))))
-    except tf.errors.InvalidArgumentError:
-        for record in images.records:
-            try:
-                images.decoded(tf.constant(record))
-            except tf.errors.InvalidArgumentError as error:
-                reason = str(error).splitlines()[0]
-                raise PipelineError(
-                    f"data.path: cannot decode image {record} ({reason}); remove or replace it"
-                ) from None
-        raise
+    is named (see `Streamed.batches`)."""
+    return images.take(list(range(len(images))))
 
 
 def class_folders(root: Path) -> list[Path]:
