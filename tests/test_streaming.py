@@ -225,3 +225,51 @@ def test_tfrecord_mistakes_name_the_key_or_file(photos, tmp_path):
     truncated.write_bytes((records / "part-0.tfrecord").read_bytes()[:-7])
     with pytest.raises(PipelineError, match="cut.tfrecord"):
         load_records(truncated.parent, 0)
+
+
+# --- CSV tables read in chunks ----------------------------------------------------------------------
+
+
+def load_csv(path: Path, in_memory_mb: int, **params):
+    from pipeline.data.arrays import CsvParams, CsvSource
+
+    config = CsvParams(name="csv", path=str(path), label="species", in_memory_mb=in_memory_mb, **params)
+    return CsvSource(config).load(seed=0)
+
+
+@pytest.mark.parametrize("normalize", ["standard", "unit"])
+def test_csv_in_chunks_has_the_in_memory_split_and_scaling(tmp_path, monkeypatch, normalize):
+    from pipeline.data import csv_rows
+    from tests._data_files import write_csv
+
+    path = write_csv(tmp_path / "table.csv", count=150)
+    monkeypatch.setattr(csv_rows, "CHUNK_ROWS", 7)  # many chunks on a small table
+    memory, streamed = load_csv(path, 1024, normalize=normalize), load_csv(path, 0, normalize=normalize)
+    assert not memory.streams and streamed.streams and streamed.input_shape == memory.input_shape == (3,)
+    assert streamed.class_names == memory.class_names
+    assert streamed.preprocessing.value_range == pytest.approx(memory.preprocessing.value_range)
+    for mine, theirs in zip(streamed.preprocessing.steps, memory.preprocessing.steps):  # fitted on the same rows
+        for name in ("mean", "std", "scale", "offset", "high"):
+            np.testing.assert_allclose(getattr(mine, name, 0), getattr(theirs, name, 0), rtol=1e-5)
+    for name in ("train", "val", "test"):
+        (x_memory, y_memory), (x_streamed, y_streamed) = memory.split_named(name), streamed.split_named(name)
+        assert len(x_streamed) == len(x_memory)
+        # the same rows in each split (streamed ones in file order): compare as sorted (row, label) pairs
+        key = lambda x, y: sorted(zip(map(tuple, np.round(x, 4)), y))  # noqa: E731
+        assert key(np.concatenate(list(streamed.batches(name, size=16))), y_streamed) == key(x_memory, y_memory)
+    chosen = np.array([5, 0, 9])
+    np.testing.assert_allclose(streamed.x_train[chosen], np.concatenate(list(streamed.batches("train")))[chosen], rtol=1e-6)
+    pairs = list(DeviceSetup(DeviceParams(name="cpu")).dataset(streamed.x_train, streamed.y_train, 8, seed=1).unbatch())
+    assert sorted(int(y) for _, y in pairs) == sorted(streamed.y_train.tolist())  # every row once, with its label
+
+
+def test_csv_in_chunks_checks_every_row_before_training(tmp_path):
+    from pipeline.errors import PipelineError
+    from tests._data_files import write_csv
+
+    path = write_csv(tmp_path / "table.csv")
+    lines = path.read_text().splitlines()
+    lines[40] = lines[40].replace(",7", ",seven")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PipelineError, match="column 'constant' line 41 holds 'seven'"):
+        load_csv(path, 0)

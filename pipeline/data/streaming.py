@@ -45,7 +45,7 @@ class Streamed:
     examples may be cached on disk, and `cache_dir` where (the runner sets it beside the stage cache).
     """
 
-    records: tuple[str, ...]
+    records: tuple[str, ...] | np.ndarray  # an array: row numbers of a table (see pipeline.data.csv_rows)
     example_shape: tuple[int, ...]
     steps: tuple[Step, ...] = ()
     cache_dir: str | None = None
