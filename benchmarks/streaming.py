@@ -122,6 +122,8 @@ def run(folder: Path, extra: list[str], code: Path | None) -> tuple[dict[str, fl
         for line in process.stdout:  # timestamped as it comes: the run logs its first step when done
             if "train: first training step done" in line and first_step != first_step:
                 first_step = time.perf_counter() - started
+                print(f"{folder.name}: first training step after {first_step:.1f} s, peak so far {peak[0] / 1e9:.2f} GB",
+                      file=sys.stderr, flush=True)
             lines.append(line)
         process.wait()
         watcher.join()
