@@ -1,6 +1,6 @@
 """Peak memory and time to the first training step of `data=image_folder` as the folder grows.
 
-    python benchmarks/streaming.py --mnist DIR --images 2000,10000 [--epochs 1] [--streaming auto]
+    python benchmarks/streaming.py --mnist DIR --images 2000,10000 [--epochs 1] [--steps 100] [--input-rate]
 
 DIR holds MNIST's t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz. The script writes a
 folder of N RGB JPEGs under /tmp (never into the repository): the 10,000 digits cycled, upscaled
@@ -122,6 +122,8 @@ def run(folder: Path, extra: list[str], code: Path | None) -> tuple[dict[str, fl
         for line in process.stdout:  # timestamped as it comes: the run logs its first step when done
             if "train: first training step done" in line and first_step != first_step:
                 first_step = time.perf_counter() - started
+                print(f"{folder.name}: first training step after {first_step:.1f} s, peak so far {peak[0] / 1e9:.2f} GB",
+                      file=sys.stderr, flush=True)
             lines.append(line)
         process.wait()
         watcher.join()
@@ -142,9 +144,9 @@ def from_log(output: str) -> dict[str, float]:
     return found
 
 
-def input_rate(folder: Path, batch_size: int = 32) -> float:
-    """Images per second of the streamed training input alone (listing, shuffling, decoding,
-    resizing, batching; no model), over one epoch of the training split."""
+def input_rate(folder: Path, batch_size: int = 32, limit: int = 20_000) -> float:
+    """Images per second of the streamed training input alone (shuffling, decoding, resizing,
+    batching; no model), over the first `limit` images of an epoch of the training split."""
     from pipeline.data.images import ImageFolderParams, ImageFolderSource
     from pipeline.device.params import DeviceParams
     from pipeline.device.setup import DeviceSetup
@@ -153,7 +155,7 @@ def input_rate(folder: Path, batch_size: int = 32) -> float:
     data = ImageFolderSource(params).load(seed=42)
     batches = DeviceSetup(DeviceParams(name="cpu")).dataset(data.x_train, data.y_train, batch_size, seed=42)
     started, count = time.perf_counter(), 0
-    for x, _ in batches:
+    for x, _ in batches.take(limit // batch_size):
         count += int(x.shape[0])
     return count / (time.perf_counter() - started)
 
@@ -163,6 +165,7 @@ def main() -> None:
     parser.add_argument("--mnist", type=Path, default=Path("/work/shared/data/mnist10k"))
     parser.add_argument("--images", default="2000", help="comma-separated folder sizes")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs (prune fine-tunes one)")
+    parser.add_argument("--steps", type=int, help="training steps per epoch at most (train and prune)")
     parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "streaming-benchmark")
     parser.add_argument("--code", type=Path, help="run the pipeline from this source tree (e.g. an export of main)")
     parser.add_argument("--input-rate", action="store_true", help="also time the streamed input pipeline alone")
@@ -174,6 +177,8 @@ def main() -> None:
     for count in (int(n) for n in args.images.split(",")):
         folder = write_folder(args.mnist, count, args.root)
         overrides = [f"stages.train.epochs={args.epochs}", "stages.prune.epochs=1", *args.extra]
+        if args.steps:
+            overrides += [f"stages.train.steps_per_epoch={args.steps}", f"stages.prune.steps_per_epoch={args.steps}"]
         measured, output = run(folder, overrides, args.code)
         if args.log:
             Path(f"{args.log}-{count}.txt").write_text(output)

@@ -30,11 +30,17 @@ class FitParams(Params):
     lr_decay: Literal["none", "cosine"] = Field(
         "none", description="none keeps learning_rate; cosine lowers it towards zero by the last epoch."
     )
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="Training steps per epoch at most (null: one pass over the training split); "
+        "for data sets too large to pass over whole, each epoch goes on where the last one stopped.",
+    )
 
 
 def steps_per_epoch(data: Dataset, device: DeviceSetup, params: FitParams) -> int:
-    """Training steps in one epoch, as the device's batching makes them (global batch, drop_remainder)."""
-    return device.steps(len(data.x_train), params.batch_size)
+    """Training steps in one epoch, as the device's batching makes them (global batch, drop_remainder),
+    at most `params.steps_per_epoch`."""
+    full = device.steps(len(data.x_train), params.batch_size)
+    return min(full, params.steps_per_epoch or full)
 
 
 def compile_model(model: Any, params: FitParams, loss: Any = None, metrics: list[Any] | None = None) -> None:
@@ -66,14 +72,16 @@ def fit(
     keras.utils.set_random_seed(seed)
     y_train, y_val = targets or (data.y_train, data.y_val)
     train = device.dataset(data.x_train, y_train, params.batch_size, seed=seed, cache=device.params.cache)
+    train, capped = capped_epochs(train, data, device, params, log, name)
     if device.resolve().jit_compile:
         model.jit_compile = True  # resets the compiled train function, so it applies to an already compiled model
     warn_if_not_mixed(model, device, log, name)
     if device.resolve().strategy == "one_device":
         create_step_variables(model, data.x_train[:1], y_train[:1])
-    history = model.fit(
-        train,
+    history = fit_or_name_the_file(
+        model, data, train,
         epochs=params.epochs,
+        steps_per_epoch=capped,
         validation_data=validation_set(device, data.x_val, y_val, params.batch_size, log, name),
         verbose=0,
         callbacks=[
@@ -86,6 +94,32 @@ def fit(
     if device.multi_worker:  # the workers' logs show that they ended with the same weights
         log.info("    %s: worker %d weights %s", name, device.role.index, weights_digest(model))
     return history
+
+
+def capped_epochs(
+    train: Any, data: Dataset, device: DeviceSetup, params: FitParams, log: logging.Logger, name: str,
+) -> tuple[Any, int | None]:
+    """The training input and Keras' `steps_per_epoch`: None for whole passes, else the cap, with
+    the input repeated so that each epoch goes on where the last stopped (a finite input would run
+    out after one pass, and a fresh one would start over on the same examples)."""
+    steps, full = steps_per_epoch(data, device, params), device.steps(len(data.x_train), params.batch_size)
+    if steps == full:
+        return train, None
+    log.info("    %s: %d steps per epoch of the %d a pass over the training split takes (steps_per_epoch)", name, steps, full)
+    return train.repeat(), steps
+
+
+def fit_or_name_the_file(model: Any, data: Dataset, train: Any, **fit_args: Any) -> Any:
+    """`model.fit(train, **fit_args)`; when streamed data fails to read mid-epoch, the error names
+    the file instead of a TensorFlow traceback of the input pipeline."""
+    from pipeline.data.streaming import read_errors, unreadable
+
+    try:
+        return model.fit(train, **fit_args)
+    except read_errors() as error:
+        if not data.streams:
+            raise
+        raise unreadable(error, data.x_train, data.x_val) from None
 
 
 # Training examples whose BatchNormalization statistics become the moving ones after each epoch:

@@ -178,6 +178,28 @@ def test_xla_path_compiles_training_with_fixed_batches(tmp_path):
     assert accuracy(artifact, ctx.data) > 0.3  # two short epochs: trained, finite, and exported
 
 
+def test_steps_per_epoch_caps_every_epoch(tmp_path):
+    import logging
+
+    import tf_keras as keras
+
+    from techniques.training import FitParams, compile_model, fit, steps_per_epoch
+
+    ctx = context(tmp_path, "train")
+    device = DeviceSetup(DeviceParams())
+    params = FitParams(epochs=3, batch_size=8, steps_per_epoch=5)
+    assert steps_per_epoch(ctx.data, device, params) == 5
+    assert steps_per_epoch(ctx.data, device, FitParams(batch_size=8, steps_per_epoch=10**6)) == device.steps(len(ctx.data.x_train), 8)
+    model = ctx.build_model()
+    compile_model(model, params)
+    seen = []
+    counter = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(batch))
+    history = fit(model, params, ctx.data, device, seed=0, log=logging.getLogger("test"), name="train", callbacks=[counter])
+    # three epochs of five steps each: a finite input would have run out or started over
+    assert len(history.history["loss"]) == 3 and seen == [0, 1, 2, 3, 4] * 3
+    assert int(model.optimizer.iterations.numpy()) == 15
+
+
 def test_per_replica_batch_size_scales_with_replicas():
     device = DeviceSetup(DeviceParams(batch_size="per_replica"))
     replicas = device.resolve().replicas

@@ -96,6 +96,63 @@ def test_decoded_cache_is_written_once_read_back_and_shared_by_every_labelling(p
     assert not (tmp_path / "off").exists()  # without data.cache_decoded nothing is written
 
 
+def test_an_image_that_goes_bad_mid_stream_is_named_in_one_line(photos, tmp_path):
+    import logging
+    import shutil
+
+    from pipeline.errors import PipelineError
+    from techniques.training import FitParams, compile_model, fit
+    from tests._tiny import context
+
+    root = Path(shutil.copytree(photos, tmp_path / "photos"))
+    data = load(root, 0)  # listed and split; the files break afterwards, as on a disk that fails mid-run
+    for x, contents in ((data.x_val, b"not an image"), (data.x_train, None)):
+        broken = Path(x.records[3])
+        broken.unlink() if contents is None else broken.write_bytes(contents)
+    with pytest.raises(PipelineError, match=f"cannot decode image {data.x_val.records[3]} ") as failed:
+        list(data.batches("val", size=4))
+    assert "\n" not in str(failed.value)
+    ctx = context(tmp_path, "train", data=data)
+    model = ctx.build_model()
+    params = FitParams(epochs=1, batch_size=8)
+    compile_model(model, params)
+    with pytest.raises(PipelineError, match=f"cannot decode image {data.x_train.records[3]} .*(No such file|not found)") as failed:
+        fit(model, params, data, DeviceSetup(DeviceParams(name="cpu")), seed=0, log=logging.getLogger("test"), name="train")
+    assert "\n" not in str(failed.value)
+
+
+def test_decoded_cache_survives_a_run_that_died_and_one_writing_beside_it(photos, tmp_path):
+    import fcntl
+
+    x = load(photos, 0, cache_decoded=True).with_cache(str(tmp_path / "decoded")).x_train
+    prefix = x.cache_file(None)
+    Path(prefix + "_0.lockfile").write_text("")  # what tf.data leaves when a run is killed while writing
+    Path(prefix + "_0.data-00000-of-00001.tempstate123").write_bytes(b"partial")
+    assert len(list(x.dataset(cached=True).as_numpy_iterator())) == len(x)
+    written = sorted(p.name for p in Path(prefix).parent.iterdir())
+    assert Path(prefix + ".index").exists() and not [name for name in written if "lockfile" in name or "tempstate" in name]
+
+    other = load(photos, 0, cache_decoded=True, val_fraction=0.2).with_cache(str(tmp_path / "decoded")).x_train
+    busy = other.cache_file(None)
+    with open(busy + ".lock", "w") as held:  # another run is writing this cache now
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        decoded = list(other.dataset(cached=True).as_numpy_iterator())
+    assert len(decoded) == len(other) and not Path(busy + ".index").exists()  # decoded as read, nothing written
+    assert float(decoded[0].sum()) == float(other[0].sum())
+
+
+def test_clearing_the_stage_cache_removes_the_decoded_images(photos, tmp_path, capsys):
+    from pipeline.commands.cache import main as cache_cli
+
+    outputs = tmp_path / "outputs"
+    x = load(photos, 0, cache_decoded=True).with_cache(str(outputs / "cache" / ".decoded")).x_train
+    list(x.dataset(cached=True).as_numpy_iterator())
+    cache_cli(["list", "--outputs", str(outputs)])
+    assert "decoded images" in capsys.readouterr().out
+    cache_cli(["clear", "--outputs", str(outputs)])
+    assert "decoded images" in capsys.readouterr().out and not (outputs / "cache" / ".decoded").exists()
+
+
 @pytest.mark.slow
 def test_a_streamed_folder_runs_to_an_export(tmp_path):
     photos = image_tree(tmp_path / "photos", per_class=30)
@@ -168,3 +225,51 @@ def test_tfrecord_mistakes_name_the_key_or_file(photos, tmp_path):
     truncated.write_bytes((records / "part-0.tfrecord").read_bytes()[:-7])
     with pytest.raises(PipelineError, match="cut.tfrecord"):
         load_records(truncated.parent, 0)
+
+
+# --- CSV tables read in chunks ----------------------------------------------------------------------
+
+
+def load_csv(path: Path, in_memory_mb: int, **params):
+    from pipeline.data.arrays import CsvParams, CsvSource
+
+    config = CsvParams(name="csv", path=str(path), label="species", in_memory_mb=in_memory_mb, **params)
+    return CsvSource(config).load(seed=0)
+
+
+@pytest.mark.parametrize("normalize", ["standard", "unit"])
+def test_csv_in_chunks_has_the_in_memory_split_and_scaling(tmp_path, monkeypatch, normalize):
+    from pipeline.data import csv_rows
+    from tests._data_files import write_csv
+
+    path = write_csv(tmp_path / "table.csv", count=150)
+    monkeypatch.setattr(csv_rows, "CHUNK_ROWS", 7)  # many chunks on a small table
+    memory, streamed = load_csv(path, 1024, normalize=normalize), load_csv(path, 0, normalize=normalize)
+    assert not memory.streams and streamed.streams and streamed.input_shape == memory.input_shape == (3,)
+    assert streamed.class_names == memory.class_names
+    assert streamed.preprocessing.value_range == pytest.approx(memory.preprocessing.value_range)
+    for mine, theirs in zip(streamed.preprocessing.steps, memory.preprocessing.steps):  # fitted on the same rows
+        for name in ("mean", "std", "scale", "offset", "high"):
+            np.testing.assert_allclose(getattr(mine, name, 0), getattr(theirs, name, 0), rtol=1e-5)
+    for name in ("train", "val", "test"):
+        (x_memory, y_memory), (x_streamed, y_streamed) = memory.split_named(name), streamed.split_named(name)
+        assert len(x_streamed) == len(x_memory)
+        # the same rows in each split (streamed ones in file order): compare as sorted (row, label) pairs
+        key = lambda x, y: sorted(zip(map(tuple, np.round(x, 4)), y))  # noqa: E731
+        assert key(np.concatenate(list(streamed.batches(name, size=16))), y_streamed) == key(x_memory, y_memory)
+    chosen = np.array([5, 0, 9])
+    np.testing.assert_allclose(streamed.x_train[chosen], np.concatenate(list(streamed.batches("train")))[chosen], rtol=1e-6)
+    pairs = list(DeviceSetup(DeviceParams(name="cpu")).dataset(streamed.x_train, streamed.y_train, 8, seed=1).unbatch())
+    assert sorted(int(y) for _, y in pairs) == sorted(streamed.y_train.tolist())  # every row once, with its label
+
+
+def test_csv_in_chunks_checks_every_row_before_training(tmp_path):
+    from pipeline.errors import PipelineError
+    from tests._data_files import write_csv
+
+    path = write_csv(tmp_path / "table.csv")
+    lines = path.read_text().splitlines()
+    lines[40] = lines[40].replace(",7", ",seven")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PipelineError, match="column 'constant' line 41 holds 'seven'"):
+        load_csv(path, 0)

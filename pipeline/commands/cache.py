@@ -17,8 +17,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--outputs", default="outputs", help="the runs' outputs folder (default: outputs)")
     args = parser.parse_args(argv)
     cache = StageCache(Path(args.outputs) / "cache")
+    decoded = f" and {cache.decoded_bytes() / 2**20:.1f} MiB of decoded images" if cache.decoded_bytes() else ""
     if args.action == "clear":
-        print(f"removed {cache.clear()} cache entries from {cache.root}")
+        print(f"removed {cache.clear()} cache entries{decoded} from {cache.root}")
         return
     entries = cache.entries()
     for entry in entries:
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.record["created"]))
         stage = entry.record.get("stage", "?")
         print(f"{entry.key[:12]}  {created}  {stage:<12} {entry.record['format']:<12} {size / 1024:10.1f} KiB")
-    print(f"{len(entries)} entries in {cache.root}")
+    print(f"{len(entries)} entries{decoded} in {cache.root}")
 
 
 if __name__ == "__main__":

@@ -6,15 +6,17 @@ training split only, so the test split stays unseen.
 
 from __future__ import annotations
 
-import csv
+import logging
 import math
 import zipfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import Field
 
+from pipeline.data.csv_rows import CsvRows, csv_rows, label_codes
 from pipeline.data.dataset import (
     NORMALIZE_HELP,
     Dataset,
@@ -27,11 +29,14 @@ from pipeline.data.dataset import (
     with_channel,
 )
 from pipeline.data.preprocessing import Preprocessing
+from pipeline.data.streaming import as_split
 from pipeline.data.text import column_texts, tokenized
 from pipeline.data.tokenizer import TokenizerParams
 from pipeline.errors import PipelineError, quoted
 from pipeline.plugin.fields import ExistingFile
 from pipeline.plugin.schema import Plugin
+
+log = logging.getLogger("pipeline")
 
 SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -112,6 +117,10 @@ class CsvParams(SplitParams, TokenizerParams):
     features: list[str] | None = Field(None, description="Feature columns to use (null: every other column).")
     delimiter: str = Field(",", min_length=1, max_length=1, description="Character between fields.")
     normalize: Normalize = Field("standard", description=NORMALIZE_HELP)
+    in_memory_mb: int = Field(
+        1024, ge=0, description="Largest CSV file (MB on disk) read into memory whole; a larger table of numeric "
+        "features is read in chunks: labels first, the feature rows as each split is read (0: always; not with text).",
+    )
 
 
 class CsvSource(Plugin[CsvParams]):
@@ -119,7 +128,10 @@ class CsvSource(Plugin[CsvParams]):
 
     def load(self, seed: int) -> Dataset:
         """Features as float32 (or, with `text`, int32 token ids), labels as ids (text labels numbered in sorted order)."""
-        header, rows = read_csv(Path(self.config.path), self.config.delimiter)
+        path = Path(self.config.path)
+        if self.config.text is None and path.stat().st_size > self.config.in_memory_mb * 2**20:
+            return self.streamed(path, seed)
+        header, rows = read_csv(path, self.config.delimiter)
         label_at = column(header, self.config.label, "data.label")
         y, names = as_labels(np.array([row[label_at] for _, row in rows]), f"data.label: column '{self.config.label}'")
         if self.config.text is not None:
@@ -134,25 +146,52 @@ class CsvSource(Plugin[CsvParams]):
         return normalize(data, self.config.normalize, features=tuple(wanted), label=self.config.label)
 
 
+    def streamed(self, path: Path, seed: int) -> Dataset:
+        """The table split from one pass that keeps only the labels; each split's features are read
+        in chunks when consumed, scaled with statistics of the training rows."""
+        config = self.config
+        rows = csv_rows(path, config.delimiter)
+        _, header = next(rows)
+        label_at = column(header, config.label, "data.label")
+        wanted = config.features or [name for name in header if name != config.label]
+        columns = [column(header, name, "data.features") for name in wanted]
+
+        def check(line: int, row: list[str]) -> None:
+            for at in columns:
+                number(row, at, header, line)
+
+        codes, seen = label_codes(rows, label_at, check)
+        if not len(codes):
+            raise PipelineError(f"data.path: {path} needs a header row and at least one data row")
+        ids, names = as_labels(np.array(seen), f"data.label: column '{config.label}'")
+        table = CsvRows(np.arange(len(codes)), (len(columns),), path=str(path), columns=tuple(columns),
+                        delimiter=config.delimiter)
+        data = split(np.arange(len(codes)), ids[codes], config, seed, names)
+        log.info("data: %d rows of %s (%.0f MB) read in chunks (data.in_memory_mb=%d)", len(codes), path.name,
+                 path.stat().st_size / 2**20, config.in_memory_mb)
+        data = replace(data, **in_file_order(data, table))
+        return normalize(data, config.normalize, features=tuple(wanted), label=config.label)
+
+
+def in_file_order(data: Dataset, table: CsvRows) -> dict[str, Any]:
+    """Each split (row numbers, as drawn) as rows of `table` in file order, with its labels in that
+    order: a split is read in one pass down the file."""
+    fields: dict[str, Any] = {}
+    for x_key, y_key in (("x_train", "y_train"), ("x_val", "y_val"), ("x_test", "y_test")):
+        rows, labels = getattr(data, x_key), getattr(data, y_key)
+        order = np.argsort(rows, kind="stable")
+        fields[x_key], fields[y_key] = as_split(table.subset(rows[order])), labels[order]
+    return fields
+
+
 def read_csv(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header and the non-empty rows with their line numbers; every row as long as the header."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            lines = [(number, row) for number, row in enumerate(csv.reader(handle, delimiter=delimiter), 1) if row]
-    except (UnicodeDecodeError, csv.Error) as error:  # a binary file, or NUL bytes in the text
-        raise PipelineError(
-            f"data.path: {path} is not a UTF-8 CSV text file ({error}); export the table as CSV"
-        ) from None
-    if len(lines) < 2:
+    rows = csv_rows(path, delimiter)
+    _, header = next(rows)
+    lines = list(rows)
+    if not lines:
         raise PipelineError(f"data.path: {path} needs a header row and at least one data row")
-    header = [name.strip() for name in lines[0][1]]
-    for number, row in lines[1:]:
-        if len(row) != len(header):
-            raise PipelineError(
-                f"data.path: {path} line {number} has {len(row)} fields but the header has {len(header)}; "
-                f"fix the row or set data.delimiter"
-            )
-    return header, lines[1:]
+    return header, lines
 
 
 def column(header: list[str], name: str, key: str) -> int:

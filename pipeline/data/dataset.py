@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.data.preprocessing import Preprocessing, Rescale, Step, fit_steps
+from pipeline.data.preprocessing import Preprocessing, Rescale, Step, fit_steps, value_range
 from pipeline.data.streaming import MEASURE_BATCH, in_batches, is_streamed
 from pipeline.data.tokenizer import Tokenizer
 from pipeline.errors import PipelineError
@@ -255,6 +255,8 @@ def normalize(data: Dataset, mode: Normalize, **described: Any) -> Dataset:
 
     `described` fills in the rest of the `Preprocessing` (features, label, color_mode, resize).
     """
+    if data.streams and len(data.x_train):  # read in batches: prepared cannot take the minimum of a split
+        described.setdefault("value_range", value_range(data.x_train))
     return prepared(data, fit_steps(data.x_train, mode), **described)
 
 
@@ -265,8 +267,8 @@ def prepared(data: Dataset, steps: list[Step], **described: Any) -> Dataset:
     """
     modes = {1: "grayscale", 3: "rgb"}
     described.setdefault("color_mode", modes.get(data.x_train.shape[-1]) if data.x_train.ndim == 4 else None)
-    if data.streams:  # the range 8-bit image files can hold, known without decoding them all
-        described["value_range"] = (0.0, 255.0)
+    if data.streams:  # unless given, the range 8-bit image files can hold, known without decoding them all
+        described.setdefault("value_range", (0.0, 255.0))
     elif len(data.x_train):
         described["value_range"] = (float(data.x_train.min()), float(data.x_train.max()))
     preprocessing = Preprocessing(tuple(steps), **described)

@@ -181,15 +181,43 @@ def fit_steps(train: np.ndarray, mode: str) -> list[Step]:
     clipped; standard: zero mean, unit variance per feature; none: no step.
     """
     if mode == "standard":
-        std = train.std(axis=0, dtype=np.float64)
+        mean, std = moments(train)
         std[std == 0] = 1.0  # a constant feature carries no information; keep it at zero
-        return [Standardize(train.mean(axis=0, dtype=np.float64), std)]
+        return [Standardize(mean, std)]
     if mode != "unit":
         return []
-    if np.issubdtype(train.dtype, np.integer) and train.min() >= 0 and train.max() <= 255:
+    low, high = value_range(train)
+    if np.issubdtype(train.dtype, np.integer) and low >= 0 and high <= 255:
         return [Rescale(1 / 255)]
-    low, high = float(train.min()), float(train.max())
     if low >= 0 and high <= 1:
         return []
     span = high - low or 1.0
     return [Rescale(1 / span, -low / span), Clip(1.0)]
+
+
+def moments(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation per feature (float64) of an array, or of a streamed split read in
+    batches (batch statistics merged as Chan et al. merge them: no split is held in memory)."""
+    from pipeline.data.streaming import in_batches, is_streamed
+
+    if not is_streamed(train):
+        return train.mean(axis=0, dtype=np.float64), train.std(axis=0, dtype=np.float64)
+    count, mean, squares = 0, np.zeros(train.shape[1:]), np.zeros(train.shape[1:])
+    for batch in in_batches(train):
+        values = batch.astype(np.float64)
+        size, batch_mean = len(values), values.mean(axis=0)
+        delta, total = batch_mean - mean, count + len(values)
+        mean = mean + delta * size / total
+        squares = squares + ((values - batch_mean) ** 2).sum(axis=0) + delta**2 * count * size / total
+        count = total
+    return mean, np.sqrt(squares / max(count, 1))
+
+
+def value_range(train: np.ndarray) -> tuple[float, float]:
+    """Smallest and largest value of an array, or of a streamed split read in batches."""
+    from pipeline.data.streaming import in_batches, is_streamed
+
+    if not is_streamed(train):
+        return float(train.min()), float(train.max())
+    ranges = [(float(batch.min()), float(batch.max())) for batch in in_batches(train) if len(batch)]
+    return min(low for low, _ in ranges), max(high for _, high in ranges)

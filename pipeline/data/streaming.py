@@ -13,6 +13,7 @@ order, shuffling, sharding, on-disk cache and batching are shared here.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Any, TypeGuard, cast
 import numpy as np
 
 from pipeline.data.preprocessing import Step
+from pipeline.errors import PipelineError
 
 log = logging.getLogger("pipeline")
 
@@ -43,7 +45,7 @@ class Streamed:
     examples may be cached on disk, and `cache_dir` where (the runner sets it beside the stage cache).
     """
 
-    records: tuple[str, ...]
+    records: tuple[str, ...] | np.ndarray  # an array: row numbers of a table (see pipeline.data.csv_rows)
     example_shape: tuple[int, ...]
     steps: tuple[Step, ...] = ()
     cache_dir: str | None = None
@@ -107,7 +109,10 @@ class Streamed:
         """The split in order, `size` examples at a time, as float32 arrays."""
         import tensorflow as tf
 
-        yield from self.dataset().batch(size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+        try:
+            yield from self.dataset().batch(size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+        except read_errors() as error:
+            raise unreadable(error, self) from None
 
     def dataset(
         self, labels: np.ndarray | None = None, *, shuffle_seed: int | None = None,
@@ -125,6 +130,8 @@ class Streamed:
         import tensorflow as tf
 
         cache = self.cache_file(shard) if cached and self.cache_decoded and self.cache_dir else None
+        if cache is not None and not may_use_cache(cache):
+            cache = None
         order = self.order(mixed=cache is not None, shard=shard)
         records = np.asarray(self.records)[order]
         decode = {"num_parallel_calls": tf.data.AUTOTUNE, "deterministic": True}
@@ -160,6 +167,29 @@ class Streamed:
         Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
         return str(Path(self.cache_dir) / digest.hexdigest()[:16])
 
+    def first_unreadable(self) -> tuple[str, str] | None:
+        """The first record that cannot be read or decoded, and why; None when every one can.
+
+        Decodes the whole split in parallel, skipping failures, so only called once reading failed:
+        a failing element inside a `tf.data` pipeline says what went wrong but not which file.
+        """
+        import tensorflow as tf
+
+        positions = tf.data.Dataset.from_tensor_slices((np.asarray(self.records), np.arange(len(self.records))))
+        # the maximum makes every pixel a dependency: an unused decode could be pruned from the graph
+        decoded = positions.map(lambda record, i: (i, tf.reduce_max(self.decoded(record))),
+                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        read = {int(i) for i, _ in decoded.ignore_errors().as_numpy_iterator()}
+        missing = next((i for i in range(len(self.records)) if i not in read), None)
+        if missing is None:
+            return None
+        record = self.records[missing]
+        try:
+            self.decoded(tf.constant(record))
+        except read_errors() as error:
+            return record, reason_of(error)
+        return record, "it failed inside the input pipeline only"
+
     def element(self, record: Any, label: Any) -> Any:
         """A record's example and its label (the tf.data map function)."""
         return self.example(record), label
@@ -192,6 +222,61 @@ class Streamed:
     def file_of(self, record: str) -> str:
         """The file a record is read from (the record itself: a file path)."""
         return record
+
+
+def read_errors() -> tuple[type[Exception], ...]:
+    """What TensorFlow raises for a file that is missing, unreadable, or not an image it can decode."""
+    import tensorflow as tf
+
+    errors = tf.errors
+    return (errors.InvalidArgumentError, errors.NotFoundError, errors.PermissionDeniedError, errors.DataLossError,
+            errors.UnknownError)
+
+
+def reason_of(error: Exception) -> str:
+    """The first line of a TensorFlow error, without the name of the graph function it ran in."""
+    text = getattr(error, "message", str(error)).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text.split("}}", 1)[-1].strip() if text.startswith("{{") else text
+
+
+def unreadable(error: Exception, *splits: Any) -> Exception:
+    """The error to raise when reading `splits` failed with `error`: one line naming the first
+    file of a streamed split that cannot be read or decoded, else `error` as it came."""
+    for split in splits:
+        found = split.first_unreadable() if is_streamed(split) else None
+        if found is not None:
+            record, reason = found
+            return PipelineError(f"data.path: cannot decode image {record} ({reason}); remove or replace the file")
+    return error
+
+
+# Decoded-cache prefixes this process writes. A run holds the lock of a prefix until it ends, so a
+# second run sharing the folder never writes the same files at once (tf.data would fail it), and a
+# run that died mid-write leaves a lock the system releases rather than a lockfile that blocks every later run.
+_WRITING: dict[str, int] = {}
+
+
+def may_use_cache(prefix: str) -> bool:
+    """Whether this process may read or write the decoded cache at `prefix`: yes once complete (its
+    index is written last), or when this process holds the writer's lock; no while another run
+    holds it (this one then decodes as it reads)."""
+    if Path(prefix + ".index").exists():
+        return True
+    if prefix not in _WRITING:
+        handle = os.open(prefix + ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(handle)
+            log.info("    another run is writing the decoded cache %s: this one decodes as it reads", prefix)
+            return False
+        _WRITING[prefix] = handle
+        for partial in Path(prefix).parent.glob(Path(prefix).name + "_*.tempstate*"):  # from a run that died
+            partial.unlink(missing_ok=True)
+    # tf.data's own marker of a writer: left by a run that died, or by this process's last, unfinished pass
+    for marker in Path(prefix).parent.glob(Path(prefix).name + "_*.lockfile"):
+        marker.unlink(missing_ok=True)
+    return True
 
 
 def is_streamed(x: Any) -> TypeGuard[Streamed]:

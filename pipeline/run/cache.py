@@ -32,6 +32,8 @@ from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
 log = logging.getLogger(__name__)
 
 ENTRY_FILE = "entry.json"
+# Folder of the stage cache holding decoded streamed examples (hidden: not a stage's entry).
+DECODED = ".decoded"
 
 
 def cache_key(**parts: Any) -> str:
@@ -161,6 +163,11 @@ class StageCache:
         if not self.root.is_dir():
             return []
         return [f for f in self.root.iterdir() if f.is_dir() and not f.name.startswith(".")]
+
+    def decoded_bytes(self) -> int:
+        """Bytes of the decoded streamed examples kept beside the entries (cleared with them)."""
+        folder = self.root / DECODED
+        return sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
 
     def clear(self) -> int:
         """Remove every entry; returns how many there were."""

@@ -29,7 +29,7 @@ from pipeline.models.compat import model_origin
 from pipeline.plugin.artifact import ModelArtifact
 from pipeline.plugin.stage import StageContext
 from pipeline.run.budget import Ledger, check_shipped
-from pipeline.run.cache import StageCache, cache_key, referenced_files
+from pipeline.run.cache import DECODED, StageCache, cache_key, referenced_files
 from pipeline.run.interrupts import raise_if_interrupted
 from pipeline.run.layer_plan import LayerPlan, plan_layers
 from pipeline.run.preflight import check_environment
@@ -151,9 +151,6 @@ def execute(plan: CheckedRecipe, info: RunInfo) -> RunResult:
     assert artifact is not None  # check_recipe guarantees at least one stage
     return RunResult(rows, artifact, tracker.run_id, info.run_dir, exports)
 
-
-# Folder of the stage cache holding decoded streamed examples (hidden: not a stage's entry).
-DECODED = ".decoded"
 
 # The data of the latest run in this process: the jobs of a sweep under Hydra's basic launcher
 # run one after another in one process and mostly read the same data.
