@@ -337,6 +337,54 @@ def test_distilbert_int8_recipe_on_a_text_folder(tmp_path):
     assert meta["io"]["inputs"][0]["dtype"] == "int32" and meta["quantization"]["fully_integer"] is True
 
 
+# --- attention-head pruning -------------------------------------------------------------------------
+
+
+def test_removing_heads_gives_the_masked_models_predictions_and_a_silenced_head_goes_first(text_data, text_teacher):
+    from techniques.heads import attention_layers, choose_heads, head_counts, head_importance, output_kernel, rebuild_heads
+
+    teacher, _ = text_teacher  # 4 blocks of 2 heads
+    model = builder("transformer", text_data, blocks=2, dim=16, heads=4, ff=32).build(text_data.input_shape, 3)
+    silenced = output_kernel(model.get_layer("block1_attention"))
+    silenced.assign(np.concatenate([silenced.numpy()[:2], np.zeros_like(silenced.numpy()[2:3]), silenced.numpy()[3:]]))
+    importance = head_importance(model, text_data.x_val, text_data.y_val)
+    assert importance["block1_attention"][2] == 0 and (importance["block0_attention"] > 0).all()
+    kept = choose_heads(head_counts(model, 0.5, "stages.channel_prune"), importance)
+    assert len(kept) == 2 and all(len(heads) == 2 for heads in kept.values()) and 2 not in kept["block1_attention"]
+    smaller = rebuild_heads(model, kept)
+    for layer in attention_layers(model):  # the reference: the removed heads' output slices zeroed in place
+        kernel = output_kernel(layer)
+        kernel.assign(kernel.numpy() * np.isin(np.arange(4), kept[layer.name])[:, None, None])
+    assert smaller.get_layer("block0_attention").get_config()["num_heads"] == 2
+    assert smaller.count_params() < model.count_params() - 500
+    np.testing.assert_allclose(smaller.predict(text_data.x_val, verbose=0), model.predict(text_data.x_val, verbose=0), atol=1e-5)
+    assert head_counts(teacher, 0.25, "w") == {}  # a quarter of two heads rounds to none
+    with pytest.raises(PipelineError, match=r"^stages.channel_prune.heads: removing 90% of block0_attention's 2 heads leaves none; lower it"):
+        head_counts(teacher, 0.9, "stages.channel_prune")
+
+
+def test_channel_prune_removes_heads_and_units_of_a_transformer_and_plans_them(tmp_path, text_data, text_teacher):
+    from pipeline.plugin.artifact import ModelArtifact, ModelFormat
+    from pipeline.run.layer_plan import LayerPlan
+    from stages.channel_prune import ChannelPruneParams, ChannelPruneStage
+    from tests._tiny import context
+
+    teacher, path = text_teacher
+    stage = ChannelPruneStage(ChannelPruneParams(share=0.5, heads=0.5, epochs=0))
+    plan = stage.layer_plan(teacher, LayerPlan([]), "stages.channel_prune")
+    assert plan.actions["block3_attention"].why == "2 -> 1 heads" and plan.actions["block0_ffn_in"].why == "32 -> 16 channels"
+    assert "and 50% of each attention layer's heads" in plan.summary
+    assert plan.model.get_layer("block2_attention").get_config()["num_heads"] == 1
+    out = stage.run(ModelArtifact(path, ModelFormat.KERAS, "file"), context(tmp_path, "channel_prune", 1, data=text_data))
+    model = out.load_keras()
+    assert out.metadata["kept_heads"] == {f"block{i}_attention": 1 for i in range(4)}
+    assert all(model.get_layer(f"block{i}_attention").get_config()["num_heads"] == 1 for i in range(4))
+    assert model.count_params() < teacher.count_params() * 0.8 and model.inputs[0].dtype.name == "int32"
+    with pytest.raises(PipelineError, match=r"^stages.channel_prune.heads: the model has no MultiHeadAttention layer"):
+        cnn = builder("text_cnn", text_data, dim=16).build(text_data.input_shape, 3)
+        ChannelPruneStage(ChannelPruneParams(heads=0.5)).layer_plan(cnn, LayerPlan([]), "stages.channel_prune")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe, stage", [("qat_int8", "qat"), ("channel_int8", "channel_prune")])
 def test_qat_and_channel_pruning_on_a_transformer_keep_int32_ids(tmp_path, recipe, stage):
