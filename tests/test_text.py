@@ -363,6 +363,7 @@ def test_removing_heads_gives_the_masked_models_predictions_and_a_silenced_head_
         head_counts(teacher, 0.9, "stages.channel_prune")
 
 
+@pytest.mark.slow
 def test_channel_prune_removes_heads_and_units_of_a_transformer_and_plans_them(tmp_path, text_data, text_teacher):
     from pipeline.plugin.artifact import ModelArtifact, ModelFormat
     from pipeline.run.layer_plan import LayerPlan
