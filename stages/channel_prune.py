@@ -1,16 +1,16 @@
 """channel_prune: remove whole output channels and units, leaving a smaller dense model that runs faster.
 
-Magnitude pruning (`prune`) zeroes weights inside unchanged tensors: the file compresses, but
-dense kernels do the same work. This stage removes whole filters of Conv/SeparableConv layers
-and units of Dense layers (with the matching input weights of the next layers, the channels of
-BatchNormalization and depthwise layers in between, and channels tied through residual Adds),
-then fine-tunes. On a transformer it also removes whole attention heads (`heads`), the least
-important first: importance is the mean |gradient of the loss with respect to a gate on the head|
-on the validation split (Michel et al. 2019, techniques.heads). The result is an ordinary, narrower Keras model: every later stage (magnitude
-pruning, int8, QAT, distillation into it) and every runtime sees a smaller model. A nested model
-(blocks, a keras.applications base called as a layer) is flattened into one graph first, so the
-layers inside the blocks lose channels too; the layer plan shows, before any training, how many
-channels each layer keeps and why the others stay whole.
+Magnitude pruning (`prune`) zeroes weights inside unchanged tensors: the file compresses, but dense
+kernels do the same work. This stage removes whole filters of Conv/SeparableConv layers and units of
+Dense layers (with the matching input weights of the next layers, the channels of BatchNormalization
+and depthwise layers in between, and channels tied through residual Adds), then fine-tunes. On a
+transformer it also removes whole attention heads (`heads`), the least important first: importance
+is the mean |gradient of the loss with respect to a gate on the head| on the validation split
+(Michel et al. 2019, techniques.heads). The result is an ordinary, narrower Keras model: every later
+stage (magnitude pruning, int8, QAT, distillation into it) and every runtime sees a smaller model. A
+nested model (blocks, a keras.applications base called as a layer) is flattened into one graph
+first, so the layers inside the blocks lose channels too; the layer plan shows, before any training,
+how many channels each layer keeps and why the others stay whole.
 
 It is its own stage rather than a `prune` setting because it hands on a different model (fewer
 parameters, a new architecture) and takes different settings (a share of channels or a MACs
