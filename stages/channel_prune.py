@@ -112,8 +112,8 @@ class ChannelPruneStage(Stage[ChannelPruneParams]):
             ctx.log.info("    share %.3f keeps at most %.0f%% of the MACs", share, 100 * params.flops_target)
         log_plan(current, final, analyse(current), params, share, ctx.log)
         heads = head_counts(current, params.heads, where)
-        for name, (size, kept) in heads.items():
-            ctx.log.info("    %s: %d -> %d heads", name, size, kept)
+        for name, (size, left) in heads.items():
+            ctx.log.info("    %s: %d -> %d heads", name, size, left)
         held_out = (ctx.data.x_val, ctx.data.y_val) if len(ctx.data.x_val) else (ctx.data.x_train, ctx.data.y_train)
         ranking = (np.asarray(held_out[0][:SAMPLES]), np.asarray(held_out[1][:SAMPLES]))
         for step, epochs in enumerate(spread(params.epochs, params.steps), start=1):
