@@ -11,13 +11,16 @@ Side by side, from one stage cache (the teacher trains once): the float teacher 
 TFLite), the student distilled from it by `recipe=distilbert_int8` (half the blocks, initialised
 from the teacher, soft targets + labels + hidden-state cosine loss), the same student trained on the
 labels alone, and the pruned student shipped as int8, dynamic-range and float16 TFLite, since on a
-CPU int8 attention is not always the fastest. "gzip smaller" is against the teacher's Keras file;
+CPU int8 attention is not always the fastest; then the same student through `recipe=distilbert_small`
+(half its attention heads and feed-forward units removed, 90%-sparse embeddings) in the same modes.
+"gzip smaller" is against the teacher's Keras file;
 "faster" against the teacher's float TFLite at batch 1 (LiteRT, one thread).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import shutil
 import tempfile
@@ -45,7 +48,7 @@ def rows_of(outputs: Path, name: str, seed: int, *overrides: str) -> dict[str, d
     """The metrics of each stage of one run (stages cached under `outputs`)."""
     cfg = compose_config(outputs, f"seed={seed}", *overrides)
     result = run(cfg, RunInfo(run_dir=outputs / "runs" / f"{name}_{seed}", recipe=name))
-    return {row.stage: row.metrics for row in result.rows}
+    return {row.stage: dict(row.metrics) for row in result.rows}
 
 
 def main() -> None:
@@ -57,6 +60,7 @@ def main() -> None:
     parser.add_argument("--sequence-length", type=int, default=256)
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--max-examples", type=int, default=None, help="a stratified subset of the articles (default: all)")
+    parser.add_argument("--modes", nargs="+", default=["int8", "dynamic", "float16"], help="quantize modes of the shipped files")
     parser.add_argument("--outputs", type=Path, default=Path(tempfile.mkdtemp()) / "outputs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the runner's progress, as a run prints it
@@ -72,13 +76,15 @@ def main() -> None:
     ]
     shipped: dict[str, list[dict[str, float]]] = {}
     labels_only, teacher, teacher_tflite = [], {}, {}
+    chains = {"50% pruned": "distilbert_int8", "heads and FFN halved, 90%-sparse embeddings": "distilbert_small"}
     for seed in range(args.seeds):
-        for mode in ("int8", "dynamic", "float16"):
-            rows = rows_of(args.outputs, f"distilbert_{mode}", seed, "recipe=distilbert_int8", *common,
+        for (chain, recipe), mode in itertools.product(chains.items(), args.modes):
+            rows = rows_of(args.outputs, f"{recipe}_{mode}", seed, f"recipe={recipe}", *common,
                            f"stages.distill.epochs={args.student_epochs}", f"stages.quantize.mode={mode}",
                            "stages.quantize.accuracy_tolerance=null")
-            shipped.setdefault(mode, []).append(rows["quantize"])
-            shipped.setdefault("distilled student, Keras", []).append(rows["distill"])
+            shipped.setdefault(f"{chain}, {mode}", []).append(rows["quantize"])
+            if recipe == "distilbert_int8" and mode == args.modes[0]:
+                shipped.setdefault("distilled student, Keras", []).append(rows["distill"])
             teacher = rows["train"]
         float_rows = rows_of(args.outputs, "teacher_float", seed, "recipe=mobile_fp16", *common, "stages.quantize.mode=none",
                              "stages.quantize.accuracy_tolerance=null")
@@ -90,13 +96,13 @@ def main() -> None:
         "teacher, 4 blocks, Keras": [teacher], "teacher, float TFLite": [teacher_tflite],
         "distilled student (2 blocks), Keras": shipped.pop("distilled student, Keras"),
         "student on labels alone, Keras": labels_only,
-        **{f"shipped: distilled, 50% pruned, {mode} TFLite": rows for mode, rows in shipped.items()},
+        **{f"shipped: distilled, {chain} TFLite": rows for chain, rows in shipped.items()},
     }
     columns = "params | gzip KiB | gzip smaller | accuracy | vs teacher pt | p50 ms | faster"
     print(f"| model (students: mean of {args.seeds} seed(s)) | {columns} |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, rows in table.items():
-        mean = {key: sum(row[key] for row in rows) / len(rows) for key in ("params", "gzip_bytes", "accuracy", "latency_p50_ms")}
+    for name, runs in table.items():
+        mean = {key: sum(row[key] for row in runs) / len(runs) for key in ("params", "gzip_bytes", "accuracy", "latency_p50_ms")}
         print(
             f"| {name} | {mean['params']:,.0f} | {mean['gzip_bytes'] / 1024:.1f} | {teacher['gzip_bytes'] / mean['gzip_bytes']:.1f}x "
             f"| {mean['accuracy']:.4f} | {100 * (mean['accuracy'] - teacher['accuracy']):+.2f} | {mean['latency_p50_ms']:.3f} "
