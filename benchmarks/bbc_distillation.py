@@ -11,13 +11,18 @@ Side by side, from one stage cache (the teacher trains once): the float teacher 
 TFLite), the student distilled from it by `recipe=distilbert_int8` (half the blocks, initialised
 from the teacher, soft targets + labels + hidden-state cosine loss), the same student trained on the
 labels alone, and the pruned student shipped as int8, dynamic-range and float16 TFLite, since on a
-CPU int8 attention is not always the fastest. "gzip smaller" is against the teacher's Keras file;
-"faster" against the teacher's float TFLite at batch 1 (LiteRT, one thread).
+CPU int8 attention is not always the fastest; then the same student through `recipe=distilbert_small`
+(half its attention heads and feed-forward units removed, 90%-sparse embeddings) in the same modes.
+"gzip smaller" is against the teacher's Keras file;
+"faster" against the teacher's float TFLite at batch 1 (LiteRT, one thread). On a shared machine the
+runs' own latencies are taken minutes apart under different loads, so every TFLite file is also re-timed
+in one process, round-robin ("interleaved"): whatever else the machine runs slows every file alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import shutil
 import tempfile
@@ -45,7 +50,27 @@ def rows_of(outputs: Path, name: str, seed: int, *overrides: str) -> dict[str, d
     """The metrics of each stage of one run (stages cached under `outputs`)."""
     cfg = compose_config(outputs, f"seed={seed}", *overrides)
     result = run(cfg, RunInfo(run_dir=outputs / "runs" / f"{name}_{seed}", recipe=name))
-    return {row.stage: row.metrics for row in result.rows}
+    return {row.stage: dict(row.metrics) for row in result.rows}
+
+
+def interleaved_p50(files: dict[str, list[Path]], rounds: int = 15, runs: int = 20) -> dict[str, float]:
+    """p50 batch-1 milliseconds of each entry's TFLite files, timed in turns: each round times every file."""
+    import numpy as np
+
+    from pipeline.measure.litert import interpreter, latency_ms
+
+    timings: dict[str, list[float]] = {name: [] for name in files}
+    for _ in range(rounds):
+        for name, paths in files.items():
+            for path in paths:
+                shape = interpreter(path, 1).get_input_details()[0]["shape"][1:]
+                timings[name].extend(latency_ms(path, np.ones(shape, np.int32), runs, warmup=3, threads=1))
+    return {name: float(np.median(values)) for name, values in timings.items()}
+
+
+def exported(outputs: Path, name: str, seed: int) -> Path:
+    """The TFLite file run `name` with `seed` exported."""
+    return outputs / "runs" / f"{name}_{seed}" / "export" / "model.tflite"
 
 
 def main() -> None:
@@ -57,6 +82,7 @@ def main() -> None:
     parser.add_argument("--sequence-length", type=int, default=256)
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--max-examples", type=int, default=None, help="a stratified subset of the articles (default: all)")
+    parser.add_argument("--modes", nargs="+", default=["int8", "dynamic", "float16"], help="quantize modes of the shipped files")
     parser.add_argument("--outputs", type=Path, default=Path(tempfile.mkdtemp()) / "outputs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the runner's progress, as a run prints it
@@ -71,18 +97,23 @@ def main() -> None:
         *([f"data.max_examples={args.max_examples}"] if args.max_examples else []),
     ]
     shipped: dict[str, list[dict[str, float]]] = {}
+    files: dict[str, list[Path]] = {}  # table entry -> its TFLite files, for the interleaved timing
     labels_only, teacher, teacher_tflite = [], {}, {}
+    chains = {"50% pruned": "distilbert_int8", "heads and FFN halved, 90%-sparse embeddings": "distilbert_small"}
     for seed in range(args.seeds):
-        for mode in ("int8", "dynamic", "float16"):
-            rows = rows_of(args.outputs, f"distilbert_{mode}", seed, "recipe=distilbert_int8", *common,
+        for (chain, recipe), mode in itertools.product(chains.items(), args.modes):
+            rows = rows_of(args.outputs, f"{recipe}_{mode}", seed, f"recipe={recipe}", *common,
                            f"stages.distill.epochs={args.student_epochs}", f"stages.quantize.mode={mode}",
                            "stages.quantize.accuracy_tolerance=null")
-            shipped.setdefault(mode, []).append(rows["quantize"])
-            shipped.setdefault("distilled student, Keras", []).append(rows["distill"])
+            shipped.setdefault(f"{chain}, {mode}", []).append(rows["quantize"])
+            files.setdefault(f"shipped: distilled, {chain}, {mode} TFLite", []).append(exported(args.outputs, f"{recipe}_{mode}", seed))
+            if recipe == "distilbert_int8" and mode == args.modes[0]:
+                shipped.setdefault("distilled student, Keras", []).append(rows["distill"])
             teacher = rows["train"]
         float_rows = rows_of(args.outputs, "teacher_float", seed, "recipe=mobile_fp16", *common, "stages.quantize.mode=none",
                              "stages.quantize.accuracy_tolerance=null")
         teacher_tflite = float_rows["quantize"]
+        files["teacher, float TFLite"] = [exported(args.outputs, "teacher_float", seed)]
         labels_only.append(rows_of(args.outputs, "labels_only", seed, "recipe=mobile_fp16", *common, "model.blocks=2",
                                    f"stages.train.epochs={args.student_epochs}", "stages.quantize.mode=none",
                                    "stages.quantize.accuracy_tolerance=null")["train"])
@@ -90,17 +121,19 @@ def main() -> None:
         "teacher, 4 blocks, Keras": [teacher], "teacher, float TFLite": [teacher_tflite],
         "distilled student (2 blocks), Keras": shipped.pop("distilled student, Keras"),
         "student on labels alone, Keras": labels_only,
-        **{f"shipped: distilled, 50% pruned, {mode} TFLite": rows for mode, rows in shipped.items()},
+        **{f"shipped: distilled, {chain} TFLite": rows for chain, rows in shipped.items()},
     }
-    columns = "params | gzip KiB | gzip smaller | accuracy | vs teacher pt | p50 ms | faster"
+    again = interleaved_p50(files)
+    columns = "params | gzip KiB | gzip smaller | accuracy | vs teacher pt | p50 ms | faster | interleaved p50 ms | faster (interleaved)"
     print(f"| model (students: mean of {args.seeds} seed(s)) | {columns} |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, rows in table.items():
-        mean = {key: sum(row[key] for row in rows) / len(rows) for key in ("params", "gzip_bytes", "accuracy", "latency_p50_ms")}
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, runs in table.items():
+        mean = {key: sum(row[key] for row in runs) / len(runs) for key in ("params", "gzip_bytes", "accuracy", "latency_p50_ms")}
         print(
             f"| {name} | {mean['params']:,.0f} | {mean['gzip_bytes'] / 1024:.1f} | {teacher['gzip_bytes'] / mean['gzip_bytes']:.1f}x "
             f"| {mean['accuracy']:.4f} | {100 * (mean['accuracy'] - teacher['accuracy']):+.2f} | {mean['latency_p50_ms']:.3f} "
-            f"| {teacher_tflite['latency_p50_ms'] / mean['latency_p50_ms']:.1f}x |"
+            f"| {teacher_tflite['latency_p50_ms'] / mean['latency_p50_ms']:.1f}x "
+            + (f"| {again[name]:.3f} | {again['teacher, float TFLite'] / again[name]:.1f}x |" if name in again else "| | |")
         )
 
 

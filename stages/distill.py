@@ -1,7 +1,9 @@
 """distill: train a smaller student on a teacher's softened outputs (Hinton et al., 2015) and the labels.
 
 DistilBERT-style (Sanh et al., 2019) with `init=teacher` (the student starts from the teacher's
-embeddings and every other block) and `hidden_weight` (a cosine loss aligning pooled hidden states).
+embeddings and every other block) and `hidden_weight` (a cosine loss aligning pooled hidden states);
+TinyBERT-style (Jiao et al., 2020) with `intermediate_weight` and `attention_weight` (per-block hidden
+states and attention maps, techniques.intermediate).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from techniques.distillation import (
     teacher_targets,
     with_hidden_state,
 )
-from techniques.student_init import initialise_from_teacher
+from techniques.intermediate import check_models, uniform_mapping, with_intermediate_losses
+from techniques.student_init import block_count, initialise_from_teacher
 from techniques.training import FitParams, compile_model, fit, save_keras
 
 
@@ -74,6 +77,18 @@ class DistillParams(FitParams):
             "Weight of a cosine loss aligning the student's pooled hidden state (its classifier's input) with the "
             "teacher's, as DistilBERT's; 0: off. Both states need the same width."
         ),
+    )
+    intermediate_weight: float = Field(
+        0.0, ge=0, le=100,
+        description=(
+            "TinyBERT-style: weight of the mean squared error between each student block's output and its teacher block's "
+            "(teacher_blocks, else TinyBERT's uniform mapping: the last blocks meet), and between the embeddings' outputs; "
+            "a learned projection maps a narrower student to the teacher's width. 0: off."
+        ),
+    )
+    attention_weight: float = Field(
+        0.0, ge=0, le=100,
+        description="TinyBERT-style: weight of the mean squared error between matched blocks' attention maps (equal heads needed); 0: off.",
     )
 
 
@@ -137,6 +152,8 @@ class DistillStage(Stage[DistillParams]):
         student = prepared(builder.build(tuple(model.input_shape[1:]), model.output_shape[-1]), f"{where}.student")
         how = " (starting from the teacher's embeddings and blocks)" if self.config.init == "teacher" else ""
         aligned = " and its pooled hidden state" if self.config.hidden_weight else ""
+        if self.config.intermediate_weight or self.config.attention_weight:
+            aligned += " and its blocks' hidden states" + (" and attention maps" if self.config.attention_weight else "")
         summary = f"trains a new {self.config.student['name']} student{how} on the teacher's outputs{aligned}"
         return StagePlan(summary=summary, model=student)
 
@@ -174,6 +191,13 @@ class DistillStage(Stage[DistillParams]):
             ctx.log.info("    student starts from the teacher's embeddings, classifier and blocks %s", facts["initialised_from_blocks"])
         classes = aligned_classes(params, student, teacher, data.num_classes, where)
         trained = with_hidden_state(student) if classes else student  # shares the student's layers
+        if params.intermediate_weight or params.attention_weight:
+            mapping = params.teacher_blocks or uniform_mapping(block_count(student), block_count(teacher))
+            check_models(student, teacher, mapping, bool(params.attention_weight), where)
+            trained = with_intermediate_losses(trained, student, teacher, mapping, params.intermediate_weight, params.attention_weight)
+            facts["intermediate_blocks"] = mapping
+            ctx.log.info("    student blocks learn the hidden states%s of teacher blocks %s",
+                         " and attention maps" if params.attention_weight else "", mapping)
         targets = teacher_targets(teacher, data, hidden=bool(classes))
         teacher_accuracy = float(np.mean(np.argmax(predict(teacher, data.x_test), -1) == data.y_test))
         ctx.log.info(

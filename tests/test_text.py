@@ -293,6 +293,67 @@ def test_hidden_state_loss_is_zero_for_aligned_states_and_adds_for_opposite_ones
     assert float(loss(packed, opposite)[0]) == pytest.approx(base + 3.0 * 2, abs=1e-5)
 
 
+def added_loss(model, x):
+    """The losses a training model adds to its compiled one (TinyBERT's), for inputs `x`."""
+    model(x, training=False)
+    return float(sum(model.losses))
+
+
+def test_tinybert_losses_vanish_for_the_teachers_own_blocks_and_mismatched_models_are_named(text_data, text_teacher):
+    from techniques.intermediate import check_models, uniform_mapping, with_intermediate_losses
+    from techniques.student_init import initialise_from_teacher
+
+    teacher, _ = text_teacher  # 4 blocks, dim 16, 2 heads
+    assert uniform_mapping(2, 4) == [1, 3] and uniform_mapping(3, 6) == [1, 3, 5] and uniform_mapping(4, 4) == [0, 1, 2, 3]
+    x = text_data.x_train[:16]
+    copy = builder("transformer", text_data, blocks=2, dim=16, heads=2, ff=32).build(text_data.input_shape, 3)
+    initialise_from_teacher(copy, teacher, [0, 1], "stages.distill")
+    assert added_loss(with_intermediate_losses(copy, copy, teacher, [0, 1], 1.0, 1.0), x) == pytest.approx(0, abs=1e-10)
+    assert added_loss(with_intermediate_losses(copy, copy, teacher, [1, 3], 1.0, 1.0), x) > 0.01
+    one_head = builder("transformer", text_data, blocks=2, dim=16, heads=1, ff=32).build(text_data.input_shape, 3)
+    with pytest.raises(PipelineError, match=r"^stages.distill.attention_weight: attention maps are matched head by head, but the student's blocks have \[1, 1\] heads and the teacher's matched blocks \[2, 2\]"):
+        check_models(one_head, teacher, [1, 3], True, "stages.distill")
+    cnn = builder("text_cnn", text_data, dim=16).build(text_data.input_shape, 3)
+    with pytest.raises(PipelineError, match=r"^stages.distill.intermediate_weight: matching hidden states needs encoder blocks"):
+        check_models(cnn, teacher, [], False, "stages.distill")
+
+
+@pytest.mark.slow
+def test_tinybert_trains_a_narrower_student_through_projections_it_does_not_keep(text_data, text_teacher):
+    import tf_keras as keras
+
+    from techniques.intermediate import with_intermediate_losses
+
+    teacher, _ = text_teacher
+    x = text_data.x_train[:16]
+    narrow = builder("transformer", text_data, blocks=2, dim=8, heads=2, ff=16).build(text_data.input_shape, 3)
+    training = with_intermediate_losses(narrow, narrow, teacher, [1, 3], 1.0, 1.0)
+    assert {layer.name for layer in training.layers} >= {"project_embeddings", "project_block0", "project_block1"}
+    teacher_weights = [w.copy() for w in teacher.get_weights()]
+    before = added_loss(training, x)
+    training.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    training.fit(x, text_data.y_train[:16], epochs=5, batch_size=16, verbose=0)
+    assert added_loss(training, x) < 0.9 * before  # the student's states moved towards the teacher's
+    assert all(np.array_equal(a, b) for a, b in zip(teacher_weights, teacher.get_weights()))  # the teacher stays frozen
+    assert not any(layer.name.startswith("project_") for layer in narrow.layers)  # the student ships without projections
+
+
+@pytest.mark.slow
+def test_tinybert_distillation_into_a_narrower_student_by_the_stage(tmp_path, text_data, text_teacher):
+    from stages.distill import DistillParams, DistillStage
+    from tests._tiny import context
+
+    teacher, path = text_teacher
+    student = {"name": "transformer", "blocks": 2, "dim": 8, "heads": 2, "ff": 16}
+    params = DistillParams(teacher=str(path), student=student, intermediate_weight=1.0, attention_weight=1.0, epochs=8,
+                           learning_rate=0.005, temperature=2.0, alpha=0.5)
+    out = DistillStage(params).run(None, context(tmp_path, "distill", 0, data=text_data))
+    model = out.load_keras()
+    assert out.metadata["intermediate_blocks"] == [1, 3]
+    assert not any(layer.name.startswith("project_") for layer in model.layers) and model.count_params() < teacher.count_params() / 2
+    assert np.mean(model.predict(text_data.x_test, verbose=0).argmax(-1) == text_data.y_test) > 0.5  # chance is a third
+
+
 @pytest.mark.slow
 def test_distilbert_student_from_a_teacher_file(tmp_path, text_data, text_teacher):
     from stages.distill import DistillParams, DistillStage
@@ -335,6 +396,55 @@ def test_distilbert_int8_recipe_on_a_text_folder(tmp_path):
     assert [step["stage"] for step in meta["lineage"]] == ["train", "distill", "prune", "quantize"]
     assert meta["lineage"][1]["facts"]["initialised_from_blocks"] == [0, 2]
     assert meta["io"]["inputs"][0]["dtype"] == "int32" and meta["quantization"]["fully_integer"] is True
+
+
+# --- attention-head pruning -------------------------------------------------------------------------
+
+
+def test_removing_heads_gives_the_masked_models_predictions_and_a_silenced_head_goes_first(text_data, text_teacher):
+    from techniques.heads import attention_layers, choose_heads, head_counts, head_importance, output_kernel, rebuild_heads
+
+    teacher, _ = text_teacher  # 4 blocks of 2 heads
+    model = builder("transformer", text_data, blocks=2, dim=16, heads=4, ff=32).build(text_data.input_shape, 3)
+    silenced = output_kernel(model.get_layer("block1_attention"))
+    silenced.assign(np.concatenate([silenced.numpy()[:2], np.zeros_like(silenced.numpy()[2:3]), silenced.numpy()[3:]]))
+    importance = head_importance(model, text_data.x_val, text_data.y_val)
+    assert importance["block1_attention"][2] == 0 and (importance["block0_attention"] > 0).all()
+    kept = choose_heads(head_counts(model, 0.5, "stages.channel_prune"), importance)
+    assert len(kept) == 2 and all(len(heads) == 2 for heads in kept.values()) and 2 not in kept["block1_attention"]
+    smaller = rebuild_heads(model, kept)
+    for layer in attention_layers(model):  # the reference: the removed heads' output slices zeroed in place
+        kernel = output_kernel(layer)
+        kernel.assign(kernel.numpy() * np.isin(np.arange(4), kept[layer.name])[:, None, None])
+    assert smaller.get_layer("block0_attention").get_config()["num_heads"] == 2
+    assert smaller.count_params() < model.count_params() - 500
+    np.testing.assert_allclose(smaller.predict(text_data.x_val, verbose=0), model.predict(text_data.x_val, verbose=0), atol=1e-5)
+    assert head_counts(teacher, 0.25, "w") == {}  # a quarter of two heads rounds to none
+    with pytest.raises(PipelineError, match=r"^stages.channel_prune.heads: removing 90% of block0_attention's 2 heads leaves none; lower it"):
+        head_counts(teacher, 0.9, "stages.channel_prune")
+
+
+@pytest.mark.slow
+def test_channel_prune_removes_heads_and_units_of_a_transformer_and_plans_them(tmp_path, text_data, text_teacher):
+    from pipeline.plugin.artifact import ModelArtifact, ModelFormat
+    from pipeline.run.layer_plan import LayerPlan
+    from stages.channel_prune import ChannelPruneParams, ChannelPruneStage
+    from tests._tiny import context
+
+    teacher, path = text_teacher
+    stage = ChannelPruneStage(ChannelPruneParams(share=0.5, heads=0.5, epochs=0))
+    plan = stage.layer_plan(teacher, LayerPlan([]), "stages.channel_prune")
+    assert plan.actions["block3_attention"].why == "2 -> 1 heads" and plan.actions["block0_ffn_in"].why == "32 -> 16 channels"
+    assert "and 50% of each attention layer's heads" in plan.summary
+    assert plan.model.get_layer("block2_attention").get_config()["num_heads"] == 1
+    out = stage.run(ModelArtifact(path, ModelFormat.KERAS, "file"), context(tmp_path, "channel_prune", 1, data=text_data))
+    model = out.load_keras()
+    assert out.metadata["kept_heads"] == {f"block{i}_attention": 1 for i in range(4)}
+    assert all(model.get_layer(f"block{i}_attention").get_config()["num_heads"] == 1 for i in range(4))
+    assert model.count_params() < teacher.count_params() * 0.8 and model.inputs[0].dtype.name == "int32"
+    with pytest.raises(PipelineError, match=r"^stages.channel_prune.heads: the model has no MultiHeadAttention layer"):
+        cnn = builder("text_cnn", text_data, dim=16).build(text_data.input_shape, 3)
+        ChannelPruneStage(ChannelPruneParams(heads=0.5)).layer_plan(cnn, LayerPlan([]), "stages.channel_prune")
 
 
 @pytest.mark.slow
