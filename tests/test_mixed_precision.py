@@ -22,10 +22,10 @@ from tests._tiny import context, digits
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The small digits CNN (conv2d, conv2d_1, dense, dense_1) trained for a few epochs, as a train stage's artifact."""
+    import tf_keras
+
     from stages.train import TrainParams
     from techniques.training import compile_model, fit, save_keras
-
-    import tf_keras
 
     tf_keras.backend.clear_session()  # the rules below name layers by Keras's default names, counted per session
     ctx = context(tmp_path_factory.mktemp("trained"), "train")
