@@ -216,20 +216,23 @@ def main() -> int:
     parser.add_argument("--mnist", type=Path, required=True, help="folder of MNIST-10k IDX files")
     parser.add_argument("--outputs", type=Path, default=None, help="run folder (default: a temporary one)")
     parser.add_argument("--quick", action="store_true", help="one epoch per stage: checks the script, not the targets")
+    parser.add_argument("--only", choices=("fallback", "sparsity"), default=None, help="run one part (default: both)")
     args = parser.parse_args()
     outputs = (args.outputs or Path(tempfile.mkdtemp(prefix="accuracy-budget-"))).resolve()
     print(f"MNIST-10k from {args.mnist}; outputs in {outputs}", flush=True)
     started = time.perf_counter()
-    fallback_table, fallback_targets = fallback_part(args.mnist.resolve(), outputs, args.quick)
-    sparsity_table, sparsity_targets, points = sparsity_part(args.mnist.resolve(), outputs, args.quick)
-    checks = [*fallback_targets, *sparsity_targets]
-    parts = [
-        f"Accuracy budget on MNIST-10k (seed {SEED}), {time.perf_counter() - started:.0f} s in all; p50 latency at batch 1, "
-        "LiteRT on one thread for TFLite, a traced Keras call for Keras.",
-        "Float fallback (per-pixel standardising CNN):", fallback_table,
-        "Per-layer sparsity from the sensitivity plan vs uniform, same overall sparsity:", sparsity_table,
-    ]
-    return publish(parts, checks, outputs / "accuracy_budget.md", lambda: plot(points, outputs / "sparsity_plan_vs_uniform.png"))
+    parts, checks, points = [], [], []
+    if args.only in (None, "fallback"):
+        fallback_table, fallback_targets = fallback_part(args.mnist.resolve(), outputs, args.quick)
+        parts += ["Fallback (per-pixel standardising CNN):", fallback_table]
+        checks += fallback_targets
+    if args.only in (None, "sparsity"):
+        sparsity_table, sparsity_targets, points = sparsity_part(args.mnist.resolve(), outputs, args.quick)
+        parts += ["Per-layer sparsity from the sensitivity plan vs uniform, same overall sparsity:", sparsity_table]
+        checks += sparsity_targets
+    heading = (f"Accuracy budget on MNIST-10k (seed {SEED}), {time.perf_counter() - started:.0f} s in all; p50 latency at "
+               "batch 1, LiteRT on one thread for TFLite, a traced Keras call for Keras.")
+    return publish([heading, *parts], checks, outputs / "accuracy_budget.md", lambda: plot(points, outputs / "sparsity_plan_vs_uniform.png"))
 
 if __name__ == "__main__":
     sys.exit(main())

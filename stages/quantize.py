@@ -70,6 +70,14 @@ class QuantizeParams(GateParams, ServingParams, FallbackParams):
             "(int16 activations, slow on CPU) and float. With int16, or without float, ai-edge-quantizer writes the file."
         ),
     )
+    fallback_error_by: Literal["own", "quantizer"] = Field(
+        "own",
+        description=(
+            "With fallback=auto on a file ai-edge-quantizer writes, how a layer's error alone is measured to rank the "
+            "layers: own (the logits' noise-to-signal ratio) or quantizer (ai-edge-quantizer's validation of the "
+            "layer's output, 1/sqrt(SNR))."
+        ),
+    )
     fallback_max_latency_ms: float | None = Field(
         None, gt=0, description="With fallback=auto: refuse a step whose model's p50 latency (batch 1, 1 thread) exceeds this."
     )
@@ -103,8 +111,10 @@ class QuantizeParams(GateParams, ServingParams, FallbackParams):
     def mixed(self) -> bool:
         """Whether the rules ask for what TFLiteConverter cannot write (then ai-edge-quantizer writes the file)."""
         rules = needs_quantizer(self.precision, self.weights, "int16" if self.mode == "int16x8" else "int8")
-        # TFLiteConverter's fallback only keeps layers float; any other ladder needs the quantizer.
-        return rules or (self.fallback == "auto" and ("int16" in self.fallback_steps or "float" not in self.fallback_steps))
+        # TFLiteConverter's fallback only keeps layers float and ranks them its own way; any other ladder,
+        # or ranking by the quantizer's validation, needs the quantizer.
+        ladder = "int16" in self.fallback_steps or "float" not in self.fallback_steps or self.fallback_error_by == "quantizer"
+        return rules or (self.fallback == "auto" and ladder)
 
 
 class QuantizeStage(Stage[QuantizeParams]):
@@ -180,6 +190,7 @@ class QuantizeStage(Stage[QuantizeParams]):
             return fall_back(keras_model, calibration, path, params.accuracy_tolerance, data, ctx.budget, where, ctx.log), final
         return precision_fallback.fall_back(
             rules, path, params.accuracy_tolerance, data, ctx.budget, params.fallback_steps, params.fallback_max_latency_ms, ctx.log,
+            params.fallback_error_by,
         )
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:

@@ -249,3 +249,24 @@ def test_zeros_in_int4_weights_are_counted():
     path.write_bytes(flatbuffer)
     [zeros] = [zeros for shape, _, zeros in litert.constant_tensors(path) if shape == (8, 16)]
     assert zeros is not None and 64 <= zeros < 80  # the 64 zeros, and a few small weights int4 rounds to zero
+
+
+def test_the_fallback_can_rank_layers_by_the_quantizers_validation(tmp_path, standardized):
+    from techniques.precision_fallback import RANKING_EXAMPLES, ErrorAlone
+
+    ctx = with_budget(context(tmp_path, "quantize", 1), standardized, 0.03)
+    params = QuantizeParams(weights="int4", fallback="auto", fallback_error_by="quantizer")
+    assert params.mixed  # only the quantizer's ladder can rank by its validation
+    out = QuantizeStage(params).run(standardized, ctx)
+    first = out.metadata["fallback"]["trials"][0]
+    assert first["layer"] == "normalization"
+    assert "ai-edge-quantizer's 1/sqrt(SNR)" in (out.path.parent / "fallback.md").read_text()
+    # The layer that ruins the model: both measures say its output is lost (measured: 1.00 and 0.99).
+    # On the other layers the quantizer's error of the layer's own output was 3 to 30x below our
+    # logits' error and ranked them in another order (guides/mixed-precision.md).
+    calibration = calibration_set(ctx.data.x_train, CALIBRATION_SAMPLES, ctx.seed)
+    rules = mixed.plan(standardized.load_keras(), "int8", {}, "int4", calibration, "s")
+    start = rules.reported(rules.choices)
+    own = ErrorAlone(rules, start, ctx.data.x_val[:RANKING_EXAMPLES], "own")("normalization", start["normalization"])
+    assert first["error"] == pytest.approx(own, rel=0.1)
+    assert first["error"] > 0.5
