@@ -139,6 +139,17 @@ class QuantizeStage(Stage[QuantizeParams]):
                 f"give the Keras model (.keras) or set {where}.fallback=off"
             )
 
+    def refusal(self, input_format: ModelFormat | None, effects: frozenset[Effect], made_by: str, where: str) -> str | None:
+        """After qat: its file is already int8, and both converters (and ai-edge-quantizer) start from float."""
+        if Effect.QUANTIZE_AWARE not in effects:
+            return None
+        return (
+            f"gets the int8 TFLite file {made_by} wrote, but quantize converts a float Keras model or SavedModel "
+            f"(ai-edge-quantizer too rewrites only float files); keep {made_by}'s file and drop {where}, or for int4 "
+            f"weights or per-layer precisions drop {made_by} and let {where} write the file (fallback: auto gives int8 or "
+            f"float back to layers where int4 misses the budget)"
+        )
+
     def accuracy_remedies(self, where: str) -> list[str]:
         """For int8: quantization-aware training, and the float fallback when it is off. Both make
         int8 models, so other modes are offered only a larger tolerance."""
