@@ -135,7 +135,7 @@ def fallback_part(mnist: Path, outputs: Path, quick: bool) -> tuple[str, list[tu
         ("precision fallback size / float fallback size", f"{precise['size_bytes'] / mixed['size_bytes']:.2f}x", "< 1x",
          precise["size_bytes"] < mixed["size_bytes"]),
     ]
-    return table + "\n\n" + search_table(fallback), targets
+    return table + "\n\n" + search_table(fallback) + "\n\n" + ladder_table(ladder), targets
 
 
 def search_table(fallback: dict) -> str:
@@ -147,6 +147,19 @@ def search_table(fallback: dict) -> str:
     lines += [f"- {step['layer']} float (int8 error {step['error']:.3g}): validation accuracy {step['val_accuracy']:.4f}, "
               f"{step['size_bytes'] / 1024:.1f} KiB" for step in steps]
     return "\n".join(lines)
+
+
+def ladder_table(ladder: dict) -> str:
+    """What the precision ladder tried, and each layer's precision in the shipped file."""
+    facts = ladder["quantize"]["facts"]
+    search = facts.get("fallback", {})
+    lines = [f"Precision fallback search (floor {search.get('floor', float('nan')):.4f}; int4 weights everywhere "
+             f"{search.get('start_val_accuracy', float('nan')):.4f} at {search.get('start_size_bytes', 0) / 1024:.1f} KiB):"]
+    lines += [f"- {t['layer']} -> {t['step']} (error alone {t['error']:.3g}): "
+              + ("refused (latency)" if t["refused"] else f"validation accuracy {t['val_accuracy']:.4f}")
+              + f", {t['size_bytes'] / 1024:.1f} KiB, p50 {t['latency_ms']:.3f} ms" for t in search.get("trials", [])]
+    shipped = ", ".join(f"{name} {words}" for name, words in facts.get("layer_precisions", {}).items())
+    return "\n".join([*lines, f"Shipped: {shipped}"])
 
 
 def sparsity_part(mnist: Path, outputs: Path, quick: bool) -> tuple[str, list[tuple[str, str, str, bool]], list[tuple[float, ...]]]:
@@ -232,7 +245,8 @@ def main() -> int:
         checks += sparsity_targets
     heading = (f"Accuracy budget on MNIST-10k (seed {SEED}), {time.perf_counter() - started:.0f} s in all; p50 latency at "
                "batch 1, LiteRT on one thread for TFLite, a traced Keras call for Keras.")
-    return publish([heading, *parts], checks, outputs / "accuracy_budget.md", lambda: plot(points, outputs / "sparsity_plan_vs_uniform.png"))
+    draw = lambda: plot(points, outputs / "sparsity_plan_vs_uniform.png")  # noqa: E731
+    return publish([heading, *parts], checks, outputs / "accuracy_budget.md", draw)
 
 if __name__ == "__main__":
     sys.exit(main())

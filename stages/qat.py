@@ -51,8 +51,9 @@ class QuantizeAwareParams(FitParams, GateParams, ServingParams, FallbackParams):
         asked = [key for key in ("precision", "weights") if isinstance(values, dict) and key in values]
         if asked:
             # Said here rather than as an unknown key: quantize has these keys, and users carry them over.
+            keys = f"{' and '.join(asked)} {'are' if len(asked) > 1 else 'is'}"
             raise ValueError(
-                f"{' and '.join(asked)} {'are' if len(asked) > 1 else 'is'} the quantize stage's: qat trains with TFMOT's 8-bit fake quantization and "
+                f"{keys} the quantize stage's: qat trains with TFMOT's 8-bit fake quantization and "
                 f"writes int8 with TFLiteConverter, so int4 weights or per-layer precisions would undo what it trained; "
                 f"replace this stage with quantize (its fallback: auto gives int8 or float back where int4 misses the budget)"
             )
