@@ -251,6 +251,28 @@ def test_zeros_in_int4_weights_are_counted():
     assert zeros is not None and 64 <= zeros < 80  # the 64 zeros, and a few small weights int4 rounds to zero
 
 
+def test_the_quantizers_error_alone_grows_from_int8_to_int4_weights():
+    # The cheap twin of the stage-level test below: a two-layer model, each layer measured alone.
+    import tf_keras as keras
+
+    from techniques.precision_fallback import ErrorAlone
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16,))
+    model = keras.Model(inputs, keras.layers.Dense(4, name="head")(keras.layers.Dense(32, activation="relu", name="body")(inputs)))
+    x = np.random.default_rng(1).normal(size=(64, 16)).astype(np.float32)
+    rules = mixed.plan(model, "int8", {}, "int4", x, "stages.q")
+    start = rules.reported(rules.choices)
+    int8 = {name: mixed.Choice("int8", "int8", "k", "k") for name in start}
+    quantizer = ErrorAlone(rules, start, x[:32], "quantizer")
+    own = ErrorAlone(rules, start, x[:32], "own")
+    for layer in ("body", "head"):
+        coarse, fine = quantizer(layer, start[layer]), quantizer(layer, int8[layer])
+        assert 0 < fine < coarse < 1, (layer, fine, coarse)
+        assert own(layer, start[layer]) > own(layer, int8[layer])
+
+
+@pytest.mark.slow
 def test_the_fallback_can_rank_layers_by_the_quantizers_validation(tmp_path, standardized):
     from techniques.precision_fallback import RANKING_EXAMPLES, ErrorAlone
 
