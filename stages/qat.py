@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.errors import PipelineError
 from pipeline.plugin.artifact import STRUCTURAL, Effect, ModelArtifact, ModelFormat
@@ -44,6 +44,20 @@ class QuantizeAwareParams(FitParams, GateParams, ServingParams, FallbackParams):
     calibration_samples: int = Field(
         CALIBRATION_SAMPLES, ge=1, le=100_000, description="Training examples the converter sees (QAT has learnt the ranges)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_precision_rules(cls, values: Any) -> Any:
+        asked = [key for key in ("precision", "weights") if isinstance(values, dict) and key in values]
+        if asked:
+            # Said here rather than as an unknown key: quantize has these keys, and users carry them over.
+            keys = f"{' and '.join(asked)} {'are' if len(asked) > 1 else 'is'}"
+            raise ValueError(
+                f"{keys} the quantize stage's: qat trains with TFMOT's 8-bit fake quantization and "
+                f"writes int8 with TFLiteConverter, so int4 weights or per-layer precisions would undo what it trained; "
+                f"replace this stage with quantize (its fallback: auto gives int8 or float back where int4 misses the budget)"
+            )
+        return values
 
 
 def chosen_scheme(requested: str, effects: frozenset[Effect]) -> str:

@@ -70,6 +70,14 @@ class QuantizeParams(GateParams, ServingParams, FallbackParams):
             "(int16 activations, slow on CPU) and float. With int16, or without float, ai-edge-quantizer writes the file."
         ),
     )
+    fallback_error_by: Literal["own", "quantizer"] = Field(
+        "own",
+        description=(
+            "With fallback=auto on a file ai-edge-quantizer writes, how a layer's error alone is measured to rank the "
+            "layers: own (the logits' noise-to-signal ratio) or quantizer (ai-edge-quantizer's validation of the "
+            "layer's output, 1/sqrt(SNR))."
+        ),
+    )
     fallback_max_latency_ms: float | None = Field(
         None, gt=0, description="With fallback=auto: refuse a step whose model's p50 latency (batch 1, 1 thread) exceeds this."
     )
@@ -103,8 +111,10 @@ class QuantizeParams(GateParams, ServingParams, FallbackParams):
     def mixed(self) -> bool:
         """Whether the rules ask for what TFLiteConverter cannot write (then ai-edge-quantizer writes the file)."""
         rules = needs_quantizer(self.precision, self.weights, "int16" if self.mode == "int16x8" else "int8")
-        # TFLiteConverter's fallback only keeps layers float; any other ladder needs the quantizer.
-        return rules or (self.fallback == "auto" and ("int16" in self.fallback_steps or "float" not in self.fallback_steps))
+        # TFLiteConverter's fallback only keeps layers float and ranks them its own way; any other ladder,
+        # or ranking by the quantizer's validation, needs the quantizer.
+        ladder = "int16" in self.fallback_steps or "float" not in self.fallback_steps or self.fallback_error_by == "quantizer"
+        return rules or (self.fallback == "auto" and ladder)
 
 
 class QuantizeStage(Stage[QuantizeParams]):
@@ -128,6 +138,17 @@ class QuantizeStage(Stage[QuantizeParams]):
                 f"{where}.fallback: auto keeps chosen Keras layers float, but the model is an inference-only SavedModel; "
                 f"give the Keras model (.keras) or set {where}.fallback=off"
             )
+
+    def refusal(self, input_format: ModelFormat | None, effects: frozenset[Effect], made_by: str, where: str) -> str | None:
+        """After qat: its file is already int8, and both converters (and ai-edge-quantizer) start from float."""
+        if Effect.QUANTIZE_AWARE not in effects:
+            return None
+        return (
+            f"gets the int8 TFLite file {made_by} wrote, but quantize converts a float Keras model or SavedModel "
+            f"(ai-edge-quantizer too rewrites only float files); keep {made_by}'s file and drop {where}, or for int4 "
+            f"weights or per-layer precisions drop {made_by} and let {where} write the file (fallback: auto gives int8 or "
+            f"float back to layers where int4 misses the budget)"
+        )
 
     def accuracy_remedies(self, where: str) -> list[str]:
         """For int8: quantization-aware training, and the float fallback when it is off. Both make
@@ -180,6 +201,7 @@ class QuantizeStage(Stage[QuantizeParams]):
             return fall_back(keras_model, calibration, path, params.accuracy_tolerance, data, ctx.budget, where, ctx.log), final
         return precision_fallback.fall_back(
             rules, path, params.accuracy_tolerance, data, ctx.budget, params.fallback_steps, params.fallback_max_latency_ms, ctx.log,
+            params.fallback_error_by,
         )
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:

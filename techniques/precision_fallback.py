@@ -12,7 +12,9 @@ latency (batch 1, one thread) and validation accuracy go to the table: int16 is 
 step over the latency limit is refused.
 
 The error of a layer alone does not depend on the other layers' steps, so each (layer, step) is
-measured once.
+measured once. With `error_by="quantizer"` the ranking takes ai-edge-quantizer's validation instead:
+the noise-to-signal ratio (1/sqrt(SNR)) of the layer's own output, quantized alone
+(`quantizer_errors.layer_error`), not of the logits.
 """
 
 from __future__ import annotations
@@ -80,24 +82,19 @@ def steps_after(choice: Choice, allowed: Sequence[str], weighted: bool) -> list[
 
 def search(
     rules: Plan, start: Mapping[str, Choice], accuracy: float, data: Any, floor: float, allowed: Sequence[str],
-    max_latency_ms: float | None, log: logging.Logger,
+    max_latency_ms: float | None, log: logging.Logger, error_by: str = "own",
 ) -> Outcome:
     """Climb the ladder layer by layer until the model `rules` writes meets `floor`; `start` holds each
-    layer's Choice as the rules give it, and `accuracy` that model's validation accuracy."""
+    layer's Choice as the rules give it, and `accuracy` that model's validation accuracy. Layers are
+    ranked by `error_by`: `own` (the logits' error) or `quantizer` (its validation of the layer's output)."""
     where = rules.where
-    float_choice = Choice("float", "int8", "fallback", "fallback")
-    ranking = data.x_val[:RANKING_EXAMPLES]
-    # A layer's error alone is measured with a float input and output: int8 ones would add the same
-    # noise to every layer's number and hide which layer hurts.
-    isolated = replace(rules, io="float32")
-    reference = predict(isolated.write(dict.fromkeys(start, float_choice), float_choice), ranking)
     errors: dict[tuple[str, str, str], float] = {}
+    measure_alone = ErrorAlone(rules, start, data.x_val[:RANKING_EXAMPLES], error_by)
 
     def alone(layer: str, choice: Choice) -> float:
         key = (layer, choice.precision, choice.weights)
         if key not in errors:
-            only = {**dict.fromkeys(start, float_choice), layer: choice}
-            errors[key] = noise_to_signal(predict(isolated.write(only, float_choice), ranking), reference)
+            errors[key] = measure_alone(layer, choice)
         return errors[key]
 
     current: dict[str, Choice] = dict(start)
@@ -122,6 +119,33 @@ def search(
         f"(best validation accuracy {best:.4f}); allow more steps ({where}.fallback_steps), raise "
         f"{where}.fallback_max_latency_ms, or give more budget (budget.accuracy_drop, {where}.accuracy_tolerance)"
     )
+
+
+class ErrorAlone:
+    """The error one layer adds on its own at a given step, the rest of the model (and its input and
+    output) float: by our own measure, the noise-to-signal ratio of the logits against the float
+    model's; or by ai-edge-quantizer's validation, that of the layer's own output (1/sqrt(SNR))."""
+
+    def __init__(self, rules: Plan, layers: Mapping[str, Choice], x: np.ndarray, error_by: str):
+        # Float input and output: int8 ones would add the same noise to every layer's number and hide which layer hurts.
+        self.rules, self.layers, self.x, self.error_by = replace(rules, io="float32"), list(layers), x, error_by
+        self.float_choice = Choice("float", "int8", "fallback", "fallback")
+        self.reference = predict(self.rules.write(dict.fromkeys(self.layers, self.float_choice), self.float_choice), x)
+        self.samples: dict[str, list[dict[str, np.ndarray]]] | None = None
+
+    def __call__(self, layer: str, choice: Choice) -> float:
+        """`layer`'s error alone as `choice`; a layer the quantizer's validation reports nothing of is measured our own way."""
+        if self.error_by == "quantizer":
+            from techniques.mixed_precision import signature_samples
+            from techniques.quantizer_errors import layer_error
+
+            if self.samples is None:
+                self.samples = signature_samples(self.rules.float_model, self.x)
+            found = layer_error(self.rules, layer, choice, self.samples)
+            if found is not None:
+                return found.noise_to_signal
+        only = {**dict.fromkeys(self.layers, self.float_choice), layer: choice}
+        return noise_to_signal(predict(self.rules.write(only, self.float_choice), self.x), self.reference)
 
 
 def climb(
@@ -182,10 +206,14 @@ def noise_to_signal(outputs: np.ndarray, reference: np.ndarray) -> float:
     return float(np.sqrt(np.sum(np.square(outputs - reference)) / signal)) if signal > 0 else 0.0
 
 
-def table(trials: Sequence[Trial], start_size: int, start_accuracy: float, floor: float) -> str:
+# How the table names each ranking measure.
+ERROR_WORDS = {"own": "noise-to-signal of the logits", "quantizer": "ai-edge-quantizer's 1/sqrt(SNR) of the layer's output"}
+
+
+def table(trials: Sequence[Trial], start_size: int, start_accuracy: float, floor: float, error_by: str = "own") -> str:
     """The search as a Markdown table: each step tried, what it cost in size and latency and bought in accuracy."""
     lines = [
-        f"precision fallback: floor {floor:.4f} (validation accuracy)",
+        f"precision fallback: floor {floor:.4f} (validation accuracy); a layer's error alone: {ERROR_WORDS[error_by]}",
         "",
         "| layer | step | its error alone before | size | size cost | p50 ms | val accuracy | within budget |",
         "|---|---|---:|---:|---:|---:|---:|---|",
@@ -216,7 +244,7 @@ def facts(outcome: Outcome | None, start_size: int, start_accuracy: float, floor
 
 def fall_back(
     rules: Plan, path: Path, tolerance: float | None, data: Any, budget: Budget | None, allowed: Sequence[str],
-    max_latency_ms: float | None, log: logging.Logger,
+    max_latency_ms: float | None, log: logging.Logger, error_by: str = "own",
 ) -> tuple[Fallback, dict[str, Choice]]:
     """Check the file at `path` (written by `rules`) against the floor on the validation split; if it
     misses, replace it with the model the search chooses. Returns the findings (as the int8 fallback's)
@@ -233,13 +261,13 @@ def fall_back(
     if accuracy < floor - EPSILON:
         log.info("    validation accuracy %.4f misses the floor %.4f: choosing precisions per layer", accuracy, floor)
         start = rules.reported(rules.choices)
-        outcome = search(rules, start, accuracy, data, floor, allowed, max_latency_ms, log)
+        outcome = search(rules, start, accuracy, data, floor, allowed, max_latency_ms, log, error_by)
         check_written(outcome.flatbuffer, rules.keras_model, outcome.choices, rules.io, where)
         path.write_bytes(outcome.flatbuffer)
     reports: tuple[str, ...] = ()
     if outcome is not None:
         report = path.parent / "fallback.md"
-        report.write_text(table(outcome.trials, size, accuracy, floor) + "\n")
+        report.write_text(table(outcome.trials, size, accuracy, floor, error_by) + "\n")
         log.info("    precisions chosen:\n%s", report.read_text().rstrip())
         reports = (report.name,)
     final = outcome.val_accuracy if outcome else accuracy

@@ -33,25 +33,35 @@ class LayerError:
 
 def layer_errors(rules: Plan, x: np.ndarray, precision: str = "int8", weights: str = "int8") -> dict[str, LayerError]:
     """Each layer's error alone in `precision` with `weights` on examples `x`, by the quantizer's validation."""
-    from ai_edge_quantizer import model_validator
-    from ai_edge_quantizer.utils.validation_utils import ValidationErrorMetric
+    choice = Choice(precision, weights, "sensitivity", "sensitivity")
+    samples = signature_samples(rules.float_model, x)
+    found = {layer: layer_error(rules, layer, choice, samples) for layer in layer_outputs(rules)}
+    return {layer: error for layer, error in found.items() if error is not None}
 
-    float_choice = Choice("float", "int8", "sensitivity", "sensitivity")
+
+def layer_outputs(rules: Plan) -> dict[str, list[str]]:
+    """Layer -> the output tensor names of its ops in the float model."""
     outputs: dict[str, list[str]] = {}
     for node, _, layer in rules.ops:
         if layer is not None:
             outputs.setdefault(layer, []).append(node)
-    samples = signature_samples(rules.float_model, x)
-    found: dict[str, LayerError] = {}
-    for layer, nodes in outputs.items():
-        alone = {**dict.fromkeys(outputs, float_choice), layer: Choice(precision, weights, "sensitivity", "sensitivity")}
-        quantized = rules.write(alone, float_choice)
-        with quiet():
-            compared = model_validator.compare_model(
-                rules.float_model, quantized, samples, [ValidationErrorMetric.MSE, ValidationErrorMetric.SNR],
-                use_xnnpack=False, num_threads=1,
-            ).get_all_tensor_results()
-        worst = min((compared[node] for node in nodes if node in compared), key=lambda r: r["snr"], default=None)
-        if worst is not None:
-            found[layer] = LayerError(float(worst["snr"]), float(worst["mse"]))
-    return found
+    return outputs
+
+
+def layer_error(rules: Plan, layer: str, choice: Choice, samples: dict[str, list[dict[str, np.ndarray]]]) -> LayerError | None:
+    """Layer `layer`'s error alone as `choice` on `samples` (as `signature_samples` gives them): the
+    quantizer's SNR and MSE of its worst output, every other layer float; None when the
+    quantizer's validation reports none of its outputs."""
+    from ai_edge_quantizer import model_validator
+    from ai_edge_quantizer.utils.validation_utils import ValidationErrorMetric
+
+    float_choice = Choice("float", "int8", "sensitivity", "sensitivity")
+    outputs = layer_outputs(rules)
+    quantized = rules.write({**dict.fromkeys(outputs, float_choice), layer: choice}, float_choice)
+    with quiet():
+        compared = model_validator.compare_model(
+            rules.float_model, quantized, samples, [ValidationErrorMetric.MSE, ValidationErrorMetric.SNR],
+            use_xnnpack=False, num_threads=1,
+        ).get_all_tensor_results()
+    worst = min((compared[node] for node in outputs.get(layer, []) if node in compared), key=lambda r: r["snr"], default=None)
+    return None if worst is None else LayerError(float(worst["snr"]), float(worst["mse"]))

@@ -252,3 +252,69 @@ def test_zeros_in_int4_weights_are_counted():
     path.write_bytes(flatbuffer)
     [zeros] = [zeros for shape, _, zeros in litert.constant_tensors(path) if shape == (8, 16)]
     assert zeros is not None and 64 <= zeros < 80  # the 64 zeros, and a few small weights int4 rounds to zero
+
+
+def test_the_quantizers_error_alone_grows_from_int8_to_int4_weights():
+    # The cheap twin of the stage-level test below: a two-layer model, each layer measured alone.
+    import tf_keras as keras
+
+    from techniques.precision_fallback import ErrorAlone
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16,))
+    model = keras.Model(inputs, keras.layers.Dense(4, name="head")(keras.layers.Dense(32, activation="relu", name="body")(inputs)))
+    x = np.random.default_rng(1).normal(size=(64, 16)).astype(np.float32)
+    rules = mixed.plan(model, "int8", {}, "int4", x, "stages.q")
+    start = rules.reported(rules.choices)
+    int8 = {name: mixed.Choice("int8", "int8", "k", "k") for name in start}
+    quantizer = ErrorAlone(rules, start, x[:32], "quantizer")
+    own = ErrorAlone(rules, start, x[:32], "own")
+    for layer in ("body", "head"):
+        coarse, fine = quantizer(layer, start[layer]), quantizer(layer, int8[layer])
+        assert 0 < fine < coarse < 1, (layer, fine, coarse)
+        assert own(layer, start[layer]) > own(layer, int8[layer])
+
+
+@pytest.mark.slow
+def test_the_fallback_can_rank_layers_by_the_quantizers_validation(tmp_path, standardized):
+    from techniques.precision_fallback import RANKING_EXAMPLES, ErrorAlone
+
+    ctx = with_budget(context(tmp_path, "quantize", 1), standardized, 0.03)
+    params = QuantizeParams(weights="int4", fallback="auto", fallback_error_by="quantizer")
+    assert params.mixed  # only the quantizer's ladder can rank by its validation
+    out = QuantizeStage(params).run(standardized, ctx)
+    first = out.metadata["fallback"]["trials"][0]
+    assert first["layer"] == "normalization"
+    assert "ai-edge-quantizer's 1/sqrt(SNR)" in (out.path.parent / "fallback.md").read_text()
+    # The layer that ruins the model: both measures say its output is lost (measured: 1.00 and 0.99).
+    # On the other layers the quantizer's error of the layer's own output was 3 to 30x below our
+    # logits' error and ranked them in another order (guides/mixed-precision.md).
+    calibration = calibration_set(ctx.data.x_train, CALIBRATION_SAMPLES, ctx.seed)
+    rules = mixed.plan(standardized.load_keras(), "int8", {}, "int4", calibration, "s")
+    start = rules.reported(rules.choices)
+    own = ErrorAlone(rules, start, ctx.data.x_val[:RANKING_EXAMPLES], "own")("normalization", start["normalization"])
+    assert first["error"] == pytest.approx(own, rel=0.1)
+    assert first["error"] > 0.5
+
+
+@pytest.mark.parametrize(
+    "stages, message",
+    [
+        # Per-layer precision and int4 weights start from a float model; after qat the model is an int8 file.
+        ({"train": {}, "qat": {}, "quantize": {"weights": "int4"}},
+         r"^stages\.quantize: gets the int8 TFLite file stages\.qat wrote, .* drop stages\.qat and let stages\.quantize write"),
+        ({"train": {}, "qat": {}, "quantize": {"precision": {"dense": "int16"}}}, r"^stages\.quantize: gets the int8 TFLite file"),
+        ({"train": {}, "qat": {"weights": "int4"}}, r"^stages\.qat: weights is the quantize stage's: qat trains with TFMOT's 8-bit"),
+        ({"train": {}, "qat": {"precision": {"dense": "float"}}}, r"^stages\.qat: precision is the quantize stage's"),
+    ],
+    ids=["quantize-int4-after-qat", "quantize-precision-after-qat", "qat-weights", "qat-precision"],
+)
+def test_precision_rules_after_qat_fail_in_one_line_saying_why(tmp_path, stages, message):
+    from pipeline.config.recipe import check_recipe
+    from tests._runs import compose_config
+
+    cfg = compose_config(tmp_path)
+    cfg.stages = stages
+    with pytest.raises(PipelineError, match=message) as error:
+        check_recipe(cfg)
+    assert "\n" not in str(error.value)

@@ -132,6 +132,9 @@ def check_order(stages: list[RecipeStage], start: ModelFormat | None = None, ori
             wanted = " or ".join(sorted(f.value for f in accepts if f is not None))
             if start is ModelFormat.SAVED_MODEL and index == 0:
                 raise PipelineError(cannot_start_from(planned.name, wanted, origin))
+            reason = planned.stage.refusal(current, effects, made_by, f"stages.{planned.name}")
+            if reason:
+                raise PipelineError(f"stages.{planned.name}: {reason}")
             have = "no model yet" if current is None else f"a {current.value} model from {made_by}"
             # A recipe that trains nothing (quantize first) is meant for a saved model.
             or_file = " or start from a saved model (model=file model.path=FILE)" if current is None and index == 0 else ""

@@ -176,6 +176,12 @@ class Stage(Plugin[P]):
         through, from the earlier stages' `effects_after`. `where` is `stages.NAME`.
         """
 
+    def refusal(self, input_format: ModelFormat | None, effects: frozenset[Effect], made_by: str, where: str) -> str | None:
+        """Why this stage cannot take a model of `input_format` (one `accepts` lacks) from `made_by`, and
+        what to do, in one line after `where: `; None (the default) gives the generic reorder advice.
+        For a pairing users reach for that cannot work (a converted file handed to a converter)."""
+        return None
+
     def check_settings(self, settings: RunSettings, where: str) -> None:
         """Raise PipelineError if this stage cannot run under the run-level settings (e.g. it
         chooses within an accuracy budget but the recipe sets none). Called at validation time."""
