@@ -14,7 +14,7 @@ from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.plugin.schema import Params
 from pipeline.plugin.stage import Stage, StageContext
 from techniques.export_files import write_metadata, write_model
-from techniques.serving import INPUTS_HELP, OUTPUTS_HELP, choose_inputs, contract
+from techniques.serving import INPUTS_HELP, OUTPUTS_HELP, choose_inputs, contract, served_outputs
 
 Target = Literal["tflite", "keras", "h5", "saved_model", "keras3"]
 
@@ -134,7 +134,7 @@ def keras_serving(params: ExportParams, model: ModelArtifact, ctx: StageContext)
     choice = before.get("inputs", "raw") if params.inputs == "auto" else params.inputs
     inputs, _ = choose_inputs(choice, ctx.data.preprocessing, integer=False)
     outputs = before.get("outputs", "logits") if params.outputs == "auto" else params.outputs
-    return contract(inputs, outputs)
+    return contract(inputs, served_outputs(outputs, ctx.data.task))
 
 
 def contract_of(source: ModelArtifact, target: str, keras_contract: dict[str, str]) -> dict[str, str]:

@@ -207,7 +207,7 @@ class PruneStage(Stage[PruneParams]):
 def fine_tune(keras_model: Any, model: ModelArtifact, ctx: StageContext, params: PruneParams, callbacks: list[Any]) -> None:
     """Fit on the labels, or with `teacher_alpha` on the distillation teacher's outputs as well."""
     if not params.teacher_alpha:
-        compile_model(keras_model, params)
+        compile_model(keras_model, params, task=ctx.data.task)
         fit(keras_model, params, ctx.data, ctx.device, seed=ctx.seed + ctx.index, log=ctx.log, name=ctx.name, callbacks=callbacks)
         return
     teacher, temperature = teacher_of(model, ctx.data, f"stages.{ctx.name}", ctx.log)

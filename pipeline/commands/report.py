@@ -207,7 +207,8 @@ def run_report(
     client = MlflowClient(tracking_uri=tracking_uri)
     points, sweep = fetch(client, experiment, sweep)
     objectives = objectives or sweep_objectives(points)
-    check(objectives, "--objectives")
+    tasks = {p.tags.get("task", "classification") for p in points}
+    check(objectives, "--objectives", task=tasks.pop() if len(tasks) == 1 else "classification")
     front = front_of(points, objectives)
     print(table(points, front))
     print(f"front (*): runs no other run beats on all of {', '.join(objectives)}")
