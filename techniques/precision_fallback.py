@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.measure.tasks import TASKS, Task, task_named
 from pipeline.run.budget import EPSILON
 from pipeline.run.summary import human_bytes
 from techniques.fallback import Fallback
@@ -145,9 +146,10 @@ def climb(
         )
         if trial.refused:
             continue
-        if trial.val_accuracy > best + EPSILON:
+        task = task_named(data.task)
+        if task.meets(trial.val_accuracy, best, -EPSILON):  # strictly better than the best so far
             kept, best = (step, trial.val_accuracy), trial.val_accuracy
-        if trial.val_accuracy >= floor - EPSILON:
+        if task.meets(trial.val_accuracy, floor, EPSILON):
             return kept, Outcome(trial_choices, trials, flatbuffer, trial.val_accuracy)
     return kept, None
 
@@ -155,14 +157,14 @@ def climb(
 def measure(flatbuffer: bytes, layer: str, step: Choice, error: float, data: Any, max_latency_ms: float | None) -> Trial:
     """Size, p50 latency and validation accuracy of one tried model."""
     from pipeline.measure import litert
-    from pipeline.measure.metrics import tflite_accuracy
+    from pipeline.measure.metrics import served_outputs_of, tflite_score
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "trial.tflite"
         path.write_bytes(flatbuffer)
         latency = float(np.median(litert.latency_ms(path, data.x_val[0], LATENCY_RUNS, LATENCY_WARMUP, threads=1)))
         refused = max_latency_ms is not None and latency > max_latency_ms
-        accuracy = float("nan") if refused else tflite_accuracy(path, data.x_val, data.y_val)
+        accuracy = float("nan") if refused else tflite_score(path, data, served_outputs_of(data))
     return Trial(layer, step.words, error, len(flatbuffer), latency, accuracy, refused)
 
 
@@ -182,7 +184,7 @@ def noise_to_signal(outputs: np.ndarray, reference: np.ndarray) -> float:
     return float(np.sqrt(np.sum(np.square(outputs - reference)) / signal)) if signal > 0 else 0.0
 
 
-def table(trials: Sequence[Trial], start_size: int, start_accuracy: float, floor: float) -> str:
+def table(trials: Sequence[Trial], start_size: int, start_accuracy: float, floor: float, task: Task = TASKS["classification"]) -> str:
     """The search as a Markdown table: each step tried, what it cost in size and latency and bought in accuracy."""
     lines = [
         f"precision fallback: floor {floor:.4f} (validation accuracy)",
@@ -192,7 +194,7 @@ def table(trials: Sequence[Trial], start_size: int, start_accuracy: float, floor
         f"| (as the rules ask) | - | - | {human_bytes(start_size)} | - | - | {start_accuracy:.4f} | no |",
     ]
     for trial in trials:
-        verdict = "refused: latency" if trial.refused else ("yes" if trial.val_accuracy >= floor - EPSILON else "no")
+        verdict = "refused: latency" if trial.refused else ("yes" if task.meets(trial.val_accuracy, floor, EPSILON) else "no")
         accuracy = "-" if trial.refused else f"{trial.val_accuracy:.4f}"
         lines.append(
             f"| {trial.layer} | {trial.step} | {trial.error:.3g} | {human_bytes(trial.size_bytes)} | "
@@ -221,16 +223,16 @@ def fall_back(
     """Check the file at `path` (written by `rules`) against the floor on the validation split; if it
     misses, replace it with the model the search chooses. Returns the findings (as the int8 fallback's)
     and each reported layer's final Choice."""
-    from pipeline.measure.metrics import hits, keras_predict, tflite_accuracy
+    from pipeline.measure.metrics import keras_score, served_outputs_of, tflite_score
     from techniques.fallback import accuracy_floor
 
-    where = rules.where
-    keras_accuracy = budget.available if budget is not None else hits(keras_predict(rules.keras_model, data.x_val)[1], data.y_val)
-    floor = accuracy_floor(budget, tolerance, keras_accuracy)
+    where, task, given = rules.where, task_named(data.task), served_outputs_of(data)
+    keras_accuracy = budget.available if budget is not None else keras_score(rules.keras_model, data, given)
+    floor = accuracy_floor(budget, tolerance, keras_accuracy, task)
     assert floor is not None  # guaranteed by check_budget
-    size, accuracy = path.stat().st_size, tflite_accuracy(path, data.x_val, data.y_val)
+    size, accuracy = path.stat().st_size, tflite_score(path, data, given)
     outcome = None
-    if accuracy < floor - EPSILON:
+    if not task.meets(accuracy, floor, EPSILON):
         log.info("    validation accuracy %.4f misses the floor %.4f: choosing precisions per layer", accuracy, floor)
         start = rules.reported(rules.choices)
         outcome = search(rules, start, accuracy, data, floor, allowed, max_latency_ms, log)
@@ -239,7 +241,7 @@ def fall_back(
     reports: tuple[str, ...] = ()
     if outcome is not None:
         report = path.parent / "fallback.md"
-        report.write_text(table(outcome.trials, size, accuracy, floor) + "\n")
+        report.write_text(table(outcome.trials, size, accuracy, floor, task) + "\n")
         log.info("    precisions chosen:\n%s", report.read_text().rstrip())
         reports = (report.name,)
     final = outcome.val_accuracy if outcome else accuracy

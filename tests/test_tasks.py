@@ -201,3 +201,59 @@ def test_the_command_line_prints_mae_and_predict_prints_prices(tmp_path):
 
     printed = predict(export, [path])
     assert "regression" in printed and "MAE: " in printed and "R²: " in printed
+
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes" / "recipe"
+# Recipes that need text or a saved model rather than a tiny table.
+TEXT_ONLY = {"distilbert_int8"}
+
+
+def tiny_recipe_overrides(recipe: str) -> list[str]:
+    """One or two epochs per training stage, a tabular student, and gates and budgets a few epochs can meet:
+    the runs test that every stage works in the task's terms, not how good the models get."""
+    import yaml
+
+    config = yaml.safe_load((RECIPES_DIR / f"{recipe}.yaml").read_text())
+    overrides = ["measure.latency_runs=2", "measure.warmup_runs=0", "budget.safety_net=null"]
+    for name, params in (config.get("stages") or {}).items():
+        params = params or {}
+        if "epochs" in params:
+            overrides.append(f"stages.{name}.epochs={2 if name == 'train' else 1}")
+        if "student" in params:
+            overrides.append(f"stages.{name}.student={{name: mlp, width: 0.5}}")
+        if "accuracy_tolerance" in params:
+            overrides.append(f"stages.{name}.accuracy_tolerance=1.0")
+    if (config.get("budget") or {}).get("accuracy_drop") is not None:
+        overrides.append("budget.accuracy_drop=0.9")
+    return overrides
+
+
+def trained_table_model(path: Path, outputs: int) -> Path:
+    """An (untrained) tf-keras MLP for a 4-feature table saved to `path`, for recipes that start from a file."""
+    import tf_keras as keras
+
+    model = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(outputs)])
+    model.save(path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["regression", "multilabel"])
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if p.stem not in TEXT_ONLY))
+def test_every_shipped_recipe_runs_on_a_tiny_table(tmp_path, recipe, task):
+    from pipeline.run.runner import RunInfo, run
+
+    if task == "regression":
+        data = ["data=csv", f"data.path={regression_csv(tmp_path / 't.csv')}", "data.label=price"]
+    else:
+        data = ["data=csv", f"data.path={multilabel_csv(tmp_path / 't.csv')}", "data.label=[action,comedy,drama]"]
+    model = ["model=mlp", "model.hidden=[16]"]
+    if recipe == "ptq_int8":
+        model = ["model=file", f"model.path={trained_table_model(tmp_path / 'start.keras', 1 if task == 'regression' else 3)}"]
+    cfg = compose_config(tmp_path, f"recipe={recipe}", f"task={task}", *data, *model, *tiny_recipe_overrides(recipe))
+    result = run(cfg, RunInfo(run_dir=tmp_path / "run", recipe=recipe))
+    primary = "test_mae" if task == "regression" else "test_micro_f1"
+    assert all(primary in row.metrics and "accuracy" not in row.metrics for row in result.rows)
+    assert np.isfinite(result.rows[-1].metrics[primary]) and result.rows[-1].format == "tflite"
+    meta = json.loads(next(p for p in result.exports if p.suffix == ".json").read_text())
+    assert meta["task"]["name"] == task

@@ -125,6 +125,30 @@ def labels_in_unit(y: np.ndarray, data: Dataset) -> np.ndarray:
     return data.in_unit(y) if data.task == "regression" else y
 
 
+def primary_score(outputs: np.ndarray, y: np.ndarray, data: Dataset, given: str = "logits") -> float:
+    """The task's primary metric (accuracy, MAE, micro-F1) of `outputs` against labels `y` (a split of
+    `data`); multi-label outputs are read at the threshold best on these examples (validation)."""
+    task = task_named(data.task)
+    found = comparable(outputs, data, given)
+    threshold = best_threshold(found, y) if data.task == "multilabel" else 0.5
+    return task.evaluate(found, labels_in_unit(y, data), threshold)[task.primary]
+
+
+def served_outputs_of(data: Dataset, asked: str = "logits") -> str:
+    """What a served (converted) model gives for `data`'s task: values for regression, else as asked."""
+    return "values" if data.task == "regression" else asked
+
+
+def tflite_score(path: Path, data: Dataset, given: str = "logits", threads: int = 1) -> float:
+    """The task's primary metric of a .tflite file on the validation split, through LiteRT."""
+    return primary_score(litert.predict(path, data.x_val, threads), data.y_val, data, given)
+
+
+def keras_score(model: Any, data: Dataset, given: str = "logits") -> float:
+    """The task's primary metric of a Keras model (or a serving signature) on the validation split."""
+    return primary_score(keras_predict(model, data.x_val)[1], data.y_val, data, given)
+
+
 def validation_score(artifact: ModelArtifact, data: Dataset) -> float:
     """The task's primary metric on the validation split (accuracy, MAE, micro-F1), for a model the runner
     does not otherwise measure: the saved model a recipe starts from."""
@@ -132,13 +156,8 @@ def validation_score(artifact: ModelArtifact, data: Dataset) -> float:
     if artifact.takes_raw_inputs:
         data = data.raw()
     if artifact.format is ModelFormat.TFLITE:
-        found = litert.predict(artifact.path, data.x_val)
-    else:
-        found = keras_predict(artifact.load_model(), data.x_val)[1]
-    val = comparable(found, data, outputs)
-    threshold = best_threshold(val, data.y_val) if data.task == "multilabel" else 0.5
-    task = task_named(data.task)
-    return task.evaluate(val, labels_in_unit(data.y_val, data), threshold)[task.primary]
+        return tflite_score(artifact.path, data, outputs)
+    return keras_score(artifact.load_model(), data, outputs)
 
 
 def keras_predict(model, x: np.ndarray) -> tuple[Any, np.ndarray]:

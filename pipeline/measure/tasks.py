@@ -77,6 +77,24 @@ class Task:
         change = allowed * abs(reference) if self.relative else allowed
         return reference - change if self.higher_is_better else reference + change
 
+    def meets(self, value: float, limit: float, epsilon: float = 1e-9) -> bool:
+        """Whether `value` is no worse than `limit` (a tie counts as meeting it)."""
+        return value >= limit - epsilon if self.higher_is_better else value <= limit + epsilon
+
+    def strictest(self, limits: list[float]) -> float:
+        """The hardest of several limits to meet: the highest floor, or the lowest MAE ceiling."""
+        return max(limits) if self.higher_is_better else min(limits)
+
+    @property
+    def limit_word(self) -> str:
+        """What the worst allowed value is called: a floor (accuracy, F1) or a ceiling (MAE)."""
+        return "floor" if self.higher_is_better else "ceiling"
+
+    @property
+    def title(self) -> str:
+        """The primary metric as messages name it: accuracy, mae, micro_f1."""
+        return self.primary
+
     def describe(self, amount: float) -> str:
         """A drop as people read it: '1.20 points' or '3.4% (relative)'."""
         return f"{amount * 100:.1f}% (relative)" if self.relative else f"{amount * 100:.2f} points"
