@@ -90,6 +90,22 @@ def test_multilabel_columns_are_labels_not_features(tmp_path):
     assert data.labels == ("action", "comedy", "drama") and set(np.unique(data.y_train)) == {0.0, 1.0}
 
 
+def test_npz_reads_regression_values_and_multilabel_rows(tmp_path):
+    from pipeline.data.arrays import NpzParams, NpzSource
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 3)).astype(np.float32)
+    np.savez(tmp_path / "values.npz", x=x, y=100 + 10 * x[:, 0])
+    np.savez(tmp_path / "flags.npz", x=x, y=(x[:, :2] > 0).astype(np.int64))
+    values = NpzSource(NpzParams(name="npz", path=str(tmp_path / "values.npz"))).load(0, "regression")
+    assert values.task == "regression" and values.target_scale[0] == pytest.approx(100, abs=3)
+    assert np.allclose(values.in_unit(values.y_test), 100 + 10 * values.x_test_raw[:, 0], atol=1e-3)
+    flags = NpzSource(NpzParams(name="npz", path=str(tmp_path / "flags.npz"))).load(0, "multilabel")
+    assert flags.task == "multilabel" and flags.num_classes == 2 and flags.y_val.shape[1] == 2
+    with pytest.raises(PipelineError, match=r"data.path: y: task=multilabel takes rows of 0/1 flags"):
+        NpzSource(NpzParams(name="npz", path=str(tmp_path / "values.npz"))).load(0, "multilabel")
+
+
 def test_several_label_columns_need_task_multilabel(tmp_path):
     path = multilabel_csv(tmp_path / "movies.csv")
     with pytest.raises(PipelineError, match=r"data.label: 3 label columns .* need task=multilabel"):
