@@ -187,7 +187,7 @@ class DistillStage(Stage[DistillParams]):
         loss = distillation_loss(params.loss, params.alpha, params.temperature, classes, params.hidden_weight, data.task, labels)
         compile_model(trained, params, loss=loss, metrics=[accuracy_on_logits(classes, data.task, labels)])
         fit(trained, params, data, ctx.device, seed=ctx.seed + ctx.index, log=ctx.log, name=ctx.name, targets=targets)
-        teacher_facts = {"teacher_params": float(teacher.count_params()), task.test_key(f"teacher_{task.primary}"): teacher_accuracy}
+        teacher_facts = {"teacher_params": float(teacher.count_params()), teacher_metric(task.name, task.primary): teacher_accuracy}
         # An incoming student carries its earlier stages' facts (which channels stayed) on; a new one starts anew.
         artifact = save_keras(
             student, model if incoming else None, ctx.workdir, ctx.name, ctx.log, effects=self.output_effects(model), metrics=teacher_facts,
@@ -195,6 +195,11 @@ class DistillStage(Stage[DistillParams]):
             temperature=params.temperature, **facts,
         )
         return dataclasses.replace(artifact, parent=model)
+
+
+def teacher_metric(task: str, primary: str) -> str:
+    """The name of the teacher's test score among the stage's metrics: teacher_accuracy, teacher_test_mae, ..."""
+    return "teacher_accuracy" if task == "classification" else f"teacher_test_{primary}"
 
 
 def aligned_classes(params: DistillParams, student: Any, teacher: Any, classes: int, where: str) -> int | None:

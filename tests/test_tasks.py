@@ -67,6 +67,21 @@ def test_multilabel_f1_auc_and_the_threshold_chosen_on_validation():
     assert TASKS["multilabel"].evaluate(logits, labels, best_threshold(logits, labels))["micro_f1"] == 1.0
 
 
+def test_distillation_learns_values_and_per_label_soft_targets():
+    from techniques.distillation import distillation_loss, pack
+
+    teacher, student = np.array([[0.5], [-1.0]], np.float32), np.array([[1.5], [-1.0]], np.float32)
+    values = pack(np.array([0.0, 0.0]), teacher)
+    to_teacher = distillation_loss("kl", 1.0, 4.0, task="regression")(values, student).numpy()
+    assert to_teacher == pytest.approx([1.0, 0.0])  # squared error to the teacher's value, no temperature
+    flags, logits = np.array([[1, 0, 1]]), np.array([[2.0, -1.0, 0.5]], np.float32)
+    soft = distillation_loss("kl", 1.0, 2.0, task="multilabel", labels=3)
+    assert float(soft(pack(flags, logits), logits)[0]) == pytest.approx(0.0, abs=1e-6)  # agrees with its teacher
+    assert float(soft(pack(flags, logits), -logits)[0]) > 0.1
+    hard = distillation_loss("kl", 0.0, 2.0, task="multilabel", labels=3)
+    assert float(hard(pack(flags, logits), np.array([[9.0, -9.0, 9.0]], np.float32))[0]) < 0.01  # right on every label
+
+
 def test_csv_regression_targets_are_standardised_on_the_training_split(tmp_path):
     path = regression_csv(tmp_path / "prices.csv")
     data = CsvSource(CsvParams(name="csv", path=str(path), label="price")).load(0, "regression")
