@@ -10,11 +10,12 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from pipeline.errors import PipelineError
+from pipeline.measure.tasks import served_outputs
 from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.plugin.schema import Params
 from pipeline.plugin.stage import Stage, StageContext
 from techniques.export_files import write_metadata, write_model
-from techniques.serving import INPUTS_HELP, OUTPUTS_HELP, choose_inputs, contract, served_outputs
+from techniques.serving import INPUTS_HELP, OUTPUTS_HELP, choose_inputs, contract
 
 Target = Literal["tflite", "keras", "h5", "saved_model", "keras3"]
 

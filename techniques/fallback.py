@@ -79,10 +79,11 @@ def fall_back(
     one the runner measured after the stage that made it (`budget.available`), not measured again.
     `where` is the stage's config key (`stages.NAME`), which errors name.
     """
-    from pipeline.measure.metrics import keras_score, served_outputs_of, tflite_score
+    from pipeline.measure.metrics import keras_score, tflite_score
+    from pipeline.measure.tasks import served_outputs
     from techniques import quant_debug as debug
 
-    task, given = task_named(data.task), served_outputs_of(data)
+    task, given = task_named(data.task), served_outputs("logits", data.task)
     if budget is not None:
         keras_accuracy = budget.available
     else:
@@ -194,12 +195,13 @@ def accuracy_of(flatbuffer: bytes, data: Any) -> float:
     """Validation score (the task's primary metric) of TFLite model bytes through LiteRT."""
     import tempfile
 
-    from pipeline.measure.metrics import served_outputs_of, tflite_score
+    from pipeline.measure.metrics import tflite_score
+    from pipeline.measure.tasks import served_outputs
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "candidate.tflite"
         path.write_bytes(flatbuffer)
-        return tflite_score(path, data, served_outputs_of(data))
+        return tflite_score(path, data, served_outputs("logits", data.task))
 
 
 def table(outcome: Outcome, int8_size: int, int8_accuracy: float, floor: float, task: Task = TASKS["classification"]) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.errors import PipelineError
+from pipeline.measure.tasks import served_outputs
 from pipeline.plugin.fields import Switch
 from pipeline.plugin.schema import Params
 
@@ -90,7 +91,7 @@ def apply_gates(
     elif int8:  # shipped with float layers on purpose: say which
         result.facts["float_layers"] = list(float_layers(path, keras_model))
     if params.accuracy_tolerance is not None:
-        given = "values" if data.task == "regression" else getattr(params, "outputs", "logits")  # what both models give
+        given = served_outputs(getattr(params, "outputs", "logits"), data.task)  # what both models give
         result.accuracies.update(
             accuracy_gate(keras_model, path, data, params.accuracy_tolerance, where, measured, remedies, given)
         )

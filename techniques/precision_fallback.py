@@ -157,14 +157,15 @@ def climb(
 def measure(flatbuffer: bytes, layer: str, step: Choice, error: float, data: Any, max_latency_ms: float | None) -> Trial:
     """Size, p50 latency and validation accuracy of one tried model."""
     from pipeline.measure import litert
-    from pipeline.measure.metrics import served_outputs_of, tflite_score
+    from pipeline.measure.metrics import tflite_score
+    from pipeline.measure.tasks import served_outputs
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "trial.tflite"
         path.write_bytes(flatbuffer)
         latency = float(np.median(litert.latency_ms(path, data.x_val[0], LATENCY_RUNS, LATENCY_WARMUP, threads=1)))
         refused = max_latency_ms is not None and latency > max_latency_ms
-        accuracy = float("nan") if refused else tflite_score(path, data, served_outputs_of(data))
+        accuracy = float("nan") if refused else tflite_score(path, data, served_outputs("logits", data.task))
     return Trial(layer, step.words, error, len(flatbuffer), latency, accuracy, refused)
 
 
@@ -223,10 +224,11 @@ def fall_back(
     """Check the file at `path` (written by `rules`) against the floor on the validation split; if it
     misses, replace it with the model the search chooses. Returns the findings (as the int8 fallback's)
     and each reported layer's final Choice."""
-    from pipeline.measure.metrics import keras_score, served_outputs_of, tflite_score
+    from pipeline.measure.metrics import keras_score, tflite_score
+    from pipeline.measure.tasks import served_outputs
     from techniques.fallback import accuracy_floor
 
-    where, task, given = rules.where, task_named(data.task), served_outputs_of(data)
+    where, task, given = rules.where, task_named(data.task), served_outputs("logits", data.task)
     keras_accuracy = budget.available if budget is not None else keras_score(rules.keras_model, data, given)
     floor = accuracy_floor(budget, tolerance, keras_accuracy, task)
     assert floor is not None  # guaranteed by check_budget

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipeline.data import Dataset, Preprocessing
+from pipeline.measure.tasks import served_outputs
 from pipeline.plugin.schema import Params
 
 INPUT_NAME = "features"
@@ -51,11 +52,6 @@ def choose_inputs(choice: str, preprocessing: Preprocessing, integer: bool) -> t
     if choice == "preprocessed":
         return "preprocessed", f"steps ({steps}) to apply before the model (see the JSON)"
     return "raw", f"steps ({steps}) folded into the model"
-
-
-def served_outputs(asked: str, task: str) -> str:
-    """What the served model gives for `task`: values (regression, whatever was asked), else as asked."""
-    return "values" if task == "regression" else asked
 
 
 def serving_model(

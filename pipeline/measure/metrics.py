@@ -134,11 +134,6 @@ def primary_score(outputs: np.ndarray, y: np.ndarray, data: Dataset, given: str 
     return task.evaluate(found, labels_in_unit(y, data), threshold)[task.primary]
 
 
-def served_outputs_of(data: Dataset, asked: str = "logits") -> str:
-    """What a served (converted) model gives for `data`'s task: values for regression, else as asked."""
-    return "values" if data.task == "regression" else asked
-
-
 def tflite_score(path: Path, data: Dataset, given: str = "logits", threads: int = 1) -> float:
     """The task's primary metric of a .tflite file on the validation split, through LiteRT."""
     return primary_score(litert.predict(path, data.x_val, threads), data.y_val, data, given)

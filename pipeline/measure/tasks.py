@@ -230,6 +230,12 @@ TASKS: Mapping[str, Task] = {
 }
 
 
+def served_outputs(asked: str, task: str) -> str:
+    """What a served (converted or exported) model gives for `task`: values in the labels' unit for
+    regression, whatever was asked; else the asked logits or probabilities."""
+    return "values" if task == "regression" else asked
+
+
 def task_named(name: str) -> Task:
     """The Task called `name` (validated by the config schema before this is called)."""
     return TASKS[name]
