@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> float | list[float]:
             report(error)
         print(f"error: {error}", file=sys.stderr)
         raise  # the sweeper records a failed trial and goes on with the search
-    return values(result.rows[-1].metrics, list(cfg.objectives))
+    return values(result.rows[-1].metrics, list(cfg.objectives), str(cfg.get("task", "classification")))
 
 
 def failures_tolerated(hydra_cfg: Any) -> bool:

@@ -124,7 +124,7 @@ class ChannelPruneStage(Stage[ChannelPruneParams]):
             current = prune_heads(current, heads_at_step(heads, step, params.steps), *ranking)
             ctx.log.info("    step %d/%d: %.1f%% of the MACs left", step, params.steps, 100 * keras_macs(current) / before)
             if epochs:
-                compile_model(current, params)
+                compile_model(current, params, task=ctx.data.task)
                 fitting = params.model_copy(update={"epochs": epochs})
                 fit(current, fitting, ctx.data, ctx.device, seed=ctx.seed + ctx.index, log=ctx.log, name=ctx.name)
         kept = {name: count for name, (_, _, count) in final.items()}

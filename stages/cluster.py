@@ -87,7 +87,7 @@ class ClusterStage(Stage[ClusterParams]):
             )
 
         clustered = wrap_layers(keras_model, names, wrap)
-        compile_model(clustered, params)
+        compile_model(clustered, params, task=ctx.data.task)
         fit(clustered, params, ctx.data, ctx.device, seed=ctx.seed + ctx.index, log=ctx.log, name=ctx.name)
         stripped = tfmot.clustering.keras.strip_clustering(clustered)
         check_clusters(stripped, plan, params.per_channel, ctx.name)

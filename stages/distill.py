@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field
 
 from pipeline.errors import PipelineError, quoted
@@ -28,6 +27,7 @@ from techniques.distillation import (
     before_channel_pruning,
     distillation_loss,
     hidden_width,
+    label_width,
     load_teacher,
     predict,
     teacher_targets,
@@ -199,17 +199,19 @@ class DistillStage(Stage[DistillParams]):
             ctx.log.info("    student blocks learn the hidden states%s of teacher blocks %s",
                          " and attention maps" if params.attention_weight else "", mapping)
         targets = teacher_targets(teacher, data, hidden=bool(classes))
-        teacher_accuracy = float(np.mean(np.argmax(predict(teacher, data.x_test), -1) == data.y_test))
+        from pipeline.measure.metrics import primary_score
+        from pipeline.measure.tasks import task_named
+
+        task, labels = task_named(data.task), label_width(data)
+        teacher_accuracy = primary_score(predict(teacher, data.x_test), data.y_test, data)
         ctx.log.info(
-            "    teacher: %d parameters, test accuracy %.4f; student: %d parameters",
-            teacher.count_params(), teacher_accuracy, student.count_params(),
+            "    teacher: %d parameters, test %s %.4f; student: %d parameters",
+            teacher.count_params(), task.title, teacher_accuracy, student.count_params(),
         )
-        compile_model(
-            trained, params, loss=distillation_loss(params.loss, params.alpha, params.temperature, classes, params.hidden_weight),
-            metrics=[accuracy_on_logits(classes)],
-        )
+        loss = distillation_loss(params.loss, params.alpha, params.temperature, classes, params.hidden_weight, data.task, labels)
+        compile_model(trained, params, loss=loss, metrics=[accuracy_on_logits(classes, data.task, labels)])
         fit(trained, params, data, ctx.device, seed=ctx.seed + ctx.index, log=ctx.log, name=ctx.name, targets=targets)
-        teacher_facts = {"teacher_params": float(teacher.count_params()), "teacher_accuracy": teacher_accuracy}
+        teacher_facts = {"teacher_params": float(teacher.count_params()), teacher_metric(task.name, task.primary): teacher_accuracy}
         # An incoming student carries its earlier stages' facts (which channels stayed) on; a new one starts anew.
         artifact = save_keras(
             student, model if incoming else None, ctx.workdir, ctx.name, ctx.log, effects=self.output_effects(model), metrics=teacher_facts,
@@ -217,6 +219,11 @@ class DistillStage(Stage[DistillParams]):
             temperature=params.temperature, **facts,
         )
         return dataclasses.replace(artifact, parent=model)
+
+
+def teacher_metric(task: str, primary: str) -> str:
+    """The name of the teacher's test score among the stage's metrics: teacher_accuracy, teacher_test_mae, ..."""
+    return "teacher_accuracy" if task == "classification" else f"teacher_test_{primary}"
 
 
 def aligned_classes(params: DistillParams, student: Any, teacher: Any, classes: int, where: str) -> int | None:

@@ -10,6 +10,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from pipeline.errors import PipelineError
+from pipeline.measure.tasks import served_outputs
 from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.plugin.schema import Params
 from pipeline.plugin.stage import Stage, StageContext
@@ -134,7 +135,7 @@ def keras_serving(params: ExportParams, model: ModelArtifact, ctx: StageContext)
     choice = before.get("inputs", "raw") if params.inputs == "auto" else params.inputs
     inputs, _ = choose_inputs(choice, ctx.data.preprocessing, integer=False)
     outputs = before.get("outputs", "logits") if params.outputs == "auto" else params.outputs
-    return contract(inputs, outputs)
+    return contract(inputs, served_outputs(outputs, ctx.data.task))
 
 
 def contract_of(source: ModelArtifact, target: str, keras_contract: dict[str, str]) -> dict[str, str]:

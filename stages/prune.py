@@ -11,7 +11,7 @@ from pipeline.plugin.artifact import Effect, ModelArtifact, ModelFormat
 from pipeline.plugin.stage import Stage, StageContext
 from pipeline.private_api import prunable
 from pipeline.run.layer_plan import Action, LayerPlan, StagePlan
-from techniques.distillation import accuracy_on_logits, distillation_loss, teacher_of, teacher_targets
+from techniques.distillation import accuracy_on_logits, distillation_loss, label_width, teacher_of, teacher_targets
 from techniques.layers import (
     LayerChoice,
     acted_on,
@@ -207,13 +207,14 @@ class PruneStage(Stage[PruneParams]):
 def fine_tune(keras_model: Any, model: ModelArtifact, ctx: StageContext, params: PruneParams, callbacks: list[Any]) -> None:
     """Fit on the labels, or with `teacher_alpha` on the distillation teacher's outputs as well."""
     if not params.teacher_alpha:
-        compile_model(keras_model, params)
+        compile_model(keras_model, params, task=ctx.data.task)
         fit(keras_model, params, ctx.data, ctx.device, seed=ctx.seed + ctx.index, log=ctx.log, name=ctx.name, callbacks=callbacks)
         return
     teacher, temperature = teacher_of(model, ctx.data, f"stages.{ctx.name}", ctx.log)
     ctx.log.info("    fine-tuning on the distillation teacher's outputs (alpha %.2f, T %.1f)", params.teacher_alpha, temperature)
-    loss = distillation_loss("kl", params.teacher_alpha, temperature)
-    compile_model(keras_model, params, loss=loss, metrics=[accuracy_on_logits()])
+    labels = label_width(ctx.data)
+    loss = distillation_loss("kl", params.teacher_alpha, temperature, task=ctx.data.task, labels=labels)
+    compile_model(keras_model, params, loss=loss, metrics=[accuracy_on_logits(task=ctx.data.task, labels=labels)])
     fit(
         keras_model, params, ctx.data, ctx.device, seed=ctx.seed + ctx.index, log=ctx.log, name=ctx.name, callbacks=callbacks,
         targets=teacher_targets(teacher, ctx.data),

@@ -135,7 +135,9 @@ class QuantizeAwareStage(Stage[QuantizeAwareParams]):
             # a fine-tune in which the chosen layers stay float, since a layer trained with fake
             # quantization keeps it in the converted file.
             def serve(keras_model: Any) -> Any:
-                return serving_model(keras_model, ctx.data.preprocessing, serving["inputs"], params.outputs)
+                return serving_model(
+                    keras_model, ctx.data.preprocessing, serving["inputs"], serving["outputs"], ctx.data.target_scale, ctx.data.task
+                )
 
             candidate = functools.partial(self.candidate, model, scheme, settling, ctx, serve, calibration)
             fallen = fall_back(
@@ -167,7 +169,7 @@ class QuantizeAwareStage(Stage[QuantizeAwareParams]):
                 "quantization-aware): %s", scheme, ", ".join(f"{name} ({kind})" for name, kind in calibrated.items()) or "none",
             )
         settle_ranges(aware, calibration)
-        compile_model(aware, self.config)
+        compile_model(aware, self.config, task=ctx.data.task)
         fit(aware, self.config, ctx.data, ctx.device, seed=ctx.seed + ctx.index, log=ctx.log, name=ctx.name)
         return aware, calibrated
 

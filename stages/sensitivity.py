@@ -110,9 +110,15 @@ class SensitivityStage(Stage[SensitivityParams]):
             raise PipelineError(f"{where}: the validation split is empty; set data.val_fraction (e.g. 0.1)")
         keras_model = model.load_keras()
         layers = [keras_model.get_layer(name) for name in acted_on(self.choose(keras_model, where), MEASURED)]
-        base, measured = planning.measure_layers(keras_model, layers, sorted(set(params.sparsities)), x, y, ctx.log)
+        from pipeline.measure.metrics import primary_score
+        from pipeline.measure.tasks import task_named
+
+        task = task_named(ctx.data.task)
+        base, measured = planning.measure_layers(
+            keras_model, layers, sorted(set(params.sparsities)), x, y, ctx.log, lambda out, labels: primary_score(out, labels, ctx.data)
+        )
         measured = self.int8_errors(keras_model, measured, ctx)
-        shares = planning.plan(measured, base, params.target_sparsity)
+        shares = planning.plan(measured, base, params.target_sparsity, task.higher_is_better)
         measured = [dataclasses.replace(layer, planned=shares[layer.name]) for layer in measured]
         self.write(measured, base, len(x), shares, ctx)
         path = ctx.workdir / model.path.name

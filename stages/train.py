@@ -31,6 +31,6 @@ class TrainStage(Stage[TrainParams]):
         frozen = getattr(keras_model, "frozen_layers", [])
         if frozen:  # the model plugin froze its backbone for this first fit (see save_keras)
             ctx.log.info("    %s: %d backbone layers frozen; the head trains", ctx.name, len(frozen))
-        compile_model(keras_model, self.config)
+        compile_model(keras_model, self.config, task=ctx.data.task)
         fit(keras_model, self.config, ctx.data, ctx.device, seed=ctx.seed + ctx.index, log=ctx.log, name=ctx.name)
         return save_keras(keras_model, model, ctx.workdir, ctx.name, ctx.log, effects=self.output_effects(model))

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-import numpy as np
-
 from pipeline.data import Dataset
 from pipeline.errors import PipelineError
 from pipeline.private_api import is_graph_network
@@ -196,10 +194,11 @@ def log_plan(model: Any, final: Plan, graph: ChannelGraph, params: ChannelShares
 
 
 def validation_accuracy(model: Any, data: Dataset) -> dict[str, float]:
-    """{"val_accuracy": ...} on the validation split, {} without one: what choices such as `steps` are compared on."""
+    """{"val_accuracy": ...} (the task's primary metric: `val_mae`, `val_micro_f1` for other tasks) on the
+    validation split, {} without one: what choices such as `steps` are compared on."""
     if not len(data.x_val):
         return {}
-    from pipeline.measure.metrics import keras_predict
+    from pipeline.measure.metrics import keras_score
+    from pipeline.measure.tasks import task_named
 
-    logits = keras_predict(model, data.x_val)[1]
-    return {"val_accuracy": float(np.mean(np.argmax(logits, axis=-1) == data.y_val))}
+    return {task_named(data.task).val_primary: keras_score(model, data)}

@@ -38,6 +38,7 @@ def export_metadata(
     model = shipped.parent or shipped
     return {
         "files": {target: path.name for target, path in exports.items()},
+        "task": task_description(data, metrics),
         "classes": list(data.labels),
         "labels_file": labels.name,
         "input": input_description(data),
@@ -63,6 +64,21 @@ def export_metadata(
             for a in reversed(model.lineage())
         ],
     }
+
+
+def task_description(data: Dataset, metrics: Mapping[str, float]) -> dict[str, Any]:
+    """The task the model was trained for and what reading its outputs needs: for regression the
+    target scaling the shipped model already undoes (its outputs are in the labels' unit), for
+    multi-label the label names and the probability threshold chosen on the validation split."""
+    from pipeline.measure.tasks import task_named
+
+    task = task_named(data.task)
+    found: dict[str, Any] = {"name": task.name, "primary_metric": task.primary, "higher_is_better": task.higher_is_better}
+    if data.target_scale is not None:
+        found["target_scale"] = {"mean": data.target_scale[0], "std": data.target_scale[1], "undone_in_model": True}
+    if task.name == "multilabel":
+        found.update(labels=list(data.labels), threshold=float(metrics.get("threshold", 0.5)))
+    return found
 
 
 def input_description(data: Dataset) -> dict[str, Any]:
@@ -142,7 +158,9 @@ def write_model(
         path = stem.parent / f"{stem.name}_saved_model"
         shutil.rmtree(path, ignore_errors=True)
         return Path(shutil.copytree(source.path, path))
-    keras_model = serving_model(source.load_keras(), data.preprocessing, serving["inputs"], serving["outputs"])
+    keras_model = serving_model(
+        source.load_keras(), data.preprocessing, serving["inputs"], serving["outputs"], data.target_scale, data.task
+    )
     if target == "keras3":
         served = data.raw() if serving["inputs"] == "raw" else data
         return write_keras3(keras_model, stem.parent / f"{stem.name}_keras3.keras", served, workdir, where, log)

@@ -19,6 +19,7 @@ from pydantic import Field
 
 from pipeline.data import Dataset
 from pipeline.errors import PipelineError
+from pipeline.measure.tasks import TASKS, Task, task_named
 from pipeline.plugin.schema import Params
 from pipeline.run.budget import EPSILON, Budget
 from pipeline.run.summary import human_bytes
@@ -78,38 +79,44 @@ def fall_back(
     one the runner measured after the stage that made it (`budget.available`), not measured again.
     `where` is the stage's config key (`stages.NAME`), which errors name.
     """
-    from pipeline.measure.metrics import hits, keras_predict, tflite_accuracy
+    from pipeline.measure.metrics import keras_score, tflite_score
+    from pipeline.measure.tasks import served_outputs
     from techniques import quant_debug as debug
 
+    task, given = task_named(data.task), served_outputs("logits", data.task)
     if budget is not None:
         keras_accuracy = budget.available
     else:
-        keras_accuracy = hits(keras_predict(keras_model, data.x_val)[1], data.y_val)
-    floor = accuracy_floor(budget, tolerance, keras_accuracy)
+        keras_accuracy = keras_score(keras_model, data, given)
+    floor = accuracy_floor(budget, tolerance, keras_accuracy, task)
     assert floor is not None  # guaranteed by check_budget
-    int8_size, int8_accuracy = path.stat().st_size, tflite_accuracy(path, data.x_val, data.y_val)
-    if int8_accuracy >= floor - EPSILON:
-        log.info("    int8 validation accuracy %.4f meets the floor %.4f: every layer stays int8", int8_accuracy, floor)
-        return result(None, int8_size, int8_accuracy, floor, keras_accuracy, path.parent, log)
-    if keras_accuracy < floor - EPSILON:
+    int8_size, int8_accuracy = path.stat().st_size, tflite_score(path, data, given)
+    name, limit = task.title, task.limit_word
+    if task.meets(int8_accuracy, floor, EPSILON):
+        log.info("    int8 validation %s %.4f meets the %s %.4f: every layer stays int8", name, int8_accuracy, limit, floor)
+        return result(None, int8_size, int8_accuracy, floor, keras_accuracy, path.parent, log, task)
+    if not task.meets(keras_accuracy, floor, EPSILON):
         raise PipelineError(
-            f"{where}.fallback: the incoming model's validation accuracy {keras_accuracy:.4f} is already below the "
-            f"floor {floor:.4f}, so no int8 model can meet it; give more budget (budget.accuracy_drop, "
+            f"{where}.fallback: the incoming model's validation {name} {keras_accuracy:.4f} is already {task.worse_word} the "
+            f"{limit} {floor:.4f}, so no int8 model can meet it; give more budget (budget.accuracy_drop, "
             f"{where}.accuracy_tolerance) or make earlier stages spend less (see budget.md)"
         )
-    log.info("    int8 validation accuracy %.4f misses the floor %.4f: choosing layers to keep float", int8_accuracy, floor)
+    log.info("    int8 validation %s %.4f misses the %s %.4f: choosing layers to keep float", name, int8_accuracy, limit, floor)
     calibrated = debug.calibrate(keras_model, calibration)
     outcome = search(calibrated, debug.keras_layer_names(keras_model), data, floor, where, log, candidate)
     path.write_bytes(outcome.flatbuffer)
-    return result(outcome, int8_size, int8_accuracy, floor, keras_accuracy, path.parent, log)
+    return result(outcome, int8_size, int8_accuracy, floor, keras_accuracy, path.parent, log, task)
 
 
-def accuracy_floor(budget: Budget | None, tolerance: float | None, keras_accuracy: float) -> float | None:
-    """The validation accuracy the stage's output must reach: the stricter of the budget's floor and the tolerance."""
+def accuracy_floor(
+    budget: Budget | None, tolerance: float | None, keras_accuracy: float, task: Task = TASKS["classification"]
+) -> float | None:
+    """The validation score the stage's output must reach: the stricter of the budget's limit and the tolerance
+    (a floor of accuracy or F1, a ceiling of MAE)."""
     floors = [budget.floor] if budget is not None else []
     if tolerance is not None:
-        floors.append(keras_accuracy - tolerance)
-    return max(floors) if floors else None
+        floors.append(task.limit(keras_accuracy, tolerance))
+    return task.strictest(floors) if floors else None
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,7 @@ def search(
     """
     from techniques import quant_debug as debug
 
+    task = task_named(data.task)
     nodes = debug.layer_nodes(debug.quantize(calibrated), layer_names)
     ranking = data.x_val[:RANKING_EXAMPLES]
     chosen: list[str] = []
@@ -161,15 +169,15 @@ def search(
         accuracy = accuracy_of(flatbuffer, data)
         steps.append(Step(worst, errors[worst], len(flatbuffer), accuracy))
         log.info(
-            "    fallback: %s float (int8 error %.3g) -> validation accuracy %.4f, %s",
-            worst, errors[worst], accuracy, human_bytes(len(flatbuffer)),
+            "    fallback: %s float (int8 error %.3g) -> validation %s %.4f, %s",
+            worst, errors[worst], task.title, accuracy, human_bytes(len(flatbuffer)),
         )
-        if accuracy >= floor - EPSILON:
+        if task.meets(accuracy, floor, EPSILON):
             return Outcome(chosen, steps, flatbuffer, accuracy)
     best = steps[-1].val_accuracy if steps else float("nan")
     raise PipelineError(
-        f"{where}.fallback: even with all {len(chosen)} quantized layers float the model reaches validation accuracy "
-        f"{best:.4f}, below the floor {floor:.4f} (the int8 input and output lose the rest); give more budget "
+        f"{where}.fallback: even with all {len(chosen)} quantized layers float the model reaches validation {task.title} "
+        f"{best:.4f}, {task.worse_word} the {task.limit_word} {floor:.4f} (the int8 input and output lose the rest); give more budget "
         f"(budget.accuracy_drop, {where}.accuracy_tolerance) or keep the model float"
     )
 
@@ -184,23 +192,24 @@ def float_kept(keras_model: Any, calibration: Any, layers: list[str]) -> bytes:
 
 
 def accuracy_of(flatbuffer: bytes, data: Any) -> float:
-    """Validation accuracy of TFLite model bytes through LiteRT."""
+    """Validation score (the task's primary metric) of TFLite model bytes through LiteRT."""
     import tempfile
 
-    from pipeline.measure.metrics import tflite_accuracy
+    from pipeline.measure.metrics import tflite_score
+    from pipeline.measure.tasks import served_outputs
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "candidate.tflite"
         path.write_bytes(flatbuffer)
-        return tflite_accuracy(path, data.x_val, data.y_val)
+        return tflite_score(path, data, served_outputs("logits", data.task))
 
 
-def table(outcome: Outcome, int8_size: int, int8_accuracy: float, floor: float) -> str:
-    """The search as a Markdown table: what each added float layer cost in size and bought in accuracy."""
+def table(outcome: Outcome, int8_size: int, int8_accuracy: float, floor: float, task: Task = TASKS["classification"]) -> str:
+    """The search as a Markdown table: what each added float layer cost in size and bought in the task's metric."""
     lines = [
-        f"float fallback: floor {floor:.4f} (validation accuracy)",
+        f"float fallback: {task.limit_word} {floor:.4f} (validation {task.title})",
         "",
-        "| float layers | int8 error of the added layer | size | size cost | val accuracy | within budget |",
+        f"| float layers | int8 error of the added layer | size | size cost | val {task.title} | within budget |",
         "|---|---:|---:|---:|---:|---|",
         f"| (none: full integer) | - | {human_bytes(int8_size)} | - | {int8_accuracy:.4f} | no |",
     ]
@@ -209,7 +218,7 @@ def table(outcome: Outcome, int8_size: int, int8_accuracy: float, floor: float) 
         lines.append(
             f"| {layers} | {step.error:.3g} | {human_bytes(step.size_bytes)} | "
             f"{(step.size_bytes - int8_size) / int8_size:+.1%} | {step.val_accuracy:.4f} | "
-            f"{'yes' if step.val_accuracy >= floor - EPSILON else 'no'} |"
+            f"{'yes' if task.meets(step.val_accuracy, floor, EPSILON) else 'no'} |"
         )
     return "\n".join(lines)
 
@@ -234,7 +243,7 @@ class Fallback:
 
 def result(
     outcome: Outcome | None, int8_size: int, int8_accuracy: float, floor: float, keras_accuracy: float, folder: Path,
-    log: logging.Logger,
+    log: logging.Logger, task: Task = TASKS["classification"],
 ) -> Fallback:
     """The fallback's findings; the search's table goes to the log and to `<folder>/fallback.md` (beside the model)."""
     chosen = outcome.float_layers if outcome else []
@@ -243,7 +252,7 @@ def result(
     reports: tuple[str, ...] = ()
     if outcome is not None:
         report = folder / "fallback.md"
-        report.write_text(table(outcome, int8_size, int8_accuracy, floor) + "\n")
+        report.write_text(table(outcome, int8_size, int8_accuracy, floor, task) + "\n")
         log.info("    layers kept float: %s\n%s", ", ".join(chosen), report.read_text().rstrip())
         reports = (report.name,)
     facts = {

@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.errors import PipelineError
+from pipeline.measure.tasks import served_outputs
 from pipeline.plugin.fields import Switch
 from pipeline.plugin.schema import Params
 
@@ -90,17 +91,21 @@ def apply_gates(
     elif int8:  # shipped with float layers on purpose: say which
         result.facts["float_layers"] = list(float_layers(path, keras_model))
     if params.accuracy_tolerance is not None:
-        result.accuracies.update(accuracy_gate(keras_model, path, data, params.accuracy_tolerance, where, measured, remedies))
+        given = served_outputs(getattr(params, "outputs", "logits"), data.task)  # what both models give
+        result.accuracies.update(
+            accuracy_gate(keras_model, path, data, params.accuracy_tolerance, where, measured, remedies, given)
+        )
         result.facts["gate_split"] = "validation"
     return result
 
 
 def accuracy_gate(
     keras_model: Any, tflite_path: Path, data: Any, tolerance: float, where: str, measured: Mapping[str, float] | None = None,
-    remedies: Sequence[str] = (),
+    remedies: Sequence[str] = (), given: str = "logits",
 ) -> dict[str, float]:
-    """Validation accuracy of both models (those in `measured` as given); PipelineError if TFLite
-    falls more than `tolerance` below Keras.
+    """Validation score of both models (the task's primary metric; those in `measured` as given);
+    PipelineError if TFLite falls more than `tolerance` below Keras (points, or for MAE a relative
+    increase). `given` names what both models output (logits, probabilities or values).
 
     The error offers the stage's `remedies` (each a fix the stage has not already taken: a qat
     stage is not told to use quantization-aware training), then raising the tolerance.
@@ -108,7 +113,8 @@ def accuracy_gate(
     A gate decides whether the run ships, so it looks at the validation split: the test split is
     measured once on what ships and never steers a decision.
     """
-    from pipeline.measure.metrics import hits, keras_predict, tflite_accuracy
+    from pipeline.measure.metrics import keras_score, tflite_score
+    from pipeline.measure.tasks import task_named
 
     if not len(data.x_val):
         raise PipelineError(
@@ -117,14 +123,17 @@ def accuracy_gate(
     measured = measured or {}
     keras_accuracy = measured.get("keras_accuracy")
     if keras_accuracy is None:
-        keras_accuracy = hits(keras_predict(keras_model, data.x_val)[1], data.y_val)
+        keras_accuracy = keras_score(keras_model, data, given)
     converted = measured.get("tflite_accuracy")
     if converted is None:
-        converted = tflite_accuracy(tflite_path, data.x_val, data.y_val)
-    if converted < keras_accuracy - tolerance:
+        converted = tflite_score(tflite_path, data, given)
+    task = task_named(data.task)
+    if not task.meets(converted, task.limit(keras_accuracy, tolerance), 0.0):
+        lost = task.describe(task.drop(keras_accuracy, converted)) if task.relative else f"{keras_accuracy - converted:.4f}"
+        allowed = task.describe(tolerance) if task.relative else f"{tolerance}"
         raise PipelineError(
-            f"{where}.accuracy_tolerance: TFLite validation accuracy {converted:.4f} is {keras_accuracy - converted:.4f} "
-            f"below the Keras model's {keras_accuracy:.4f}, more than the allowed {tolerance}; "
+            f"{where}.accuracy_tolerance: TFLite validation {task.title} {converted:.4f} is {lost} "
+            f"{task.worse_word} the Keras model's {keras_accuracy:.4f}, more than the allowed {allowed}; "
             f"{one_of([*remedies, f'raise {where}.accuracy_tolerance'])}"
         )
     return {"keras_accuracy": keras_accuracy, "tflite_accuracy": converted, "tolerance": tolerance}

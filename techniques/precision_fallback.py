@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.measure.tasks import TASKS, Task, task_named
 from pipeline.run.budget import EPSILON
 from pipeline.run.summary import human_bytes
 from techniques.fallback import Fallback
@@ -169,9 +170,10 @@ def climb(
         )
         if trial.refused:
             continue
-        if trial.val_accuracy > best + EPSILON:
+        task = task_named(data.task)
+        if task.meets(trial.val_accuracy, best, -EPSILON):  # strictly better than the best so far
             kept, best = (step, trial.val_accuracy), trial.val_accuracy
-        if trial.val_accuracy >= floor - EPSILON:
+        if task.meets(trial.val_accuracy, floor, EPSILON):
             return kept, Outcome(trial_choices, trials, flatbuffer, trial.val_accuracy)
     return kept, None
 
@@ -179,14 +181,15 @@ def climb(
 def measure(flatbuffer: bytes, layer: str, step: Choice, error: float, data: Any, max_latency_ms: float | None) -> Trial:
     """Size, p50 latency and validation accuracy of one tried model."""
     from pipeline.measure import litert
-    from pipeline.measure.metrics import tflite_accuracy
+    from pipeline.measure.metrics import tflite_score
+    from pipeline.measure.tasks import served_outputs
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "trial.tflite"
         path.write_bytes(flatbuffer)
         latency = float(np.median(litert.latency_ms(path, data.x_val[0], LATENCY_RUNS, LATENCY_WARMUP, threads=1)))
         refused = max_latency_ms is not None and latency > max_latency_ms
-        accuracy = float("nan") if refused else tflite_accuracy(path, data.x_val, data.y_val)
+        accuracy = float("nan") if refused else tflite_score(path, data, served_outputs("logits", data.task))
     return Trial(layer, step.words, error, len(flatbuffer), latency, accuracy, refused)
 
 
@@ -210,7 +213,10 @@ def noise_to_signal(outputs: np.ndarray, reference: np.ndarray) -> float:
 ERROR_WORDS = {"own": "noise-to-signal of the logits", "quantizer": "ai-edge-quantizer's 1/sqrt(SNR) of the layer's output"}
 
 
-def table(trials: Sequence[Trial], start_size: int, start_accuracy: float, floor: float, error_by: str = "own") -> str:
+def table(
+    trials: Sequence[Trial], start_size: int, start_accuracy: float, floor: float, error_by: str = "own",
+    task: Task = TASKS["classification"],
+) -> str:
     """The search as a Markdown table: each step tried, what it cost in size and latency and bought in accuracy."""
     lines = [
         f"precision fallback: floor {floor:.4f} (validation accuracy); a layer's error alone: {ERROR_WORDS[error_by]}",
@@ -220,7 +226,7 @@ def table(trials: Sequence[Trial], start_size: int, start_accuracy: float, floor
         f"| (as the rules ask) | - | - | {human_bytes(start_size)} | - | - | {start_accuracy:.4f} | no |",
     ]
     for trial in trials:
-        verdict = "refused: latency" if trial.refused else ("yes" if trial.val_accuracy >= floor - EPSILON else "no")
+        verdict = "refused: latency" if trial.refused else ("yes" if task.meets(trial.val_accuracy, floor, EPSILON) else "no")
         accuracy = "-" if trial.refused else f"{trial.val_accuracy:.4f}"
         lines.append(
             f"| {trial.layer} | {trial.step} | {trial.error:.3g} | {human_bytes(trial.size_bytes)} | "
@@ -249,16 +255,17 @@ def fall_back(
     """Check the file at `path` (written by `rules`) against the floor on the validation split; if it
     misses, replace it with the model the search chooses. Returns the findings (as the int8 fallback's)
     and each reported layer's final Choice."""
-    from pipeline.measure.metrics import hits, keras_predict, tflite_accuracy
+    from pipeline.measure.metrics import keras_score, tflite_score
+    from pipeline.measure.tasks import served_outputs
     from techniques.fallback import accuracy_floor
 
-    where = rules.where
-    keras_accuracy = budget.available if budget is not None else hits(keras_predict(rules.keras_model, data.x_val)[1], data.y_val)
-    floor = accuracy_floor(budget, tolerance, keras_accuracy)
+    where, task, given = rules.where, task_named(data.task), served_outputs("logits", data.task)
+    keras_accuracy = budget.available if budget is not None else keras_score(rules.keras_model, data, given)
+    floor = accuracy_floor(budget, tolerance, keras_accuracy, task)
     assert floor is not None  # guaranteed by check_budget
-    size, accuracy = path.stat().st_size, tflite_accuracy(path, data.x_val, data.y_val)
+    size, accuracy = path.stat().st_size, tflite_score(path, data, given)
     outcome = None
-    if accuracy < floor - EPSILON:
+    if not task.meets(accuracy, floor, EPSILON):
         log.info("    validation accuracy %.4f misses the floor %.4f: choosing precisions per layer", accuracy, floor)
         start = rules.reported(rules.choices)
         outcome = search(rules, start, accuracy, data, floor, allowed, max_latency_ms, log, error_by)
@@ -267,7 +274,7 @@ def fall_back(
     reports: tuple[str, ...] = ()
     if outcome is not None:
         report = path.parent / "fallback.md"
-        report.write_text(table(outcome.trials, size, accuracy, floor, error_by) + "\n")
+        report.write_text(table(outcome.trials, size, accuracy, floor, error_by, task) + "\n")
         log.info("    precisions chosen:\n%s", report.read_text().rstrip())
         reports = (report.name,)
     final = outcome.val_accuracy if outcome else accuracy

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipeline.data import Dataset, Preprocessing
+from pipeline.measure.tasks import served_outputs
 from pipeline.plugin.schema import Params
 
 INPUT_NAME = "features"
@@ -25,7 +26,10 @@ INPUTS_HELP = (
     "except for integer models (int8, int16x8) whose steps hold per-feature statistics, since one integer "
     "input scale cannot carry features of different ranges."
 )
-OUTPUTS_HELP = "logits, or probabilities (a softmax added as the last layer)."
+OUTPUTS_HELP = (
+    "logits, or probabilities (a softmax added as the last layer; a sigmoid per label for task=multilabel). "
+    "task=regression always gives values in the labels' own unit (the target scaling undone in the model)."
+)
 
 
 class ServingParams(Params):
@@ -50,9 +54,13 @@ def choose_inputs(choice: str, preprocessing: Preprocessing, integer: bool) -> t
     return "raw", f"steps ({steps}) folded into the model"
 
 
-def serving_model(keras_model: Any, preprocessing: Preprocessing, inputs: str, outputs: str) -> Any:
-    """`keras_model` behind the preprocessing layers (raw inputs) and before a softmax (probabilities),
-    with its input named `features` and its output `logits` or `probabilities`."""
+def serving_model(
+    keras_model: Any, preprocessing: Preprocessing, inputs: str, outputs: str, target_scale: tuple[float, float] | None = None,
+    task: str = "classification",
+) -> Any:
+    """`keras_model` behind the preprocessing layers (raw inputs) and before a softmax (probabilities; a
+    sigmoid for multi-label) or the undoing of the target scaling (values, in the labels' unit, from
+    `target_scale`'s mean and deviation), with its input named `features` and its output named as `outputs`."""
     import tf_keras as keras
 
     # The trained model's input type is kept: token ids stay int32 (a float input cast to ids would
@@ -63,9 +71,20 @@ def serving_model(keras_model: Any, preprocessing: Preprocessing, inputs: str, o
         for layer in preprocessing.layers():
             x = layer(x)
     y = keras_model(x)
+    return keras.Model(features, head(outputs, target_scale, task)(y), name=keras_model.name)
+
+
+def head(outputs: str, target_scale: tuple[float, float] | None, task: str) -> Any:
+    """The last layer of a served model, named as its output."""
+    import tf_keras as keras
+
+    if outputs == "values":  # standardised outputs back in the labels' unit: calibrated and quantized there
+        mean, std = target_scale or (0.0, 1.0)
+        return keras.layers.Rescaling(std, offset=mean, name=outputs)
+    if outputs == "probabilities":
+        return keras.layers.Activation("sigmoid", name=outputs) if task == "multilabel" else keras.layers.Softmax(name=outputs)
     # A linear activation is an identity that TFLite drops; it is here to name the output.
-    y = keras.layers.Softmax(name=outputs)(y) if outputs == "probabilities" else keras.layers.Activation("linear", name=outputs)(y)
-    return keras.Model(features, y, name=keras_model.name)
+    return keras.layers.Activation("linear", name=outputs)
 
 
 def for_serving(
@@ -76,10 +95,11 @@ def for_serving(
     For raw inputs the data are the raw view: calibration and gates see raw inputs.
     """
     inputs, why = choose_inputs(params.inputs, data.preprocessing, integer)
-    log.info("    inputs: %s (%s); outputs: %s", inputs, why, params.outputs)
-    model = serving_model(keras_model, data.preprocessing, inputs, params.outputs)
+    outputs = served_outputs(params.outputs, data.task)
+    log.info("    inputs: %s (%s); outputs: %s", inputs, why, outputs)
+    model = serving_model(keras_model, data.preprocessing, inputs, outputs, data.target_scale, data.task)
     served: Dataset = data.raw() if inputs == "raw" else data
-    return model, served, contract(inputs, params.outputs)
+    return model, served, contract(inputs, outputs)
 
 
 def contract(inputs: str, outputs: str) -> dict[str, str]:

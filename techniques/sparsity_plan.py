@@ -12,7 +12,7 @@ the pruned, fine-tuned model.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,16 +42,19 @@ class LayerSensitivity:
 
 
 def measure_layers(
-    keras_model: Any, layers: list[Any], sparsities: list[float], x: np.ndarray, y: np.ndarray, log: logging.Logger
+    keras_model: Any, layers: list[Any], sparsities: list[float], x: np.ndarray, y: np.ndarray, log: logging.Logger,
+    score: Callable[[np.ndarray, np.ndarray], float] | None = None,
 ) -> tuple[float, list[LayerSensitivity]]:
-    """The unpruned validation accuracy, and each layer's accuracy with it alone pruned to each sparsity."""
+    """The unpruned validation score, and each layer's score with it alone pruned to each sparsity; `score`
+    (outputs, labels) is the task's primary metric, accuracy by default."""
     from pipeline.measure.metrics import batched, hits, keras_predict
 
+    score = score or hits
     forward, logits = keras_predict(keras_model, x)  # reads the weights when called: one trace serves every trial
-    base = hits(logits, y)
+    base = score(logits, y)
 
     def accuracy() -> float:
-        return hits(batched(forward, x), y)
+        return score(batched(forward, x), y)
 
     measured = []
     for index, layer in enumerate(layers, 1):
@@ -69,12 +72,12 @@ def measure_layers(
     return base, measured
 
 
-def plan(layers: Sequence[LayerSensitivity], base: float, target: float) -> dict[str, float]:
+def plan(layers: Sequence[LayerSensitivity], base: float, target: float, higher_is_better: bool = True) -> dict[str, float]:
     """Layer name -> sparsity such that the weighted overall sparsity is `target`."""
     levels = sorted({s for layer in layers for s in layer.accuracy})
     if not layers or target > levels[-1]:
         raise ValueError(f"target sparsity {target} is above the highest sparsity measured ({levels[-1] if levels else None})")
-    drops = {layer.name: cumulative_drops(layer, levels, base) for layer in layers}
+    drops = {layer.name: cumulative_drops(layer, levels, base, higher_is_better) for layer in layers}
     step = {layer.name: 0 for layer in layers}  # how many levels each layer has been raised
     need, zeros = target * sum(layer.size for layer in layers), 0.0
     share = {layer.name: 0.0 for layer in layers}
@@ -88,11 +91,13 @@ def plan(layers: Sequence[LayerSensitivity], base: float, target: float) -> dict
     return {name: round(value, 4) for name, value in share.items()}
 
 
-def cumulative_drops(layer: LayerSensitivity, levels: list[float], base: float) -> list[float]:
-    """Accuracy lost at each level, never falling as sparsity rises (the measurements are noisy)."""
+def cumulative_drops(layer: LayerSensitivity, levels: list[float], base: float, higher_is_better: bool = True) -> list[float]:
+    """Score lost at each level (accuracy lost, or error gained), never falling as sparsity rises (the
+    measurements are noisy)."""
     drops, worst = [0.0], 0.0
+    sign = 1.0 if higher_is_better else -1.0
     for level in levels:
-        worst = max(worst, base - layer.accuracy.get(level, base))
+        worst = max(worst, sign * (base - layer.accuracy.get(level, base)))
         drops.append(worst)
     return drops
 

@@ -43,9 +43,14 @@ def steps_per_epoch(data: Dataset, device: DeviceSetup, params: FitParams) -> in
     return min(full, params.steps_per_epoch or full)
 
 
-def compile_model(model: Any, params: FitParams, loss: Any = None, metrics: list[Any] | None = None) -> None:
-    """Compile for integer labels and logit outputs, unless a stage brings its own loss and metrics."""
+def compile_model(
+    model: Any, params: FitParams, loss: Any = None, metrics: list[Any] | None = None, task: str = "classification"
+) -> None:
+    """Compile with `task`'s loss and metric on the model's raw outputs (integer labels and logits for
+    classification), unless a stage brings its own loss and metrics."""
     import tf_keras as keras
+
+    from pipeline.measure.tasks import task_named
 
     optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
     optimizer = optimizers[params.optimizer](learning_rate=params.learning_rate)
@@ -53,8 +58,8 @@ def compile_model(model: Any, params: FitParams, loss: Any = None, metrics: list
         optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
-        loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=metrics or ["accuracy"],
+        loss=loss or task_named(task).keras_loss(),
+        metrics=metrics or task_named(task).keras_metrics(),
     )
 
 
@@ -191,7 +196,7 @@ def warn_if_chance(history: Any, y_val: Any, log: logging.Logger, name: str) -> 
     import numpy as np
 
     train, val = history.history.get("accuracy", []), history.history.get("val_accuracy", [])
-    if not val or not len(y_val):
+    if not val or not len(y_val) or y_val.ndim != 1 or y_val.dtype.kind not in "iu":  # class ids only
         return
     chance = float(np.bincount(y_val.astype(int)).max() / len(y_val))  # always the commonest class
     if max(val) <= chance + 0.02 and train[-1] >= chance + 0.2:

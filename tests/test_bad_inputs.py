@@ -100,7 +100,7 @@ CASES = [
     (["recipe=prune_after_int8"], "stages.prune: needs a keras model but gets a tflite model from stages.quantize", True),
     (["recipe=distill_without_teacher"], "stages.distill", True),
     (["recipe=typo_top_level"], "stgaes: unknown key; did you mean 'stages'?", True),
-    (["recipe=mobile_int8", "tsk=1"], "tsk: unknown key (valid: budget, cache, data, description, device, hydra", True),
+    (["recipe=mobile_int8", "qqq=1"], "qqq: unknown key (valid: budget, cache, data, description, device, hydra", True),
     (["seeds=3"], "seeds: unknown key; did you mean 'seed'?", True),
     (["-m", "seeds=1,2"], "seeds: unknown key; did you mean 'seed'?", True),
     (["recipe=stage_not_a_mapping"], "stages.train: expected a mapping of parameters, got 3", True),

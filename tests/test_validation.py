@@ -112,7 +112,8 @@ def test_a_long_config_value_is_quoted_short(tmp_path):
 @pytest.mark.parametrize("argv, expected", [
     (["recipe=mobile_int8", "seeds=3"], "seeds: unknown key; did you mean 'seed'? (valid: budget, cache, data, "),
     (["-m", "recipe=mobile_int8", "seeds=1,2"], "seeds: unknown key; did you mean 'seed'?"),
-    (["recipe=mobile_int8", "tsk=1"], "tsk: unknown key (valid: budget, cache, data, description, device, hydra, "),
+    (["recipe=mobile_int8", "qqq=1"], "qqq: unknown key (valid: budget, cache, data, description, device, hydra, "),
+    (["tsk=regression"], "tsk: unknown key; did you mean 'task'?"),
     (["mesure.threads=2"], "mesure: unknown key; did you mean 'measure'?"),
 ])
 def test_a_mistyped_top_level_key_is_one_line_with_the_closest_key(argv, expected):

@@ -40,6 +40,12 @@ class Export:
     preprocessing: Preprocessing
     shape: tuple[int, ...]
     tokenizer: Tokenizer | None = None
+    task: dict[str, Any] | None = None  # the JSON's `task` (None: an export from before tasks, a classifier)
+
+    @property
+    def task_name(self) -> str:
+        """classification, regression or multilabel."""
+        return (self.task or {}).get("name", "classification")
 
 
 def find_export(given: Path, target: str | None) -> Export:
@@ -79,7 +85,7 @@ def export_of(meta: dict[str, Any], path: Path, target: str) -> Export:
     described = meta["input"]
     return Export(
         path, target, meta["serving"][target], meta["classes"], Preprocessing.from_json(described), tuple(described["shape"]),
-        shipped_tokenizer(meta.get("tokenizer"), path.parent),
+        shipped_tokenizer(meta.get("tokenizer"), path.parent), meta.get("task"),
     )
 
 
@@ -136,8 +142,10 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def predict(export_path: Path, input_paths: list[Path], target: str | None = None, threads: int = 1) -> str:
     """The printed report: one row per input (class, score, and label when known), then the accuracy."""
     export = find_export(export_path, target)
-    inputs = read(input_paths, export.preprocessing, export.shape, export.classes, export.tokenizer)
+    inputs = read(input_paths, export.preprocessing, export.shape, export.classes, export.tokenizer, export.task_name)
     y = outputs(export, model_inputs(export, inputs), threads)
+    if export.task_name != "classification":
+        return task_report(export, inputs, y)
     probabilities = scores(export, y)
     best = np.argmax(y, axis=-1)  # the runner's accuracy takes the argmax of the raw outputs too
     header = ["input", "class", "score"] + (["label"] if inputs.y is not None else [])
@@ -149,6 +157,45 @@ def predict(export_path: Path, input_paths: list[Path], target: str | None = Non
     if inputs.y is not None:
         correct = int(np.sum(best == inputs.y))
         lines.append(f"accuracy: {correct / len(best):.4f} ({correct} of {len(best)})")
+    return "\n".join(lines)
+
+
+def task_report(export: Export, inputs: Any, y: np.ndarray) -> str:
+    """Regression values (in the labels' unit) or multi-label predictions for each input, then the task's
+    metrics when the inputs have labels."""
+    from pipeline.measure.tasks import sigmoid, task_named
+
+    task, facts = task_named(export.task_name), export.task or {}
+    lines = [f"{export.path.name} ({export.target}, {export.serving.get('inputs')} inputs, {task.name}):"]
+    if task.name == "regression":
+        values = y.reshape(len(y), -1)[:, 0]
+        scale = facts.get("target_scale") or {}
+        if export.serving.get("outputs") != "values" and scale:  # a model giving standardised values
+            values = values * scale["std"] + scale["mean"]
+        header = ["input", "value"] + (["label"] if inputs.y is not None else [])
+        rows = [
+            [name, f"{values[i]:.6g}"] + ([f"{inputs.y[i]:.6g}"] if inputs.y is not None else []) for i, name in enumerate(inputs.names)
+        ]
+        logits = values
+    else:
+        threshold = float(facts.get("threshold", 0.5))
+        probabilities = y if export.serving.get("outputs") == "probabilities" else sigmoid(y)
+        clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
+        logits = np.log(clipped / (1 - clipped))
+        names = facts.get("labels") or export.classes
+        header = ["input", f"labels (probability >= {threshold:g})", "scores"] + (["true labels"] if inputs.y is not None else [])
+        rows = [
+            [name, " ".join(n for n, p in zip(names, probabilities[i]) if p >= threshold) or "-",
+             " ".join(f"{p:.3f}" for p in probabilities[i])]
+            + ([" ".join(n for n, t in zip(names, inputs.y[i]) if t >= 0.5) or "-"] if inputs.y is not None else [])
+            for i, name in enumerate(inputs.names)
+        ]
+        lines[0] = lines[0][:-2] + f", threshold {threshold:g} chosen on validation):"
+    lines.append(table(header, rows))
+    if inputs.y is not None:
+        found = task.evaluate(logits, inputs.y, float(facts.get("threshold", 0.5)))
+        shown = ", ".join(f"{title}: {found[metric]:.4g}" for title, metric in zip(task.titles, task.metrics))
+        lines.append(f"{shown} ({len(y)} examples)")
     return "\n".join(lines)
 
 

@@ -26,7 +26,8 @@ FIX_SHAPE = "give inputs shaped as the JSON's input.shape says"
 
 @dataclass(frozen=True)
 class RawInputs:
-    """Raw examples (float32, or int32 token ids for text; one per row), a name for each, and class ids where the input had labels."""
+    """Raw examples (float32, or int32 token ids for text; one per row), a name for each, and labels where the input had
+    them: class ids, regression values (float) or multi-label 0/1 rows."""
 
     names: list[str]
     x: np.ndarray
@@ -34,7 +35,8 @@ class RawInputs:
 
 
 def read(
-    paths: list[Path], preprocessing: Preprocessing, shape: tuple[int, ...], classes: list[str], tokenizer: Tokenizer | None = None
+    paths: list[Path], preprocessing: Preprocessing, shape: tuple[int, ...], classes: list[str], tokenizer: Tokenizer | None = None,
+    task: str = "classification",
 ) -> RawInputs:
     """Raw inputs from `paths`: one CSV or .npz file, or image files and folders; texts for a model with a `tokenizer`."""
     for path in paths:
@@ -50,7 +52,7 @@ def read(
         if len(paths) != 1:
             raise PipelineError(f"{paths[1]}: give one CSV or .npz file at a time")
         reader = read_table if paths[0].suffix.lower() == ".csv" else read_arrays
-        inputs = reader(paths[0], preprocessing, shape, classes)
+        inputs = reader(paths[0], preprocessing, shape, classes, task)
     else:
         inputs = read_images(paths, preprocessing, shape, classes)
     if inputs.x.shape[1:] != shape:
@@ -58,8 +60,10 @@ def read(
     return inputs
 
 
-def read_table(path: Path, preprocessing: Preprocessing, shape: tuple[int, ...], classes: list[str]) -> RawInputs:
-    """Rows of a CSV file: the model's feature columns by name, and its label column when present."""
+def read_table(
+    path: Path, preprocessing: Preprocessing, shape: tuple[int, ...], classes: list[str], task: str = "classification"
+) -> RawInputs:
+    """Rows of a CSV file: the model's feature columns by name, and its label column(s) when present."""
     header, rows = read_csv(path, ",")
     features = list(preprocessing.features)
     missing = [name for name in features if name not in header]
@@ -78,12 +82,28 @@ def read_table(path: Path, preprocessing: Preprocessing, shape: tuple[int, ...],
                 ) from None
     names = [f"{path.name}:{line}" for line, _ in rows]
     label = preprocessing.label
+    if task != "classification":
+        return RawInputs(names, x, table_targets(path, header, rows, (label or "").split(","), task))
     if label is None or label not in header:
         return RawInputs(names, x)
     return RawInputs(names, x, class_ids([row[header.index(label)] for _, row in rows], classes, path))
 
 
-def read_arrays(path: Path, preprocessing: Preprocessing, shape: tuple[int, ...], classes: list[str]) -> RawInputs:
+def table_targets(path: Path, header: list[str], rows: list[tuple[int, list[str]]], labels: list[str], task: str) -> np.ndarray | None:
+    """Regression values or multi-label rows of a CSV file's label columns; None when it lacks them."""
+    if not all(label in header for label in labels):
+        return None
+    at = [header.index(label) for label in labels]
+    try:
+        values = np.array([[float(row[i]) for i in at] for _, row in rows], np.float32)
+    except ValueError as error:
+        raise PipelineError(f"{path}: the label columns {', '.join(labels)} hold a non-number ({error}); fix the rows") from None
+    return values[:, 0] if task == "regression" else values
+
+
+def read_arrays(
+    path: Path, preprocessing: Preprocessing, shape: tuple[int, ...], classes: list[str], task: str = "classification"
+) -> RawInputs:
     """`x` (or `x_test`) of an .npz archive, and `y` (or `y_test`) when present."""
     try:
         arrays = read_npz(path)
@@ -95,6 +115,9 @@ def read_arrays(path: Path, preprocessing: Preprocessing, shape: tuple[int, ...]
     x = with_channel(arrays[key]) if len(shape) == 3 else arrays[key]
     names = [f"{path.name}[{i}]" for i in range(len(x))]
     labels = arrays.get("y" if key == "x" else "y_test")
+    if labels is not None and task != "classification":  # values or 0/1 rows, as they are
+        return RawInputs(names, np.asarray(x, np.float32), np.asarray(labels, np.float32).reshape(len(x), -1)[:, 0]
+                         if task == "regression" else np.asarray(labels, np.float32))
     y = None if labels is None else class_ids(labels.tolist(), classes, path)
     return RawInputs(names, np.asarray(x, np.float32), y)
 

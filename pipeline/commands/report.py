@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config.objectives import check, direction
+from pipeline.config.objectives import check, direction, for_task
 from pipeline.errors import PipelineError, report
+from pipeline.measure.tasks import Task, task_named
 from pipeline.run.summary import human_bytes
 from pipeline.tracking.model_registry import register as register_run
 
-FINAL = ("size_bytes", "gzip_bytes", "accuracy", "latency_p50_ms")
+FINAL = ("size_bytes", "gzip_bytes", "latency_p50_ms")  # and the test split's primary metric (`final_metric`)
 DEFAULT_OBJECTIVES = ("val_accuracy", "gzip_bytes")
 
 
@@ -48,9 +49,22 @@ def non_dominated(vectors: Sequence[Sequence[float]], senses: Sequence[str]) -> 
     return [i for i, v in enumerate(vectors) if not any(dominates(o, v, senses) for o in vectors)]
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of points not dominated when minimising x and maximising y, sorted by x."""
-    return sorted(non_dominated(points, ("minimize", "maximize")), key=lambda i: points[i][0])
+def pareto_front(points: Sequence[tuple[float, float]], y_direction: str = "maximize") -> list[int]:
+    """Indices of points not dominated when minimising x and maximising y (minimising it for an error such
+    as MAE), sorted by x."""
+    return sorted(non_dominated(points, ("minimize", y_direction)), key=lambda i: points[i][0])
+
+
+def task_of(points: Sequence[RunPoint]) -> Task:
+    """The task the runs share (their `task` tag; runs from before tasks are classifiers)."""
+    tasks = {p.tags.get("task", "classification") for p in points}
+    return task_named(tasks.pop() if len(tasks) == 1 else "classification")
+
+
+def final_metric(tags: Mapping[str, str]) -> str:
+    """The test split's primary metric of a run with `tags`: accuracy, test_mae or test_micro_f1."""
+    task = task_named(tags.get("task", "classification"))
+    return task.test_key(task.primary)
 
 
 def front_of(points: Sequence[RunPoint], objectives: Sequence[str]) -> set[str]:
@@ -69,8 +83,10 @@ def sweep_objectives(points: Sequence[RunPoint]) -> tuple[str, ...]:
 
 
 def accuracy_metric(points: Sequence[RunPoint]) -> str:
-    """val_accuracy, unless some runs predate it (then the plots fall back to the test accuracy)."""
-    return "val_accuracy" if all("val_accuracy" in p.metrics for p in points) else "accuracy"
+    """The task's primary validation metric (val_accuracy, val_mae, ...), unless some runs predate it (then the
+    plots fall back to the test split's)."""
+    task = task_of(points)
+    return task.val_primary if all(task.val_primary in p.metrics for p in points) else final_metric(points[0].tags)
 
 
 def varying(points: Sequence[RunPoint]) -> list[str]:
@@ -95,7 +111,7 @@ def fetch(client: Any, experiment: str, sweep: str | None) -> tuple[list[RunPoin
     points = [
         RunPoint(r.info.run_id, r.info.run_name or r.info.run_id[:8], dict(r.data.params), dict(r.data.metrics),
                  dict(r.data.tags))
-        for r in runs if all(m in r.data.metrics for m in FINAL)
+        for r in runs if all(m in r.data.metrics for m in (*FINAL, final_metric(r.data.tags)))
     ]
     if not points:
         raise PipelineError(f"--sweep {sweep}: no finished runs with final metrics" if sweep else "no finished runs to report")
@@ -104,12 +120,12 @@ def fetch(client: Any, experiment: str, sweep: str | None) -> tuple[list[RunPoin
 
 def table(points: Sequence[RunPoint], front: Collection[str] = frozenset()) -> str:
     """Markdown table: varying parameters, then final metrics; `front` runs marked with *."""
-    swept = varying(points)
-    header = ["run", *swept, "size", "gzip", "val accuracy", "test accuracy", "p50 ms", "front"]
+    swept, task = varying(points), task_of(points)
+    header = ["run", *swept, "size", "gzip", f"val {task.title}", f"test {task.title}", "p50 ms", "front"]
     rows = [
         [p.run_id[:8], *(p.params.get(n, "") for n in swept),
          human_bytes(p.metrics["size_bytes"]), human_bytes(p.metrics["gzip_bytes"]),
-         f"{p.metrics.get('val_accuracy', math.nan):.4f}", f"{p.metrics['accuracy']:.4f}",
+         f"{p.metrics.get(task.val_primary, math.nan):.4f}", f"{p.metrics[final_metric(p.tags)]:.4f}",
          f"{p.metrics['latency_p50_ms']:.3g}", "*" if p.run_id in front else ""]
         for p in points
     ]
@@ -134,7 +150,8 @@ def plot(points: Sequence[RunPoint], x_metric: str, x_label: str, path: Path, sc
     y_metric = accuracy_metric(points)
     xy = [(p.metrics[x_metric] / scale, p.metrics[y_metric]) for p in points]
     finite = [i for i, (_, y) in enumerate(xy) if math.isfinite(y)]  # no validation split: no say
-    front = [finite[i] for i in pareto_front([xy[i] for i in finite])]
+    task = task_of(points)
+    front = [finite[i] for i in pareto_front([xy[i] for i in finite], "maximize" if task.higher_is_better else "minimize")]
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     ax.scatter([x for x, _ in xy], [y for _, y in xy], color="tab:blue", label="runs")
     ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "o-", color="tab:red", label="Pareto front")
@@ -148,7 +165,7 @@ def plot(points: Sequence[RunPoint], x_metric: str, x_label: str, path: Path, sc
     if len(swept) > 1:
         ax.set_title("labels: " + " / ".join(short), fontsize=9)
     ax.set_xlabel(x_label)
-    ax.set_ylabel("validation accuracy" if y_metric == "val_accuracy" else "test accuracy")
+    ax.set_ylabel(f"{'validation' if y_metric.startswith('val_') else 'test'} {task.title}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -168,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--objectives", help="comma-separated metrics of the front (default: the sweep's objectives)")
     parser.add_argument("--register", metavar="NAME", help="register the chosen run's model as a version of NAME")
     parser.add_argument("--within", type=float, default=0.01,
-                        help="--register picks among runs within this much of the best validation accuracy (0.01)")
+                        help="--register picks among runs this close to the best validation score (0.01: a point; MAE: 1%% more)")
     parser.add_argument("--by", default="gzip_bytes", help="... the one with the least of this metric (gzip_bytes)")
     args = parser.parse_args(argv)
     from pipeline.run import quiet
@@ -185,15 +202,19 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def choose(points: Sequence[RunPoint], within: float, by: str) -> RunPoint:
-    """The run with the least `by` among those within `within` of the best validation accuracy."""
-    scored = [p for p in points if math.isfinite(p.metrics.get("val_accuracy", math.nan))]
+    """The run with the least `by` among those within `within` of the best validation score (the task's
+    primary metric: points of accuracy, or for MAE a relative increase)."""
+    task = task_of(points)
+    name = task.val_primary
+    scored = [p for p in points if math.isfinite(p.metrics.get(name, math.nan))]
     if not scored:
-        raise PipelineError("--register: no run has a validation accuracy; rerun them with data.val_fraction > 0")
+        raise PipelineError(f"--register: no run has a validation {task.title}; rerun them with data.val_fraction > 0")
     if by not in scored[0].metrics:
         raise PipelineError(f"--by {by}: not a metric of these runs (valid: {', '.join(sorted(scored[0].metrics))})")
-    best = max(p.metrics["val_accuracy"] for p in scored)
-    near = [p for p in scored if p.metrics["val_accuracy"] >= best - within - 1e-12]
-    return min(near, key=lambda p: (p.metrics[by], -p.metrics["val_accuracy"]))
+    sign = 1.0 if task.higher_is_better else -1.0
+    best = max((p.metrics[name] for p in scored), key=lambda value: sign * value)
+    near = [p for p in scored if task.drop(best, p.metrics[name]) <= within + 1e-12]
+    return min(near, key=lambda p: (p.metrics[by], -sign * p.metrics[name]))
 
 
 def run_report(
@@ -206,8 +227,9 @@ def run_report(
 
     client = MlflowClient(tracking_uri=tracking_uri)
     points, sweep = fetch(client, experiment, sweep)
-    objectives = objectives or sweep_objectives(points)
-    check(objectives, "--objectives")
+    task = task_of(points)
+    objectives = tuple(for_task(objectives or sweep_objectives(points), task.name))
+    check(objectives, "--objectives", task=task.name)
     front = front_of(points, objectives)
     print(table(points, front))
     print(f"front (*): runs no other run beats on all of {', '.join(objectives)}")
@@ -228,8 +250,7 @@ def run_report(
         version = register_run(client, register, chosen.run_id)
         print(
             f"registered run {chosen.run_id[:8]} as {register} version {version.version}: {by} "
-            f"{chosen.metrics[by]:.6g}, val accuracy {chosen.metrics['val_accuracy']:.4f} "
-            f"(best {max(p.metrics.get('val_accuracy', -1) for p in points):.4f}, within {within})"
+            f"{chosen.metrics[by]:.6g}, val {task.title} {chosen.metrics[task.val_primary]:.4f} (within {within} of the best)"
         )
     return plots
 

@@ -42,13 +42,13 @@ class ValidateBeforeRun(Callback):
 def check_search(plan: CheckedRecipe, sweeper: DictConfig) -> None:
     """A search must be able to measure its objectives and must move each the right way."""
     names = plan.settings.objectives
-    if "val_accuracy" in names and getattr(plan.data_source.config, "val_fraction", None) == 0:
+    if any(name.startswith("val_") for name in names) and getattr(plan.data_source.config, "val_fraction", None) == 0:
         raise PipelineError(
-            "data.val_fraction: 0 leaves no validation split, but objectives name val_accuracy; "
+            f"data.val_fraction: 0 leaves no validation split, but objectives name {', '.join(names)}; "
             "set data.val_fraction=0.1 (the test split never steers a search)"
         )
     if "direction" in sweeper:  # Optuna's sweeper; the basic sweeper optimises nothing
-        check_directions(sweeper.direction, names)
+        check_directions(sweeper.direction, names, task=plan.settings.task)
 
 
 def sweep_variants(config: DictConfig) -> Iterator[DictConfig]:

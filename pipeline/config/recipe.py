@@ -52,8 +52,9 @@ def check_recipe(cfg: DictConfig | Mapping[str, Any]) -> CheckedRecipe:
     """Check the whole composed config; raise PipelineError on the first problem found."""
     config = to_plain(cfg)
     settings = parse(RunSettings, config, "")
-    objectives.check(settings.objectives)
+    objectives.check(settings.objectives, task=settings.task)
     data_source = configure(registry.DATA, settings.data, "data")
+    check_task(settings.task, data_source)
     model_builder = configure(registry.MODELS, settings.model, "model")
     stages = [plan_stage(name, values) for name, values in settings.stages.items()]
     if not stages:
@@ -86,6 +87,19 @@ def configure(group: str, values: Mapping[str, Any], where: str) -> Any:
         raise PipelineError(f"{where}.name: missing; pick one with {where}=NAME")
     plugin = registry.load(group, name, f"{where}.name")
     return plugin(parse(plugin.Config, values, where))
+
+
+def check_task(task: str, data_source: Any) -> None:
+    """A source reads labels for the tasks it declares (`tasks`; classification only when it declares none)."""
+    offered = getattr(type(data_source), "tasks", frozenset({"classification"}))
+    if task not in offered:
+        takers = sorted(
+            name for name, entry in registry.available(registry.DATA).items() if task in getattr(entry.load(), "tasks", ())
+        )
+        raise PipelineError(
+            f"task: data={data_source.config.name} gives {' or '.join(sorted(offered))} labels, not {task}; "
+            f"use data={' or data='.join(takers)} for task={task}"
+        )
 
 
 def plan_stage(name: str, values: Any) -> RecipeStage:

@@ -11,7 +11,7 @@ import math
 import zipfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -26,6 +26,7 @@ from pipeline.data.dataset import (
     given_split,
     normalize,
     split,
+    standardized_targets,
     with_channel,
 )
 from pipeline.data.preprocessing import Preprocessing
@@ -49,11 +50,16 @@ class NpzParams(SplitParams):
 
 
 class NpzSource(Plugin[NpzParams]):
-    """Examples from NumPy arrays: (N, H, W[, C]) images or (N, features) tables, integer or text labels."""
+    """Examples from NumPy arrays: (N, H, W[, C]) images or (N, features) tables, integer or text labels,
+    float targets (task=regression) or (N, labels) 0/1 rows (task=multilabel)."""
 
-    def load(self, seed: int) -> Dataset:
+    tasks: ClassVar = frozenset({"classification", "regression", "multilabel"})
+
+    def load(self, seed: int, task: str = "classification") -> Dataset:
         """The archive's own train/test split when it has one, else a split of `x` and `y`."""
         arrays = read_npz(Path(self.config.path))
+        if task != "classification":
+            return normalize(task_split(arrays, task, self.config, seed), self.config.normalize)
         if set(SPLIT_KEYS) <= set(arrays):
             y_train, names = as_labels(arrays["y_train"], "data.path: y_train")
             y_test, _ = as_labels(arrays["y_test"], "data.path: y_test")
@@ -72,6 +78,37 @@ class NpzSource(Plugin[NpzParams]):
                 "save arrays named x and y, or x_train, y_train, x_test and y_test"
             )
         return normalize(data, self.config.normalize)
+
+
+def task_split(arrays: dict[str, np.ndarray], task: str, params: NpzParams, seed: int) -> Dataset:
+    """Regression or multi-label arrays split (the archive's own test split kept when it has one)."""
+    if set(SPLIT_KEYS) <= set(arrays):
+        y_train = task_targets(arrays["y_train"], task, "data.path: y_train")
+        y_test = task_targets(arrays["y_test"], task, "data.path: y_test")
+        data = given_split(with_channel(arrays["x_train"]), y_train, with_channel(arrays["x_test"]), y_test, params, seed)
+    elif {"x", "y"} <= set(arrays):
+        data = split(with_channel(arrays["x"]), task_targets(arrays["y"], task, "data.path: y"), params, seed)
+    else:
+        raise PipelineError(
+            f"data.path: {params.path} holds arrays {sorted(arrays)}; save arrays named x and y, or x_train, y_train, x_test and y_test"
+        )
+    return standardized_targets(data) if task == "regression" else data
+
+
+def task_targets(y: np.ndarray, task: str, where: str) -> np.ndarray:
+    """Regression values as float32 (N,), or multi-label rows as float32 (N, labels) of 0 and 1."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "iufb" or not np.isfinite(y.astype(np.float64)).all():
+        raise PipelineError(f"{where}: task={task} needs finite numbers, got {y.dtype} values; fill in or drop the rest")
+    if task == "regression":
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise PipelineError(f"{where}: task=regression takes one value per example, got shape {y.shape}")
+        return y.astype(np.float32)
+    if y.ndim != 2 or not np.isin(y, (0, 1)).all():
+        raise PipelineError(f"{where}: task=multilabel takes rows of 0/1 flags shaped (examples, labels), got shape {y.shape}")
+    return y.astype(np.float32)
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -110,7 +147,10 @@ class CsvParams(SplitParams, TokenizerParams):
     """
 
     path: ExistingFile = Field(description="The .csv file; its first row names the columns.")
-    label: str = Field("label", min_length=1, description="Column holding the class (ids or names).")
+    label: str | list[str] = Field(
+        "label", min_length=1,
+        description="Column holding the class (ids or names) or the value (task=regression); a list of 0/1 columns for task=multilabel.",
+    )
     text: str | None = Field(
         None, min_length=1, description="Column holding a text per row, tokenized to int32 ids (null: numeric features)."
     )
@@ -126,34 +166,44 @@ class CsvParams(SplitParams, TokenizerParams):
 class CsvSource(Plugin[CsvParams]):
     """Tabular examples (N, features) for models such as `mlp`, or texts as token ids for text models."""
 
-    def load(self, seed: int) -> Dataset:
-        """Features as float32 (or, with `text`, int32 token ids), labels as ids (text labels numbered in sorted order)."""
+    tasks: ClassVar = frozenset({"classification", "regression", "multilabel"})
+
+    def load(self, seed: int, task: str = "classification") -> Dataset:
+        """Features as float32 (or, with `text`, int32 token ids), labels as ids (text labels numbered in sorted
+        order), regression values (standardised on the training split) or multi-label 0/1 rows."""
         path = Path(self.config.path)
+        labels = label_columns(self.config.label, task)
         if self.config.text is None and path.stat().st_size > self.config.in_memory_mb * 2**20:
-            return self.streamed(path, seed)
+            if task != "classification":
+                raise PipelineError(
+                    f"data.in_memory_mb: {path.name} is read in chunks above {self.config.in_memory_mb} MB, which only "
+                    f"task=classification supports; raise data.in_memory_mb to read it whole"
+                )
+            return self.streamed(path, labels[0], seed)
         header, rows = read_csv(path, self.config.delimiter)
-        label_at = column(header, self.config.label, "data.label")
-        y, names = as_labels(np.array([row[label_at] for _, row in rows]), f"data.label: column '{self.config.label}'")
+        y, names = csv_targets(header, rows, labels, task)
+        label = ",".join(labels)  # what predict reads as the label column(s)
         if self.config.text is not None:
             column(header, self.config.text, "data.text")
             data = split(column_texts(header, rows, self.config.text), y, self.config, seed, names)
-            described = Preprocessing(features=(self.config.text,), label=self.config.label)  # what predict reads
+            data = standardized_targets(data) if task == "regression" else data
+            described = Preprocessing(features=(self.config.text,), label=label)  # what predict reads
             return tokenized(replace(data, preprocessing=described), self.config)
-        wanted = self.config.features or [name for name in header if name != self.config.label]
+        wanted = self.config.features or [name for name in header if name not in labels]
         columns = [column(header, name, "data.features") for name in wanted]
         x = np.array([[number(row, at, header, line) for at in columns] for line, row in rows], dtype=np.float32)
         data = split(x, y, self.config, seed, names)
-        return normalize(data, self.config.normalize, features=tuple(wanted), label=self.config.label)
+        data = standardized_targets(data) if task == "regression" else data
+        return normalize(data, self.config.normalize, features=tuple(wanted), label=label)
 
-
-    def streamed(self, path: Path, seed: int) -> Dataset:
+    def streamed(self, path: Path, label: str, seed: int) -> Dataset:
         """The table split from one pass that keeps only the labels; each split's features are read
         in chunks when consumed, scaled with statistics of the training rows."""
         config = self.config
         rows = csv_rows(path, config.delimiter)
         _, header = next(rows)
-        label_at = column(header, config.label, "data.label")
-        wanted = config.features or [name for name in header if name != config.label]
+        label_at = column(header, label, "data.label")
+        wanted = config.features or [name for name in header if name != label]
         columns = [column(header, name, "data.features") for name in wanted]
 
         def check(line: int, row: list[str]) -> None:
@@ -163,14 +213,57 @@ class CsvSource(Plugin[CsvParams]):
         codes, seen = label_codes(rows, label_at, check)
         if not len(codes):
             raise PipelineError(f"data.path: {path} needs a header row and at least one data row")
-        ids, names = as_labels(np.array(seen), f"data.label: column '{config.label}'")
+        ids, names = as_labels(np.array(seen), f"data.label: column '{label}'")
         table = CsvRows(np.arange(len(codes)), (len(columns),), path=str(path), columns=tuple(columns),
                         delimiter=config.delimiter)
         data = split(np.arange(len(codes)), ids[codes], config, seed, names)
         log.info("data: %d rows of %s (%.0f MB) read in chunks (data.in_memory_mb=%d)", len(codes), path.name,
                  path.stat().st_size / 2**20, config.in_memory_mb)
         data = replace(data, **in_file_order(data, table))
-        return normalize(data, config.normalize, features=tuple(wanted), label=config.label)
+        return normalize(data, config.normalize, features=tuple(wanted), label=label)
+
+
+def label_columns(label: str | list[str], task: str) -> list[str]:
+    """The label column names; several only for task=multilabel."""
+    labels = [label] if isinstance(label, str) else list(label)
+    if len(labels) > 1 and task != "multilabel":
+        raise PipelineError(f"data.label: {len(labels)} label columns {labels} need task=multilabel; or name one column")
+    return labels
+
+
+def csv_targets(
+    header: list[str], rows: list[tuple[int, list[str]]], labels: list[str], task: str
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The CSV's labels for `task`, with class names (classification) or label names (multi-label)."""
+    at = [column(header, name, "data.label") for name in labels]
+    if task == "regression":
+        return np.array([number(row, at[0], header, line, "data.label") for line, row in rows], np.float32), tuple(labels)
+    if task == "multilabel":
+        flags = np.array([[number(row, i, header, line, "data.label") for i in at] for line, row in rows], np.float32)
+        return task_targets(flags, task, f"data.label: columns {labels}"), tuple(labels)
+    raw = np.array([row[at[0]] for _, row in rows])
+    check_not_values(raw, labels[0])
+    return as_labels(raw, f"data.label: column '{labels[0]}'")
+
+
+# More distinct numbers than this in a label column, most of them not whole or nearly all different,
+# read as values to predict rather than classes.
+VALUE_LIKE_DISTINCT = 50
+
+
+def check_not_values(raw: np.ndarray, label: str) -> None:
+    """PipelineError when a classification label column looks like values (a price): suggest task=regression."""
+    try:
+        values = raw.astype(np.float64)
+    except ValueError:  # class names
+        return
+    distinct = len(np.unique(values))
+    fractional = bool(np.any(np.mod(values, 1) != 0))
+    if distinct > VALUE_LIKE_DISTINCT and (fractional or distinct > len(values) / 10):
+        raise PipelineError(
+            f"data.label: column '{label}' holds {distinct} distinct numbers in {len(values)} rows, values rather "
+            "than classes; set task=regression to predict them (or name the class column in data.label)"
+        )
 
 
 def in_file_order(data: Dataset, table: CsvRows) -> dict[str, Any]:
@@ -201,14 +294,14 @@ def column(header: list[str], name: str, key: str) -> int:
     return header.index(name)
 
 
-def number(row: list[str], at: int, header: list[str], line: int) -> float:
-    """One feature value; a non-number names its line and column."""
+def number(row: list[str], at: int, header: list[str], line: int, key: str = "data.features") -> float:
+    """One feature (or target) value; a non-number names its line and column."""
     try:
         value = float(row[at])
     except ValueError:
+        fix = "list only numeric columns in data.features" if key == "data.features" else "give numbers in the label columns"
         raise PipelineError(
-            f"data.features: column {quoted(header[at])} line {line} holds {quoted(row[at])}, not a number; "
-            "list only numeric columns in data.features"
+            f"{key}: column {quoted(header[at])} line {line} holds {quoted(row[at])}, not a number; {fix}"
         ) from None
     if not math.isfinite(value):
         raise PipelineError(

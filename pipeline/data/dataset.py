@@ -2,7 +2,9 @@
 
 Images have a channel axis (N, H, W, C); tabular data is (N, features); model inputs are float32,
 but for text: (N, sequence_length) int32 token ids, with the fitted tokenizer kept beside them;
-labels are int64 class ids from 0. Splits are stratified and deterministic for a given seed, and
+labels are int64 class ids from 0 (regression: float32 targets standardised on the training split,
+`target_scale` keeping their mean and standard deviation; multi-label: (N, labels) float32 0/1).
+Class-id splits are stratified; all are deterministic for a given seed, and
 any statistics used for scaling come from the training split only. Each source declares its
 scaling as a `Preprocessing` and keeps the raw test inputs, so a model that takes raw inputs can
 be measured on exactly what a user would feed it.
@@ -56,6 +58,15 @@ class Dataset:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     x_test_raw: np.ndarray | None = None
     tokenizer: Tokenizer | None = None
+    task: str = "classification"
+    target_scale: tuple[float, float] | None = None  # regression: (mean, std) of the training targets
+
+    def in_unit(self, values: np.ndarray) -> np.ndarray:
+        """Standardised regression targets or outputs back in the labels' own unit (others unchanged)."""
+        if self.target_scale is None:
+            return values
+        mean, std = self.target_scale
+        return np.asarray(values, np.float64) * std + mean
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -116,6 +127,8 @@ class Dataset:
             digest.update(self.preprocessing.fingerprint_text().encode())
         if self.tokenizer is not None:  # the same ids mean other words under another vocabulary
             digest.update(self.tokenizer.fingerprint_text().encode())
+        if self.task != "classification":  # the same labels may be values or label flags
+            digest.update(f"{self.task} {self.target_scale}".encode())
         return digest.hexdigest()[:16]
 
 
@@ -185,6 +198,10 @@ def with_validation(
         x_train, x_val, y_train, y_val = holdout(x_train, y_train, val_share, seed)
     else:
         x_val, y_val = x_train[:0], y_train[:0]
+    if y_train.ndim == 2:  # multi-label: one output per label column
+        return Dataset(x_train, y_train, x_val, y_val, x_test, y_test, y_train.shape[1], class_names, task="multilabel")
+    if y_train.dtype.kind == "f":  # regression: one output, the value
+        return Dataset(x_train, y_train, x_val, y_val, x_test, y_test, 1, class_names, task="regression")
     num_classes = max(int(y_train.max()), int(y_test.max())) + 1
     return Dataset(x_train, y_train, x_val, y_val, x_test, y_test, num_classes, class_names)
 
@@ -193,8 +210,15 @@ def holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[n
     """`x_rest, x_held, y_rest, y_held`: a stratified, seeded share `fraction` held out."""
     from sklearn.model_selection import train_test_split
 
+    if not stratifiable(y):  # values and label sets: a plain seeded draw
+        return tuple(train_test_split(x, y, test_size=fraction, random_state=seed))
     check_stratifiable(y, math.ceil(fraction * len(y)))  # scikit-learn rounds the held-out count up
     return tuple(train_test_split(x, y, test_size=fraction, random_state=seed, stratify=y))
+
+
+def stratifiable(y: np.ndarray) -> bool:
+    """Whether `y` are class ids (stratified draws); regression values and multi-label rows are not."""
+    return y.ndim == 1 and y.dtype.kind in "iu"
 
 
 def subsample(x: np.ndarray, y: np.ndarray, count: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -203,8 +227,9 @@ def subsample(x: np.ndarray, y: np.ndarray, count: int | None, seed: int) -> tup
         return x, y
     from sklearn.model_selection import train_test_split
 
-    check_stratifiable(y, count)
-    _, x_kept, _, y_kept = train_test_split(x, y, test_size=count, random_state=seed, stratify=y)
+    if stratifiable(y):
+        check_stratifiable(y, count)
+    _, x_kept, _, y_kept = train_test_split(x, y, test_size=count, random_state=seed, stratify=y if stratifiable(y) else None)
     return x_kept, y_kept
 
 
@@ -282,3 +307,15 @@ def prepared(data: Dataset, steps: list[Step], **described: Any) -> Dataset:
         preprocessing=preprocessing,
         x_test_raw=raw_test if steps else None,
     )
+
+
+def standardized_targets(data: Dataset) -> Dataset:
+    """Regression `data` with every split's targets standardised by the training split's mean and deviation.
+
+    Training on targets of unit scale keeps the loss and the learning rate in a sensible range
+    whatever the unit; the statistics travel with the data (and the export) to undo it.
+    """
+    mean, std = float(np.mean(data.y_train)), float(np.std(data.y_train))
+    std = std if std > 0 else 1.0  # a constant target: nothing to scale
+    scaled = {key: ((getattr(data, key) - mean) / std).astype(np.float32) for key in ("y_train", "y_val", "y_test")}
+    return replace(data, **scaled, target_scale=(mean, std))

@@ -23,6 +23,7 @@ from pipeline.data import Dataset
 from pipeline.data.streaming import MEASURE_BATCH, in_batches
 from pipeline.measure import litert
 from pipeline.measure.macs import keras_macs, tflite_macs
+from pipeline.measure.tasks import best_threshold, task_named
 from pipeline.plugin.artifact import ModelArtifact, ModelFormat
 
 METRICS = (
@@ -31,17 +32,25 @@ METRICS = (
 )
 
 
+def metric_names(task: str = "classification") -> tuple[str, ...]:
+    """Every measurement the runner takes for `task`: METRICS, the accuracies replaced by the task's metrics."""
+    if task == "classification":
+        return METRICS
+    return (*(name for name in METRICS if "accuracy" not in name), *task_named(task).measurement_names())
+
+
 def measure(artifact: ModelArtifact, data: Dataset, params: MeasureParams) -> dict[str, float]:
-    """All of METRICS for `artifact`: accuracy on the test split (reported, never chosen on),
-    val_accuracy on the validation split (what choices and the accuracy budget read; NaN when the
-    data has none), each raw or preprocessed as the model takes it."""
+    """All of `metric_names(data.task)` for `artifact`: the task's metrics on the test split (reported,
+    never chosen on) and on the validation split (`val_accuracy`, `val_mae`, ...: what choices and the
+    budget read; NaN when the data has none), each raw or preprocessed as the model takes it."""
     size, gzipped = file_sizes(artifact.path)
+    outputs = artifact.metadata.get("serving", {}).get("outputs", "logits")
     if artifact.takes_raw_inputs:  # measured on what a user feeds it: raw test and validation inputs
         data = data.raw()
     if artifact.format is ModelFormat.TFLITE:
-        model_metrics = measure_tflite(artifact.path, data, params)
+        model_metrics = measure_tflite(artifact.path, data, params, outputs)
     else:
-        model_metrics = measure_keras(artifact, data, params)
+        model_metrics = measure_keras(artifact, data, params, outputs)
     return {"size_bytes": size, "gzip_bytes": gzipped, **model_metrics}
 
 
@@ -74,7 +83,7 @@ def percentiles(timings_ms: np.ndarray) -> dict[str, float]:
     }
 
 
-def measure_tflite(path: Path, data: Dataset, params: MeasureParams) -> dict[str, float]:
+def measure_tflite(path: Path, data: Dataset, params: MeasureParams, outputs: str = "logits") -> dict[str, float]:
     """Parameters, sparsity, accuracy and latency of a .tflite file through LiteRT."""
     tensors = litert.constant_tensors(path)
     test = litert.predict(path, data.x_test, params.threads)
@@ -84,14 +93,66 @@ def measure_tflite(path: Path, data: Dataset, params: MeasureParams) -> dict[str
         "params": float(sum(count for _, count, _ in tensors)),
         "sparsity": sparsity_of(tensors),
         "macs": float(tflite_macs(path)),
-        **accuracies(test, val, data),
+        **accuracies(test, val, data, outputs),
         **percentiles(timings),
     }
 
 
-def accuracies(test: np.ndarray, val: np.ndarray, data: Dataset) -> dict[str, float]:
-    """Test and validation accuracy from the logits of the test and the validation examples."""
-    return {"accuracy": hits(test, data.y_test), "val_accuracy": hits(val, data.y_val) if len(val) else float("nan")}
+def accuracies(test: np.ndarray, val: np.ndarray, data: Dataset, outputs: str = "logits") -> dict[str, float]:
+    """The task's test and validation metrics from the outputs for the test and the validation examples
+    (`outputs` names what the model gives: logits, probabilities, or values in the labels' unit)."""
+    task = task_named(data.task)
+    test, val = comparable(test, data, outputs), comparable(val, data, outputs)
+    threshold = best_threshold(val, data.y_val) if data.task == "multilabel" else 0.5  # chosen on validation
+    found = {task.test_key(k): v for k, v in task.evaluate(test, labels_in_unit(data.y_test, data), threshold).items()}
+    found.update({task.val_key(k): v for k, v in task.evaluate(val, labels_in_unit(data.y_val, data), threshold).items()})
+    return {**found, "threshold": threshold} if data.task == "multilabel" else found
+
+
+def comparable(outputs: np.ndarray, data: Dataset, given: str) -> np.ndarray:
+    """Model outputs as the task's metrics take them: regression values in the labels' unit (a Keras model
+    gives standardised ones), multi-label logits (a served model may give sigmoid probabilities)."""
+    if data.task == "regression" and given != "values":
+        return data.in_unit(outputs)
+    if data.task == "multilabel" and given == "probabilities":
+        clipped = np.clip(outputs.astype(np.float64), 1e-7, 1 - 1e-7)
+        return np.log(clipped / (1 - clipped))
+    return outputs
+
+
+def labels_in_unit(y: np.ndarray, data: Dataset) -> np.ndarray:
+    """Labels as the metrics compare them: regression targets back in their own unit."""
+    return data.in_unit(y) if data.task == "regression" else y
+
+
+def primary_score(outputs: np.ndarray, y: np.ndarray, data: Dataset, given: str = "logits") -> float:
+    """The task's primary metric (accuracy, MAE, micro-F1) of `outputs` against labels `y` (a split of
+    `data`); multi-label outputs are read at the threshold best on these examples (validation)."""
+    task = task_named(data.task)
+    found = comparable(outputs, data, given)
+    threshold = best_threshold(found, y) if data.task == "multilabel" else 0.5
+    return task.evaluate(found, labels_in_unit(y, data), threshold)[task.primary]
+
+
+def tflite_score(path: Path, data: Dataset, given: str = "logits", threads: int = 1) -> float:
+    """The task's primary metric of a .tflite file on the validation split, through LiteRT."""
+    return primary_score(litert.predict(path, data.x_val, threads), data.y_val, data, given)
+
+
+def keras_score(model: Any, data: Dataset, given: str = "logits") -> float:
+    """The task's primary metric of a Keras model (or a serving signature) on the validation split."""
+    return primary_score(keras_predict(model, data.x_val)[1], data.y_val, data, given)
+
+
+def validation_score(artifact: ModelArtifact, data: Dataset) -> float:
+    """The task's primary metric on the validation split (accuracy, MAE, micro-F1), for a model the runner
+    does not otherwise measure: the saved model a recipe starts from."""
+    outputs = artifact.metadata.get("serving", {}).get("outputs", "logits")
+    if artifact.takes_raw_inputs:
+        data = data.raw()
+    if artifact.format is ModelFormat.TFLITE:
+        return tflite_score(artifact.path, data, outputs)
+    return keras_score(artifact.load_model(), data, outputs)
 
 
 def keras_predict(model, x: np.ndarray) -> tuple[Any, np.ndarray]:
@@ -135,7 +196,7 @@ def tflite_accuracy(path: Path, x: np.ndarray, y: np.ndarray, threads: int = 1) 
     return hits(litert.predict(path, x, threads), y)
 
 
-def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams) -> dict[str, float]:
+def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams, outputs: str = "logits") -> dict[str, float]:
     """Parameters, sparsity, accuracy and latency of a Keras model or SavedModel (inference-only ones too)."""
     import tensorflow as tf
 
@@ -157,6 +218,6 @@ def measure_keras(artifact: ModelArtifact, data: Dataset, params: MeasureParams)
         "sparsity": sparsity_of(tensors),
         # An inference-only SavedModel is a serving signature without layers to count.
         **({"macs": float(keras_macs(model))} if hasattr(model, "layers") else {}),
-        **accuracies(test, val, data),
+        **accuracies(test, val, data, outputs),
         **percentiles(timings),
     }

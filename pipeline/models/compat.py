@@ -40,7 +40,7 @@ def check_compatible(builder: Any, data: Any, where: str = "model") -> Any:
     builders that ignore the shape they are given.
     """
     origin = model_origin(builder, where)
-    if data.num_classes < 2:
+    if data.num_classes < 2 and data.task == "classification":
         raise PipelineError(f"data: only {data.num_classes} class found; classification needs at least two")
     check = getattr(builder, "check", None)
     if check is not None:
@@ -60,9 +60,10 @@ def check_compatible(builder: Any, data: Any, where: str = "model") -> Any:
             "image_folder) or a model for this data"
         )
     if not isinstance(outputs, tuple) or len(outputs) != 2 or outputs[-1] != data.num_classes:
+        wanted = {"regression": "1 value", "multilabel": f"{data.num_classes} labels"}.get(data.task, f"{data.num_classes} classes")
         raise PipelineError(
-            f"{origin} outputs {plain(outputs)} but the data has {data.num_classes} classes; "
-            f"give the model a final Dense({data.num_classes}) layer with no activation (logits)"
+            f"{origin} outputs {plain(outputs)} but the data has {wanted}; "
+            f"give the model a final Dense({data.num_classes}) layer with no activation"
         )
     model = prepared(model, origin, data.x_train[:32])
     if getattr(model, "softmax_removed", False):

@@ -12,7 +12,9 @@ sparsities) spend without choosing; the books show what.
 
 Every run also has a safety net: the shipped model may not lose more validation accuracy
 against the first trained model than `accuracy_drop`, or `safety_net` when no budget is set,
-else the run fails naming the stage that lost it. Nothing here imports TensorFlow.
+else the run fails naming the stage that lost it. Both speak the task's primary metric
+(pipeline.measure.tasks): points of accuracy or micro-F1, or for regression a relative increase
+of MAE (0.02: 2% more error). Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PipelineError
+from pipeline.measure.tasks import Task, task_named
 
 if TYPE_CHECKING:
     from pipeline.config.settings import BudgetParams
@@ -34,8 +37,9 @@ EPSILON = 1e-9
 class Budget:
     """The budget as one stage sees it.
 
-    `reference` is the validation accuracy of the first trained model, `available` that of this
-    stage's input; `spent` lists what each earlier stage lost (negative when it gained).
+    `reference` is the validation score (the task's primary metric: accuracy, MAE, micro-F1) of the
+    first trained model, `available` that of this stage's input; `spent` lists what each earlier
+    stage lost (negative when it gained), in the task's terms (points, or relative for MAE).
     """
 
     reference: float
@@ -43,24 +47,30 @@ class Budget:
     allowed_drop: float
     available: float
     spent: tuple[tuple[str, float], ...] = ()
+    task: str = "classification"
+
+    @property
+    def metric(self) -> Task:
+        """The task whose primary metric the budget is kept in."""
+        return task_named(self.task)
 
     @property
     def floor(self) -> float:
-        """The lowest validation accuracy the pipeline may hand on."""
-        return self.reference - self.allowed_drop
+        """The worst validation score the pipeline may hand on (for MAE a ceiling: the highest error)."""
+        return self.metric.limit(self.reference, self.allowed_drop)
 
     @property
     def remaining(self) -> float:
-        """How much accuracy this stage may still lose (negative once overspent)."""
-        return self.available - self.floor
+        """How much this stage may still lose, in the primary metric's unit (negative once overspent)."""
+        return self.available - self.floor if self.metric.higher_is_better else self.floor - self.available
 
-    def meets(self, accuracy: float) -> bool:
-        """Whether a model of this validation accuracy stays within the budget."""
-        return accuracy >= self.floor - EPSILON
+    def meets(self, score: float) -> bool:
+        """Whether a model of this validation score stays within the budget."""
+        return score >= self.floor - EPSILON if self.metric.higher_is_better else score <= self.floor + EPSILON
 
     def as_metadata(self) -> dict[str, Any]:
         """The budget as plain data, for the export metadata."""
-        return {
+        found = {
             "split": "validation",
             "reference_stage": self.reference_stage,
             "reference_accuracy": self.reference,
@@ -68,6 +78,9 @@ class Budget:
             "floor": self.floor,
             "spent": dict(self.spent),
         }
+        if self.task != "classification":
+            found.update(metric=self.metric.val_primary, relative=self.metric.relative)
+        return found
 
 
 @dataclass
@@ -75,22 +88,29 @@ class Ledger:
     """The runner's books: each stage's validation accuracy and what it spent of the budget."""
 
     allowed_drop: float
-    accuracies: dict[str, float] = field(default_factory=dict)
+    accuracies: dict[str, float] = field(default_factory=dict)  # each stage's validation score
     label: str = "accuracy budget"  # or "safety net", for a run with no budget
+    task: str = "classification"
 
     def record(self, stage: str, accuracy: float) -> dict[str, float]:
-        """Note `stage`'s validation accuracy (as the runner measured it); what it spent, to log."""
+        """Note `stage`'s validation score (as the runner measured it); what it spent, to log."""
         previous = list(self.accuracies.values())[-1] if self.accuracies else accuracy
         self.accuracies[stage] = accuracy
-        return {"budget_spent": previous - accuracy}
+        return {"budget_spent": self.spending(previous, accuracy)}
+
+    def spending(self, before: float, after: float) -> float:
+        """What going from score `before` to `after` spent: points, or relative to the reference for MAE."""
+        task = task_named(self.task)
+        reference = next(iter(self.accuracies.values()), before)
+        return task.drop(reference, after) - task.drop(reference, before)
 
     def budget(self) -> Budget | None:
         """The budget the next stage works under; None before the first model exists."""
         if not self.accuracies:
             return None
         names, values = list(self.accuracies), list(self.accuracies.values())
-        spent = tuple((names[i], values[i - 1] - values[i]) for i in range(1, len(names)))
-        return Budget(values[0], names[0], self.allowed_drop, values[-1], spent)
+        spent = tuple((names[i], self.spending(values[i - 1], values[i])) for i in range(1, len(names)))
+        return Budget(values[0], names[0], self.allowed_drop, values[-1], spent, self.task)
 
     def totals(self) -> dict[str, float]:
         """Run-level numbers for MLflow: the reference, the allowance, what was spent and what is left."""
@@ -100,7 +120,7 @@ class Ledger:
         return {
             "budget_reference_accuracy": budget.reference,
             "budget_accuracy_drop": budget.allowed_drop,
-            "budget_spent": budget.reference - budget.available,
+            "budget_spent": budget.metric.drop(budget.reference, budget.available),
             "budget_remaining": budget.remaining,
         }
 
@@ -109,38 +129,46 @@ class Ledger:
         budget = self.budget()
         if budget is None:
             return ""
-        spent = dict(budget.spent)
+        spent, task = dict(budget.spent), budget.metric
+        title = "accuracy" if task.name == "classification" else task.primary
+        allowance = f"{task.describe(budget.allowed_drop)} {task.worse_word}" if task.relative else (
+            f"{budget.allowed_drop:.4f} {task.worse_word}"
+        )
         lines = [
             (
-                f"{self.label}: {budget.allowed_drop:.4f} below {budget.reference:.4f} "
-                f"(validation accuracy of '{budget.reference_stage}'), floor {budget.floor:.4f}"
+                f"{self.label}: {allowance} {budget.reference:.4f} "
+                f"(validation {title} of '{budget.reference_stage}'), {'floor' if task.higher_is_better else 'ceiling'} "
+                f"{budget.floor:.4f}"
             ),
             "",
-            "| stage | val accuracy | spent | left |",
+            f"| stage | val {title} | spent | left |",
             "|---|---:|---:|---:|",
         ]
-        for stage, accuracy in self.accuracies.items():
-            lines.append(f"| {stage} | {accuracy:.4f} | {spent.get(stage, 0.0):+.4f} | {accuracy - budget.floor:+.4f} |")
+        for stage, score in self.accuracies.items():
+            left = score - budget.floor if task.higher_is_better else budget.floor - score
+            lines.append(f"| {stage} | {score:.4f} | {spent.get(stage, 0.0):+.4f} | {left:+.4f} |")
         return "\n".join(lines)
 
 
 def check_shipped(ledger: Ledger, params: BudgetParams) -> None:
     """The safety net: raise PipelineError if the last model lost more validation accuracy against
     the reference than `params.margin()`, naming the stage that lost the most and what to change."""
-    margin = params.margin()
     budget = ledger.budget()
+    margin = params.margin(task_named(ledger.task).relative)
     if margin is None or budget is None or not budget.spent:
         return
-    loss = budget.reference - budget.available
+    task = budget.metric
+    loss = task.drop(budget.reference, budget.available)
     if math.isnan(loss) or loss <= margin + EPSILON:
         return
     stage, lost = max(budget.spent, key=lambda item: item[1])
     allowed = "budget.accuracy_drop" if params.accuracy_drop is not None else "the safety net (budget.safety_net)"
+    title = "accuracy" if task.name == "classification" else task.primary
     raise PipelineError(
-        f"stages.{stage}: the shipped model's validation accuracy {budget.available:.4f} is {points(loss)} below the first "
-        f"trained model's {budget.reference:.4f} ('{budget.reference_stage}'), more than {allowed} allows ({points(margin)}); "
-        f"'{stage}' lost {points(lost)}. Nothing was registered; change that stage's settings, allow more with "
-        f"budget.accuracy_drop, or ship it anyway with budget.safety_net=null"
+        f"stages.{stage}: the shipped model's validation {title} {budget.available:.4f} is {task.describe(loss)} "
+        f"{task.worse_word} the first trained model's {budget.reference:.4f} ('{budget.reference_stage}'), more than "
+        f"{allowed} allows ({task.describe(margin)}); '{stage}' lost {task.describe(lost)}. Nothing was registered; change "
+        f"that stage's settings, allow more with budget.accuracy_drop, or ship it anyway with budget.safety_net=null"
     )
 
 

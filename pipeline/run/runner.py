@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 import pipeline
+from pipeline.config.objectives import for_task
 from pipeline.config.recipe import CheckedRecipe, RecipeStage, check_recipe
 from pipeline.data.dataset import check_finite
 from pipeline.errors import PipelineError
+from pipeline.measure.tasks import task_named
 from pipeline.models import build, check_compatible, on_data_loaded, starting_artifact
 from pipeline.models.compat import model_origin
 from pipeline.plugin.artifact import ModelArtifact
@@ -123,7 +125,7 @@ def execute(plan: CheckedRecipe, info: RunInfo) -> RunResult:
             for report in artifact.reports:
                 tracker.log_file(artifact.path.parent / report, planned.name)
         tracker.set_tag("cached_stages", ",".join(row.stage for row in rows if row.cached) or "none")
-        summary = table(rows, validation=budgeted)
+        summary = table(rows, validation=budgeted, task=data.task)
         (info.run_dir / "summary.md").write_text(summary + "\n")
         (info.run_dir / "metrics.json").write_text(json.dumps([row.__dict__ for row in rows], indent=2))
         tracker.log_file(info.run_dir / "summary.md")
@@ -161,18 +163,31 @@ def load_data(plan: CheckedRecipe) -> Dataset:
     """Load the configured data source, logging the split sizes."""
     log.info("loading data '%s'", plan.settings.data["name"])
     config = plan.data_source.config.model_dump(mode="json")
-    source = json.dumps([config, plan.settings.seed, file_stamps(config)], sort_keys=True)
+    task = plan.settings.task
+    source = json.dumps([config, plan.settings.seed, task, file_stamps(config)], sort_keys=True)
     if source not in _loaded:
         _loaded.clear()
-        _loaded[source] = plan.data_source.load(plan.settings.seed)
+        # Sources that read only classes keep their one-argument `load` (check_recipe refused other tasks).
+        _loaded[source] = plan.data_source.load(plan.settings.seed, task) if task != "classification" else (
+            plan.data_source.load(plan.settings.seed)
+        )
     data = _loaded[source]
     log.info(
-        "data: %d train, %d validation, %d test examples of shape %s, %d classes",
-        len(data.x_train), len(data.x_val), len(data.x_test), data.input_shape, data.num_classes,
+        "data: %d train, %d validation, %d test examples of shape %s, %s",
+        len(data.x_train), len(data.x_val), len(data.x_test), data.input_shape, described_labels(data),
     )
     check_finite(data, plan.settings.data["name"])
     on_data_loaded(plan.model_builder, data)  # before any model is built (a Keras 3 file is checked on the data)
     return data
+
+
+def described_labels(data: Dataset) -> str:
+    """What the labels are, for the log: classes, a value in its unit, or label columns."""
+    if data.task == "regression" and data.target_scale is not None:
+        return f"regression targets (mean {data.target_scale[0]:.4g}, std {data.target_scale[1]:.4g})"
+    if data.task == "multilabel":
+        return f"{data.num_classes} labels ({', '.join(data.labels)})"
+    return f"{data.num_classes} classes"
 
 
 def planned_layers(plan: CheckedRecipe, data: Dataset) -> LayerPlan:
@@ -244,10 +259,10 @@ def run_stage(
     key: str, cache: StageCache | None, data: Dataset, plan: CheckedRecipe,
 ) -> StageOutcome:
     """Reuse the stage's cached output when present, else run and measure it (and store it)."""
-    from pipeline.measure.metrics import METRICS, measure
+    from pipeline.measure.metrics import measure, metric_names
 
     # Stored measurements are reused only if they hold every metric the runner takes today.
-    measure_id = json.dumps({**plan.settings.measure.model_dump(), "metrics": METRICS}, sort_keys=True)
+    measure_id = json.dumps({**plan.settings.measure.model_dump(), "metrics": metric_names(data.task)}, sort_keys=True)
     if cache is None or not type(planned.stage).cacheable:
         return compute(planned, model, ctx, data, plan)
     with cache.lock(key):
@@ -293,17 +308,18 @@ def open_ledger(plan: CheckedRecipe, start: ModelArtifact | None, data: Dataset)
     (train) a model, else the saved model the recipe starts from (a recipe that quantizes a file).
     """
     params = plan.settings.budget
-    allowed = params.accuracy_drop if params.accuracy_drop is not None else params.margin()
+    allowed = params.accuracy_drop if params.accuracy_drop is not None else params.margin(task_named(data.task).relative)
     if allowed is None:
         return None
     if len(data.y_val) == 0:
         log.info("no validation split (data.val_fraction=0): the safety net cannot check the shipped model")
         return None
-    ledger = Ledger(allowed, label="accuracy budget" if params.accuracy_drop is not None else "safety net")
+    label = "accuracy budget" if params.accuracy_drop is not None else "safety net"
+    ledger = Ledger(allowed, label=label, task=data.task)
     if start is not None and None not in type(plan.stages[0].stage).accepts:
-        from pipeline.measure.metrics import validation_accuracy
+        from pipeline.measure.metrics import validation_score
 
-        ledger.record(start.stage, validation_accuracy(start, data))
+        ledger.record(start.stage, validation_score(start, data))
     return ledger
 
 
@@ -313,7 +329,7 @@ def account(ledger: Ledger | None, planned: RecipeStage, outcome: StageOutcome, 
     the budget (`uses_budget`) and handed on a model below its floor stops the run here."""
     if ledger is None:
         return outcome
-    accuracy = outcome.metrics["val_accuracy"]
+    accuracy = outcome.metrics[task_named(ledger.task).val_primary]
     spent = ledger.record(planned.name, accuracy)
     if not budgeted:
         return outcome
@@ -322,7 +338,7 @@ def account(ledger: Ledger | None, planned: RecipeStage, outcome: StageOutcome, 
     if planned.stage.uses_budget:
         if not budget.meets(accuracy):
             raise PipelineError(planned.stage.over_budget(outcome.artifact, accuracy, budget.floor, f"stages.{planned.name}"))
-        log.info("    within the budget: validation accuracy %.4f, floor %.4f", accuracy, budget.floor)
+        log.info("    within the budget: validation %s %.4f, limit %.4f", budget.metric.primary, accuracy, budget.floor)
     return dataclasses.replace(outcome, metrics={**outcome.metrics, **spent})
 
 
@@ -378,7 +394,8 @@ def run_tags(plan: CheckedRecipe, info: RunInfo, data: Dataset) -> dict[str, str
         "device": plan.device.resolve().kind,
         "strategy": plan.device.resolve().strategy,
         "pipeline_version": pipeline.__version__,
-        "objectives": ",".join(plan.settings.objectives),
+        "objectives": ",".join(for_task(plan.settings.objectives, plan.settings.task)),
+        "task": plan.settings.task,
         "mlflow.note.content": plan.settings.description,
     }
     if info.sweep:
