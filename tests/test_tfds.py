@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,7 +59,9 @@ def examples(x, y) -> list:
     return sorted(zip((tuple(np.round(row.ravel(), 5)) for row in np.asarray(x)), np.asarray(y).tolist()))
 
 
-@pytest.mark.parametrize("params", [{}, {"test_split": None}, {"max_examples": 60}])
+@pytest.mark.parametrize(
+    "params", [{}, pytest.param({"test_split": None}, marks=pytest.mark.slow), pytest.param({"max_examples": 60}, marks=pytest.mark.slow)]
+)
 def test_streamed_tfds_has_the_in_memory_split_and_scaling(data_dir, caplog, params):
     with caplog.at_level(logging.INFO, logger="pipeline"):
         memory = load(data_dir, 1024, **params)
@@ -96,6 +97,7 @@ def test_streamed_training_input_pairs_each_example_with_its_label_and_shards(da
     assert len(shards[0]) == len(shards[1]) == len(x) // 2 and not shards[0] & shards[1]
 
 
+@pytest.mark.slow
 def test_streamed_and_in_memory_tfds_train_to_the_same_accuracy(data_dir):
     import tf_keras as keras
 
