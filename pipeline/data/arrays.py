@@ -30,7 +30,7 @@ from pipeline.data.dataset import (
     with_channel,
 )
 from pipeline.data.preprocessing import Preprocessing
-from pipeline.data.streaming import as_split
+from pipeline.data.streaming import Streamed, as_split
 from pipeline.data.text import column_texts, tokenized
 from pipeline.data.tokenizer import TokenizerParams
 from pipeline.errors import PipelineError, quoted
@@ -266,14 +266,15 @@ def check_not_values(raw: np.ndarray, label: str) -> None:
         )
 
 
-def in_file_order(data: Dataset, table: CsvRows) -> dict[str, Any]:
-    """Each split (row numbers, as drawn) as rows of `table` in file order, with its labels in that
-    order: a split is read in one pass down the file."""
+def in_file_order(data: Dataset, table: Streamed, test_table: Streamed | None = None) -> dict[str, Any]:
+    """Each split (row numbers, as drawn) as rows of `table` (the test split's of `test_table` when
+    given) in file order, with its labels in that order: a split is read in one pass down the file."""
     fields: dict[str, Any] = {}
     for x_key, y_key in (("x_train", "y_train"), ("x_val", "y_val"), ("x_test", "y_test")):
         rows, labels = getattr(data, x_key), getattr(data, y_key)
         order = np.argsort(rows, kind="stable")
-        fields[x_key], fields[y_key] = as_split(table.subset(rows[order])), labels[order]
+        source = test_table if x_key == "x_test" and test_table is not None else table
+        fields[x_key], fields[y_key] = as_split(source.subset(rows[order])), labels[order]
     return fields
 
 

@@ -7,14 +7,23 @@ names the offline sources (`idx`, `npz`) that read the same data from local file
 from __future__ import annotations
 
 import importlib.util
-from typing import Literal
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.data.dataset import Dataset, SplitParams, as_labels, given_split, pixels, split, with_channel
+from pipeline.data.arrays import in_file_order
+from pipeline.data.dataset import Dataset, SplitParams, as_labels, given_split, pixels, prepared, split, with_channel
+from pipeline.data.preprocessing import Rescale
+from pipeline.data.tfds_records import TfdsExamples, decoded_mb, example_shape, input_feature, label_pass, tfds_builder
 from pipeline.errors import PipelineError
 from pipeline.plugin.schema import Plugin
+
+log = logging.getLogger("pipeline")
+T = TypeVar("T")
 
 TFDS_MISSING = "tensorflow-datasets is not installed; pip install tensorflow-datasets, or use data=idx, npz or image_folder"
 OFFLINE = (
@@ -64,6 +73,11 @@ class TfdsParams(SplitParams):
     train_split: str = Field("train", min_length=1, description="TFDS split to train on.")
     test_split: str | None = Field("test", description="TFDS split to test on (null: split train_split by the fractions).")
     data_dir: str | None = Field(None, description="TFDS data folder (null: ~/tensorflow_datasets).")
+    in_memory_mb: int = Field(
+        1024, ge=0, description="Largest size of the splits' inputs as float32 (MB, from the data set's info) "
+        "loaded into memory; larger splits stream from the TFDS files: labels read first, each split's examples "
+        "as it is read (0: always stream).",
+    )
 
     @model_validator(mode="after")
     def _installed(self) -> TfdsParams:
@@ -74,31 +88,87 @@ class TfdsParams(SplitParams):
 
 
 class TfdsSource(Plugin[TfdsParams]):
-    """Any TFDS data set of same-sized examples, loaded whole into memory."""
+    """Any TFDS data set of same-sized examples: loaded whole into memory when it fits
+    `in_memory_mb`, else streamed from the TFDS files (see `pipeline.data.tfds_records`)."""
 
     def load(self, seed: int) -> Dataset:
         """Images (uint8) divided by 255; other features as float32."""
         config = self.config
-        train = self.read(config.train_split)
+        builder = self.builder()
+        splits = [config.train_split] + ([config.test_split] if config.test_split is not None else [])
+        size_mb = self.checked(lambda: decoded_mb(builder, splits), "/".join(splits))
+        stream = size_mb > config.in_memory_mb
+        log.info(
+            "data: TFDS %s %s, %.0f MB as float32: %s (data.in_memory_mb=%d)", config.dataset, "+".join(splits),
+            size_mb, "streamed from the TFDS files" if stream else "loaded into memory", config.in_memory_mb,
+        )
+        if stream:
+            return self.streamed(builder, seed)
+        train = self.read(builder, config.train_split)
         if config.test_split is None:
             return pixels(split(*train, config, seed))
-        return pixels(given_split(*train, *self.read(config.test_split), config, seed))
+        return pixels(given_split(*train, *self.read(builder, config.test_split), config, seed))
 
-    def read(self, split_name: str) -> tuple[np.ndarray, np.ndarray]:
-        """One TFDS split as (inputs, label ids)."""
+    def builder(self) -> Any:
+        """The data set's TFDS builder, its data prepared (downloaded the first time)."""
         try:
-            import tensorflow_datasets as tfds
+            import tensorflow_datasets  # noqa: F401 - only to say it is missing
         except ImportError:
             raise PipelineError(f"data.name=tfds: {TFDS_MISSING}") from None
-        where = f"data.dataset={self.config.dataset}"
+        builder = self.checked(lambda: tfds_builder(self.config.dataset, self.config.data_dir), self.config.train_split)
+        self.checked(builder.download_and_prepare, self.config.train_split)
+        if builder.info.supervised_keys is None:
+            raise PipelineError(f"{self.where}: the data set has no (input, label) supervised keys; pick one that has")
+        return builder
+
+    @property
+    def where(self) -> str:
+        """The config key errors name."""
+        return f"data.dataset={self.config.dataset}"
+
+    def checked(self, action: Callable[[], T], split_name: str) -> T:
+        """`action()`, any TFDS failure (unknown name or split, no network) raised as one line."""
         try:
-            x, y = tfds.as_numpy(
-                tfds.load(self.config.dataset, split=split_name, as_supervised=True, batch_size=-1, data_dir=self.config.data_dir)
-            )
+            return action()
         except Exception as error:  # noqa: BLE001 - TFDS raises many types for unknown names and network failures
             reason = " ".join(str(error).split())[:200]
-            raise PipelineError(f"{where}: cannot load split '{split_name}' ({reason}); check the name and split, or {OFFLINE}") from None
-        labels, _ = as_labels(y, where)
+            raise PipelineError(
+                f"{self.where}: cannot load split '{split_name}' ({reason}); check the name and split, or {OFFLINE}"
+            ) from None
+
+    def read(self, builder: Any, split_name: str) -> tuple[np.ndarray, np.ndarray]:
+        """One TFDS split, whole, as (inputs, label ids)."""
+        import tensorflow_datasets as tfds
+
+        x, y = self.checked(
+            lambda: tfds.as_numpy(builder.as_dataset(split_name, as_supervised=True, batch_size=-1)), split_name
+        )
+        labels, _ = as_labels(y, self.where)
         return with_channel(x) if x.ndim >= 3 else np.asarray(x, np.float32), labels
 
+    def streamed(self, builder: Any, seed: int) -> Dataset:
+        """The splits drawn from one pass that reads the labels only; each split's examples stream
+        from the TFDS files when read, scaled as in memory (8-bit values divided by 255)."""
+        config = self.config
+        shape = example_shape(builder)
+        if shape is None:
+            raise PipelineError(
+                f"{self.where}: examples differ in size, so they cannot stream in batches; "
+                "raise data.in_memory_mb or pick a data set of same-sized examples"
+            )
 
+        def examples(split_name: str) -> tuple[TfdsExamples, np.ndarray]:
+            y, _ = as_labels(self.checked(lambda: label_pass(builder, split_name), split_name), self.where)
+            table = TfdsExamples(np.arange(len(y)), shape, dataset_name=config.dataset,
+                                 split_name=split_name, data_dir=config.data_dir)
+            return table, y
+
+        train, y_train = examples(config.train_split)
+        if config.test_split is None:
+            data, test = split(np.arange(len(y_train)), y_train, config, seed), None
+        else:
+            test, y_test = examples(config.test_split)
+            data = given_split(np.arange(len(y_train)), y_train, np.arange(len(y_test)), y_test, config, seed)
+        data = replace(data, **in_file_order(data, train, test))
+        integer = np.issubdtype(np.dtype(builder.info.features[input_feature(builder)[0]].np_dtype), np.integer)
+        return prepared(data, [Rescale(1 / 255)] if integer else [])
