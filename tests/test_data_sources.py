@@ -209,7 +209,7 @@ def test_csv_feature_selection_and_errors(tmp_path):
     with pytest.raises(PipelineError, match=r"data.label: no column 'label' in the CSV file \(columns: length, species"):
         CsvSource(CsvParams(name="csv", path=str(path))).load(seed=0)
     with pytest.raises(PipelineError, match="data.features: column 'species' line 2 holds 'setosa', not a number"):
-        CsvSource(CsvParams(name="csv", path=str(path), label="width", features=["species"])).load(seed=0)
+        CsvSource(CsvParams(name="csv", path=str(path), label="width", features=["species"])).load(seed=0, task="regression")
     path.write_text(path.read_text() + "1,setosa\n")
     with pytest.raises(PipelineError, match="line 92 has 2 fields but the header has 4"):
         CsvSource(CsvParams(name="csv", path=str(path), label="species")).load(seed=0)
