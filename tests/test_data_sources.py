@@ -284,10 +284,11 @@ def test_keras_source_name_is_checked():
         KerasParams(name="emnist")
 
 
-def test_tfds_without_the_package_says_how_to_install_it(tmp_path):
+def test_tfds_without_the_package_says_how_to_install_it(tmp_path, monkeypatch):
     import importlib.util
 
-    if importlib.util.find_spec("tensorflow_datasets") is not None:
-        pytest.skip("tensorflow-datasets is installed; this checks the message shown without it")
+    found = importlib.util.find_spec  # the package is hidden, as on a machine without the tfds extra
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "tensorflow_datasets" else found(name, *args))
     with pytest.raises(PipelineError, match=r"^data: tensorflow-datasets is not installed; pip install tensorflow-datasets"):
         check_recipe(compose_config(tmp_path, "data=tfds", "data.dataset=mnist"))
