@@ -161,7 +161,8 @@ def batch_norm_statistics(model: Any, x: Any, seed: int) -> list[Any]:
     from pipeline.data.streaming import is_streamed
 
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(x), size=min(len(x), STATISTICS_EXAMPLES), replace=False)
+    # In file order: the statistics do not depend on it, and streamed rows are read in one pass down the file.
+    chosen = np.sort(rng.choice(len(x), size=min(len(x), STATISTICS_EXAMPLES), replace=False))
     sample = x.subset(chosen) if is_streamed(x) else x[chosen]  # a streamed sample is decoded per epoch
 
     class _Reestimate(keras.callbacks.Callback):
