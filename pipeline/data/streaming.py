@@ -20,12 +20,14 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeGuard, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import numpy as np
 
-from pipeline.data.preprocessing import Step
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:  # preprocessing reads streamed splits in batches: a run-time import would be a cycle
+    from pipeline.data.preprocessing import Step
 
 log = logging.getLogger("pipeline")
 
