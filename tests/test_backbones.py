@@ -107,6 +107,7 @@ def test_a_frozen_backbone_trains_only_its_head_then_is_handed_on_whole(tmp_path
     assert all(layer.trainable for layer in trained.layers)  # later stages train the whole model
 
 
+@pytest.mark.slow
 def test_imagenet_offline_names_the_cache_and_weights_path(tmp_path, monkeypatch):
     # A proxy on a closed local port makes the download fail at once, as it does without a network.
     for variable in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):

@@ -100,6 +100,7 @@ def test_per_channel_the_narrowest_channel_decides():
     assert clusters_for(kernel, 16, per_channel=False, preserve=False) == 16
 
 
+@pytest.mark.slow
 def test_clustering_after_heavy_pruning_fits_each_layer_and_says_so(tmp_path, trained, caplog):
     # 90% pruning leaves the first convolution (144 weights) about 14 non-zero: fewer than 16 clusters need.
     pruned = PruneStage(PruneParams(final_sparsity=0.9, epochs=2)).run(trained, context(tmp_path, "prune", 1))
@@ -116,6 +117,7 @@ def test_clustering_after_heavy_pruning_fits_each_layer_and_says_so(tmp_path, tr
     assert pruned_sparsity(model, pruned.metadata["pruned_layers"]) >= 0.88
 
 
+@pytest.mark.slow
 def test_per_channel_clustering_of_a_thin_convolution_runs(tmp_path, trained):
     out = ClusterStage(ClusterParams(number_of_clusters=16, per_channel=True, epochs=1)).run(
         trained, context(tmp_path, "cluster", 1)

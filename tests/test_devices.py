@@ -118,6 +118,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_cpu_devices_matches_one_device(tmp_path):
     done = subprocess.run(
         [sys.executable, "-c", MIRRORED_VS_ONE, str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=600

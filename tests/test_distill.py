@@ -68,6 +68,7 @@ def test_teacher_from_a_file_without_a_preceding_stage(tmp_path, teacher):
     assert out.metadata["teacher"] == str(teacher.path) and out.parent is None
 
 
+@pytest.mark.slow
 def test_a_teacher_file_ending_in_softmax_is_distilled_from_its_logits(tmp_path, teacher, caplog):
     import tf_keras as keras
 

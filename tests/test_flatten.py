@@ -19,7 +19,8 @@ def build(name, **kwargs):
     return getattr(users, name)((8, 8, 1), 10, **kwargs)
 
 
-@pytest.mark.parametrize("name", NESTED)
+# The transfer model (a MobileNetV2 base) takes most of this test's time: it runs with the slow tier.
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name == "transfer" else name for name in NESTED])
 def test_nested_models_become_one_graph_of_the_same_layers(tmp_path, name):
     import tf_keras as keras
 

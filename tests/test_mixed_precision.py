@@ -189,6 +189,7 @@ def test_the_fallback_climbs_the_precision_ladder_for_the_worst_layer_first(tmp_
     assert out.metadata["layer_precisions"]["hidden"] == "int4 weights, int8"  # the others stay as the rules ask
 
 
+@pytest.mark.slow
 def test_a_latency_limit_refuses_steps(tmp_path, standardized):
     ctx = with_budget(context(tmp_path, "quantize", 1), standardized, 0.03)
     params = QuantizeParams(weights="int4", fallback="auto", fallback_steps=["int16", "float"], fallback_max_latency_ms=1e-6)
@@ -212,6 +213,7 @@ def test_the_quantizers_per_layer_error_agrees_with_our_own(tmp_path, trained):
     assert all(theirs[layer].mse > 0 for layer in weighted)
 
 
+@pytest.mark.slow
 def test_the_sensitivity_table_can_take_the_quantizers_errors(tmp_path, trained):
     from stages.sensitivity import SensitivityParams, SensitivityStage
 

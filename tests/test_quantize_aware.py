@@ -45,6 +45,7 @@ def test_plain_qat_converts_to_full_integer(tmp_path, trained):
     assert accuracy(out, data) >= accuracy(trained, data) - 0.05
 
 
+@pytest.mark.slow
 def test_pqat_keeps_the_target_sparsity_in_the_int8_file(tmp_path, pruned):
     out = qat(pruned, tmp_path)
     assert out.metadata["qat_scheme"] == "pqat"

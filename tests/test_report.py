@@ -91,6 +91,7 @@ def test_the_front_follows_the_sweeps_objectives_and_is_tagged(tmp_path, capsys)
     assert tags["best"]["pareto_objectives"] == "val_accuracy,gzip_bytes"
 
 
+@pytest.mark.slow
 def test_register_picks_the_smallest_run_within_a_point_of_the_best(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     ids = log_search(uri, tmp_path / "artifacts", {"best": (0.95, 30000), "near": (0.945, 20000), "far": (0.93, 10000)})

@@ -254,6 +254,7 @@ def text_teacher(text_data, tmp_path_factory):
     return model, path
 
 
+@pytest.mark.slow
 def test_a_half_depth_student_starts_from_the_teachers_embeddings_and_every_other_block(text_data, text_teacher):
     from techniques.student_init import initialise_from_teacher
 

@@ -16,6 +16,7 @@ def tracker_for(folder: Path) -> BackgroundTracker:
     return BackgroundTracker(TrackingParams(uri=f"sqlite:///{folder}/mlflow.db"), folder)
 
 
+@pytest.mark.slow
 def test_calls_land_in_the_run_in_order(tmp_path):
     (tmp_path / "summary.md").write_text("| stage |\n")
     tracker = tracker_for(tmp_path)
