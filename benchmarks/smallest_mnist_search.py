@@ -58,6 +58,8 @@ CANDIDATES = [
     ("student 0.35, dense 70%, 16 clusters", {"distill": NARROW, "prune": {"final_sparsity": 0.7}}),
     ("student 0.35, dense 70%, 8 clusters", {"distill": NARROW, "prune": {"final_sparsity": 0.7}, "cluster": {"number_of_clusters": 8}}),
     ("student 0.35, dense 75%, 16 clusters", {"distill": NARROW, "prune": {"final_sparsity": 0.75}}),
+    ("student 0.35, dense 70%, 12 clusters", {"distill": NARROW, "prune": {"final_sparsity": 0.7}, "cluster": {"number_of_clusters": 12}}),
+    ("student 0.35, dense 72%, 12 clusters", {"distill": NARROW, "prune": {"final_sparsity": 0.72}, "cluster": {"number_of_clusters": 12}}),
 ]
 
 
