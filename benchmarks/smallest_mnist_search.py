@@ -51,6 +51,15 @@ CANDIDATES = [
     ("int4 weights, dense 80%, 16 clusters", {}, INT4),
     ("int4 weights, student 0.35, dense 80%, 16 clusters", {"distill": NARROW}, INT4),
     ("student 0.35, dense 80%, 16 clusters", {"distill": NARROW}),
+    # int4 with a sparser dense layer (zeros pack into zero bytes that gzip removes), and the narrow student pruned less.
+    ("int4 weights, dense 90%, 16 clusters", {"prune": {"final_sparsity": 0.9}}, INT4),
+    ("int4 weights, student 0.35, dense 70%, 16 clusters", {"distill": NARROW, "prune": {"final_sparsity": 0.7}}, INT4),
+    # Post-training int4 costs the 0.35 student most of its budget: the narrow student at 70-75% with PCQAT int8.
+    ("student 0.35, dense 70%, 16 clusters", {"distill": NARROW, "prune": {"final_sparsity": 0.7}}),
+    ("student 0.35, dense 70%, 8 clusters", {"distill": NARROW, "prune": {"final_sparsity": 0.7}, "cluster": {"number_of_clusters": 8}}),
+    ("student 0.35, dense 75%, 16 clusters", {"distill": NARROW, "prune": {"final_sparsity": 0.75}}),
+    ("student 0.35, dense 70%, 12 clusters", {"distill": NARROW, "prune": {"final_sparsity": 0.7}, "cluster": {"number_of_clusters": 12}}),
+    ("student 0.35, dense 72%, 12 clusters", {"distill": NARROW, "prune": {"final_sparsity": 0.72}, "cluster": {"number_of_clusters": 12}}),
 ]
 
 
