@@ -28,6 +28,8 @@ from pathlib import Path
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.data.text import is_number  # noqa: E402
+
 MOVIE_GENRES = ["Action", "Animation", "Comedy", "Drama", "Documentary", "Romance", "Short"]
 MOVIE_FEATURES = ["year", "length", "budget", "rating", "votes", *[f"r{i}" for i in range(1, 11)]]
 
@@ -75,15 +77,6 @@ def movies(folder: Path) -> tuple[Path, list[str]]:
     path = folder / "movies.csv"
     frame[[*MOVIE_FEATURES, *MOVIE_GENRES]].to_csv(path, index=False)
     return path, ["task=multilabel", f"data.label=[{','.join(MOVIE_GENRES)}]", f"data.features=[{','.join(MOVIE_FEATURES)}]"]
-
-
-def is_number(text: str) -> bool:
-    """Whether `text` reads as a float."""
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def variants(epochs: int) -> dict[str, dict]:

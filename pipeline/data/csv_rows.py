@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.streaming import SHUFFLE_BUFFER, Streamed
+from pipeline.data.streaming import SHUFFLE_BUFFER, Streamed, in_asked_order
 from pipeline.errors import PipelineError
 
 # Rows parsed per chunk: a few MB of float32 features for tables of hundreds of columns.
@@ -73,11 +73,7 @@ class CsvRows(Streamed):
 
     def take(self, positions: list[int]) -> np.ndarray:
         """The examples at `positions`, preprocessed, from one pass over the file."""
-        rows = np.asarray(self.records, np.int64)[np.asarray(positions, np.int64)]
-        wanted = np.unique(rows)
-        chunks = list(self.preprocessed(wanted))
-        values = np.concatenate(chunks) if chunks else np.zeros((0, *self.example_shape), np.float32)
-        return values[np.searchsorted(wanted, rows)]
+        return in_asked_order(self.records, positions, self.example_shape, self.preprocessed)
 
     def dataset(
         self, labels: np.ndarray | None = None, *, shuffle_seed: int | None = None,

@@ -281,6 +281,18 @@ def may_use_cache(prefix: str) -> bool:
     return True
 
 
+def in_asked_order(
+    records: Any, positions: Any, example_shape: tuple[int, ...], read: Any,
+) -> np.ndarray:
+    """The examples at `positions` of `records`, each distinct record read once: `read(sorted_records)`
+    yields their preprocessed batches in record order (one pass down a file), put back in the asked order."""
+    asked = np.asarray(records, np.int64)[np.asarray(positions, np.int64)]
+    wanted = np.unique(asked)
+    chunks = list(read(wanted))
+    values = np.concatenate(chunks) if chunks else np.zeros((0, *example_shape), np.float32)
+    return values[np.searchsorted(wanted, asked)]
+
+
 def is_streamed(x: Any) -> TypeGuard[Streamed]:
     """Whether a split is streamed from files rather than held as an array."""
     return isinstance(x, Streamed)

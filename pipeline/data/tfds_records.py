@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.streaming import SHUFFLE_BUFFER, Streamed
+from pipeline.data.streaming import SHUFFLE_BUFFER, Streamed, in_asked_order
 
 # Labels read per batch in the label pass.
 LABEL_BATCH = 4096
@@ -95,11 +95,8 @@ class TfdsExamples(Streamed):
 
     def take(self, positions: list[int]) -> np.ndarray:
         """The examples at `positions`, preprocessed, from one pass over the split."""
-        wanted_rows = np.asarray(self.records, np.int64)[np.asarray(positions, np.int64)]
-        wanted = np.unique(wanted_rows)
-        chunks = list(self.read(wanted).batch(LABEL_BATCH).as_numpy_iterator())
-        values = np.concatenate(chunks) if chunks else np.zeros((0, *self.example_shape), np.float32)
-        return values[np.searchsorted(wanted, wanted_rows)]
+        return in_asked_order(self.records, positions, self.example_shape,
+                              lambda wanted: self.read(wanted).batch(LABEL_BATCH).as_numpy_iterator())
 
     def dataset(
         self, labels: np.ndarray | None = None, *, shuffle_seed: int | None = None,
