@@ -79,14 +79,14 @@ def movies(folder: Path) -> tuple[Path, list[str]]:
     return path, ["task=multilabel", f"data.label=[{','.join(MOVIE_GENRES)}]", f"data.features=[{','.join(MOVIE_FEATURES)}]"]
 
 
-def variants(epochs: int) -> dict[str, dict]:
+def variants(epochs: int, prune_epochs: int) -> dict[str, dict]:
     """The three pipelines, sharing the train stage (and so, through the cache, the float model)."""
     train = {"epochs": epochs, "lr_decay": "cosine"}
     return {
         "float": {"train": train},
         "int8": {"train": train, "quantize": {"mode": "int8"}},
         "80% pruned + int8": {
-            "train": train, "prune": {"final_sparsity": 0.8, "epochs": max(4, epochs // 4), "lr_decay": "cosine"},
+            "train": train, "prune": {"final_sparsity": 0.8, "epochs": prune_epochs, "lr_decay": "cosine"},
             "quantize": {"mode": "int8"},
         },
         "distilled + int8": {
@@ -135,6 +135,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(SOURCES), action="append", help="data sets to run (default: all that import)")
     parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--prune-epochs", type=int, default=None, help="fine-tuning epochs of the pruning (default: epochs / 4)")
+    parser.add_argument("--hidden", default=None, help="the MLP's hidden units, e.g. 512,256 (default: the model's own)")
     parser.add_argument("--out", type=Path, default=None, help="outputs folder (default: a temporary one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temporary:
@@ -148,8 +150,11 @@ def main() -> None:
                 continue
             task = "regression" if "task=regression" in settings else "multilabel"
             overrides = ["data=csv", f"data.path={path}", "model=mlp", *settings]
+            if args.hidden:
+                overrides.append(f"model.hidden=[{args.hidden}]")
+            prune_epochs = args.prune_epochs or max(4, args.epochs // 4)
             found = {variant: run_variant(f"{name}_{variant}", stages, overrides, folder / name)
-                     for variant, stages in variants(args.epochs).items()}
+                     for variant, stages in variants(args.epochs, prune_epochs).items()}
             print(report(name, task, found), flush=True)
 
 

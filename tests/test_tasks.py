@@ -105,6 +105,23 @@ def test_multilabel_columns_are_labels_not_features(tmp_path):
     assert data.labels == ("action", "comedy", "drama") and set(np.unique(data.y_train)) == {0.0, 1.0}
 
 
+@pytest.mark.parametrize("task", ["regression", "multilabel"])
+def test_a_csv_read_in_chunks_gives_the_in_memory_split_and_targets(tmp_path, task):
+    path = regression_csv(tmp_path / "t.csv") if task == "regression" else multilabel_csv(tmp_path / "t.csv")
+    label = "price" if task == "regression" else ["action", "comedy", "drama"]
+    memory, streamed = (CsvSource(CsvParams(name="csv", path=str(path), label=label, in_memory_mb=size)).load(0, task)
+                        for size in (1024, 0))
+    assert streamed.streams and not memory.streams and streamed.task == memory.task == task
+    assert streamed.input_shape == memory.input_shape == (4,) and streamed.labels == memory.labels
+    if task == "regression":
+        np.testing.assert_allclose(streamed.target_scale, memory.target_scale, rtol=1e-6)
+    for name in ("train", "val", "test"):  # the same rows per split; streamed ones come in file order
+        (x_memory, y_memory), (_, y_streamed) = memory.split_named(name), streamed.split_named(name)
+        rows = np.concatenate(list(streamed.batches(name)))
+        pairs = lambda x, y: sorted(zip(map(tuple, np.round(x, 3)), map(tuple, np.reshape(y, (len(y), -1)))))  # noqa: E731
+        assert pairs(rows, y_streamed) == pairs(x_memory, y_memory)
+
+
 def test_npz_reads_regression_values_and_multilabel_rows(tmp_path):
     from pipeline.data.arrays import NpzParams, NpzSource
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import zipfile
+from array import array
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -174,12 +176,7 @@ class CsvSource(Plugin[CsvParams]):
         path = Path(self.config.path)
         labels = label_columns(self.config.label, task)
         if self.config.text is None and path.stat().st_size > self.config.in_memory_mb * 2**20:
-            if task != "classification":
-                raise PipelineError(
-                    f"data.in_memory_mb: {path.name} is read in chunks above {self.config.in_memory_mb} MB, which only "
-                    f"task=classification supports; raise data.in_memory_mb to read it whole"
-                )
-            return self.streamed(path, labels[0], seed)
+            return self.streamed(path, labels, seed, task)
         header, rows = read_csv(path, self.config.delimiter)
         y, names = csv_targets(header, rows, labels, task)
         label = ",".join(labels)  # what predict reads as the label column(s)
@@ -196,31 +193,31 @@ class CsvSource(Plugin[CsvParams]):
         data = standardized_targets(data) if task == "regression" else data
         return normalize(data, self.config.normalize, features=tuple(wanted), label=label)
 
-    def streamed(self, path: Path, label: str, seed: int) -> Dataset:
+    def streamed(self, path: Path, labels: list[str], seed: int, task: str) -> Dataset:
         """The table split from one pass that keeps only the labels; each split's features are read
         in chunks when consumed, scaled with statistics of the training rows."""
         config = self.config
         rows = csv_rows(path, config.delimiter)
         _, header = next(rows)
-        label_at = column(header, label, "data.label")
-        wanted = config.features or [name for name in header if name != label]
+        label_at = [column(header, name, "data.label") for name in labels]
+        wanted = config.features or [name for name in header if name not in labels]
         columns = [column(header, name, "data.features") for name in wanted]
 
         def check(line: int, row: list[str]) -> None:
             for at in columns:
                 number(row, at, header, line)
 
-        codes, seen = label_codes(rows, label_at, check)
-        if not len(codes):
+        y, names = streamed_targets(rows, header, label_at, labels, task, check)
+        if not len(y):
             raise PipelineError(f"data.path: {path} needs a header row and at least one data row")
-        ids, names = as_labels(np.array(seen), f"data.label: column '{label}'")
-        table = CsvRows(np.arange(len(codes)), (len(columns),), path=str(path), columns=tuple(columns),
+        table = CsvRows(np.arange(len(y)), (len(columns),), path=str(path), columns=tuple(columns),
                         delimiter=config.delimiter)
-        data = split(np.arange(len(codes)), ids[codes], config, seed, names)
-        log.info("data: %d rows of %s (%.0f MB) read in chunks (data.in_memory_mb=%d)", len(codes), path.name,
+        data = split(np.arange(len(y)), y, config, seed, names)
+        data = standardized_targets(data) if task == "regression" else data
+        log.info("data: %d rows of %s (%.0f MB) read in chunks (data.in_memory_mb=%d)", len(y), path.name,
                  path.stat().st_size / 2**20, config.in_memory_mb)
         data = replace(data, **in_file_order(data, table))
-        return normalize(data, config.normalize, features=tuple(wanted), label=label)
+        return normalize(data, config.normalize, features=tuple(wanted), label=",".join(labels))
 
 
 def label_columns(label: str | list[str], task: str) -> list[str]:
@@ -229,6 +226,25 @@ def label_columns(label: str | list[str], task: str) -> list[str]:
     if len(labels) > 1 and task != "multilabel":
         raise PipelineError(f"data.label: {len(labels)} label columns {labels} need task=multilabel; or name one column")
     return labels
+
+
+def streamed_targets(
+    rows: Iterator[tuple[int, list[str]]], header: list[str], at: list[int], labels: list[str], task: str, check: Any
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The labels of every row from one pass that calls `check(line, row)` on each: class ids with the
+    class names, regression values, or multi-label 0/1 rows with the label names (as `csv_targets`)."""
+    if task == "classification":
+        codes, seen = label_codes(rows, at[0], check)
+        if not len(codes):
+            return codes, ()
+        ids, names = as_labels(np.array(seen), f"data.label: column '{labels[0]}'")
+        return ids[codes], names
+    values = array("d")
+    for line, row in rows:
+        check(line, row)
+        values.extend(number(row, i, header, line, "data.label") for i in at)
+    table = np.frombuffer(values, np.float64).reshape(-1, len(at)) if values else np.zeros((0, len(at)))
+    return task_targets(table, task, f"data.label: columns {labels}"), tuple(labels)
 
 
 def csv_targets(
