@@ -202,7 +202,8 @@ def task_report(export: Export, inputs: Any, y: np.ndarray) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, predict, print; user mistakes end in one `error:` line."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.predict", description="Class names and scores of an exported model for raw inputs."
+        prog="python -m pipeline.predict",
+        description="Predictions of an exported model for raw inputs: class names and scores, values or labels.",
     )
     parser.add_argument("export", type=Path, help="a run's export/ folder, or an exported .tflite/.keras/.h5/SavedModel")
     parser.add_argument(
