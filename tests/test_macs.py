@@ -44,6 +44,20 @@ def test_depthwise_and_separable_layers_count_the_same_in_tflite(tmp_path):
     assert tflite_macs(convert(model, tmp_path / "separable.tflite")) == keras_macs(model)
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_attention_counts_its_projections_and_products_the_same_in_tflite(tmp_path, int8):
+    import tf_keras as keras
+
+    layers = keras.layers
+    inputs = keras.Input((16, 32))  # 16 positions of width 32
+    attended = layers.MultiHeadAttention(num_heads=4, key_dim=8, value_dim=6)(inputs, inputs)
+    model = keras.Model(inputs, layers.Dense(5)(layers.GlobalAveragePooling1D()(attended)))
+    projections = 16 * (32 * 4 * 8) * 2 + 16 * (32 * 4 * 6) + 16 * (4 * 6 * 32)  # query, key; value; output
+    products = 4 * 16 * 16 * 8 + 4 * 16 * 16 * 6  # per head: scores over key_dim, context over the positions
+    assert keras_macs(model) == projections + products + 32 * 5
+    assert tflite_macs(convert(model, tmp_path / "attention.tflite", int8=int8)) == keras_macs(model)
+
+
 @pytest.mark.parametrize(("count", "shown"), [(640, "640"), (4127616, "4.13M"), (3.0e8, "300M"), (1.2e9, "1.2G")])
 def test_counts_print_short(count, shown):
     assert human_count(count) == shown

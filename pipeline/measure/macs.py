@@ -1,11 +1,13 @@
 """Multiply-accumulates per example: what a model costs to run, counted from the artifact itself.
 
-Counted for the layers that hold nearly all of a CNN's arithmetic: convolutions (plain,
-depthwise, separable, transposed) and fully-connected layers. Each one does, at every output
-position, one multiply-accumulate per weight of its kernel, so its count is positions x kernel
-size; bias adds, normalisation, activations and pooling are left out, as is usual for MACs.
-A Keras model is counted from its layers, a TFLite file from its operators and tensor shapes,
-so the number describes the file that ships.
+Counted for the layers that hold nearly all of a CNN's or a transformer's arithmetic: convolutions
+(plain, depthwise, separable, transposed) and fully-connected layers, which do at every output
+position one multiply-accumulate per weight of their kernel (positions x kernel size), and
+multi-head attention: its four projections, counted the same way, and per head the two products
+of attention (query x key for the scores, scores x value for the context). Bias adds,
+normalisation, softmax, activations and pooling are left out, as is usual for MACs. A Keras model
+is counted from its layers, a TFLite file from its operators and tensor shapes (attention's
+products are its BATCH_MATMUL operators), so the number describes the file that ships.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def layer_macs(layer: Any, node: Any = None) -> int:
 
     if isinstance(layer, keras.Model):
         return keras_macs(layer)
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        return attention_macs(layer, node)
     kernels = [getattr(layer, name, None) for name in ("kernel", "depthwise_kernel", "pointwise_kernel")]
     size = sum(math.prod(k.shape) for k in kernels if k is not None)
     if not size:
@@ -56,6 +60,23 @@ def layer_macs(layer: Any, node: Any = None) -> int:
     else:
         shape = layer.get_input_shape_at(0) if transposed else layer.get_output_shape_at(0)
     return int(size * math.prod(d or 1 for d in shape[1:-1]))
+
+
+def attention_macs(layer: Any, node: Any = None) -> int:
+    """MACs of one call of a MultiHeadAttention layer: the query, key, value and output projections
+    at their positions, and every head's scores (query x key) and context (scores x value)."""
+    if node is not None and len(node.call_args) + ("value" in node.call_kwargs) >= 2:
+        query = node.call_args[0].shape
+        value = (node.call_args[1] if len(node.call_args) > 1 else node.call_kwargs["value"]).shape
+    else:  # a call outside a graph (a subclassed model): self-attention over its output's positions
+        query = value = layer.get_output_shape_at(0)
+    queries, keys = (math.prod(d or 1 for d in shape[1:-1]) for shape in (query, value))
+    kernels = {weight.name.split("/")[-2]: weight.shape for weight in layer.weights if "kernel" in weight.name}
+    size = {name: math.prod(shape) for name, shape in kernels.items()}
+    heads, key_dim = kernels["query"][-2], kernels["query"][-1]
+    value_dim = kernels["value"][-1]
+    projections = queries * (size["query"] + size["attention_output"]) + keys * (size["key"] + size["value"])
+    return int(projections + heads * queries * keys * (key_dim + value_dim))
 
 
 def tflite_macs(path: Path) -> int:
@@ -70,6 +91,11 @@ def tflite_macs(path: Path) -> int:
         for op in subgraph.operators:
             code = model.operatorCodes[op.opcodeIndex]
             name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+            if name == "BATCH_MATMUL":  # attention's products: every output value sums over the shared depth
+                left = subgraph.tensors[op.inputs[0]].shape
+                depth = left[-2] if getattr(op.builtinOptions, "adjX", False) else left[-1]
+                total += math.prod(int(d) for d in subgraph.tensors[op.outputs[0]].shape) * int(depth)
+                continue
             if name not in _TFLITE_WEIGHTS:
                 continue
             weights = subgraph.tensors[op.inputs[_TFLITE_WEIGHTS[name]]].shape
