@@ -1,4 +1,4 @@
-"""qat: quantization-aware fine-tuning, plain or collaborative (keeping sparsity and clusters), to int8 TFLite."""
+"""qat: quantization-aware fine-tuning, plain or collaborative (keeping sparsity and clusters), to int8 TFLite (int4 weights optional)."""
 
 from __future__ import annotations
 

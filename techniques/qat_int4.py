@@ -111,7 +111,7 @@ def four_bit_config() -> type:
 
     base: Any = default_8bit_config_class()
 
-    class FourBitWeights(base):  # type: ignore[misc, valid-type]
+    class FourBitWeights(base):
         """The default 8-bit configuration of a layer with a kernel, but the kernel on 4 bits per channel."""
 
         def __init__(self, keep_zeros: bool = False, **config: Any):
