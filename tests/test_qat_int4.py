@@ -22,7 +22,7 @@ WEIGHTED = ("conv2d", "conv2d_1", "dense", "dense_1")  # the small CNN's layers 
 
 
 def qat(model, tmp_path, index=2, **params):
-    return QuantizeAwareStage(QuantizeAwareParams(epochs=1, **params)).run(model, context(tmp_path, "qat", index))
+    return QuantizeAwareStage(QuantizeAwareParams(**{"epochs": 1, **params})).run(model, context(tmp_path, "qat", index))
 
 
 def kernel_names(artifact):
@@ -48,9 +48,10 @@ def test_int4_qat_writes_int4_weights_and_int8_activations(tmp_path, trained):
 
 def test_the_int4_file_computes_what_the_fake_quantized_model_trained(tmp_path, trained):
     # The written weights are on the grid the fake quantizers trained on: the file's logits follow the
-    # quantization-aware model's. On TFMOT's other symmetric grid (narrow_range=False, steps of max|w|/8
-    # in channels whose largest weight is negative), the same check measured an RMS error 7x larger
-    # (0.34 against 0.048, on logits of RMS ~6) and 99.2% top-1 agreement.
+    # quantization-aware model's. On TFMOT's other symmetric grid (narrow_range=False: steps of max|w|/8
+    # in channels whose largest weight is negative) this check failed: an RMS error of 11.8% of the
+    # logits' RMS (0.48 of 4.0) against 1.3% (0.058 of 4.5) on the matching grid. Top-1 agreement alone
+    # does not tell them apart (97.5-99.2% against 99.4-100%: the activations' ranges differ a little too).
     ctx = context(tmp_path, "qat", 1)
     stage = QuantizeAwareStage(QuantizeAwareParams(epochs=1, weights="int4"))
     settling = calibration_set(ctx.data.x_train, 200, ctx.seed)
@@ -63,7 +64,7 @@ def test_the_int4_file_computes_what_the_fake_quantized_model_trained(tmp_path, 
     path.write_bytes(flatbuffer)
     x = ctx.data.x_test
     trained_on, written = aware.predict(x, verbose=0), litert.predict(path, x)
-    assert np.mean(trained_on.argmax(-1) == written.argmax(-1)) >= 0.99
+    assert np.mean(trained_on.argmax(-1) == written.argmax(-1)) >= 0.98
     error, spread = np.sqrt(np.mean(np.square(written - trained_on))), np.sqrt(np.mean(np.square(trained_on)))
     assert error <= 0.03 * spread, (error, spread)
 
@@ -133,3 +134,21 @@ def test_int4_pqat_keeps_the_sparsity_in_the_int4_file(tmp_path, trained):
     assert set(out.metadata["layer_precisions"].values()) >= {"int4 weights, int8"}
     kernels = [t for t in litert.constant_tensors(out.path) if len(t[0]) >= 2]
     assert sparsity_of(kernels) >= 0.6 - 0.02
+
+
+@pytest.mark.slow
+def test_int4_qat_loses_less_than_post_training_int4_on_a_narrow_model(tmp_path):
+    from stages.quantize import QuantizeParams, QuantizeStage
+    from stages.train import TrainParams, TrainStage
+
+    def narrow(name, index):
+        return context(tmp_path, name, index, width=0.25)
+
+    trained = TrainStage(TrainParams(epochs=6)).run(None, narrow("train", 0))
+    post_training = QuantizeStage(QuantizeParams(weights="int4")).run(trained, narrow("quantize", 1))
+    aware = QuantizeAwareStage(QuantizeAwareParams(epochs=3, weights="int4")).run(trained, narrow("qat", 2))
+    data = narrow("x", 3).data
+    floating, ptq, qat_int4 = accuracy(trained, data), accuracy(post_training, data), accuracy(aware, data)
+    # Measured: float 0.886, post-training int4 0.856, int4 QAT 0.883 (test split, 360 digits).
+    assert floating - ptq >= 0.02, (floating, ptq)  # the premise: post-training int4 loses on this model
+    assert qat_int4 >= ptq + 0.01, (floating, ptq, qat_int4)
