@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -97,7 +98,7 @@ def chosen_scheme(requested: str, effects: frozenset[Effect]) -> str:
 
 
 class QuantizeAwareStage(Stage[QuantizeAwareParams]):
-    """Fine-tune with simulated int8 quantization, then convert to a full-integer int8 TFLite file.
+    """Fine-tune with simulated int8 quantization (int4 weights where asked), then write a full-integer TFLite file.
 
     TFMOT's quantize wrappers (the cluster-preserving ones in particular) do not reload from a
     saved file, so training and conversion happen in one stage and the hand-off is the TFLite file.
@@ -174,19 +175,13 @@ class QuantizeAwareStage(Stage[QuantizeAwareParams]):
         served, data, serving = for_serving(float_twin(model.load_keras(), aware) if four_bit else aware, ctx.data, params, True, ctx.log)
         calibration = calibration_set(data.x_train, params.calibration_samples, ctx.seed)  # as the converted model takes them
         path = ctx.workdir / "model.tflite"
+        if kept:
+            ctx.log.info("    int8 weights kept: %s", "; ".join(f"{name} ({why})" for name, why in kept.items()))
         metadata: dict[str, Any] = {
             **model.metadata, "quantization": "int8", "qat_scheme": scheme,
             "calibration_samples": params.calibration_samples, "calibrated_layers": list(calibrated), "serving": serving,
+            **self.write(served, four_bit, calibration, path, where),
         }
-        if four_bit:
-            weights = {"default": "int8", **dict.fromkeys(sorted(four_bit), "int4")}
-            flatbuffer, choices = write_by_rules(served, "int8", {}, weights, calibration, where)
-            path.write_bytes(flatbuffer)
-            metadata["layer_precisions"] = {name: choice.words for name, choice in choices.items()}
-            if kept:
-                ctx.log.info("    int8 weights kept: %s", "; ".join(f"{name} ({why})" for name, why in kept.items()))
-        else:
-            path.write_bytes(convert(served, "int8", calibration, sparse=False))
         fallen = Fallback()
         if params.fallback == "auto":
             # Layers are ranked by their int8 error in the incoming float model; each candidate is
@@ -214,6 +209,19 @@ class QuantizeAwareStage(Stage[QuantizeAwareParams]):
             path, ModelFormat.TFLITE, ctx.name, model, metadata, self.output_effects(model),
             metrics=fallen.metrics, gate=gates.accuracies, reports=fallen.reports,
         )
+
+    @staticmethod
+    def write(served: Any, four_bit: Collection[str], calibration: Any, path: Path, where: str) -> dict[str, Any]:
+        """Write the .tflite to `path`: int8 by TFLiteConverter from the fake-quantized model, or, with `four_bit`
+        layers, by ai-edge-quantizer as the quantize stage writes int4 weights (checked to hold them); and
+        the metadata that says which layer got what."""
+        if not four_bit:
+            path.write_bytes(convert(served, "int8", calibration, sparse=False))
+            return {}
+        weights = {"default": "int8", **dict.fromkeys(sorted(four_bit), "int4")}
+        flatbuffer, choices = write_by_rules(served, "int8", {}, weights, calibration, where)
+        path.write_bytes(flatbuffer)
+        return {"layer_precisions": {name: choice.words for name, choice in choices.items()}}
 
     def tuned(
         self, model: ModelArtifact, scheme: str, calibration: Any, ctx: StageContext, keep_float: Sequence[str] = (),

@@ -13,7 +13,6 @@ from stages.prune import PruneParams, PruneStage
 from stages.qat import QuantizeAwareParams, QuantizeAwareStage
 from techniques import quant_debug as debug
 from techniques.conversion import calibration_set
-from techniques.mixed_precision import write
 from techniques.qat_int4 import float_twin
 from tests._runs import compose_config
 from tests._tiny import accuracy, context, op_types
@@ -59,9 +58,8 @@ def test_the_int4_file_computes_what_the_fake_quantized_model_trained(tmp_path, 
     assert sorted(four_bit) == sorted(kernel_names(trained))
     aware, _ = stage.tuned(trained, "default", settling, ctx, four_bit=four_bit)
     twin = float_twin(trained.load_keras(), aware)
-    flatbuffer, _ = write(twin, "int8", {}, {"default": "int8", **dict.fromkeys(four_bit, "int4")}, settling, "stages.qat")
     path = tmp_path / "int4.tflite"
-    path.write_bytes(flatbuffer)
+    stage.write(twin, four_bit, settling, path, "stages.qat")
     x = ctx.data.x_test
     trained_on, written = aware.predict(x, verbose=0), litert.predict(path, x)
     assert np.mean(trained_on.argmax(-1) == written.argmax(-1)) >= 0.98
