@@ -29,6 +29,7 @@ def kernel_names(artifact):
     return [layer.name for layer in artifact.load_keras().layers if layer.weights]
 
 
+@pytest.mark.slow
 def test_int4_qat_writes_int4_weights_and_int8_activations(tmp_path, trained):
     out = qat(trained, tmp_path, 1, weights="int4")
     names = kernel_names(trained)
@@ -60,6 +61,8 @@ def test_the_int4_file_computes_what_the_fake_quantized_model_trained(tmp_path, 
     twin = float_twin(trained.load_keras(), aware)
     path = tmp_path / "int4.tflite"
     stage.write(twin, four_bit, settling, path, "stages.qat")
+    types = op_types(path, debug.keras_layer_names(twin))
+    assert {name: [weights for _, _, weights in types[name] if weights] for name in four_bit} == dict.fromkeys(four_bit, [["int4"]])
     x = ctx.data.x_test
     trained_on, written = aware.predict(x, verbose=0), litert.predict(path, x)
     assert np.mean(trained_on.argmax(-1) == written.argmax(-1)) >= 0.98
