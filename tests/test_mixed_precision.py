@@ -288,7 +288,7 @@ def test_the_fallback_can_rank_layers_by_the_quantizers_validation(tmp_path, sta
     [
         # Per-layer precision and int4 weights start from a float model; after qat the model is an int8 file.
         ({"train": {}, "qat": {}, "quantize": {"weights": "int4"}},
-         r"^stages\.quantize: gets the int8 TFLite file stages\.qat wrote, .* drop stages\.qat and let stages\.quantize write"),
+         r"^stages\.quantize: gets the int8 TFLite file stages\.qat wrote, .* set weights: int4 in the qat stage .* drop stages\.qat and let stages\.quantize write"),
         ({"train": {}, "qat": {}, "quantize": {"precision": {"dense": "int16"}}}, r"^stages\.quantize: gets the int8 TFLite file"),
         ({"train": {}, "qat": {"precision": {"dense": "float"}}}, r"^stages\.qat: precision is the quantize stage's"),
     ],
