@@ -142,14 +142,19 @@ def test_int4_qat_loses_less_than_post_training_int4_on_a_narrow_model(tmp_path)
     from stages.quantize import QuantizeParams, QuantizeStage
     from stages.train import TrainParams, TrainStage
 
-    def narrow(name, index):
-        return context(tmp_path, name, index, width=0.25)
+    def narrow(name, index):  # 2 and 4 filters, 8 hidden units: int4 weights cost it accuracy
+        return context(tmp_path, name, index, width=0.125)
 
-    trained = TrainStage(TrainParams(epochs=6)).run(None, narrow("train", 0))
-    post_training = QuantizeStage(QuantizeParams(weights="int4")).run(trained, narrow("quantize", 1))
-    aware = QuantizeAwareStage(QuantizeAwareParams(epochs=3, weights="int4")).run(trained, narrow("qat", 2))
-    data = narrow("x", 3).data
-    floating, ptq, qat_int4 = accuracy(trained, data), accuracy(post_training, data), accuracy(aware, data)
-    # Measured: float 0.886, post-training int4 0.856, int4 QAT 0.883 (test split, 360 digits).
-    assert floating - ptq >= 0.02, (floating, ptq)  # the premise: post-training int4 loses on this model
+    trained = TrainStage(TrainParams(epochs=10)).run(None, narrow("train", 0))
+    # The same extra passes at the same step size for both: in float before post-training int4, and
+    # quantization-aware for int4 QAT.
+    tuned = TrainStage(TrainParams(epochs=3)).run(trained, narrow("tune", 1))
+    post_training = QuantizeStage(QuantizeParams(weights="int4")).run(tuned, narrow("quantize", 2))
+    aware = QuantizeAwareStage(QuantizeAwareParams(epochs=3, learning_rate=1e-3, weights="int4")).run(trained, narrow("qat", 3))
+    data = narrow("x", 4).data
+    floating, ptq, qat_int4 = accuracy(tuned, data), accuracy(post_training, data), accuracy(aware, data)
+    # Measured on the test split in four runs (training is not bit-reproducible across runs on CPU threads):
+    # float 0.800-0.878, post-training int4 0.767-0.844 (1.1 to 3.3 points lost), int4 QAT 0.794-0.864
+    # (1.9 to 3.9 points above post-training int4).
+    assert ptq < floating, (floating, ptq)  # the premise: post-training int4 loses on this model
     assert qat_int4 >= ptq + 0.01, (floating, ptq, qat_int4)
