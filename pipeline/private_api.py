@@ -129,6 +129,24 @@ def default_8bit_registry() -> Any:
     return default_8bit_quantize_registry.Default8BitQuantizeRegistry()
 
 
+def default_8bit_config_class() -> Any:
+    """TFMOT's `Default8BitQuantizeConfig`: the default scheme's configuration of a layer with a kernel
+    (8-bit activations), to subclass with another weight quantizer."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_registry
+
+    return default_8bit_quantize_registry.Default8BitQuantizeConfig
+
+
+def prune_preserving_quantizer(num_bits: int, per_axis: bool, symmetric: bool, narrow_range: bool) -> Any:
+    """The weight quantizer of TFMOT's prune-preserving scheme (zeros stay zero) at any bit width: the
+    scheme itself builds only its 8-bit subclasses."""
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
+        prune_preserve_quantize_registry as registry,
+    )
+
+    return registry.PrunePreserveDefaultWeightsQuantizer(num_bits, per_axis, symmetric, narrow_range)
+
+
 def read_tflite(path: str) -> Any:
     """The TFLite flatbuffer at `path` as TensorFlow's object model (operators, tensors, buffers)."""
     from tensorflow.lite.tools import flatbuffer_utils

@@ -1,9 +1,10 @@
-"""qat: quantization-aware fine-tuning, plain or collaborative (keeping sparsity and clusters), to int8 TFLite."""
+"""qat: quantization-aware fine-tuning, plain or collaborative (keeping sparsity and clusters), to int8 TFLite (int4 weights optional)."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -16,7 +17,10 @@ from techniques.conversion import CALIBRATION_SAMPLES, calibration_set, convert
 from techniques.fallback import Fallback, FallbackParams, check_budget, fall_back, fallback_note, fallback_remedies, float_kept
 from techniques.gates import GateParams, apply_gates
 from techniques.layers import require_layer_graph
+from techniques.mixed_precision import resolve
+from techniques.mixed_precision import write as write_by_rules
 from techniques.qat import AWARE, annotation, quantize_aware, settle_ranges
+from techniques.qat_int4 import FOUR_BIT_SCHEMES, float_twin, four_bit_layers, plan_actions
 from techniques.serving import ServingParams, for_serving, serving_model
 from techniques.training import FitParams, compile_model, fit
 
@@ -45,19 +49,45 @@ class QuantizeAwareParams(FitParams, GateParams, ServingParams, FallbackParams):
         CALIBRATION_SAMPLES, ge=1, le=100_000, description="Training examples the converter sees (QAT has learnt the ranges)."
     )
 
+    weights: Literal["int8", "int4"] | dict[str, Literal["int8", "int4"]] = Field(
+        "int8",
+        description=(
+            "Weight type the fine-tune trains for and the file holds: int8, or int4 (4-bit fake quantization per "
+            "output channel, on the grid ai-edge-quantizer writes) for the whole model, or per layer ({default: int4, "
+            "dense_1: int8}). int4 covers Dense and Conv2D layers; others keep int8 weights. Activations stay int8."
+        ),
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _no_precision_rules(cls, values: Any) -> Any:
-        asked = [key for key in ("precision", "weights") if isinstance(values, dict) and key in values]
-        if asked:
-            # Said here rather than as an unknown key: quantize has these keys, and users carry them over.
-            keys = f"{' and '.join(asked)} {'are' if len(asked) > 1 else 'is'}"
+        if isinstance(values, dict) and "precision" in values:
+            # Said here rather than as an unknown key: quantize has it, and users carry it over.
             raise ValueError(
-                f"{keys} the quantize stage's: qat trains with TFMOT's 8-bit fake quantization and "
-                f"writes int8 with TFLiteConverter, so int4 weights or per-layer precisions would undo what it trained; "
-                f"replace this stage with quantize (its fallback: auto gives int8 or float back where int4 misses the budget)"
+                "precision is the quantize stage's: qat trains every layer with 8-bit activations, so int16 or float "
+                "layers would undo what it trained; for int4 weights set weights: int4 here, for per-layer precisions "
+                "replace this stage with quantize"
             )
         return values
+
+    @model_validator(mode="after")
+    def _four_bit_schemes(self) -> QuantizeAwareParams:
+        if self.int4 and self.scheme not in ("auto", *FOUR_BIT_SCHEMES):
+            raise ValueError(
+                f"weights: int4 trains under scheme {' or '.join(FOUR_BIT_SCHEMES)} only, not {self.scheme} (its cluster-"
+                f"preserving quantizer is 8-bit); set scheme: pqat or default, or weights: int8"
+            )
+        if self.int4 and self.fallback == "auto":
+            raise ValueError(
+                "fallback: auto fine-tunes again with layers float and writes int8, which cannot hold int4 weights; "
+                "set fallback: off with weights: int4"
+            )
+        return self
+
+    @property
+    def int4(self) -> bool:
+        """Whether any layer is asked int4 weights."""
+        return "int4" in ([self.weights] if isinstance(self.weights, str) else self.weights.values())
 
 
 def chosen_scheme(requested: str, effects: frozenset[Effect]) -> str:
@@ -68,7 +98,7 @@ def chosen_scheme(requested: str, effects: frozenset[Effect]) -> str:
 
 
 class QuantizeAwareStage(Stage[QuantizeAwareParams]):
-    """Fine-tune with simulated int8 quantization, then convert to a full-integer int8 TFLite file.
+    """Fine-tune with simulated int8 quantization (int4 weights where asked), then write a full-integer TFLite file.
 
     TFMOT's quantize wrappers (the cluster-preserving ones in particular) do not reload from a
     saved file, so training and conversion happen in one stage and the hand-off is the TFLite file.
@@ -92,6 +122,13 @@ class QuantizeAwareStage(Stage[QuantizeAwareParams]):
                 f"{where}.scheme: '{self.config.scheme}' keeps what an earlier stage made, but the model reaching it "
                 f"is not {' or '.join(m.value for m in missing)}; use scheme=auto or add such a stage first"
             )
+        scheme = chosen_scheme(self.config.scheme, effects)
+        if self.config.int4 and scheme not in FOUR_BIT_SCHEMES:
+            raise PipelineError(
+                f"{where}.weights: int4 trains under scheme {' or '.join(FOUR_BIT_SCHEMES)} only, but the clustered model "
+                f"reaching it takes {scheme} (its cluster-preserving quantizer is 8-bit); set {where}.scheme: pqat or "
+                f"default (clusters are not kept), or {where}.weights: int8"
+            )
 
     def effects_after(self, incoming: frozenset[Effect]) -> frozenset[Effect]:
         """Quantization-aware, keeping what the scheme preserves (auto keeps all it finds)."""
@@ -108,10 +145,22 @@ class QuantizeAwareStage(Stage[QuantizeAwareParams]):
         scheme = chosen_scheme(self.config.scheme, earlier.effects)
         actions = annotation(model, scheme)
         calibrated = [name for name, action in actions.items() if action.kind != AWARE]
+        written = "full-integer int8"
+        if self.config.int4:
+            actions = plan_actions(actions, *self.four_bit(model, scheme, where))
+            written += " with int4 weights where marked, written by ai-edge-quantizer (global min/max calibration)"
         return StagePlan(
             actions,
-            f"scheme {scheme}, then full-integer int8; calibrated only: {', '.join(calibrated) or 'none'}{fallback_note(self.config)}",
+            f"scheme {scheme}, then {written}; calibrated only: {', '.join(calibrated) or 'none'}{fallback_note(self.config)}",
         )
+
+    def four_bit(self, model: Any, scheme: str, where: str) -> tuple[set[str], dict[str, str]]:
+        """The layers that train with 4-bit weights, and why each other layer asked int4 keeps int8."""
+        if not self.config.int4:
+            return set(), {}
+        _, choices = resolve(model, {}, self.config.weights, "int8", where)
+        aware = {name for name, action in annotation(model, scheme).items() if action.kind == AWARE}
+        return four_bit_layers(model, {name: choice.weights for name, choice in choices.items()}, aware)
 
     def run(self, model: ModelArtifact | None, ctx: StageContext) -> ModelArtifact:
         assert model is not None  # guaranteed by `accepts`
@@ -120,14 +169,18 @@ class QuantizeAwareStage(Stage[QuantizeAwareParams]):
         self.check_input(model.format, model.effects, where)  # also when called without a checked recipe
         scheme = chosen_scheme(params.scheme, model.effects)
         settling = calibration_set(ctx.data.x_train, params.calibration_samples, ctx.seed)  # training inputs, as the model trains on them
-        aware, calibrated = self.tuned(model, scheme, settling, ctx)
-        served, data, serving = for_serving(aware, ctx.data, params, True, ctx.log)
+        four_bit, kept = self.four_bit(model.load_keras(), scheme, where)
+        aware, calibrated = self.tuned(model, scheme, settling, ctx, four_bit=four_bit)
+        # int4 weights: ai-edge-quantizer rewrites the float model holding the fine-tuned weights, on the grid they trained on.
+        served, data, serving = for_serving(float_twin(model.load_keras(), aware) if four_bit else aware, ctx.data, params, True, ctx.log)
         calibration = calibration_set(data.x_train, params.calibration_samples, ctx.seed)  # as the converted model takes them
         path = ctx.workdir / "model.tflite"
-        path.write_bytes(convert(served, "int8", calibration, sparse=False))
+        if kept:
+            ctx.log.info("    int8 weights kept: %s", "; ".join(f"{name} ({why})" for name, why in kept.items()))
         metadata: dict[str, Any] = {
             **model.metadata, "quantization": "int8", "qat_scheme": scheme,
             "calibration_samples": params.calibration_samples, "calibrated_layers": list(calibrated), "serving": serving,
+            **self.write(served, four_bit, calibration, path, where),
         }
         fallen = Fallback()
         if params.fallback == "auto":
@@ -157,12 +210,27 @@ class QuantizeAwareStage(Stage[QuantizeAwareParams]):
             metrics=fallen.metrics, gate=gates.accuracies, reports=fallen.reports,
         )
 
+    @staticmethod
+    def write(served: Any, four_bit: Collection[str], calibration: Any, path: Path, where: str) -> dict[str, Any]:
+        """Write the .tflite to `path`: int8 by TFLiteConverter from the fake-quantized model, or, with `four_bit`
+        layers, by ai-edge-quantizer as the quantize stage writes int4 weights (checked to hold them); and
+        the metadata that says which layer got what."""
+        if not four_bit:
+            path.write_bytes(convert(served, "int8", calibration, sparse=False))
+            return {}
+        weights = {"default": "int8", **dict.fromkeys(sorted(four_bit), "int4")}
+        flatbuffer, choices = write_by_rules(served, "int8", {}, weights, calibration, where)
+        path.write_bytes(flatbuffer)
+        return {"layer_precisions": {name: choice.words for name, choice in choices.items()}}
+
     def tuned(
-        self, model: ModelArtifact, scheme: str, calibration: Any, ctx: StageContext, keep_float: Sequence[str] = ()
+        self, model: ModelArtifact, scheme: str, calibration: Any, ctx: StageContext, keep_float: Sequence[str] = (),
+        four_bit: Collection[str] = (),
     ) -> tuple[Any, dict[str, str]]:
-        """The incoming model wrapped for quantization-aware training (but `keep_float`) and fine-tuned,
-        and the layers TFMOT cannot train quantization-aware (calibrated at conversion), with their types."""
-        aware, calibrated = quantize_aware(model.load_keras(), scheme, keep_float)
+        """The incoming model wrapped for quantization-aware training (but `keep_float`; `four_bit` layers with
+        4-bit weights) and fine-tuned, and the layers TFMOT cannot train quantization-aware (calibrated at
+        conversion), with their types."""
+        aware, calibrated = quantize_aware(model.load_keras(), scheme, keep_float, four_bit)
         if not keep_float:  # the first fine-tune; a fallback's later ones differ only by the float layers
             ctx.log.info(
                 "    quantization-aware training, scheme %s; calibrated at conversion only (TFMOT cannot train them "

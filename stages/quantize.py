@@ -145,9 +145,9 @@ class QuantizeStage(Stage[QuantizeParams]):
             return None
         return (
             f"gets the int8 TFLite file {made_by} wrote, but quantize converts a float Keras model or SavedModel "
-            f"(ai-edge-quantizer too rewrites only float files); keep {made_by}'s file and drop {where}, or for int4 "
-            f"weights or per-layer precisions drop {made_by} and let {where} write the file (fallback: auto gives int8 or "
-            f"float back to layers where int4 misses the budget)"
+            f"(ai-edge-quantizer too rewrites only float files); keep {made_by}'s file and drop {where}; for int4 weights "
+            f"set weights: int4 in the qat stage (it trains for them), or drop {made_by} and let {where} write the file (fallback: "
+            f"auto gives int8 or float back to layers where int4 misses the budget); for per-layer precisions the latter"
         )
 
     def accuracy_remedies(self, where: str) -> list[str]:

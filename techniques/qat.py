@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from pipeline.run.layer_plan import Action
+from techniques import qat_int4
 
 
 def settle_ranges(aware: Any, calibration: Any, rounds: int = 3) -> None:
@@ -117,7 +118,9 @@ def folded_batch_norms(model: Any) -> set[str]:
     return found
 
 
-def quantize_aware(keras_model: Any, scheme: str, keep_float: Sequence[str] = ()) -> tuple[Any, dict[str, str]]:
+def quantize_aware(
+    keras_model: Any, scheme: str, keep_float: Sequence[str] = (), four_bit: Collection[str] = ()
+) -> tuple[Any, dict[str, str]]:
     """`keras_model` with the layers TFMOT supports trained quantization-aware under `scheme`.
 
     TFMOT's "quantize some layers" pattern: supported layers are annotated, the others stay float
@@ -128,6 +131,9 @@ def quantize_aware(keras_model: Any, scheme: str, keep_float: Sequence[str] = ()
     that quantizes nothing (not their weights, not their outputs), so they train in float; the
     converter must then be told to keep them float too (`fallback.float_kept`). Left un-annotated
     instead, TFMOT would still fake-quantize the output of any that feeds a quantized layer.
+
+    Layers named in `four_bit` train with their kernel on the int4 grid ai-edge-quantizer writes
+    (`qat_int4.four_bit_config`; under pqat their zeros stay zero).
     """
     import tensorflow_model_optimization as tfmot
     import tf_keras as keras
@@ -135,17 +141,19 @@ def quantize_aware(keras_model: Any, scheme: str, keep_float: Sequence[str] = ()
     quantization = tfmot.quantization.keras
     actions = annotation(keras_model, scheme)
     aware_names = {name for name, action in actions.items() if action.kind == AWARE}
-    float_config = unquantized_config()
+    float_config, four_bit_config = unquantized_config(), qat_int4.four_bit_config()
 
     def annotate(layer: Any) -> Any:
         if layer.name in keep_float:
             return quantization.quantize_annotate_layer(layer, quantize_config=float_config())
+        if layer.name in four_bit and layer.name in aware_names:
+            return quantization.quantize_annotate_layer(layer, quantize_config=four_bit_config(keep_zeros=scheme == "pqat"))
         return quantization.quantize_annotate_layer(layer) if layer.name in aware_names else layer
 
     while True:
         annotated = keras.models.clone_model(keras_model, clone_function=annotate)
         try:
-            with quantization.quantize_scope({float_config.__name__: float_config}):
+            with quantization.quantize_scope({float_config.__name__: float_config, four_bit_config.__name__: four_bit_config}):
                 aware = quantization.quantize_apply(annotated, scheme_of(scheme))
             break
         except RuntimeError as error:  # a layer TFMOT's transforms did not take after all: leave it out

@@ -75,3 +75,21 @@ def trained_standardized(tmp_path: Path):
     compile_model(model, params)
     fit(model, params, ctx.data, ctx.device, seed=ctx.seed + ctx.index, log=ctx.log, name=ctx.name)
     return save_keras(model, None, ctx.workdir, ctx.name, ctx.log, effects=frozenset())
+
+
+def op_types(path, layer_names) -> dict[str, list[tuple[str, str, list[str]]]]:
+    """Layer -> (op, output type, weight types) of each of its ops in the file, read from the flatbuffer."""
+    from pipeline.private_api import tflite_operator_names
+    from techniques import mixed_precision as mixed
+    from techniques import quant_debug as debug
+
+    model, subgraph = debug.graph(path.read_bytes())
+    codes = tflite_operator_names()
+    found: dict[str, list[tuple[str, str, list[str]]]] = {}
+    for op, layer in zip(subgraph.operators, debug.operator_layers(model, subgraph, layer_names, main=True)):
+        name = debug.operator_name(model, op, codes)
+        if layer is None or name in mixed.CONVERSIONS:
+            continue
+        weights = [mixed.TENSOR_TYPES[t.type] for t in mixed.weight_tensors(model, subgraph, op)] if name in mixed.WEIGHT_OPS else []
+        found.setdefault(layer, []).append((name, mixed.TENSOR_TYPES[subgraph.tensors[op.outputs[0]].type], weights))
+    return found

@@ -16,7 +16,7 @@ from techniques import mixed_precision as mixed
 from techniques import quant_debug as debug
 from techniques import quantizer_errors
 from techniques.conversion import CALIBRATION_SAMPLES, calibration_set, convert
-from tests._tiny import context, digits
+from tests._tiny import context, digits, op_types
 
 
 @pytest.fixture(scope="module")
@@ -37,22 +37,6 @@ def trained(tmp_path_factory):
 
 def quantize(model, tmp_path, **params):
     return QuantizeStage(QuantizeParams(**params)).run(model, context(tmp_path, "quantize", 1))
-
-
-def op_types(path, layer_names) -> dict[str, list[tuple[str, str, list[str]]]]:
-    """Layer -> (op, output type, weight types) of each of its ops in the file, read from the flatbuffer."""
-    from pipeline.private_api import tflite_operator_names
-
-    model, subgraph = debug.graph(path.read_bytes())
-    codes = tflite_operator_names()
-    found: dict[str, list[tuple[str, str, list[str]]]] = {}
-    for op, layer in zip(subgraph.operators, debug.operator_layers(model, subgraph, layer_names, main=True)):
-        name = debug.operator_name(model, op, codes)
-        if layer is None or name in mixed.CONVERSIONS:
-            continue
-        weights = [mixed.TENSOR_TYPES[t.type] for t in mixed.weight_tensors(model, subgraph, op)] if name in mixed.WEIGHT_OPS else []
-        found.setdefault(layer, []).append((name, mixed.TENSOR_TYPES[subgraph.tensors[op.outputs[0]].type], weights))
-    return found
 
 
 def logit_error(path, keras_model, x) -> float:
@@ -304,12 +288,11 @@ def test_the_fallback_can_rank_layers_by_the_quantizers_validation(tmp_path, sta
     [
         # Per-layer precision and int4 weights start from a float model; after qat the model is an int8 file.
         ({"train": {}, "qat": {}, "quantize": {"weights": "int4"}},
-         r"^stages\.quantize: gets the int8 TFLite file stages\.qat wrote, .* drop stages\.qat and let stages\.quantize write"),
+         r"^stages\.quantize: gets the int8 TFLite file stages\.qat wrote, .* set weights: int4 in the qat stage .* drop stages\.qat and let stages\.quantize write"),
         ({"train": {}, "qat": {}, "quantize": {"precision": {"dense": "int16"}}}, r"^stages\.quantize: gets the int8 TFLite file"),
-        ({"train": {}, "qat": {"weights": "int4"}}, r"^stages\.qat: weights is the quantize stage's: qat trains with TFMOT's 8-bit"),
         ({"train": {}, "qat": {"precision": {"dense": "float"}}}, r"^stages\.qat: precision is the quantize stage's"),
     ],
-    ids=["quantize-int4-after-qat", "quantize-precision-after-qat", "qat-weights", "qat-precision"],
+    ids=["quantize-int4-after-qat", "quantize-precision-after-qat", "qat-precision"],
 )
 def test_precision_rules_after_qat_fail_in_one_line_saying_why(tmp_path, stages, message):
     from pipeline.config.recipe import check_recipe

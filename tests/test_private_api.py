@@ -53,6 +53,11 @@ def test_registries_answer_per_layer():
     assert {type(private_api.quantize_scheme(name).get_quantize_registry()).__name__ for name in ("default", "pqat", "cqat")}
     registry = private_api.default_8bit_registry()
     assert registry.supports(model.get_layer("conv")) and not registry.supports(keras.layers.LayerNormalization())
+    # What int4 quantization-aware training builds on: the default config's class, and the prune-preserving
+    # weight quantizer at 4 bits.
+    assert type(registry.get_quantize_config(model.get_layer("head"))) is private_api.default_8bit_config_class()
+    quantizer = private_api.prune_preserving_quantizer(num_bits=4, per_axis=True, symmetric=True, narrow_range=True)
+    assert (quantizer.num_bits, quantizer.per_axis, quantizer.narrow_range) == (4, True, True)
 
 
 def test_tflite_reader_and_frozen_functions(tmp_path):
