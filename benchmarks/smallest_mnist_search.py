@@ -60,14 +60,26 @@ CANDIDATES = [
     ("student 0.35, dense 75%, 16 clusters", {"distill": NARROW, "prune": {"final_sparsity": 0.75}}),
     ("student 0.35, dense 70%, 12 clusters", {"distill": NARROW, "prune": {"final_sparsity": 0.7}, "cluster": {"number_of_clusters": 12}}),
     ("student 0.35, dense 72%, 12 clusters", {"distill": NARROW, "prune": {"final_sparsity": 0.72}, "cluster": {"number_of_clusters": 12}}),
+    # int4 quantization-aware training (pqat: the zeros kept), without clustering (its quantizer is 8-bit only):
+    # the dense layers, 99% of the weights, on the int4 grid; the convolutions int8, or int4 too.
+    ("int4 QAT dense, student 0.35, dense 70%", {"distill": NARROW, "prune": {"final_sparsity": 0.7}, "cluster": None,
+                                                 "qat": {"weights": {"default": "int8", "Dense": "int4"}}}),
+    ("int4 QAT dense, student 0.35, dense 75%", {"distill": NARROW, "prune": {"final_sparsity": 0.75}, "cluster": None,
+                                                 "qat": {"weights": {"default": "int8", "Dense": "int4"}}}),
+    ("int4 QAT all, student 0.35, dense 70%", {"distill": NARROW, "prune": {"final_sparsity": 0.7}, "cluster": None,
+                                               "qat": {"weights": "int4"}}),
+    ("int4 QAT dense, dense 80%", {"cluster": None, "qat": {"weights": {"default": "int8", "Dense": "int4"}}}),
 ]
 
 
 def recipe_stages(changes: dict, recipe: Path = RECIPE) -> tuple[dict, list[str]]:
-    """The recipe's stages with `changes` merged into each stage's parameters, and its budget as overrides."""
+    """The recipe's stages with `changes` merged into each stage's parameters (a stage changed to None
+    is left out), and its budget as overrides."""
     config = yaml.safe_load(recipe.read_text())
     budget = [f"budget.{key}={value}" for key, value in config.get("budget", {}).items()]
-    return {name: {**params, **changes.get(name, {})} for name, params in config["stages"].items()}, budget
+    stages = {name: {**params, **changes.get(name, {})} for name, params in config["stages"].items()
+              if name not in changes or changes[name] is not None}
+    return stages, budget
 
 
 def run_candidate(label: str, changes: dict, data_dir: Path, outputs: Path, seed: int, recipe: Path = RECIPE) -> dict:
