@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--seeds", help="comma-separated run seeds, one run per seed (default: the config's seed)")
     parser.add_argument("--size", type=int, default=SIDE, help="model input side the 96x96 files are resized to")
     parser.add_argument("--log", type=Path, help="write each run's log to LOG-N[-sSEED].txt")
-    parser.add_argument("extra", nargs="*", help="more pipeline overrides, e.g. data.streaming=never")
+    parser.add_argument("extra", nargs="*", help="more pipeline overrides, e.g. data.in_memory_mb=0")
     args = parser.parse_args()
     print("| images | seed | pixels MB | peak RSS GB | first step s | input images/s | train steps/s | test accuracy | wall s |")
     print("|--------|------|-----------|-------------|--------------|----------------|---------------|---------------|--------|")
