@@ -1,6 +1,7 @@
 """Peak memory and time to the first training step of `data=image_folder` as the folder grows.
 
     python benchmarks/streaming.py --mnist DIR --images 2000,10000 [--epochs 1] [--steps 100] [--input-rate]
+    python benchmarks/streaming.py --images 10000 --size 32 --seeds 1,2,3,4 data.in_memory_mb=0
 
 DIR holds MNIST's t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz. The script writes a
 folder of N RGB JPEGs under /tmp (never into the repository): the 10,000 digits cycled, upscaled
@@ -8,7 +9,9 @@ to 96x96, shifted, scaled and tinted at random so no two files are the same. It 
 `python -m pipeline recipe=mobile_int8 data=image_folder` on the folder as a user would, polling
 the resident memory of the run's whole process tree, and reads from the run's log the time to
 its first training step, the input pipeline's images per second alone (when the run streams)
-and the training steps per second. One row per folder size.
+and the training steps per second. One row per folder size and seed (`--seeds`: the run's `seed`,
+which sets the split, the initial weights and the shuffling), then the test accuracy's mean and
+standard deviation over the seeds. `--size` resizes the same 96x96 files to a smaller model input.
 """
 
 from __future__ import annotations
@@ -94,11 +97,11 @@ def tree_rss(root: int) -> int:
     return total
 
 
-def run(folder: Path, extra: list[str], code: Path | None) -> tuple[dict[str, float], str]:
-    """Run mobile_int8 on `folder` in a fresh working folder (with the pipeline at `code` if given);
-    the peak tree RSS, wall seconds, time to the first training step, and the log."""
+def run(folder: Path, extra: list[str], code: Path | None, side: int = SIDE) -> tuple[dict[str, float], str]:
+    """Run mobile_int8 on `folder` at input size `side` in a fresh working folder (with the pipeline
+    at `code` if given); the peak tree RSS, wall seconds, time to the first training step, and the log."""
     arguments = [
-        "recipe=mobile_int8", "data=image_folder", f"data.path={folder}", f"data.image_size=[{SIDE},{SIDE}]",
+        "recipe=mobile_int8", "data=image_folder", f"data.path={folder}", f"data.image_size=[{side},{side}]",
         "budget.safety_net=null", "measure.latency_runs=5", "measure.warmup_runs=1", *extra,
     ]
     with tempfile.TemporaryDirectory() as work:
@@ -144,14 +147,14 @@ def from_log(output: str) -> dict[str, float]:
     return found
 
 
-def input_rate(folder: Path, batch_size: int = 32, limit: int = 20_000) -> float:
+def input_rate(folder: Path, side: int = SIDE, batch_size: int = 32, limit: int = 20_000) -> float:
     """Images per second of the streamed training input alone (shuffling, decoding, resizing,
     batching; no model), over the first `limit` images of an epoch of the training split."""
     from pipeline.data.images import ImageFolderParams, ImageFolderSource
     from pipeline.device.params import DeviceParams
     from pipeline.device.setup import DeviceSetup
 
-    params = ImageFolderParams(name="image_folder", path=str(folder), image_size=[SIDE, SIDE], in_memory_mb=0)
+    params = ImageFolderParams(name="image_folder", path=str(folder), image_size=[side, side], in_memory_mb=0)
     data = ImageFolderSource(params).load(seed=42)
     batches = DeviceSetup(DeviceParams(name="cpu")).dataset(data.x_train, data.y_train, batch_size, seed=42)
     started, count = time.perf_counter(), 0
@@ -169,28 +172,40 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "streaming-benchmark")
     parser.add_argument("--code", type=Path, help="run the pipeline from this source tree (e.g. an export of main)")
     parser.add_argument("--input-rate", action="store_true", help="also time the streamed input pipeline alone")
-    parser.add_argument("--log", type=Path, help="write each run's log to LOG-N.txt")
-    parser.add_argument("extra", nargs="*", help="more pipeline overrides, e.g. data.streaming=never")
+    parser.add_argument("--seeds", help="comma-separated run seeds, one run per seed (default: the config's seed)")
+    parser.add_argument("--size", type=int, default=SIDE, help="model input side the 96x96 files are resized to")
+    parser.add_argument("--log", type=Path, help="write each run's log to LOG-N[-sSEED].txt")
+    parser.add_argument("extra", nargs="*", help="more pipeline overrides, e.g. data.in_memory_mb=0")
     args = parser.parse_args()
-    print("| images | pixels MB | peak RSS GB | first step s | input images/s | train steps/s | test accuracy | wall s |")
-    print("|--------|-----------|-------------|--------------|----------------|---------------|---------------|--------|")
+    print("| images | seed | pixels MB | peak RSS GB | first step s | input images/s | train steps/s | test accuracy | wall s |")
+    print("|--------|------|-----------|-------------|--------------|----------------|---------------|---------------|--------|")
+    seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [None]
     for count in (int(n) for n in args.images.split(",")):
         folder = write_folder(args.mnist, count, args.root)
         overrides = [f"stages.train.epochs={args.epochs}", "stages.prune.epochs=1", *args.extra]
         if args.steps:
             overrides += [f"stages.train.steps_per_epoch={args.steps}", f"stages.prune.steps_per_epoch={args.steps}"]
-        measured, output = run(folder, overrides, args.code)
-        if args.log:
-            Path(f"{args.log}-{count}.txt").write_text(output)
-        logged = from_log(output)
-        if args.input_rate:
-            logged["input_images_s"] = input_rate(folder)
-        print(
-            f"| {count:,} | {count * SIDE * SIDE * 3 / 1e6:.0f} | {measured['peak_gb']:.2f} | {measured['first_step_s']:.1f} "
-            f"| {logged['input_images_s']:.0f} | {logged['train_steps_s']:.1f} | {logged['accuracy']:.4f} "
-            f"| {measured['seconds']:.0f} |",
-            flush=True,
-        )
+        accuracies = [run_row(folder, count, seed, overrides, args) for seed in seeds]
+        if len(accuracies) > 1:
+            print(f"test accuracy over seeds {args.seeds}: mean {np.mean(accuracies):.4f}, "
+                  f"std {np.std(accuracies, ddof=1):.4f}", flush=True)
+
+
+def run_row(folder: Path, count: int, seed: int | None, overrides: list[str], args: argparse.Namespace) -> float:
+    """One run on `folder` (with `seed=` when given) printed as a table row; its test accuracy."""
+    measured, output = run(folder, overrides + ([f"seed={seed}"] if seed is not None else []), args.code, args.size)
+    if args.log:
+        Path(f"{args.log}-{count}{'' if seed is None else f'-s{seed}'}.txt").write_text(output)
+    logged = from_log(output)
+    if args.input_rate:
+        logged["input_images_s"] = input_rate(folder, args.size)
+    print(
+        f"| {count:,} | {'-' if seed is None else seed} | {count * args.size * args.size * 3 / 1e6:.0f} "
+        f"| {measured['peak_gb']:.2f} | {measured['first_step_s']:.1f} | {logged['input_images_s']:.0f} "
+        f"| {logged['train_steps_s']:.1f} | {logged['accuracy']:.4f} | {measured['seconds']:.0f} |",
+        flush=True,
+    )
+    return logged["accuracy"]
 
 
 if __name__ == "__main__":

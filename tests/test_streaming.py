@@ -78,6 +78,22 @@ def test_training_input_shuffles_each_epoch_and_shards_by_file(photos):
     assert not set(shards[0]) & set(shards[1])  # each reads its own files
 
 
+def test_streamed_training_input_is_the_in_memory_one_batch_for_batch(photos):
+    # Same seed, same batches in the same order, epoch after epoch: the two paths train the same model.
+    device = DeviceSetup(DeviceParams(name="cpu"))
+
+    def two_epochs(data, seed):
+        return [(x.numpy(), y.numpy()) for x, y in device.dataset(data.x_train, data.y_train, 4, seed=seed).repeat(2)]
+
+    memory, streamed = two_epochs(load(photos, 1024), 3), two_epochs(load(photos, 0), 3)
+    assert len(streamed) == len(memory) > 2
+    for (x_streamed, y_streamed), (x_memory, y_memory) in zip(streamed, memory):
+        np.testing.assert_array_equal(y_streamed, y_memory)
+        np.testing.assert_array_equal(x_streamed, x_memory)
+    other_seed = two_epochs(load(photos, 0), 4)
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(other_seed, streamed))  # the seed does shuffle
+
+
 def test_decoded_cache_is_written_once_read_back_and_shared_by_every_labelling(photos, tmp_path):
     data = load(photos, 0, cache_decoded=True).with_cache(str(tmp_path / "decoded"))
     x, y = data.x_train, data.y_train
