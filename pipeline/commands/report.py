@@ -167,7 +167,8 @@ def plot(points: Sequence[RunPoint], x_metric: str, x_label: str, path: Path, sc
     ax.set_xlabel(x_label)
     ax.set_ylabel(f"{'validation' if y_metric.startswith('val_') else 'test'} {task.title}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.margins(0.12)  # room for the labels of the outermost points
+    ax.legend(loc="best")  # away from the points: the front runs the other way when lower is better
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
