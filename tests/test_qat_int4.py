@@ -25,7 +25,7 @@ def qat(model, tmp_path, index=2, **params):
 
 
 def kernel_names(artifact):
-    """The small CNN's layers with weights, by their names in this session."""
+    """The small CNN's layers with weights, by their names in this Keras session."""
     return [layer.name for layer in artifact.load_keras().layers if layer.weights]
 
 
