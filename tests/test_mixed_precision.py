@@ -281,25 +281,3 @@ def test_the_fallback_can_rank_layers_by_the_quantizers_validation(tmp_path, sta
     own = ErrorAlone(rules, start, ctx.data.x_val[:RANKING_EXAMPLES], "own")("normalization", start["normalization"])
     assert first["error"] == pytest.approx(own, rel=0.1)
     assert first["error"] > 0.5
-
-
-@pytest.mark.parametrize(
-    "stages, message",
-    [
-        # Per-layer precision and int4 weights start from a float model; after qat the model is an int8 file.
-        ({"train": {}, "qat": {}, "quantize": {"weights": "int4"}},
-         r"^stages\.quantize: gets the int8 TFLite file stages\.qat wrote, .* set weights: int4 in the qat stage .* drop stages\.qat and let stages\.quantize write"),
-        ({"train": {}, "qat": {}, "quantize": {"precision": {"dense": "int16"}}}, r"^stages\.quantize: gets the int8 TFLite file"),
-        ({"train": {}, "qat": {"precision": {"dense": "float"}}}, r"^stages\.qat: precision is the quantize stage's"),
-    ],
-    ids=["quantize-int4-after-qat", "quantize-precision-after-qat", "qat-precision"],
-)
-def test_precision_rules_after_qat_fail_in_one_line_saying_why(tmp_path, stages, message):
-    from pipeline.config.recipe import check_recipe
-    from tests._runs import compose_config
-
-    cfg = compose_config(tmp_path)
-    cfg.stages = stages
-    with pytest.raises(PipelineError, match=message) as error:
-        check_recipe(cfg)
-    assert "\n" not in str(error.value)

@@ -116,10 +116,14 @@ def test_per_layer_weights_name_the_layers_that_train_int4(tmp_path, trained):
          r"^stages\.qat\.weights: int4 trains under scheme default or pqat only, but the clustered model .* pcqat"),
         ({"train": {}, "cluster": {}, "qat": {"scheme": "cqat", "weights": "int4"}},
          r"^stages\.qat: weights: int4 trains under scheme default or pqat only, not cqat"),
+        # Per-layer precision and int4 weights in quantize start from a float model; after qat the model is an int8 file.
+        ({"train": {}, "qat": {}, "quantize": {"weights": "int4"}},
+         r"^stages\.quantize: gets the int8 TFLite file stages\.qat wrote, .* set weights: int4 in the qat stage .* drop stages\.qat and let stages\.quantize write"),
+        ({"train": {}, "qat": {}, "quantize": {"precision": {"dense": "int16"}}}, r"^stages\.quantize: gets the int8 TFLite file"),
     ],
-    ids=["precision", "fallback", "auto-pcqat", "cqat"],
+    ids=["precision", "fallback", "auto-pcqat", "cqat", "quantize-int4-after-qat", "quantize-precision-after-qat"],
 )
-def test_what_int4_qat_cannot_do_fails_in_one_line(tmp_path, stages, message):
+def test_what_qat_cannot_do_or_be_followed_by_fails_in_one_line(tmp_path, stages, message):
     cfg = compose_config(tmp_path)
     cfg.stages = stages
     with pytest.raises(PipelineError, match=message) as error:
